@@ -1,0 +1,166 @@
+"""The daemon's typed configuration.
+
+One dataclass per section; every default says why it is what it is.  The
+embedded default (no config file at all) is a usable single-host daemon: a
+local data directory with one file-backed storage domain, the data API on
+loopback and the control API on a unix socket inside the data directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from volume.errors import InvalidRequest
+
+MiB = 1 << 20
+
+
+class InvalidConfig(InvalidRequest):
+    code = "invalid-config"
+
+
+@dataclass
+class DomainConfig:
+    uuid: str
+    #: "file": a directory on local disk or NFS; "block": raw block devices.
+    type: str = "file"
+    #: Directory of a file domain (for a block domain: where its small
+    #: metadata lives).
+    path: str = ""
+    #: Block devices registered with the domain (tickets may name them).
+    devices: list[str] = field(default_factory=list)
+
+
+@dataclass
+class DaemonConfig:
+    #: Relative to the working directory, so `make run` in a clone keeps its
+    #: state next to the checkout, not in a system path that needs root.
+    data_dir: str = "sluice-data"
+    #: Loopback by default: the embedded default has no TLS, so it must not be
+    #: reachable from the network until an operator configures cert and key.
+    #: 54322 is ovirt-imageio's port, so engine-side tooling finds us.
+    listen: str = "127.0.0.1:54322"
+    #: Empty means "<data_dir>/control.sock".  Mode 0660, as imageio's.
+    control_socket: str = ""
+    #: TLS on the data API when both are set (TLS 1.2 minimum).
+    cert: str = ""
+    key: str = ""
+    log_level: str = "INFO"
+
+
+@dataclass
+class TransferConfig:
+    #: Size of one aligned staging buffer.  Measured on the target VM kind:
+    #: O_DIRECT writes with two 4 MiB buffers reach 0.76 GB/s, with two
+    #: 16 MiB buffers 0.92-0.95 GB/s (shared/reference/measurements.md);
+    #: imageio saw a drop at 32 MiB on SAN storage, so stay below that.
+    buffer_size: int = 16 * MiB
+    #: Idle staging buffers kept for reuse.  Fresh anonymous memory is
+    #: expensive on this VM kind (pages are faulted in again), so reuse;
+    #: 8 x 16 MiB = 128 MiB is the most we keep when idle.
+    pool_buffers: int = 8
+    #: Threads doing volume I/O.  Each transfer has at most one I/O job in
+    #: flight per connection (double buffering), so this bounds concurrent
+    #: disk work; 8 matches imageio's advertised max_readers.
+    io_workers: int = 8
+    #: imageio's default.  Its PR #15 lowered it and broke backups of huge
+    #: disks (clients idle while /extents runs), so never go below 60 s.
+    inactivity_timeout: int = 60
+    #: How long DELETE /tickets waits for ongoing operations before 409.
+    remove_timeout: int = 60
+    #: Cap of one zero or checksum step, so cancellation and progress stay
+    #: responsive on huge ranges (imageio's Zero.MAX_STEP).
+    max_zero_step: int = 128 * MiB
+
+
+@dataclass
+class Config:
+    daemon: DaemonConfig = field(default_factory=DaemonConfig)
+    transfer: TransferConfig = field(default_factory=TransferConfig)
+    #: Storage domains besides the embedded default one.
+    domains: list[DomainConfig] = field(default_factory=list)
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.daemon.data_dir).absolute()
+
+    @property
+    def control_socket_path(self) -> Path:
+        if self.daemon.control_socket:
+            return Path(self.daemon.control_socket).absolute()
+        return self.data_path / "control.sock"
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+
+def _section(cls: type[Any], data: dict[str, Any], name: str) -> Any:
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    for key, value in data.items():
+        if key not in known:
+            raise InvalidConfig(f"unknown option {name}.{key}")
+        expected = type(getattr(cls(), key)) if key != "uuid" else str
+        if not isinstance(value, expected) or isinstance(value, bool) != (expected is bool):
+            raise InvalidConfig(
+                f"option {name}.{key} must be {expected.__name__}, not {value!r}"
+            )
+    return cls(**data)
+
+
+def parse(data: dict[str, Any]) -> Config:
+    """Build a Config from a TOML-shaped dict, refusing unknown keys."""
+    cfg = Config()
+    for key, value in data.items():
+        if key == "daemon":
+            cfg.daemon = _section(DaemonConfig, value, "daemon")
+        elif key == "transfer":
+            cfg.transfer = _section(TransferConfig, value, "transfer")
+        elif key == "domains":
+            if not isinstance(value, list):
+                raise InvalidConfig("domains must be an array of tables")
+            cfg.domains = [
+                DomainConfig(**_section(DomainConfig, d, "domains").__dict__) for d in value
+            ]
+        else:
+            raise InvalidConfig(f"unknown section {key!r}")
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    t = cfg.transfer
+    if t.buffer_size < 1 * MiB or t.buffer_size % (1 * MiB):
+        raise InvalidConfig("transfer.buffer_size must be a whole number of MiB, at least 1")
+    if t.io_workers < 1:
+        raise InvalidConfig("transfer.io_workers must be at least 1")
+    if bool(cfg.daemon.cert) != bool(cfg.daemon.key):
+        raise InvalidConfig("daemon.cert and daemon.key must be given together")
+    _host, sep, port = cfg.daemon.listen.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise InvalidConfig(f"daemon.listen must be HOST:PORT, not {cfg.daemon.listen!r}")
+    for d in cfg.domains:
+        if d.type not in ("file", "block"):
+            raise InvalidConfig(f"domain {d.uuid}: type must be 'file' or 'block'")
+
+
+def load(path: str | None, overrides: dict[str, Any] | None = None) -> Config:
+    """Load a TOML file (if any), then apply command-line overrides."""
+    data: dict[str, Any] = {}
+    if path:
+        try:
+            with open(path, "rb") as f:
+                data = tomllib.load(f)
+        except OSError as e:
+            raise InvalidConfig(f"cannot read config {path}: {os.strerror(e.errno or 0)}") from e
+        except tomllib.TOMLDecodeError as e:
+            raise InvalidConfig(f"config {path} is not valid TOML: {e}") from e
+    for dotted, value in (overrides or {}).items():
+        section, _, key = dotted.partition(".")
+        data.setdefault(section, {})[key] = value
+    return parse(data)

@@ -1,0 +1,1 @@
+"""HTTP handlers: thin, they parse, authorize and call the pipelines."""

@@ -1,0 +1,89 @@
+"""The control API (unix socket only), compatible with ovirt-imageio's.
+
+``PUT/GET/PATCH/DELETE /tickets/{id}``, and ``DELETE /tickets/`` for all.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from aiohttp import web
+
+from volume.errors import InvalidRequest
+
+from ..state import AUTH, CONFIG, DOMAINS, IO_KEY
+from ..tickets import Ticket, parse_ticket
+from .common import read_json
+
+log = logging.getLogger(__name__)
+
+routes = web.RouteTableDef()
+#: Route names with this prefix are refused on the data listener.
+CONTROL = "control:"
+
+
+@routes.put("/tickets/{ticket_id}", name=CONTROL + "put-ticket")
+async def put_ticket(request: web.Request) -> web.Response:
+    cfg = request.app[CONFIG]
+    fields = parse_ticket(await read_json(request), cfg.transfer.inactivity_timeout)
+    domain, real = await request.app[IO_KEY].run(request.app[DOMAINS].resolve, fields["path"])
+    ticket = Ticket(
+        uuid=fields["uuid"], size=fields["size"], ops=fields["ops"],
+        timeout=fields["timeout"], url=fields["url"], path=real,
+        inactivity_timeout=fields["inactivity_timeout"], sparse=fields["sparse"],
+        dirty=fields["dirty"], transfer_id=fields.get("transfer_id"),
+        filename=fields.get("filename"), domain=domain.uuid,
+    )
+    old = request.app[AUTH].add(ticket)
+    if old is not None:
+        if old.path == ticket.path:
+            # Re-adding the same ticket (vdsm does on retries): keep the open volume.
+            ticket.volume, old.volume = old.volume, None
+        else:
+            await old.cancel(cfg.transfer.remove_timeout)
+            await _close(request, old)
+    log.info("ADD ticket=%s transfer=%s size=%d ops=%s domain=%s", ticket.uuid[:8],
+             ticket.log_id, ticket.size, ",".join(ticket.ops), domain.uuid)
+    return web.Response(status=200)
+
+
+@routes.get("/tickets/{ticket_id}", name=CONTROL + "get-ticket")
+async def get_ticket(request: web.Request) -> web.Response:
+    ticket = request.app[AUTH].get(request.match_info["ticket_id"])
+    return web.json_response(ticket.info())
+
+
+@routes.patch("/tickets/{ticket_id}", name=CONTROL + "patch-ticket")
+async def patch_ticket(request: web.Request) -> web.Response:
+    ticket = request.app[AUTH].get(request.match_info["ticket_id"])
+    msg = await read_json(request)
+    timeout = msg.get("timeout")
+    if not isinstance(timeout, int) or isinstance(timeout, bool) or timeout < 0:
+        raise InvalidRequest(f"Invalid value for 'timeout': {timeout!r}")
+    ticket.timeout = timeout
+    ticket.touch()
+    return web.Response(status=200)
+
+
+@routes.delete("/tickets/{ticket_id}", name=CONTROL + "delete-ticket")
+async def delete_ticket(request: web.Request) -> web.StreamResponse:
+    auth = request.app[AUTH]
+    ticket_id = request.match_info.get("ticket_id", "")
+    targets = auth.all() if ticket_id == "" else [t for t in auth.all() if t.uuid == ticket_id]
+    for ticket in targets:
+        await ticket.cancel(request.app[CONFIG].transfer.remove_timeout)
+        auth.pop(ticket.uuid)
+        await _close(request, ticket)
+        log.info("REMOVE ticket=%s transfer=%s", ticket.uuid[:8], ticket.log_id)
+    return web.Response(status=204)
+
+
+@routes.delete("/tickets/", name=CONTROL + "delete-tickets")
+async def delete_tickets(request: web.Request) -> web.StreamResponse:
+    return await delete_ticket(request)
+
+
+async def _close(request: web.Request, ticket: Ticket) -> None:
+    volume, ticket.volume = ticket.volume, None
+    if volume is not None:
+        await request.app[IO_KEY].run(volume.close)

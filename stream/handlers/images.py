@@ -1,0 +1,281 @@
+"""The image API, wire-compatible with ovirt-imageio (its §1.2-1.8).
+
+Beyond imageio: chunked and zstd-encoded uploads, ``X-Checksum`` on PUT,
+real holes in ``extents`` and the ``xxh3_128`` checksum algorithm.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import xxhash
+from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+
+from volume.base import Volume
+from volume.errors import ChecksumMismatch, InvalidRequest, OutOfRange, Unsupported
+
+from .. import checksum as checksum_mod
+from .. import download, upload
+from ..errors import PartialContent, UnsupportedEncoding
+from ..logctx import transfer_id
+from ..middleware import RESPONSE
+from ..state import AUTH, CONFIG, IO_KEY
+from ..tickets import Ticket
+from ..wire import blkhash, ranges
+from ..wire.digest import parse_x_checksum
+from .common import flag_param, read_json, ticket_volume
+
+log = logging.getLogger(__name__)
+
+routes = web.RouteTableDef()
+
+
+def _authorize(request: web.Request, op: str) -> Ticket:
+    ticket = request.app[AUTH].authorize(request.match_info["ticket_id"], op)
+    transfer_id.set(ticket.log_id)
+    return ticket
+
+
+@routes.put("/images/{ticket_id}")
+async def put(request: web.Request) -> web.Response:
+    ticket = _authorize(request, "write")
+    flush = flag_param(request, "flush", default=True)
+    offset = 0
+    cr = None
+    if "Content-Range" in request.headers:
+        cr = ranges.parse_content_range(request.headers["Content-Range"])
+        offset = cr.start
+    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding not in ("identity", "zstd"):
+        raise UnsupportedEncoding(f"Content-Encoding {encoding!r} is not supported; use zstd")
+    zstd = encoding == "zstd"
+    length = request.content_length
+    chunked = "chunked" in request.headers.get("Transfer-Encoding", "").lower()
+    if length is None and not chunked:
+        raise InvalidRequest("Content-Length header is required (or chunked encoding)")
+    if length is not None and not zstd:
+        if offset + length > ticket.size:
+            raise OutOfRange(
+                f"Requested range {offset}-{offset + length} is past the ticket size", ticket.size
+            )
+        if cr is not None and cr.end is not None and cr.end - cr.start != length:
+            raise InvalidRequest(
+                f"Content-Range covers {cr.end - cr.start} bytes but the body has {length}"
+            )
+    expected = parse_x_checksum(request.headers.get("X-Checksum"))
+    hasher = xxhash.xxh3_128() if expected else None
+    io = request.app[IO_KEY]
+    async with ticket.operation():
+        volume = await ticket_volume(io, ticket)
+        log.info("WRITE offset=%d size=%s zstd=%s flush=%s", offset,
+                 length if length is not None else "chunked", zstd, flush)
+        try:
+            written = await upload.receive(
+                request.content.readany, io, volume,
+                offset=offset, limit=ticket.size, zstd=zstd, hasher=hasher,
+                check=ticket.check, idle_timeout=ticket.inactivity_timeout,
+            )
+        except (HttpProcessingError, ConnectionError) as e:
+            raise PartialContent(f"The client sent an incomplete body: {e}") from e
+        except TimeoutError:
+            raise PartialContent(
+                f"No data received for {ticket.inactivity_timeout} seconds"
+            ) from None
+        if flush:
+            await io.run(volume.flush)
+        ticket.transferred += written
+    if expected and hasher is not None and hasher.hexdigest() != expected:
+        raise ChecksumMismatch(
+            f"xxh3_128 of the received data is {hasher.hexdigest()}, "
+            f"X-Checksum says {expected}; the data was written but does not match"
+        )
+    return _ok(request)
+
+
+@routes.get("/images/{ticket_id}")
+async def get(request: web.Request) -> web.StreamResponse:
+    ticket = _authorize(request, "read")
+    io = request.app[IO_KEY]
+    async with ticket.operation():
+        volume = await ticket_volume(io, ticket)
+        size = min(ticket.size, await io.run(volume.size))
+        header = request.headers.get("Range")
+        if header is not None:
+            r = ranges.parse_range(header, size)
+            status = 206
+        else:
+            r = ranges.ByteRange(0, size)
+            status = 200
+        resp = web.StreamResponse(status=status)
+        resp.content_type = "application/octet-stream"
+        disposition = "attachment"
+        if ticket.filename:
+            disposition += f"; filename={ticket.filename}"
+        resp.headers["Content-Disposition"] = disposition
+        if status == 206:
+            resp.headers["Content-Range"] = ranges.content_range(r, size)
+        resp.content_length = r.length
+        if flag_param(request, "close", default=False):
+            resp.force_close()
+        log.info("READ offset=%d size=%d", r.start, r.length)
+        request[RESPONSE] = resp
+        await resp.prepare(request)
+        if r.length:
+            ticket.transferred += await download.send(
+                resp.write, io, volume, r.start, r.end, ticket.check
+            )
+        await resp.write_eof()
+    return resp
+
+
+@routes.patch("/images/{ticket_id}")
+async def patch(request: web.Request) -> web.Response:
+    ticket = _authorize(request, "write")
+    msg = await read_json(request)
+    op = msg.get("op")
+    if op not in ("zero", "flush"):
+        raise InvalidRequest(
+            f"Unsupported value {op!r} for 'op', expecting one of ['flush', 'zero']"
+        )
+    io = request.app[IO_KEY]
+    async with ticket.operation():
+        volume = await ticket_volume(io, ticket)
+        if op == "flush":
+            await io.run(volume.flush)
+            return _ok(request)
+        size = _int(msg, "size", None)
+        offset = _int(msg, "offset", 0)
+        flush = msg.get("flush", False)
+        if not isinstance(flush, bool):
+            raise InvalidRequest("Boolean required for 'flush'")
+        if offset + size > ticket.size:
+            raise OutOfRange(
+                f"Requested range {offset}-{offset + size} is past the ticket size", ticket.size
+            )
+        log.info("ZERO offset=%d size=%d punch=%s flush=%s", offset, size, ticket.sparse, flush)
+        await _zero(request, ticket, volume, offset, size)
+        if flush:
+            await io.run(volume.flush)
+    return _ok(request)
+
+
+async def _zero(
+    request: web.Request, ticket: Ticket, volume: Volume, offset: int, size: int
+) -> None:
+    step = request.app[CONFIG].transfer.max_zero_step
+    io = request.app[IO_KEY]
+    end = offset + size
+    while offset < end:
+        ticket.check()
+        n = min(step, end - offset)
+        await io.run(volume.zero, offset, n, ticket.sparse)
+        offset += n
+
+
+def _int(msg: dict[str, Any], name: str, default: int | None) -> int:
+    if name not in msg:
+        if default is None:
+            raise InvalidRequest(f"Missing required value for {name!r}")
+        return default
+    value = msg[name]
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise InvalidRequest(f"Integer required for {name!r}: {value!r}")
+    if value < 0:
+        raise InvalidRequest(f"Invalid value {value} < 0 for {name!r}")
+    return value
+
+
+@routes.options("/images/{ticket_id}")
+async def options(request: web.Request) -> web.Response:
+    ticket_id = request.match_info["ticket_id"]
+    features = ["checksum", "extents", "flush", "zero"]
+    if ticket_id == "*":
+        return web.json_response(
+            {"features": features}, headers={"Allow": "OPTIONS,GET,PUT,PATCH"}
+        )
+    ticket = _authorize(request, "read")
+    ticket.touch()
+    io = request.app[IO_KEY]
+    volume = await ticket_volume(io, ticket)
+    caps = volume.capabilities
+    writable = ticket.may("write")
+    body: dict[str, Any] = {
+        "features": features if writable else ["checksum", "extents"],
+        "max_readers": caps.max_readers,
+        "max_writers": caps.max_writers if writable else 0,
+    }
+    allow = "OPTIONS,GET,PUT,PATCH" if writable else "OPTIONS,GET"
+    return web.json_response(body, headers={"Allow": allow})
+
+
+@routes.get("/images/{ticket_id}/extents")
+async def extents(request: web.Request) -> web.Response:
+    ticket = _authorize(request, "read")
+    context = request.query.get("context", "zero")
+    if context == "dirty":
+        raise Unsupported(
+            "Ticket does not support dirty extents" if not ticket.dirty
+            else "Dirty extents are not supported for file and block volumes"
+        )
+    if context != "zero":
+        raise InvalidRequest(f"Unsupported value {context!r} for 'context'")
+    io = request.app[IO_KEY]
+    async with ticket.operation():
+        volume = await ticket_volume(io, ticket)
+        result = await io.run(_extents, volume, ticket.size)
+    return web.json_response(result)
+
+
+def _extents(volume: Volume, limit: int) -> list[dict[str, Any]]:
+    out = []
+    for e in volume.extents():
+        if e.start >= limit:
+            break
+        length = min(e.end, limit) - e.start
+        out.append({"start": e.start, "length": length, "zero": e.zero, "hole": e.hole})
+    return out
+
+
+@routes.get("/images/{ticket_id}/checksum/algorithms")
+async def checksum_algorithms(request: web.Request) -> web.Response:
+    return web.json_response({"algorithms": blkhash.algorithms()})
+
+
+@routes.get("/images/{ticket_id}/checksum")
+async def checksum(request: web.Request) -> web.Response:
+    ticket = _authorize(request, "read")
+    algorithm = request.query.get("algorithm", blkhash.DEFAULT_ALGORITHM)
+    blkhash.hash_factory(algorithm)  # validates
+    try:
+        block_size = int(request.query.get("block_size", blkhash.DEFAULT_BLOCK_SIZE))
+    except ValueError:
+        raise InvalidRequest("Integer required for 'block_size'") from None
+    blkhash.validate_block_size(block_size)
+    io = request.app[IO_KEY]
+    async with ticket.operation():
+        volume = await ticket_volume(io, ticket)
+        size = min(ticket.size, await io.run(volume.size))
+        buf = io.get_buffer()
+        try:
+            result = await io.run(
+                checksum_mod.checksum, volume, size, algorithm, block_size, buf, ticket.check
+            )
+        finally:
+            io.put_buffer(buf)
+    return web.json_response(result)
+
+
+@routes.get("/info/")
+async def info(request: web.Request) -> web.Response:
+    from .. import __version__
+
+    return web.json_response({"version": __version__, "server": "sluice"})
+
+
+def _ok(request: web.Request) -> web.Response:
+    resp = web.Response(status=200)
+    if flag_param(request, "close", default=False):
+        resp.force_close()
+    return resp

@@ -1,0 +1,63 @@
+"""The daemon's bounded I/O executor and its pool of aligned buffers.
+
+Volume calls block, so they run here and never on the event loop.  Each call
+is a whole unit of work (open+probe, or write one 16 MiB buffer), never one
+syscall per hop.  The logging context (transfer id) follows the work into
+the worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+import logging
+import mmap
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import ParamSpec, TypeVar
+
+from volume.buffers import aligned_buffer
+
+log = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+class IO:
+    def __init__(self, workers: int, buffer_size: int, pool_buffers: int) -> None:
+        self._executor = ThreadPoolExecutor(workers, thread_name_prefix="io")
+        self.buffer_size = buffer_size
+        self._pool_max = pool_buffers
+        self._free: list[mmap.mmap] = []
+
+    def submit(
+        self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs
+    ) -> asyncio.Future[T]:
+        """Start ``fn`` in a worker thread; the future resolves on the loop."""
+        ctx = contextvars.copy_context()
+        call = functools.partial(ctx.run, fn, *args, **kwargs)
+        return asyncio.get_running_loop().run_in_executor(self._executor, call)
+
+    async def run(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+        return await self.submit(fn, *args, **kwargs)
+
+    def get_buffer(self) -> mmap.mmap:
+        """An aligned buffer of ``buffer_size``; give it back with put_buffer."""
+        if self._free:
+            return self._free.pop()
+        return aligned_buffer(self.buffer_size)
+
+    def put_buffer(self, buf: mmap.mmap) -> None:
+        if len(self._free) < self._pool_max and not buf.closed:
+            self._free.append(buf)
+        else:
+            buf.close()
+
+    def close(self) -> None:
+        # Handlers are done by now; do not block the loop waiting for idle threads.
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        for buf in self._free:
+            buf.close()
+        self._free.clear()

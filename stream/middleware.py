@@ -1,0 +1,100 @@
+"""The one place where errors become HTTP answers.
+
+Our errors (``volume.errors.Error`` and the wire parsers' ``WireError``)
+carry their status.  Routes that ovirt-imageio clients use answer in text,
+as imageio does (its client shows the first 512 bytes of the body); all
+other routes answer ``{"error": code, "detail": message}``.  Unexpected
+exceptions become 500 "check logs", never a traceback.  An error after the
+response has started cannot change the status: the connection is aborted so
+the client sees a truncated body rather than a silent success.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from volume.errors import Error, OutOfRange
+
+from .wire.errors import BadRange, WireError
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+#: Set on the request by streaming handlers right after ``prepare()``.
+RESPONSE = "sluice.response"
+#: Prefixes whose errors are plain text (ovirt-imageio compatibility).
+TEXT_PREFIXES = ("/images/", "/info/", "/tickets/")
+
+
+def error_response(
+    request: web.Request, status: int, code: str, detail: str
+) -> web.Response:
+    headers: dict[str, str] = {}
+    if request.path.startswith(TEXT_PREFIXES):
+        resp = web.Response(status=status, text=detail + "\n", headers=headers)
+    else:
+        body = json.dumps({"error": code, "detail": detail})
+        resp = web.Response(
+            status=status, text=body, content_type="application/json", headers=headers
+        )
+    if request.can_read_body and not request.content.at_eof():
+        # The body was not consumed: the connection cannot be reused.
+        resp.force_close()
+    return resp
+
+
+@web.middleware
+async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except asyncio.CancelledError:
+        raise
+    except web.HTTPException as e:
+        if e.status < 400:
+            raise
+        return error_response(request, e.status, e.reason.lower().replace(" ", "-"), e.reason)
+    except (Error, WireError) as e:
+        started = request.get(RESPONSE)
+        if started is not None and started.prepared:
+            log.error("%s %s failed after the answer started: %s", request.method,
+                      request.path, e)
+            return _abort(request, started)
+        level = logging.ERROR if e.http_status >= 500 else logging.WARNING
+        log.log(level, "%s %s: %d %s", request.method, request.path, e.http_status, e)
+        resp = error_response(request, e.http_status, e.code, e.detail)
+        if isinstance(e, OutOfRange | BadRange):
+            resp.headers["Content-Range"] = f"bytes */{e.size}"
+        if e.http_status == 403:
+            resp.force_close()
+        return resp
+    except (ConnectionError, OSError) as e:
+        if isinstance(e, ConnectionError) or request.transport is None:
+            # The client went away; nobody is listening for an answer.
+            log.info("%s %s: client disconnected: %s", request.method, request.path, e)
+            raise
+        log.exception("%s %s failed", request.method, request.path)
+        return _internal(request)
+    except Exception:
+        log.exception("%s %s failed", request.method, request.path)
+        started = request.get(RESPONSE)
+        if started is not None and started.prepared:
+            return _abort(request, started)
+        return _internal(request)
+
+
+def _internal(request: web.Request) -> web.Response:
+    return error_response(
+        request, 500, "internal-error", "Server failed to perform the request, check logs"
+    )
+
+
+def _abort(request: web.Request, resp: web.StreamResponse) -> web.StreamResponse:
+    if request.transport is not None:
+        request.transport.abort()
+    return resp

@@ -1,0 +1,202 @@
+"""Transfer tickets: the authorization of the image API, as in ovirt-imageio.
+
+A ticket is created by the engine (through vdsm) over the control socket and
+names one image by ``file://`` URL.  The ticket id is the secret in the data
+URL.  Tickets live in memory only; a restarted daemon knows none.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import urllib.parse
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from volume.base import Volume
+from volume.errors import Conflict, Forbidden, InvalidRequest, NotFound
+
+log = logging.getLogger(__name__)
+
+_FIELDS: dict[str, tuple[type, bool]] = {
+    # name: (type, required)
+    "uuid": (str, True),
+    "size": (int, True),
+    "ops": (list, True),
+    "timeout": (int, True),
+    "url": (str, True),
+    "inactivity_timeout": (int, False),
+    "transfer_id": (str, False),
+    "filename": (str, False),
+    "sparse": (bool, False),
+    "dirty": (bool, False),
+}
+_OPS = ("read", "write")
+
+
+def parse_ticket(body: Any, default_inactivity: int) -> dict[str, Any]:
+    """Validate ticket JSON as imageio does; return the clean fields."""
+    if not isinstance(body, dict):
+        raise InvalidRequest("Ticket is not in a json format")
+    clean: dict[str, Any] = {}
+    for name, (kind, required) in _FIELDS.items():
+        if name not in body:
+            if required:
+                raise InvalidRequest(
+                    f"Invalid ticket: Required ticket parameter is missing: {name}"
+                )
+            continue
+        value = body[name]
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise InvalidRequest(
+                f"Invalid ticket: Invalid value for {name!r}: {value!r} is not {kind.__name__}"
+            )
+        clean[name] = value
+    for name in ("size", "timeout", "inactivity_timeout"):
+        if clean.get(name, 0) < 0:
+            raise InvalidRequest(f"Invalid ticket: Invalid value for {name!r}: must be >= 0")
+    ops = clean["ops"]
+    if not ops or any(op not in _OPS for op in ops):
+        raise InvalidRequest(f"Invalid ticket: Invalid value for 'ops': {ops!r}")
+    url = urllib.parse.urlsplit(clean["url"])
+    if url.scheme != "file":
+        raise InvalidRequest(
+            f"Invalid ticket: Invalid value for 'url': Unsupported url scheme: {url.scheme}"
+        )
+    if not url.path.startswith("/") or url.netloc not in ("", "localhost"):
+        raise InvalidRequest("Invalid ticket: 'url' must be file:///absolute/path")
+    clean["path"] = urllib.parse.unquote(url.path)
+    clean.setdefault("inactivity_timeout", default_inactivity)
+    clean.setdefault("sparse", False)
+    clean.setdefault("dirty", False)
+    return clean
+
+
+@dataclass(eq=False)
+class Ticket:
+    uuid: str
+    size: int
+    ops: list[str]
+    timeout: int
+    url: str
+    path: str  # real path, after symlinks, inside a registered domain
+    inactivity_timeout: int
+    sparse: bool = False
+    dirty: bool = False
+    transfer_id: str | None = None
+    filename: str | None = None
+    domain: str | None = None
+    volume: Volume | None = None
+    expires: float = 0.0
+    canceled: bool = False
+    transferred: int = 0
+    connections: int = 0
+    _ongoing: int = 0
+    _idle: asyncio.Event = field(default_factory=asyncio.Event)
+    open_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    def __post_init__(self) -> None:
+        self._idle.set()
+        self.touch()
+
+    @property
+    def log_id(self) -> str:
+        return self.transfer_id or f"ticket/{self.uuid[:18]}"
+
+    def touch(self) -> None:
+        self.expires = time.monotonic() + self.timeout
+
+    def may(self, op: str) -> bool:
+        return op in self.ops or (op == "read" and "write" in self.ops)
+
+    def check(self) -> None:
+        """Raise Forbidden if the ticket may no longer be used."""
+        if self.canceled:
+            raise Forbidden(f"Transfer {self.log_id} was canceled")
+
+    @asynccontextmanager
+    async def operation(self) -> AsyncIterator[None]:
+        """Track an ongoing request; re-arm the expiry when it completes."""
+        self.check()
+        self._ongoing += 1
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self._ongoing -= 1
+            if not self._ongoing:
+                self._idle.set()
+            self.touch()
+
+    async def cancel(self, wait: float) -> None:
+        """Refuse new requests and wait up to ``wait`` seconds for ongoing ones."""
+        self.canceled = True
+        try:
+            await asyncio.wait_for(self._idle.wait(), wait)
+        except TimeoutError:
+            raise Conflict(
+                f"Timeout cancelling transfer {self.log_id}: "
+                f"{self._ongoing} operations still running"
+            ) from None
+
+    def info(self) -> dict[str, Any]:
+        now = time.monotonic()
+        d: dict[str, Any] = {
+            "uuid": self.uuid,
+            "size": self.size,
+            "ops": self.ops,
+            "timeout": self.timeout,
+            "url": self.url,
+            "inactivity_timeout": self.inactivity_timeout,
+            "sparse": self.sparse,
+            "dirty": self.dirty,
+            "active": self._ongoing > 0,
+            "canceled": self.canceled,
+            "connections": self.connections,
+            "expires": int(self.expires),
+            "idle_time": 0 if self._ongoing else int(now - (self.expires - self.timeout)),
+        }
+        if len(self.ops) == 1:
+            d["transferred"] = self.transferred
+        for key in ("transfer_id", "filename"):
+            if getattr(self, key) is not None:
+                d[key] = getattr(self, key)
+        return d
+
+
+class Authorizer:
+    def __init__(self) -> None:
+        self._tickets: dict[str, Ticket] = {}
+
+    def add(self, ticket: Ticket) -> Ticket | None:
+        """Add or replace; returns the replaced ticket, if any."""
+        old = self._tickets.get(ticket.uuid)
+        self._tickets[ticket.uuid] = ticket
+        return old
+
+    def get(self, ticket_id: str) -> Ticket:
+        try:
+            return self._tickets[ticket_id]
+        except KeyError:
+            raise NotFound(f"No such ticket {ticket_id!r}") from None
+
+    def authorize(self, ticket_id: str, op: str) -> Ticket:
+        ticket = self._tickets.get(ticket_id)
+        if ticket is None:
+            raise Forbidden(f"No such ticket {ticket_id}")
+        if ticket.canceled:
+            raise Forbidden(f"Ticket {ticket_id} was canceled")
+        if ticket.expires < time.monotonic() and not ticket._ongoing:
+            raise Forbidden(f"Ticket {ticket_id} expired")
+        if not ticket.may(op):
+            raise Forbidden(f"Ticket {ticket_id} forbids {op}")
+        return ticket
+
+    def pop(self, ticket_id: str) -> Ticket | None:
+        return self._tickets.pop(ticket_id, None)
+
+    def all(self) -> list[Ticket]:
+        return list(self._tickets.values())

@@ -1,0 +1,209 @@
+"""The upload pipeline: network bytes into aligned buffers, buffers to disk.
+
+Receiving and writing overlap: while a worker thread writes one full buffer
+(one ``pwrite`` of up to 16 MiB, O_DIRECT where the volume supports it), the
+event loop fills the other.  Chunks from the socket are copied once, into
+the staging buffer; there is no thread hop per chunk, only one per buffer.
+
+With ``Content-Encoding: zstd`` the staging buffers hold compressed bytes;
+the worker decompresses them through a bounded-output writer (at most 1 MiB
+of output at a time, so a compression bomb cannot balloon memory) into an
+aligned output buffer, written the same way.
+
+Nothing past ``limit`` (the ticket size) is ever written: a body that would
+cross it is cut off with OutOfRange (416) before the offending buffer goes
+to disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import mmap
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import zstandard
+
+from volume.base import Volume
+from volume.errors import InvalidRequest, OutOfRange
+
+from .io import IO
+from .wire.zstdframe import FrameTracker
+
+log = logging.getLogger(__name__)
+
+Reader = Callable[[], Awaitable[bytes]]
+
+#: Decompressed output handed to the sink per call; bounds memory per stream.
+ZSTD_WRITE_SIZE = 1 << 20
+
+
+def _too_big(offset: int, limit: int) -> OutOfRange:
+    return OutOfRange(
+        f"upload goes past the end of the ticket ({limit} bytes) at offset {offset}", limit
+    )
+
+
+class _Sink:
+    """Worker-thread side: decoded bytes to the volume at increasing offsets.
+
+    Used directly for plain bodies (whole staging buffers) and as the output
+    of the zstd stream writer (pieces of at most ZSTD_WRITE_SIZE).
+    """
+
+    def __init__(
+        self, volume: Volume, offset: int, limit: int, hasher: Any, out: mmap.mmap | None
+    ) -> None:
+        self.volume = volume
+        self.pos = offset
+        self.limit = limit
+        self.hasher = hasher
+        self._out = out
+        self._view = memoryview(out) if out is not None else None
+        self._head = 0
+        self._fill = 0
+        if out is not None:
+            # Place data so buffer index == disk offset modulo the volume's
+            # alignment: every full buffer after the first is then aligned.
+            align = max(volume.capabilities.block_size, 1)
+            self._head = self._fill = offset % align
+
+    def put(self, view: memoryview) -> None:
+        """Write a whole decoded piece at the current position."""
+        if self.pos + len(view) > self.limit:
+            raise _too_big(self.pos, self.limit)
+        if self.hasher is not None:
+            self.hasher.update(view)
+        self.volume.write(self.pos, view)
+        self.pos += len(view)
+
+    # zstandard calls write() with decompressed data.
+    def write(self, data: bytes) -> int:
+        assert self._view is not None
+        src = memoryview(data)
+        while src:
+            n = min(len(src), len(self._view) - self._fill)
+            self._view[self._fill : self._fill + n] = src[:n]
+            self._fill += n
+            src = src[n:]
+            if self._fill == len(self._view):
+                self.drain()
+        return len(data)
+
+    def drain(self) -> None:
+        if self._view is not None and self._fill > self._head:
+            self.put(self._view[self._head : self._fill])
+            self._head = self._fill = 0
+
+    def release(self) -> None:
+        if self._view is not None:
+            self._view.release()
+            self._view = None
+
+
+async def receive(
+    read: Reader,
+    io: IO,
+    volume: Volume,
+    *,
+    offset: int,
+    limit: int,
+    zstd: bool,
+    hasher: Any,
+    check: Callable[[], None],
+    idle_timeout: float,
+) -> int:
+    """Stream a request body into ``volume`` at ``offset``; return bytes written.
+
+    ``read`` is ``request.content.readany``.  ``check`` raises if the ticket
+    was cancelled meanwhile; it runs once per buffer.  ``idle_timeout`` ends
+    the upload when no byte arrives for that long.
+    """
+    out = io.get_buffer() if zstd else None
+    sink = _Sink(volume, offset, limit, hasher, out)
+    decoder = (
+        zstandard.ZstdDecompressor().stream_writer(
+            sink,  # type: ignore[arg-type]  # it only needs write()
+            write_size=ZSTD_WRITE_SIZE,
+        )
+        if zstd
+        else None
+    )
+    frames = FrameTracker() if zstd else None
+    bufs = [io.get_buffer()]
+    pending: asyncio.Future[None] | None = None
+    loop = asyncio.get_running_loop()
+
+    def job(buf: mmap.mmap, start: int, end: int) -> None:
+        with memoryview(buf) as view:
+            if decoder is not None:
+                decoder.write(view[start:end])
+            else:
+                sink.put(view[start:end])
+
+    try:
+        cur = 0
+        view = memoryview(bufs[0])
+        head = fill = 0 if zstd else sink._head
+        received = 0
+        async with asyncio.timeout(idle_timeout) as deadline:
+            last = loop.time()
+            while True:
+                chunk = await read()
+                if not chunk:
+                    break
+                now = loop.time()
+                if now - last > 1.0:
+                    deadline.reschedule(now + idle_timeout)
+                    last = now
+                received += len(chunk)
+                if frames is not None:
+                    frames.feed(chunk)
+                elif offset + received > limit:
+                    raise _too_big(offset + received - len(chunk), limit)
+                src = memoryview(chunk)
+                while src:
+                    n = min(len(src), len(view) - fill)
+                    view[fill : fill + n] = src[:n]
+                    fill += n
+                    src = src[n:]
+                    if fill == len(view):
+                        check()
+                        if pending is not None:
+                            await pending
+                        pending = io.submit(job, bufs[cur], head, fill)
+                        if len(bufs) == 1:
+                            bufs.append(io.get_buffer())
+                        cur ^= 1
+                        view.release()
+                        view = memoryview(bufs[cur])
+                        head = fill = 0
+        view.release()
+        if pending is not None:
+            await pending
+            pending = None
+        if fill > head:
+            check()
+            await io.run(job, bufs[cur], head, fill)
+        if decoder is not None and frames is not None:
+            if not frames.complete:
+                raise InvalidRequest("zstd stream ends in the middle of a frame")
+            await io.run(sink.drain)
+        return sink.pos - offset
+    finally:
+        if pending is not None:
+            # A worker may still be using a buffer: never hand it back early.
+            await asyncio.shield(_settle(pending))
+        for b in bufs:
+            io.put_buffer(b)
+        sink.release()
+        if out is not None:
+            io.put_buffer(out)
+
+
+async def _settle(fut: asyncio.Future[None]) -> None:
+    try:
+        await fut
+    except Exception:
+        log.debug("write in flight failed after the upload had already failed", exc_info=True)

@@ -1,0 +1,84 @@
+"""Strict parsers for ``Range`` and ``Content-Range`` (RFC 9110 §14).
+
+Anything we do not serve is rejected, never guessed: a misread range writes
+data at the wrong offset.  The accepted forms are the ones ovirt-imageio
+accepts, so its clients see the same answers.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from .errors import BadContentRange, BadRange
+
+_RANGE = re.compile(r"bytes=(\d+)-(\d*)$")
+_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+|\*)/(\d+|\*)$")
+
+
+@dataclass(frozen=True)
+class ByteRange:
+    """Half-open ``[start, end)``."""
+
+    start: int
+    end: int
+
+    @property
+    def length(self) -> int:
+        return self.end - self.start
+
+
+def parse_range(header: str, size: int) -> ByteRange:
+    """Parse ``Range: bytes=first-[last]`` against a resource of ``size``.
+
+    Raises BadRange (416, with ``size`` for ``Content-Range: bytes */size``)
+    for suffix ranges, multiple ranges, junk, ``first > last`` and ranges
+    that start at or past ``size``.  A ``last`` past the end is clipped, as
+    RFC 9110 §14.1.2 says; imageio refuses it, and its client never sends one.
+    """
+    value = header.strip()
+    if value.startswith("bytes=-"):
+        raise BadRange("suffix-byte-range-spec not supported", size)
+    if "," in value:
+        raise BadRange("multiple ranges not supported", size)
+    m = _RANGE.match(value)
+    if m is None:
+        raise BadRange(f"invalid Range header: {header!r}", size)
+    first = int(m.group(1))
+    last = int(m.group(2)) if m.group(2) else size - 1
+    if first > last:
+        raise BadRange(f"invalid range {first}-{last}: first byte after last", size)
+    if first >= size:
+        raise BadRange(f"range starts at {first}, past the end ({size} bytes)", size)
+    return ByteRange(first, min(last + 1, size))
+
+
+@dataclass(frozen=True)
+class ContentRange:
+    start: int
+    #: Exclusive end, or None for ``first-*`` (length from the body).
+    end: int | None
+    #: Total size claimed by the client, or None for ``*``.
+    complete: int | None
+
+
+def parse_content_range(header: str) -> ContentRange:
+    """Parse ``Content-Range: bytes first-last/complete`` of an upload.
+
+    As in imageio, ``last`` and ``complete`` may be ``*``.  Malformed values
+    and ``first > last`` raise BadContentRange (400).
+    """
+    m = _CONTENT_RANGE.match(header.strip())
+    if m is None:
+        raise BadContentRange(f"invalid Content-Range header: {header!r}")
+    first = int(m.group(1))
+    end = None if m.group(2) == "*" else int(m.group(2)) + 1
+    if end is not None and end <= first:
+        raise BadContentRange(f"invalid Content-Range {header!r}: first byte after last")
+    complete = None if m.group(3) == "*" else int(m.group(3))
+    return ContentRange(first, end, complete)
+
+
+def content_range(r: ByteRange, size: int) -> str:
+    """The ``Content-Range`` value of a 206 answer."""
+    return f"bytes {r.start}-{r.end - 1}/{size}"

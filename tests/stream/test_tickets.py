@@ -1,0 +1,126 @@
+"""The control API: tickets as ovirt-imageio defines them, and where they may point."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from stream.app import make_app
+from stream.config import Config
+
+from .conftest import AddTicket, Client
+
+
+def ticket_json(path: Path | str, **fields: Any) -> dict[str, Any]:
+    t: dict[str, Any] = {"uuid": str(uuid.uuid4()), "size": 4096, "url": f"file://{path}",
+                         "ops": ["read", "write"], "timeout": 300}
+    t.update(fields)
+    return t
+
+
+async def test_add_get_delete(client: Client, image: Any) -> None:
+    path = image(4096)
+    t = ticket_json(path, transfer_id="transfer-1", filename="disk.raw", sparse=True)
+    resp = await client.put(f"/tickets/{t['uuid']}", json=t)
+    assert resp.status == 200
+    info = await (await client.get(f"/tickets/{t['uuid']}")).json()
+    for key in ("uuid", "size", "url", "ops", "timeout", "transfer_id", "filename", "sparse"):
+        assert info[key] == t[key]
+    assert info["active"] is False and info["canceled"] is False
+    assert info["inactivity_timeout"] == 60
+    resp = await client.delete(f"/tickets/{t['uuid']}")
+    assert resp.status == 204
+    assert (await client.get(f"/tickets/{t['uuid']}")).status == 404
+    # Idempotent, as imageio's.
+    assert (await client.delete(f"/tickets/{t['uuid']}")).status == 204
+    assert (await client.get(f"/images/{t['uuid']}")).status == 403
+
+
+async def test_delete_all(client: Client, image: Any, add_ticket: AddTicket) -> None:
+    ids = [await add_ticket(image(4096)) for _ in range(3)]
+    assert (await client.delete("/tickets/")).status == 204
+    for i in ids:
+        assert (await client.get(f"/tickets/{i}")).status == 404
+
+
+@pytest.mark.parametrize("body,detail", [
+    pytest.param("not json", "Invalid JSON", id="not-json"),
+    pytest.param([1, 2], "expecting an object", id="not-object"),
+    pytest.param({"uuid": "x", "size": 1, "url": "file:///x", "timeout": 1},
+                 "Required ticket parameter is missing: ops", id="missing-ops"),
+    pytest.param({"uuid": "x", "size": "big", "url": "file:///x", "timeout": 1, "ops": ["read"]},
+                 "Invalid value for 'size'", id="size-not-int"),
+    pytest.param({"uuid": "x", "size": -1, "url": "file:///x", "timeout": 1, "ops": ["read"]},
+                 "must be >= 0", id="negative-size"),
+    pytest.param({"uuid": "x", "size": 1, "url": "file:///x", "timeout": 1, "ops": ["fly"]},
+                 "Invalid value for 'ops'", id="bad-op"),
+    pytest.param({"uuid": "x", "size": 1, "url": "s3://bucket/x", "timeout": 1, "ops": ["read"]},
+                 "Unsupported url scheme: s3", id="s3"),
+])
+async def test_invalid_ticket(client: Client, body: Any, detail: str) -> None:
+    if isinstance(body, str):
+        resp = await client.put("/tickets/x", data=body)
+    else:
+        resp = await client.put("/tickets/x", json=body)
+    assert resp.status == 400
+    assert detail in await resp.text()
+
+
+async def test_path_outside_domain_is_refused(client: Client, tmp_path: Path) -> None:
+    outside = tmp_path / "outside.raw"
+    outside.write_bytes(b"secret")
+    t = ticket_json(outside)
+    resp = await client.put(f"/tickets/{t['uuid']}", json=t)
+    assert resp.status == 403
+    assert "not inside a registered storage domain" in await resp.text()
+
+
+async def test_symlink_escaping_domain_is_refused(
+    client: Client, domain_dir: Path, tmp_path: Path
+) -> None:
+    outside = tmp_path / "outside.raw"
+    outside.write_bytes(b"secret")
+    link = domain_dir / "innocent.raw"
+    os.symlink(outside, link)
+    t = ticket_json(link)
+    resp = await client.put(f"/tickets/{t['uuid']}", json=t)
+    assert resp.status == 403
+
+
+async def test_dotdot_escaping_domain_is_refused(
+    client: Client, domain_dir: Path, tmp_path: Path
+) -> None:
+    (tmp_path / "outside.raw").write_bytes(b"secret")
+    rel = os.path.relpath(tmp_path / "outside.raw", domain_dir)
+    t = ticket_json(f"{domain_dir}/{rel}")
+    resp = await client.put(f"/tickets/{t['uuid']}", json=t)
+    assert resp.status == 403
+
+
+async def test_missing_file_and_directory_are_refused(client: Client, domain_dir: Path) -> None:
+    t = ticket_json(domain_dir / "missing.raw")
+    resp = await client.put(f"/tickets/{t['uuid']}", json=t)
+    assert resp.status == 400
+    assert "does not exist" in await resp.text()
+    t = ticket_json(domain_dir)
+    resp = await client.put(f"/tickets/{t['uuid']}", json=t)
+    assert resp.status == 400
+
+
+async def test_patch_ticket_validation(client: Client, image: Any, add_ticket: AddTicket) -> None:
+    ticket = await add_ticket(image(4096))
+    assert (await client.patch(f"/tickets/{ticket}", json={"timeout": -1})).status == 400
+    assert (await client.patch("/tickets/nope", json={"timeout": 1})).status == 404
+
+
+async def test_control_routes_absent_on_data_listener(aiohttp_client: Any, cfg: Config) -> None:
+    app: web.Application = make_app(cfg)  # guard on: only the unix socket may control
+    c = await aiohttp_client(app)
+    resp = await c.put("/tickets/x", json={})
+    assert resp.status == 404
+    assert (await resp.json())["error"] == "not-found"
