@@ -7,20 +7,24 @@ control socket; on the data port they do not exist (404).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from volume.domains import Domain, DomainRegistry, load_or_create_default
+from volume.domains import Domain, load_or_create_default
 
 from .config import Config
-from .handlers import control, images
+from .handlers import control, images, pool
 from .io import IO
 from .middleware import errors
-from .state import AUTH, CONFIG, DOMAINS, IO_KEY
+from .monitor import Monitor
+from .poolmgr import PoolManager
+from .state import AUTH, CONFIG, IO_KEY, POOL
 from .tickets import Authorizer
 
 log = logging.getLogger(__name__)
@@ -47,15 +51,21 @@ def control_guard(enabled: bool) -> Middleware:
     return guard
 
 
+#: Keyword arguments for the runner serving this app.  aiohttp would decode
+#: ``Content-Encoding`` itself, with no bound on the decoded size and no check
+#: that a zstd frame is complete; the upload pipeline does both instead.
+RUNNER_KWARGS: dict[str, Any] = {"auto_decompress": False}
+
+
 def make_app(cfg: Config, *, guard_control: bool = True) -> web.Application:
     """Build the application.  Tests pass ``guard_control=False`` to reach
     the control routes through the aiohttp test client's TCP socket."""
     app = web.Application(middlewares=[errors, control_guard(guard_control)])
     app[CONFIG] = cfg
     app[AUTH] = Authorizer()
-    app[DOMAINS] = DomainRegistry()
     app.add_routes(images.routes)
     app.add_routes(control.routes)
+    app.add_routes(pool.routes)
     app.cleanup_ctx.append(_resources)
     return app
 
@@ -65,15 +75,20 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     t = cfg.transfer
     io = IO(t.io_workers, t.buffer_size, t.pool_buffers)
     app[IO_KEY] = io
-    domains = app[DOMAINS]
+    monitor = Monitor(cfg.monitor.interval, cfg.monitor.timeout)
+    mgr = PoolManager(io, app[AUTH], monitor, t.remove_timeout)
+    app[POOL] = mgr
     default = await io.run(load_or_create_default, str(cfg.data_path))
-    domains.add(default)
-    for d in cfg.domains:
-        domains.add(Domain(d.uuid, d.type, d.path, tuple(d.devices)))
-    log.info("domains: %s", ", ".join(f"{d.uuid} ({d.type} {d.path})" for d in domains.all()))
+    extra = [Domain(d.uuid, d.type, d.path, tuple(d.devices)) for d in cfg.domains]
+    mgr.start_standalone(default, extra)
+    log.info("standalone pool: %s", ", ".join(
+        f"{d.uuid} ({d.type} {','.join(d.location)})" for d in mgr.current.domains.values()))
+    monitor_task = asyncio.create_task(monitor.run(), name="domain-monitor")
     try:
         yield
     finally:
+        monitor_task.cancel()
+        await mgr.close()
         for ticket in app[AUTH].all():
             if ticket.volume is not None:
                 await io.run(ticket.volume.close)

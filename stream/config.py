@@ -80,9 +80,19 @@ class TransferConfig:
 
 
 @dataclass
+class MonitorConfig:
+    #: vdsm's domain monitor period; the engine polls host stats about as often.
+    interval: int = 10
+    #: A check slower than this marks the domain unreachable (a hung NFS
+    #: server never answers; a healthy one answers in milliseconds).
+    timeout: int = 30
+
+
+@dataclass
 class Config:
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
     transfer: TransferConfig = field(default_factory=TransferConfig)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
     #: Storage domains besides the embedded default one.
     domains: list[DomainConfig] = field(default_factory=list)
 
@@ -121,6 +131,8 @@ def parse(data: dict[str, Any]) -> Config:
             cfg.daemon = _section(DaemonConfig, value, "daemon")
         elif key == "transfer":
             cfg.transfer = _section(TransferConfig, value, "transfer")
+        elif key == "monitor":
+            cfg.monitor = _section(MonitorConfig, value, "monitor")
         elif key == "domains":
             if not isinstance(value, list):
                 raise InvalidConfig("domains must be an array of tables")

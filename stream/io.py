@@ -9,6 +9,7 @@ the worker thread.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import functools
 import logging
@@ -43,21 +44,30 @@ class IO:
     async def run(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
         return await self.submit(fn, *args, **kwargs)
 
-    def get_buffer(self) -> mmap.mmap:
-        """An aligned buffer of ``buffer_size``; give it back with put_buffer."""
+    def get_buffer(self, size: int = 0) -> mmap.mmap:
+        """An aligned buffer of at least ``size`` (default ``buffer_size``)
+        bytes; give it back with put_buffer."""
+        if size > self.buffer_size:
+            return aligned_buffer(size)  # unusual: not pooled
         if self._free:
             return self._free.pop()
         return aligned_buffer(self.buffer_size)
 
     def put_buffer(self, buf: mmap.mmap) -> None:
-        if len(self._free) < self._pool_max and not buf.closed:
+        if buf.closed:
+            return
+        if len(buf) == self.buffer_size and len(self._free) < self._pool_max:
             self._free.append(buf)
         else:
-            buf.close()
+            with contextlib.suppress(BufferError):
+                buf.close()
 
     def close(self) -> None:
         # Handlers are done by now; do not block the loop waiting for idle threads.
         self._executor.shutdown(wait=False, cancel_futures=True)
         for buf in self._free:
-            buf.close()
+            # A failed request's traceback may still hold a view of it; the
+            # garbage collector frees it then.
+            with contextlib.suppress(BufferError):
+                buf.close()
         self._free.clear()

@@ -27,19 +27,20 @@ log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 #: Set on the request by streaming handlers right after ``prepare()``.
-RESPONSE = "sluice.response"
+RESPONSE = web.RequestKey("response", web.StreamResponse)
 #: Prefixes whose errors are plain text (ovirt-imageio compatibility).
 TEXT_PREFIXES = ("/images/", "/info/", "/tickets/")
 
 
 def error_response(
-    request: web.Request, status: int, code: str, detail: str
+    request: web.Request, status: int, code: str, detail: str,
+    extra: dict[str, object] | None = None,
 ) -> web.Response:
     headers: dict[str, str] = {}
     if request.path.startswith(TEXT_PREFIXES):
         resp = web.Response(status=status, text=detail + "\n", headers=headers)
     else:
-        body = json.dumps({"error": code, "detail": detail})
+        body = json.dumps({"error": code, "detail": detail, **(extra or {})})
         resp = web.Response(
             status=status, text=body, content_type="application/json", headers=headers
         )
@@ -67,7 +68,9 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
             return _abort(request, started)
         level = logging.ERROR if e.http_status >= 500 else logging.WARNING
         log.log(level, "%s %s: %d %s", request.method, request.path, e.http_status, e)
-        resp = error_response(request, e.http_status, e.code, e.detail)
+        resp = error_response(
+            request, e.http_status, e.code, e.detail, getattr(e, "extra", None)
+        )
         if isinstance(e, OutOfRange | BadRange):
             resp.headers["Content-Range"] = f"bytes */{e.size}"
         if e.http_status == 403:

@@ -14,7 +14,7 @@ from aiohttp import web
 
 from volume.durable import makedirs_durable
 
-from .app import make_app
+from .app import RUNNER_KWARGS, make_app
 from .config import Config
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,7 @@ def tls_context(cert: str, key: str) -> ssl.SSLContext:
 
 async def serve(cfg: Config, ready: asyncio.Event | None = None) -> None:
     app = make_app(cfg)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, **RUNNER_KWARGS)
     await runner.setup()
     host, _, port = cfg.daemon.listen.rpartition(":")
     host = host.strip("[]")

@@ -142,9 +142,9 @@ async def receive(
             else:
                 sink.put(view[start:end])
 
+    view = memoryview(bufs[0])
     try:
         cur = 0
-        view = memoryview(bufs[0])
         head = fill = 0 if zstd else sink._head
         received = 0
         async with asyncio.timeout(idle_timeout) as deadline:
@@ -192,6 +192,7 @@ async def receive(
             await io.run(sink.drain)
         return sink.pos - offset
     finally:
+        view.release()
         if pending is not None:
             # A worker may still be using a buffer: never hand it back early.
             await asyncio.shield(_settle(pending))

@@ -11,7 +11,8 @@ from aiohttp import web
 
 from volume.errors import InvalidRequest
 
-from ..state import AUTH, CONFIG, DOMAINS, IO_KEY
+from ..pool import Access
+from ..state import AUTH, CONFIG, IO_KEY, POOL
 from ..tickets import Ticket, parse_ticket
 from .common import read_json
 
@@ -26,7 +27,9 @@ CONTROL = "control:"
 async def put_ticket(request: web.Request) -> web.Response:
     cfg = request.app[CONFIG]
     fields = parse_ticket(await read_json(request), cfg.transfer.inactivity_timeout)
-    domain, real = await request.app[IO_KEY].run(request.app[DOMAINS].resolve, fields["path"])
+    mgr = request.app[POOL]
+    domain, real = await request.app[IO_KEY].run(mgr.registry.resolve, fields["path"])
+    mgr.check(domain.uuid, Access.WRITE if "write" in fields["ops"] else Access.READ)
     ticket = Ticket(
         uuid=fields["uuid"], size=fields["size"], ops=fields["ops"],
         timeout=fields["timeout"], url=fields["url"], path=real,

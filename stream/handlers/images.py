@@ -257,7 +257,7 @@ async def checksum(request: web.Request) -> web.Response:
     async with ticket.operation():
         volume = await ticket_volume(io, ticket)
         size = min(ticket.size, await io.run(volume.size))
-        buf = io.get_buffer()
+        buf = io.get_buffer(block_size)
         try:
             result = await io.run(
                 checksum_mod.checksum, volume, size, algorithm, block_size, buf, ticket.check

@@ -13,7 +13,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from stream.app import make_app
+from stream.app import RUNNER_KWARGS, make_app
 from stream.config import Config
 
 MiB = 1 << 20
@@ -34,9 +34,10 @@ def cfg(tmp_path: Path) -> Config:
 
 
 @pytest.fixture
-async def client(aiohttp_client: Any, cfg: Config) -> Client:
+async def client(aiohttp_client: Any, aiohttp_server: Any, cfg: Config) -> Client:
     app = make_app(cfg, guard_control=False)
-    c: Client = await aiohttp_client(app)
+    server = await aiohttp_server(app, **RUNNER_KWARGS)
+    c: Client = await aiohttp_client(server)
     return c
 
 

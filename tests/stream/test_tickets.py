@@ -123,4 +123,6 @@ async def test_control_routes_absent_on_data_listener(aiohttp_client: Any, cfg: 
     c = await aiohttp_client(app)
     resp = await c.put("/tickets/x", json={})
     assert resp.status == 404
-    assert (await resp.json())["error"] == "not-found"
+    assert "Not Found" in await resp.text()
+    resp = await c.get("/pool")
+    assert resp.status == 404

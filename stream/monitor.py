@@ -1,0 +1,109 @@
+"""Background checks of every domain in the pool map.
+
+Each check is one blocking call in the monitor's own small executor (a hung
+NFS server must not starve image transfers of I/O threads), bounded by a
+timeout.  ``GET /stats`` reports the results with the map version in
+force: that is how the engine sees a host whose map is stale or whose
+storage is failing (vdsm's repoStats, plus the version it lacks).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from .pool import DomainEntry, PoolMap
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Health:
+    reachable: bool
+    total: int | None
+    free: int | None
+    last_check: float  # epoch seconds
+    latency: float  # seconds the check took
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def probe(entry: DomainEntry) -> Health:
+    """Check one domain: can we see its storage, and how much room is left."""
+    start = time.monotonic()
+    try:
+        if entry.type == "file":
+            path = entry.location[0]
+            os.listdir(path)
+            st = os.statvfs(path)
+            total, free = st.f_blocks * st.f_frsize, st.f_bavail * st.f_frsize
+        else:
+            total, free = 0, None
+            for dev in entry.location:
+                fd = os.open(dev, os.O_RDONLY)
+                try:
+                    total += os.lseek(fd, 0, os.SEEK_END)
+                    os.pread(fd, 4096, 0)
+                finally:
+                    os.close(fd)
+        return Health(True, total, free, time.time(), time.monotonic() - start)
+    except OSError as e:
+        return Health(False, None, None, time.time(), time.monotonic() - start,
+                      f"{e.strerror or e}")
+
+
+class Monitor:
+    def __init__(self, interval: float, timeout: float) -> None:
+        self.interval = interval
+        self.timeout = timeout
+        self.health: dict[str, Health] = {}
+        self._executor = ThreadPoolExecutor(4, thread_name_prefix="monitor")
+        self._wake = asyncio.Event()
+        self._pool: PoolMap | None = None
+
+    def update(self, pool: PoolMap) -> None:
+        """A new map is in force: forget dropped domains, check now."""
+        self._pool = pool
+        for sd in list(self.health):
+            if sd not in pool.domains:
+                del self.health[sd]
+        self._wake.set()
+
+    async def check_all(self) -> None:
+        pool = self._pool
+        if pool is None:
+            return
+        loop = asyncio.get_running_loop()
+
+        async def one(entry: DomainEntry) -> None:
+            try:
+                h = await asyncio.wait_for(
+                    loop.run_in_executor(self._executor, probe, entry), self.timeout
+                )
+            except TimeoutError:
+                h = Health(False, None, None, time.time(), self.timeout,
+                           f"check did not finish in {self.timeout} s")
+            if not h.reachable:
+                log.warning("domain %s unreachable: %s", entry.uuid, h.error)
+            if self._pool is not None and entry.uuid in self._pool.domains:
+                self.health[entry.uuid] = h
+
+        await asyncio.gather(*(one(e) for e in pool.domains.values()))
+
+    async def run(self) -> None:
+        while True:
+            self._wake.clear()
+            await self.check_all()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.interval)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)

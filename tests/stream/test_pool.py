@@ -1,0 +1,172 @@
+"""The pool map on the control API: versions, statuses and the I/O they allow."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from stream.pool import ALLOWED, Access, Status
+
+from .conftest import AddTicket, Client
+
+MiB = 1 << 20
+POOL = str(uuid.uuid4())
+
+
+def pool_map(version: int, domains: dict[str, tuple[str, str]], **extra: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "pool_id": POOL,
+        "map_version": version,
+        "master_domain": next(iter(domains), None),
+        "domains": {sd: {"type": "file", "location": loc, "status": st}
+                    for sd, (loc, st) in domains.items()},
+    }
+    body.update(extra)
+    return body
+
+
+@pytest.fixture
+def sd(domain_dir: Path) -> tuple[str, str]:
+    """(uuid, directory) of the embedded default domain."""
+    root = domain_dir.parent
+    return root.name, str(root)
+
+
+async def put_pool(client: Client, body: Any) -> Any:
+    resp = await client.put("/pool", json=body)
+    return resp.status, await resp.json()
+
+
+async def test_embedded_default_is_a_standalone_pool(client: Client, sd: tuple[str, str]) -> None:
+    resp = await client.get("/pool")
+    body = await resp.json()
+    assert body["map_version"] == 0
+    assert body["domains"][sd[0]] == {"type": "file", "location": sd[1], "status": "Active"}
+
+
+async def test_version_must_grow(client: Client, sd: tuple[str, str]) -> None:
+    m1 = pool_map(1, {sd[0]: (sd[1], "Active")})
+    assert (await put_pool(client, m1))[0] == 200
+    status, body = await put_pool(client, m1)  # re-send: harmless
+    assert status == 200 and body["changed"] is False
+    m1_other = pool_map(1, {sd[0]: (sd[1], "Maintenance")})
+    status, body = await put_pool(client, m1_other)
+    assert status == 409
+    assert body["error"] == "stale-map" and body["map_version"] == 1
+    status, body = await put_pool(client, pool_map(0, {sd[0]: (sd[1], "Active")}))
+    assert status == 400  # versions start at 1
+    assert (await (await client.get("/pool")).json())["map_version"] == 1
+
+
+@pytest.mark.parametrize("mutate,detail", [
+    pytest.param(lambda m: m["domains"].update({"not-a-uuid": m["domains"].popitem()[1]}),
+                 "not a valid UUID", id="malformed-uuid"),
+    pytest.param(lambda m: next(iter(m["domains"].values())).update(status="Sleepy"),
+                 "unknown status 'Sleepy'", id="unknown-status"),
+    pytest.param(lambda m: next(iter(m["domains"].values())).update(location="/nonexistent"),
+                 "cannot be used", id="missing-location"),
+    pytest.param(lambda m: next(iter(m["domains"].values())).update(location="/etc/hostname"),
+                 "is not a directory", id="location-not-dir"),
+    pytest.param(lambda m: next(iter(m["domains"].values())).update(type="block"),
+                 "is not a block device", id="dir-as-block"),
+    pytest.param(lambda m: m.update(pool_id="xyz"), "pool_id is not a valid UUID", id="pool-id"),
+    pytest.param(lambda m: m.update(master_domain=str(uuid.uuid4())), "not in the map",
+                 id="master-missing"),
+])
+async def test_bad_maps_are_refused_and_map_unchanged(
+    client: Client, sd: tuple[str, str], mutate: Any, detail: str
+) -> None:
+    before = await (await client.get("/pool")).json()
+    body = pool_map(5, {sd[0]: (sd[1], "Active")})
+    mutate(body)
+    status, err = await put_pool(client, body)
+    assert status == 400
+    assert detail in err["detail"]
+    assert await (await client.get("/pool")).json() == before
+
+
+async def test_domain_left_the_map(
+    client: Client, sd: tuple[str, str], image: Any, tmp_path: Path
+) -> None:
+    path = image(MiB)
+    other_dir = tmp_path / "other-domain"
+    other_dir.mkdir()
+    other = str(uuid.uuid4())
+    assert (await put_pool(client, pool_map(1, {other: (str(other_dir), "Active")})))[0] == 200
+    t = {"uuid": "t1", "size": MiB, "ops": ["read"], "timeout": 10, "url": f"file://{path}"}
+    resp = await client.put("/tickets/t1", json=t)
+    assert resp.status == 403
+    assert "not inside a registered storage domain" in await resp.text()
+
+
+def test_domain_not_in_map_is_404() -> None:
+    from stream.pool import EMPTY
+    from volume.errors import NotFound
+
+    with pytest.raises(NotFound) as e:
+        EMPTY.check(str(uuid.uuid4()), Access.READ)
+    assert e.value.http_status == 404
+
+
+# The flows of the engine (ovirt-storage.md §2.4), each step a map version.
+MAINTENANCE = ["Active", "PreparingForMaintenance", "Maintenance"]
+ACTIVATION = ["Maintenance", "Activating", "Active"]
+DETACH = ["Maintenance", "Detaching"]
+OTHER = ["Inactive", "Unknown", "Locked"]
+
+
+@pytest.mark.parametrize("flow", [MAINTENANCE, ACTIVATION, DETACH, OTHER],
+                         ids=["maintenance", "activation", "detach", "other"])
+async def test_status_gates_tickets(
+    client: Client, sd: tuple[str, str], image: Any, flow: list[str]
+) -> None:
+    path = image(MiB)
+    for version, status in enumerate(flow, start=1):
+        assert (await put_pool(client, pool_map(version, {sd[0]: (sd[1], status)})))[0] == 200
+        for ops in (["read", "write"], ["read"]):
+            t = {"uuid": str(uuid.uuid4()), "size": MiB, "ops": ops, "timeout": 10,
+                 "url": f"file://{path}"}
+            resp = await client.put(f"/tickets/{t['uuid']}", json=t)
+            allowed = Status(status) in ALLOWED[Access.WRITE if "write" in ops else Access.READ]
+            assert (resp.status == 200) == allowed, (status, ops, resp.status)
+            if not allowed:
+                text = await resp.text()
+                assert resp.status == 409 and sd[0] in text and status in text
+
+
+def test_ovf_writes_allowed_while_leaving() -> None:
+    for st in (Status.ACTIVE, Status.PREPARING_FOR_MAINTENANCE, Status.DETACHING):
+        assert st in ALLOWED[Access.OVF_WRITE]
+    for st in (Status.MAINTENANCE, Status.ACTIVATING, Status.LOCKED, Status.UNKNOWN):
+        assert st not in ALLOWED[Access.OVF_WRITE]
+
+
+async def test_leaving_active_cancels_write_tickets(
+    client: Client, sd: tuple[str, str], image: Any, add_ticket: AddTicket
+) -> None:
+    assert (await put_pool(client, pool_map(1, {sd[0]: (sd[1], "Active")})))[0] == 200
+    path = image(MiB)
+    writer = await add_ticket(path)
+    reader = await add_ticket(path, ops=["read"])
+    await put_pool(client, pool_map(2, {sd[0]: (sd[1], "PreparingForMaintenance")}))
+    resp = await client.put(f"/images/{writer}", data=b"x" * 10)
+    assert resp.status == 403
+    resp = await client.get(f"/images/{reader}")
+    assert resp.status == 200  # reads go on while the domain is leaving
+
+
+async def test_stats_report_health_and_version(client: Client, sd: tuple[str, str]) -> None:
+    await put_pool(client, pool_map(3, {sd[0]: (sd[1], "Active")}))
+    app = client.server.app
+    assert app is not None
+    from stream.state import POOL
+
+    await app[POOL].monitor.check_all()
+    stats = await (await client.get("/stats")).json()
+    assert stats["map_version"] == 3
+    d = stats["domains"][sd[0]]
+    assert d["reachable"] is True and d["total"] > 0 and 0 <= d["free"] <= d["total"]
+    assert d["latency"] >= 0 and d["last_check"] > 0
