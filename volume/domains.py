@@ -1,23 +1,39 @@
-"""Storage domains known to this host, and where a ticket path may point.
+"""Storage domains known to this host, and where a ticket may point.
 
 A file domain is a directory; a block domain is a set of registered block
-devices (its ``path`` holds only small metadata).  A path is accepted for a
-transfer only when its real path (after symlinks) lies inside a file
-domain's directory or is one of a domain's registered devices.
+devices (its ``path`` is the first device, which holds the volume table).
+A ticket names its volume either by path or by UUIDs:
+
+- a path is accepted only when its real path (after symlinks) lies inside
+  a file domain's directory or is one of a domain's registered devices
+  (:meth:`DomainRegistry.resolve`);
+- ``(sd_uuid, img_uuid, vol_uuid)`` is looked up in the domain's own
+  metadata (:meth:`DomainRegistry.volume`), which also says where the
+  bytes are (:func:`volume.sd.open_data` opens them).
+
+The registry opens each domain's storage (:data:`OPENERS`, by type) the
+first time a volume is looked up, not when the domain is added: a domain
+that is unreachable at startup must not stop the daemon.
 """
 
 from __future__ import annotations
 
-import json
+import logging
 import os
 import stat
+import threading
 import uuid as uuidlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .durable import atomic_write, makedirs_durable
+from .blockdomain import open_block_domain
+from .durable import makedirs_durable
 from .errors import Forbidden, InvalidRequest, NotFound
+from .filedomain import DOMAIN_FILE, create_file_domain, open_file_domain
+from .sd import StorageDomain, VolumeInfo
+from .validate import check_uuid
 
-DOMAIN_FILE = "domain.json"
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -31,13 +47,61 @@ class Domain:
         return {"uuid": self.uuid, "type": self.type, "path": self.path,
                 "devices": list(self.devices)}
 
+    @classmethod
+    def of(cls, storage: StorageDomain) -> Domain:
+        """The registry record of an opened domain."""
+        if storage.type == "file":
+            return cls(storage.uuid, storage.type, storage.location[0])
+        return cls(storage.uuid, storage.type, storage.location[0], storage.location)
+
+
+def _open_file(d: Domain) -> StorageDomain:
+    return open_file_domain(d.path, d.uuid)
+
+
+def _open_block(d: Domain) -> StorageDomain:
+    return open_block_domain(d.devices, d.uuid)
+
+
+#: How to attach to the storage of each domain type.  A managed block
+#: storage type (see :mod:`volume.sd`) adds its opener here.
+OPENERS: dict[str, Callable[[Domain], StorageDomain]] = {
+    "file": _open_file,
+    "block": _open_block,
+}
+
+
+def open_storage(domain: Domain) -> StorageDomain:
+    """Attach to a domain's storage, checking its location and identity.
+
+    InvalidRequest for an unknown type, a location that does not exist or
+    is not a directory or block device, or storage of another domain.
+    """
+    opener = OPENERS.get(domain.type)
+    if opener is None:
+        raise InvalidRequest(f"storage domain {domain.uuid}: unknown type {domain.type!r}; "
+                             f"expected one of {', '.join(sorted(OPENERS))}")
+    return opener(domain)
+
 
 class DomainRegistry:
     def __init__(self) -> None:
         self._domains: dict[str, Domain] = {}
+        self._storage: dict[str, StorageDomain] = {}
+        self._lock = threading.Lock()
 
     def add(self, domain: Domain) -> None:
-        self._domains[domain.uuid] = domain
+        with self._lock:
+            self._domains[domain.uuid] = domain
+            self._storage.pop(domain.uuid, None)
+
+    def attach(self, storage: StorageDomain) -> Domain:
+        """Register an already opened domain; returns its record."""
+        domain = Domain.of(storage)
+        with self._lock:
+            self._domains[domain.uuid] = domain
+            self._storage[domain.uuid] = storage
+        return domain
 
     def get(self, sd_uuid: str) -> Domain:
         try:
@@ -47,6 +111,27 @@ class DomainRegistry:
 
     def all(self) -> list[Domain]:
         return list(self._domains.values())
+
+    def storage(self, sd_uuid: str) -> StorageDomain:
+        """The opened storage of a registered domain.  Blocking."""
+        sd_uuid = check_uuid(sd_uuid, "storage domain")
+        with self._lock:
+            storage = self._storage.get(sd_uuid)
+        if storage is not None:
+            return storage
+        domain = self.get(sd_uuid)
+        storage = open_storage(domain)
+        with self._lock:
+            if self._domains.get(sd_uuid) is domain:
+                storage = self._storage.setdefault(sd_uuid, storage)
+        log.debug("opened storage domain %s", storage)
+        return storage
+
+    def volume(self, sd_uuid: str, img_uuid: str, vol_uuid: str) -> VolumeInfo:
+        """Look a ticket's volume up by UUIDs.  Blocking: run it in the executor."""
+        img_uuid = check_uuid(img_uuid, "image")
+        vol_uuid = check_uuid(vol_uuid, "volume")
+        return self.storage(sd_uuid).lookup(img_uuid, vol_uuid)
 
     def resolve(self, path: str) -> tuple[Domain, str]:
         """Return (domain, real path) for a ticket path, or refuse it.
@@ -62,7 +147,7 @@ class DomainRegistry:
             raise InvalidRequest(
                 f"Invalid ticket: {path} is neither a regular file nor a block device"
             )
-        for d in self._domains.values():
+        for d in self.all():
             if stat.S_ISBLK(st.st_mode):
                 if any(os.path.realpath(dev) == real for dev in d.devices):
                     return d, real
@@ -76,7 +161,7 @@ class DomainRegistry:
 def load_or_create_default(data_dir: str) -> Domain:
     """The embedded default: one file domain under ``<data_dir>/domains``.
 
-    Its UUID is kept in ``domain.json`` so it survives restarts.
+    Its UUID is kept in its ``domain.json`` so it survives restarts.
     """
     root = os.path.join(os.path.abspath(data_dir), "domains")
     makedirs_durable(root)
@@ -85,11 +170,11 @@ def load_or_create_default(data_dir: str) -> Domain:
         if e.is_dir() and os.path.exists(os.path.join(e.path, DOMAIN_FILE))
     )
     if found:
-        sd_uuid = found[0]
+        path = os.path.join(root, found[0])
+        sd_uuid = open_file_domain(path).uuid
     else:
         sd_uuid = str(uuidlib.uuid4())
         path = os.path.join(root, sd_uuid)
-        makedirs_durable(os.path.join(path, "images"))
-        meta = {"uuid": sd_uuid, "type": "file", "version": 1}
-        atomic_write(os.path.join(path, DOMAIN_FILE), json.dumps(meta).encode())
-    return Domain(sd_uuid, "file", os.path.join(root, sd_uuid))
+        makedirs_durable(path)
+        create_file_domain(path, sd_uuid)
+    return Domain(sd_uuid, "file", path)

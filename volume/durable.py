@@ -8,8 +8,16 @@ good copy is never lost.
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
 import tempfile
+
+from . import _linux
+
+log = logging.getLogger(__name__)
+
+_ZEROS = bytes(1 << 20)
 
 
 def fsync_dir(path: str) -> None:
@@ -54,3 +62,40 @@ def makedirs_durable(path: str, mode: int = 0o755) -> None:
     for d in reversed(missing):
         os.mkdir(d, mode)
         fsync_dir(os.path.dirname(d))
+
+
+def remove_durable(path: str) -> None:
+    """Remove a file (or an empty directory) and fsync its parent.
+
+    A path that is already gone is fine, and its parent is still synced:
+    removal is how a crashed delete is finished, and the crash may have come
+    between the unlink and the fsync.
+    """
+    try:
+        if os.path.isdir(path) and not os.path.islink(path):
+            os.rmdir(path)
+        else:
+            os.unlink(path)
+    except FileNotFoundError:
+        pass
+    fsync_dir(os.path.dirname(os.path.abspath(path)))
+
+
+def preallocate(fd: int, offset: int, length: int) -> None:
+    """Allocate ``[offset, offset+length)`` of a file, extending it.
+
+    ``fallocate(2)``, or writing zeros where the filesystem lacks it (NFS
+    before v4.2 answers EOPNOTSUPP).  Out of space raises ENOSPC here, up
+    front, rather than in the middle of a transfer.
+    """
+    try:
+        _linux.fallocate(fd, 0, offset, length)
+        return
+    except OSError as e:
+        if e.errno != errno.EOPNOTSUPP:
+            raise
+    log.debug("fallocate unsupported, writing %d bytes of zeros", length)
+    zeros = memoryview(_ZEROS)
+    pos, end = offset, offset + length
+    while pos < end:
+        pos += os.pwrite(fd, zeros[:min(len(zeros), end - pos)], pos)

@@ -1,0 +1,299 @@
+"""File storage domains: a directory (local disk or NFS) of volume files.
+
+Layout under the domain's root::
+
+    domain.json                      {"uuid", "type": "file", "version"}
+    images/<img_uuid>/<vol_uuid>     the data: raw or qcow2
+    images/<img_uuid>/<vol_uuid>.meta  JSON: size, format, parent, ...
+
+The ``.meta`` file is the commit point, always replaced atomically
+(:func:`volume.durable.atomic_write`):
+
+- create writes and fsyncs the data first and the metadata last, so a
+  crash leaves at most a data file without metadata, which no lookup
+  serves and the next create of that UUID removes;
+- delete first marks the metadata ``deleting`` (from then on the volume
+  is gone for lookups and lists), then removes the data, then the
+  metadata; a crash in between is finished by deleting again;
+- resize grows the data first and records the new size last, so the
+  metadata never claims bytes the data lacks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import errno
+import json
+import logging
+import os
+from typing import Any
+
+from . import qemuimg
+from ._oserror import oserrors
+from .durable import atomic_write, fsync_dir, makedirs_durable, preallocate, remove_durable
+from .errors import Conflict, InvalidRequest, NotFound, VolumeError
+from .sd import Allocation, BaseDomain, Format, Space, VolumeInfo
+from .validate import check_directory, check_size, check_uuid
+
+log = logging.getLogger(__name__)
+
+DOMAIN_FILE = "domain.json"
+IMAGES = "images"
+META_SUFFIX = ".meta"
+VERSION = 1
+READY = "ready"
+DELETING = "deleting"
+
+
+def _read_json(path: str) -> dict[str, Any]:
+    with open(path, "rb") as f:
+        data = json.load(f)
+    if not isinstance(data, dict):
+        raise ValueError("not a JSON object")
+    return data
+
+
+def create_file_domain(path: str, sd_uuid: str) -> FileDomain:
+    """Make the existing directory ``path`` a new, empty file domain."""
+    sd_uuid = check_uuid(sd_uuid, "storage domain")
+    root = check_directory(path)
+    marker = os.path.join(root, DOMAIN_FILE)
+    if os.path.exists(marker):
+        raise Conflict(f"{path} already holds a storage domain")
+    with oserrors("create storage domain"):
+        makedirs_durable(os.path.join(root, IMAGES))
+        meta = {"uuid": sd_uuid, "type": "file", "version": VERSION}
+        atomic_write(marker, json.dumps(meta).encode())
+    log.info("created file domain sd=%s root=%s", sd_uuid, root)
+    return FileDomain(root, sd_uuid)
+
+
+def open_file_domain(path: str, sd_uuid: str | None = None) -> FileDomain:
+    """Attach to the file domain at ``path``; if ``sd_uuid`` is given, it
+    must be the UUID recorded there."""
+    if sd_uuid is not None:
+        sd_uuid = check_uuid(sd_uuid, "storage domain")
+    root = check_directory(path)
+    try:
+        meta = _read_json(os.path.join(root, DOMAIN_FILE))
+    except FileNotFoundError:
+        raise InvalidRequest(f"{path} is not a storage domain (no {DOMAIN_FILE})") from None
+    except (OSError, ValueError) as e:
+        raise InvalidRequest(f"{path}: unreadable {DOMAIN_FILE}: {e}") from None
+    found = meta.get("uuid")
+    if meta.get("type") != "file" or not isinstance(found, str):
+        raise InvalidRequest(f"{path}: {DOMAIN_FILE} does not describe a file domain")
+    if sd_uuid is not None and found != sd_uuid:
+        raise InvalidRequest(f"{path} holds storage domain {found}, not {sd_uuid}")
+    return FileDomain(root, found)
+
+
+class FileDomain(BaseDomain):
+    """A file domain; build it with :func:`create_file_domain` or
+    :func:`open_file_domain`."""
+
+    type = "file"
+
+    def __init__(self, root: str, sd_uuid: str) -> None:
+        super().__init__(sd_uuid, (root,))
+        self._root = root
+        self._images = os.path.join(root, IMAGES)
+
+    def _paths(self, img: str, vol: str) -> tuple[str, str]:
+        data = os.path.join(self._images, img, vol)
+        return data, data + META_SUFFIX
+
+    def _read(self, img: str, vol: str) -> tuple[VolumeInfo, str]:
+        """The volume's record and state (ready or deleting), or NotFound."""
+        data, meta_path = self._paths(check_uuid(img, "image"), check_uuid(vol, "volume"))
+        try:
+            meta = _read_json(meta_path)
+            info = VolumeInfo.from_meta(self._uuid, meta, path=data)
+            state = meta["state"]
+        except FileNotFoundError:
+            raise self._not_found(img, vol) from None
+        except OSError as e:
+            raise VolumeError(f"cannot read volume metadata: {e.strerror}") from e
+        except (ValueError, KeyError, TypeError):
+            log.error("corrupt volume metadata: %s", meta_path)
+            raise VolumeError(f"corrupt metadata of volume {img}/{vol}") from None
+        return info, state
+
+    def _ready(self, img: str, vol: str) -> VolumeInfo:
+        info, state = self._read(img, vol)
+        if state != READY:
+            raise NotFound(f"Volume {img}/{vol} of storage domain {self._uuid} is "
+                           "being deleted")
+        return info
+
+    def _write_meta(self, info: VolumeInfo, state: str) -> None:
+        meta = {"version": VERSION, "state": state, **info.meta()}
+        atomic_write(self._paths(info.img_uuid, info.vol_uuid)[1],
+                     json.dumps(meta, sort_keys=True).encode())
+
+    def _create(self, info: VolumeInfo) -> VolumeInfo:
+        data, meta_path = self._paths(info.img_uuid, info.vol_uuid)
+        info = dataclasses.replace(info, path=data)
+        with self._lock, oserrors("create volume"):
+            backing = self._check_parent(info)
+            if os.path.exists(meta_path):
+                existing, state = self._read(info.img_uuid, info.vol_uuid)
+                if state == READY:
+                    raise Conflict(f"Volume {info.img_uuid}/{info.vol_uuid} already exists")
+                self._purge(existing)
+            makedirs_durable(os.path.dirname(data))
+            if os.path.lexists(data):
+                log.warning("removing data left by a crashed create: %s", data)
+                remove_durable(data)
+            try:
+                self._make_data(info, backing)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    remove_durable(data)
+                raise
+            self._write_meta(info, READY)
+        log.info("created volume sd=%s img=%s vol=%s size=%d format=%s allocation=%s",
+                 self._uuid, info.img_uuid, info.vol_uuid, info.size, info.format,
+                 info.allocation)
+        return info
+
+    def _check_parent(self, info: VolumeInfo) -> VolumeInfo | None:
+        if info.parent is None:
+            return None
+        if info.format != Format.QCOW2:
+            raise InvalidRequest("a volume with a parent must be qcow2")
+        parent = self._ready(info.img_uuid, info.parent)
+        if info.size < parent.size:
+            raise InvalidRequest(f"volume size {info.size} is smaller than its parent's "
+                                 f"{parent.size}")
+        return parent
+
+    def _make_data(self, info: VolumeInfo, backing: VolumeInfo | None) -> None:
+        prealloc = info.allocation == Allocation.PREALLOCATED
+        if info.format == Format.QCOW2:
+            qemuimg.create(
+                info.path, info.size, preallocation="falloc" if prealloc else None,
+                backing=backing.vol_uuid if backing else None,
+                backing_format=str(backing.format) if backing else None,
+            )
+            fd = os.open(info.path, os.O_RDONLY)
+        else:
+            fd = os.open(info.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o660)
+        try:
+            if info.format == Format.RAW:
+                self._grow_raw(fd, 0, info.size, prealloc)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        fsync_dir(os.path.dirname(info.path))
+
+    @staticmethod
+    def _grow_raw(fd: int, old: int, new: int, prealloc: bool) -> None:
+        if prealloc:
+            preallocate(fd, old, new - old)
+        else:
+            os.ftruncate(fd, new)
+
+    def resize_volume(self, img_uuid: str, vol_uuid: str, size: int) -> VolumeInfo:
+        size = check_size(size)
+        with self._lock, oserrors("resize volume"):
+            info = self._ready(img_uuid, vol_uuid)
+            if size < info.size:
+                raise InvalidRequest(f"volume size {info.size} cannot shrink to {size}")
+            if size == info.size:
+                return info
+            prealloc = info.allocation == Allocation.PREALLOCATED
+            if info.format == Format.QCOW2:
+                qemuimg.resize(info.path, size, preallocation="falloc" if prealloc else None)
+            fd = os.open(info.path, os.O_WRONLY)
+            try:
+                if info.format == Format.RAW:
+                    self._grow_raw(fd, info.size, size, prealloc)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            info = dataclasses.replace(info, size=size)
+            self._write_meta(info, READY)
+        log.info("resized volume sd=%s img=%s vol=%s size=%d", self._uuid, info.img_uuid,
+                 info.vol_uuid, size)
+        return info
+
+    def delete_volume(self, img_uuid: str, vol_uuid: str) -> None:
+        with self._lock, oserrors("delete volume"):
+            info, state = self._read(img_uuid, vol_uuid)
+            if state == READY:
+                children = [v.vol_uuid for v in self._list(info.img_uuid)
+                            if v.parent == info.vol_uuid]
+                if children:
+                    raise Conflict(f"Volume {info.img_uuid}/{info.vol_uuid} is the parent "
+                                   f"of {', '.join(children)}")
+                self._write_meta(info, DELETING)
+            self._purge(info)
+        log.info("deleted volume sd=%s img=%s vol=%s", self._uuid, info.img_uuid,
+                 info.vol_uuid)
+
+    def _purge(self, info: VolumeInfo) -> None:
+        """Remove data, then metadata, then the image directory if empty."""
+        data, meta_path = self._paths(info.img_uuid, info.vol_uuid)
+        remove_durable(data)
+        remove_durable(meta_path)
+        try:
+            remove_durable(os.path.dirname(data))
+        except OSError as e:
+            if e.errno != errno.ENOTEMPTY:
+                raise
+
+    def list_volumes(self, img_uuid: str | None = None) -> list[VolumeInfo]:
+        with oserrors("list volumes"):
+            if img_uuid is not None:
+                return self._list(check_uuid(img_uuid, "image"))
+            found: list[VolumeInfo] = []
+            for img in sorted(os.listdir(self._images)):
+                if os.path.isdir(os.path.join(self._images, img)):
+                    found += self._list(img)
+            return found
+
+    def _list(self, img: str) -> list[VolumeInfo]:
+        try:
+            names = sorted(os.listdir(os.path.join(self._images, img)))
+        except FileNotFoundError:
+            return []
+        found = []
+        for name in names:
+            vol = name.removesuffix(META_SUFFIX)
+            if vol == name:
+                continue
+            try:
+                info, state = self._read(img, vol)
+            except NotFound:
+                continue  # deleted meanwhile
+            except (InvalidRequest, VolumeError) as e:
+                log.warning("skipping volume %s/%s: %s", img, vol, e)
+                continue
+            if state == READY:
+                found.append(info)
+        return found
+
+    def lookup(self, img_uuid: str, vol_uuid: str) -> VolumeInfo:
+        info = self._ready(img_uuid, vol_uuid)
+        if not os.path.isfile(info.path):
+            log.error("volume metadata without data: %s", info.path)
+            raise VolumeError(f"data of volume {info.img_uuid}/{info.vol_uuid} is missing")
+        return info
+
+    def space(self) -> Space:
+        with oserrors("statvfs"):
+            st = os.statvfs(self._root)
+        return Space(st.f_blocks * st.f_frsize, st.f_bavail * st.f_frsize)
+
+    def check(self) -> None:
+        try:
+            meta = _read_json(os.path.join(self._root, DOMAIN_FILE))
+            os.listdir(self._images)
+        except (OSError, ValueError) as e:
+            log.warning("domain check failed sd=%s: %s", self._uuid, e)
+            raise VolumeError(f"storage domain {self._uuid} is unreachable") from e
+        if meta.get("uuid") != self._uuid:
+            raise VolumeError(f"storage domain {self._uuid} was replaced by "
+                              f"{meta.get('uuid')}")

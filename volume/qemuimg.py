@@ -1,0 +1,68 @@
+"""Running ``qemu-img``: create, resize and inspect qcow2 images.
+
+Always with an argv list (never a shell) and always with an explicit
+``-f``: probing the format of a guest-written image is how a raw image
+that looks like qcow2 gets its backing file followed (CVE-2008-2004).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+from typing import Any
+
+from .errors import NoSpace, VolumeError
+
+log = logging.getLogger(__name__)
+
+QEMU_IMG = "qemu-img"
+
+
+def _run(argv: list[str], action: str) -> str:
+    log.debug("running %s", argv)
+    try:
+        p = subprocess.run(argv, capture_output=True, text=True, check=False)
+    except OSError as e:
+        raise VolumeError(f"{action}: cannot run {QEMU_IMG}: {e.strerror}") from e
+    if p.returncode != 0:
+        # stderr names paths: log it, keep it out of the client's error.
+        log.error("%s failed rc=%d argv=%s stderr=%s", QEMU_IMG, p.returncode, argv,
+                  p.stderr.strip())
+        if "No space left" in p.stderr or "Disk quota exceeded" in p.stderr:
+            raise NoSpace(f"{action}: no space left on the storage domain")
+        raise VolumeError(f"{action}: {QEMU_IMG} failed (exit code {p.returncode})")
+    return p.stdout
+
+
+def create(path: str, size: int, *, preallocation: str | None = None,
+           backing: str | None = None, backing_format: str | None = None) -> None:
+    """Create a qcow2 image of ``size`` bytes at ``path``.
+
+    ``preallocation`` is a qcow2 ``preallocation=`` value (``falloc``...);
+    ``backing`` is the parent image, relative to ``path``'s directory, of
+    format ``backing_format``.
+    """
+    argv = [QEMU_IMG, "create", "-q", "-f", "qcow2"]
+    options = ["compat=1.1"]
+    if preallocation:
+        options.append(f"preallocation={preallocation}")
+    argv += ["-o", ",".join(options)]
+    if backing:
+        argv += ["-b", backing, "-F", backing_format or "raw"]
+    _run([*argv, path, str(size)], "create qcow2 volume")
+
+
+def resize(path: str, size: int, *, preallocation: str | None = None) -> None:
+    """Grow the qcow2 image at ``path`` to ``size`` bytes."""
+    argv = [QEMU_IMG, "resize", "-q", "-f", "qcow2"]
+    if preallocation:
+        argv.append(f"--preallocation={preallocation}")
+    _run([*argv, path, str(size)], "resize qcow2 volume")
+
+
+def info(path: str, fmt: str) -> dict[str, Any]:
+    """``qemu-img info --output=json`` of the image at ``path``."""
+    out = _run([QEMU_IMG, "info", "--output=json", "-f", fmt, path], "inspect volume")
+    result: dict[str, Any] = json.loads(out)
+    return result
