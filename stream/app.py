@@ -19,7 +19,7 @@ from aiohttp.typedefs import Middleware
 from volume.domains import Domain, load_or_create_default
 
 from .config import Config
-from .handlers import control, images, pool
+from .handlers import control, domains, images, pool
 from .io import IO
 from .middleware import errors
 from .monitor import Monitor
@@ -66,6 +66,7 @@ def make_app(cfg: Config, *, guard_control: bool = True) -> web.Application:
     app.add_routes(images.routes)
     app.add_routes(control.routes)
     app.add_routes(pool.routes)
+    app.add_routes(domains.routes)
     app.cleanup_ctx.append(_resources)
     return app
 

@@ -20,11 +20,11 @@ from __future__ import annotations
 import enum
 import os
 import stat
-import uuid as uuidlib
 from dataclasses import dataclass, field
 from typing import Any
 
 from volume.errors import Conflict, InvalidRequest, NotFound
+from volume.validate import check_uuid
 
 
 class Status(enum.StrEnum):
@@ -106,18 +106,6 @@ class PoolMap:
                 f"Storage domain {sd_uuid} is {entry.status}: {access.value} are not allowed"
             )
         return entry
-
-
-def check_uuid(value: Any, what: str) -> str:
-    if not isinstance(value, str):
-        raise InvalidRequest(f"{what} must be a UUID string, not {value!r}")
-    try:
-        parsed = uuidlib.UUID(value)
-    except ValueError:
-        raise InvalidRequest(f"{what} is not a valid UUID: {value!r}") from None
-    if str(parsed) != value.lower():
-        raise InvalidRequest(f"{what} is not a valid UUID: {value!r}")
-    return value.lower()
 
 
 def parse(body: Any) -> PoolMap:

@@ -18,6 +18,7 @@ from typing import Any
 
 from volume.base import Volume
 from volume.errors import Conflict, Forbidden, InvalidRequest, NotFound
+from volume.sd import VolumeInfo
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +28,11 @@ _FIELDS: dict[str, tuple[type, bool]] = {
     "size": (int, True),
     "ops": (list, True),
     "timeout": (int, True),
-    "url": (str, True),
+    # Either a file:// url, or the volume's UUIDs (sd_id, img_id, vol_id).
+    "url": (str, False),
+    "sd_id": (str, False),
+    "img_id": (str, False),
+    "vol_id": (str, False),
     "inactivity_timeout": (int, False),
     "transfer_id": (str, False),
     "filename": (str, False),
@@ -61,6 +66,18 @@ def parse_ticket(body: Any, default_inactivity: int) -> dict[str, Any]:
     ops = clean["ops"]
     if not ops or any(op not in _OPS for op in ops):
         raise InvalidRequest(f"Invalid ticket: Invalid value for 'ops': {ops!r}")
+    ids = [k for k in ("sd_id", "img_id", "vol_id") if k in clean]
+    if ids:
+        if len(ids) != 3 or "url" in clean:
+            raise InvalidRequest(
+                "Invalid ticket: name the volume by url, or by all of sd_id, img_id, vol_id"
+            )
+        clean.update(inactivity_timeout=clean.get("inactivity_timeout", default_inactivity))
+        clean.setdefault("sparse", False)
+        clean.setdefault("dirty", False)
+        return clean
+    if "url" not in clean:
+        raise InvalidRequest("Invalid ticket: Required ticket parameter is missing: url")
     url = urllib.parse.urlsplit(clean["url"])
     if url.scheme != "file":
         raise InvalidRequest(
@@ -89,6 +106,8 @@ class Ticket:
     transfer_id: str | None = None
     filename: str | None = None
     domain: str | None = None
+    #: Set for tickets naming a volume by UUIDs: how to open its bytes.
+    volume_info: VolumeInfo | None = None
     volume: Volume | None = None
     expires: float = 0.0
     canceled: bool = False
@@ -161,6 +180,9 @@ class Ticket:
         }
         if len(self.ops) == 1:
             d["transferred"] = self.transferred
+        if self.volume_info is not None:
+            info = self.volume_info
+            d.update(sd_id=info.sd_uuid, img_id=info.img_uuid, vol_id=info.vol_uuid)
         for key in ("transfer_id", "filename"):
             if getattr(self, key) is not None:
                 d[key] = getattr(self, key)

@@ -10,6 +10,7 @@ from aiohttp import web
 from volume import open_volume
 from volume.base import Volume
 from volume.errors import InvalidRequest
+from volume.sd import open_data
 
 from ..errors import BodyTooLarge
 from ..io import IO
@@ -49,6 +50,10 @@ async def ticket_volume(io: IO, ticket: Ticket) -> Volume:
     async with ticket.open_lock:
         volume = ticket.volume
         if volume is None:
-            volume = await io.run(open_volume, ticket.path, readonly=not ticket.may("write"))
+            readonly = not ticket.may("write")
+            if ticket.volume_info is not None:
+                volume = await io.run(open_data, ticket.volume_info, readonly)
+            else:
+                volume = await io.run(open_volume, ticket.path, readonly=readonly)
             ticket.volume = volume
         return volume

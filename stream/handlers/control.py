@@ -10,6 +10,7 @@ import logging
 from aiohttp import web
 
 from volume.errors import InvalidRequest
+from volume.validate import check_uuid
 
 from ..pool import Access
 from ..state import AUTH, CONFIG, IO_KEY, POOL
@@ -28,14 +29,24 @@ async def put_ticket(request: web.Request) -> web.Response:
     cfg = request.app[CONFIG]
     fields = parse_ticket(await read_json(request), cfg.transfer.inactivity_timeout)
     mgr = request.app[POOL]
-    domain, real = await request.app[IO_KEY].run(mgr.registry.resolve, fields["path"])
-    mgr.check(domain.uuid, Access.WRITE if "write" in fields["ops"] else Access.READ)
+    access = Access.WRITE if "write" in fields["ops"] else Access.READ
+    io = request.app[IO_KEY]
+    info = None
+    if "sd_id" in fields:
+        sd = check_uuid(fields["sd_id"], "storage domain")
+        mgr.check(sd, access)
+        info = await io.run(mgr.registry.volume, sd, fields["img_id"], fields["vol_id"])
+        domain_uuid, real = sd, info.path
+    else:
+        domain, real = await io.run(mgr.registry.resolve, fields["path"])
+        mgr.check(domain.uuid, access)
+        domain_uuid = domain.uuid
     ticket = Ticket(
         uuid=fields["uuid"], size=fields["size"], ops=fields["ops"],
-        timeout=fields["timeout"], url=fields["url"], path=real,
+        timeout=fields["timeout"], url=fields.get("url", ""), path=real, volume_info=info,
         inactivity_timeout=fields["inactivity_timeout"], sparse=fields["sparse"],
         dirty=fields["dirty"], transfer_id=fields.get("transfer_id"),
-        filename=fields.get("filename"), domain=domain.uuid,
+        filename=fields.get("filename"), domain=domain_uuid,
     )
     old = request.app[AUTH].add(ticket)
     if old is not None:
@@ -46,7 +57,7 @@ async def put_ticket(request: web.Request) -> web.Response:
             await old.cancel(cfg.transfer.remove_timeout)
             await _close(request, old)
     log.info("ADD ticket=%s transfer=%s size=%d ops=%s domain=%s", ticket.uuid[:8],
-             ticket.log_id, ticket.size, ",".join(ticket.ops), domain.uuid)
+             ticket.log_id, ticket.size, ",".join(ticket.ops), domain_uuid)
     return web.Response(status=200)
 
 

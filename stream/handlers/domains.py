@@ -1,0 +1,115 @@
+"""Storage domains and their volumes on the control API.
+
+``POST /domains`` formats a new domain (a directory, or block devices);
+the engine then puts it in the pool map.  Volume operations are gated by
+the map: creating, resizing and deleting need ``Active``; listing and
+looking up work on any domain in the map.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from volume.blockdomain import create_block_domain
+from volume.errors import InvalidRequest
+from volume.filedomain import create_file_domain
+from volume.sd import StorageDomain
+from volume.validate import check_uuid
+
+from ..pool import Access
+from ..state import IO_KEY, POOL
+from .common import read_json
+from .control import CONTROL
+
+routes = web.RouteTableDef()
+VOLUME = "/domains/{sd}/images/{img}/volumes/{vol}"
+
+
+def _create_domain(msg: dict[str, Any]) -> StorageDomain:
+    sd = check_uuid(msg.get("uuid"), "storage domain")
+    kind, location = msg.get("type"), msg.get("location")
+    if kind == "file":
+        if not isinstance(location, str):
+            raise InvalidRequest("a file domain's location is one directory path")
+        return create_file_domain(location, sd)
+    if kind == "block":
+        if not isinstance(location, list) or not all(isinstance(p, str) for p in location):
+            raise InvalidRequest("a block domain's location is a list of device paths")
+        return create_block_domain(location, sd)
+    raise InvalidRequest(f"domain type must be 'file' or 'block', not {kind!r}")
+
+
+@routes.post("/domains", name=CONTROL + "create-domain")
+async def create_domain(request: web.Request) -> web.Response:
+    msg = await read_json(request)
+    storage = await request.app[IO_KEY].run(_create_domain, msg)
+    body = {"uuid": storage.uuid, "type": storage.type, "location": list(storage.location)}
+    return web.json_response(body, status=201)
+
+
+async def _storage(request: web.Request, access: Access) -> StorageDomain:
+    mgr = request.app[POOL]
+    sd = check_uuid(request.match_info["sd"], "storage domain")
+    mgr.check(sd, access)
+    return await request.app[IO_KEY].run(mgr.registry.storage, sd)
+
+
+@routes.get("/domains/{sd}/volumes", name=CONTROL + "list-volumes")
+async def list_volumes(request: web.Request) -> web.Response:
+    storage = await _storage(request, Access.READ)
+    image = request.query.get("image")
+    if image is not None:
+        image = check_uuid(image, "image")
+    volumes = await request.app[IO_KEY].run(storage.list_volumes, image)
+    return web.json_response({"volumes": [v.to_json() for v in volumes]})
+
+
+@routes.post("/domains/{sd}/volumes", name=CONTROL + "create-volume")
+async def create_volume(request: web.Request) -> web.Response:
+    storage = await _storage(request, Access.WRITE)
+    msg = await read_json(request)
+    allowed = {"img_id", "vol_id", "size", "format", "allocation", "content", "parent",
+               "description"}
+    extra = set(msg) - allowed
+    if extra:
+        raise InvalidRequest(f"unknown volume fields: {', '.join(sorted(extra))}")
+    size = msg.get("size")
+    if not isinstance(size, int) or isinstance(size, bool):
+        raise InvalidRequest(f"size must be an integer, not {size!r}")
+    kwargs = {k: msg[k] for k in ("format", "allocation", "content", "parent", "description")
+              if k in msg}
+    info = await request.app[IO_KEY].run(
+        storage.create_volume,
+        check_uuid(msg.get("img_id"), "image"), check_uuid(msg.get("vol_id"), "volume"),
+        size, **kwargs,
+    )
+    return web.json_response(info.to_json(), status=201)
+
+
+@routes.get(VOLUME, name=CONTROL + "get-volume")
+async def get_volume(request: web.Request) -> web.Response:
+    storage = await _storage(request, Access.READ)
+    m = request.match_info
+    info = await request.app[IO_KEY].run(storage.lookup, m["img"], m["vol"])
+    return web.json_response(info.to_json())
+
+
+@routes.patch(VOLUME, name=CONTROL + "resize-volume")
+async def resize_volume(request: web.Request) -> web.Response:
+    storage = await _storage(request, Access.WRITE)
+    size = (await read_json(request)).get("size")
+    if not isinstance(size, int) or isinstance(size, bool):
+        raise InvalidRequest(f"size must be an integer, not {size!r}")
+    m = request.match_info
+    info = await request.app[IO_KEY].run(storage.resize_volume, m["img"], m["vol"], size)
+    return web.json_response(info.to_json())
+
+
+@routes.delete(VOLUME, name=CONTROL + "delete-volume")
+async def delete_volume(request: web.Request) -> web.Response:
+    storage = await _storage(request, Access.WRITE)
+    m = request.match_info
+    await request.app[IO_KEY].run(storage.delete_volume, m["img"], m["vol"])
+    return web.Response(status=204)
