@@ -42,10 +42,28 @@ class SharedLock:
     :meth:`AlignedIO.write`) runs the read-modify-write, which takes it too.
     """
 
-    __slots__ = ("__weakref__", "_lock")
+    __slots__ = ("__weakref__", "_lock", "block_size")
 
     def __init__(self) -> None:
         self._lock = threading.RLock()
+        #: The direct-I/O alignment every volume open on this inode uses.
+        self.block_size: int | None = None
+
+    def agree(self, block_size: int) -> int:
+        """The alignment to use for a direct descriptor that probed ``block_size``.
+
+        Every direct volume on one inode must use the same alignment: with
+        two sizes, a read-modify-write of a 4096-byte block could span a
+        concurrent whole-block 512-byte write of another volume (which takes
+        no lock) and write its old bytes back.  The first opener decides;
+        its size was probed on this very file, so it works for the others.
+        """
+        if block_size <= 1:
+            return block_size  # buffered: no alignment to agree on
+        with _locks_guard:
+            if self.block_size is None:
+                self.block_size = block_size
+            return self.block_size
 
     def __enter__(self) -> SharedLock:
         self._lock.acquire()
@@ -134,8 +152,8 @@ class AlignedIO:
 
     def __init__(self, fd: int, block_size: int, *, regular_file: bool) -> None:
         self.fd = fd
-        self.block_size = block_size
         self.lock = shared_lock(fd)
+        self.block_size = self.lock.agree(block_size)
         self._regular_file = regular_file
         self._free: list[memoryview] = []
         self._pool_guard = threading.Lock()

@@ -83,6 +83,17 @@ def test_block_size_without_data_is_4096(
     assert open_file(file_path).capabilities.block_size == 4096
 
 
+def test_volumes_on_one_file_agree_on_alignment(open_file: OpenFile, file_path: str) -> None:
+    # The first open sees an empty file (4096); after data lands a fresh
+    # probe could say 512.  Mixed sizes let a 4096-byte read-modify-write
+    # undo another volume's lock-free 512-byte write, so both must agree.
+    create(file_path, 0, sparse=True)
+    first = open_file(file_path)
+    write_file(file_path, b"x" * 8192)
+    second = open_file(file_path)
+    assert second.capabilities.block_size == first.capabilities.block_size == 4096
+
+
 def test_buffered_has_block_size_1(open_file: OpenFile, file_path: str) -> None:
     write_file(file_path, b"x" * 8192)
     assert open_file(file_path, direct=False).capabilities.block_size == 1
