@@ -9,47 +9,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 from aiohttp import web
-from aiohttp.typedefs import Middleware
 
 from volume.domains import Domain, load_or_create_default
 
+from .auth import access_guard, load_or_create_token
 from .config import Config
 from .handlers import control, domains, images, pool
 from .io import IO
 from .middleware import errors
 from .monitor import Monitor
 from .poolmgr import PoolManager
-from .state import AUTH, CONFIG, IO_KEY, POOL
+from .state import AUTH, CONFIG, IO_KEY, POOL, TOKEN
 from .tickets import Authorizer
 
 log = logging.getLogger(__name__)
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def _via_unix(request: web.Request) -> bool:
-    transport = request.transport
-    if transport is None:
-        return False
-    sock = transport.get_extra_info("socket")
-    return sock is not None and sock.family == socket.AF_UNIX
-
-
-def control_guard(enabled: bool) -> Middleware:
-    @web.middleware
-    async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
-        name = request.match_info.route.name or ""
-        if enabled and name.startswith(control.CONTROL) and not _via_unix(request):
-            raise web.HTTPNotFound()
-        return await handler(request)
-
-    return guard
-
 
 #: Keyword arguments for the runner serving this app.  aiohttp would decode
 #: ``Content-Encoding`` itself, with no bound on the decoded size and no check
@@ -57,10 +34,14 @@ def control_guard(enabled: bool) -> Middleware:
 RUNNER_KWARGS: dict[str, Any] = {"auto_decompress": False}
 
 
-def make_app(cfg: Config, *, guard_control: bool = True) -> web.Application:
-    """Build the application.  Tests pass ``guard_control=False`` to reach
-    the control routes through the aiohttp test client's TCP socket."""
-    app = web.Application(middlewares=[errors, control_guard(guard_control)])
+def make_app(cfg: Config, *, trust_tcp: bool = False) -> web.Application:
+    """Build the application.  Tests pass ``trust_tcp=True`` to reach the
+    engine routes through the aiohttp test client's TCP socket without a
+    credential; the guard itself has its own tests."""
+    tokens: list[str] = []
+    guard = access_guard(lambda: tokens[0], bool(cfg.engine.ca), trust_tcp)
+    app = web.Application(middlewares=[errors, guard])
+    app[TOKEN] = tokens
     app[CONFIG] = cfg
     app[AUTH] = Authorizer()
     app.add_routes(images.routes)
@@ -82,6 +63,9 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     default = await io.run(load_or_create_default, str(cfg.data_path))
     extra = [Domain(d.uuid, d.type, d.path, tuple(d.devices)) for d in cfg.domains]
     mgr.start_standalone(default, extra)
+    app[TOKEN].append(
+        cfg.engine.token or await io.run(load_or_create_token, str(cfg.data_path))
+    )
     log.info("standalone pool: %s", ", ".join(
         f"{d.uuid} ({d.type} {','.join(d.location)})" for d in mgr.current.domains.values()))
     monitor_task = asyncio.create_task(monitor.run(), name="domain-monitor")

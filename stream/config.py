@@ -80,6 +80,29 @@ class TransferConfig:
 
 
 @dataclass
+class EngineConfig:
+    #: The engine's bearer token.  Empty: generated at first start into
+    #: ``<data_dir>/engine.token`` (mode 0600) and kept across restarts, so
+    #: the embedded default is protected without any setup.
+    token: str = ""
+    #: CA that signs the engine's TLS client certificate (PEM).  When set,
+    #: the data port asks for a client certificate and a verified one
+    #: authenticates the engine, as vdsm trusts the engine's certificate.
+    ca: str = ""
+
+
+@dataclass
+class OvfConfig:
+    #: oVirt creates two stores per domain (OvfStoreCountPerDomain... is 2).
+    stores: int = 2
+    #: oVirt's OVF_STORE disks are 128 MiB; 10,000 OVFs of 20 KiB fit.
+    store_size: int = 128 * MiB
+    #: Staging buffers of OVF uploads.  Small on purpose: the daemon must
+    #: take a 200 MiB stream of 10,000 OVFs in under 32 MiB of extra RSS.
+    buffer_size: int = 4 * MiB
+
+
+@dataclass
 class MonitorConfig:
     #: vdsm's domain monitor period; the engine polls host stats about as often.
     interval: int = 10
@@ -93,6 +116,8 @@ class Config:
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
     transfer: TransferConfig = field(default_factory=TransferConfig)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    ovf: OvfConfig = field(default_factory=OvfConfig)
     #: Storage domains besides the embedded default one.
     domains: list[DomainConfig] = field(default_factory=list)
 
@@ -131,6 +156,10 @@ def parse(data: dict[str, Any]) -> Config:
             cfg.daemon = _section(DaemonConfig, value, "daemon")
         elif key == "transfer":
             cfg.transfer = _section(TransferConfig, value, "transfer")
+        elif key == "engine":
+            cfg.engine = _section(EngineConfig, value, "engine")
+        elif key == "ovf":
+            cfg.ovf = _section(OvfConfig, value, "ovf")
         elif key == "monitor":
             cfg.monitor = _section(MonitorConfig, value, "monitor")
         elif key == "domains":
@@ -156,6 +185,10 @@ def validate(cfg: Config) -> None:
     _host, sep, port = cfg.daemon.listen.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
         raise InvalidConfig(f"daemon.listen must be HOST:PORT, not {cfg.daemon.listen!r}")
+    if not 1 <= cfg.ovf.stores <= 16:
+        raise InvalidConfig("ovf.stores must be between 1 and 16")
+    if cfg.ovf.buffer_size < 1 * MiB or cfg.ovf.buffer_size % (1 * MiB):
+        raise InvalidConfig("ovf.buffer_size must be a whole number of MiB, at least 1")
     for d in cfg.domains:
         if d.type not in ("file", "block"):
             raise InvalidConfig(f"domain {d.uuid}: type must be 'file' or 'block'")

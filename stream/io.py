@@ -31,7 +31,8 @@ class IO:
         self._executor = ThreadPoolExecutor(workers, thread_name_prefix="io")
         self.buffer_size = buffer_size
         self._pool_max = pool_buffers
-        self._free: list[mmap.mmap] = []
+        # Idle buffers by size: image transfers and OVF streams use different sizes.
+        self._free: dict[int, list[mmap.mmap]] = {}
 
     def submit(
         self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs
@@ -45,19 +46,20 @@ class IO:
         return await self.submit(fn, *args, **kwargs)
 
     def get_buffer(self, size: int = 0) -> mmap.mmap:
-        """An aligned buffer of at least ``size`` (default ``buffer_size``)
-        bytes; give it back with put_buffer."""
-        if size > self.buffer_size:
-            return aligned_buffer(size)  # unusual: not pooled
-        if self._free:
-            return self._free.pop()
-        return aligned_buffer(self.buffer_size)
+        """An aligned buffer of ``size`` bytes (default ``buffer_size``);
+        give it back with put_buffer."""
+        size = size or self.buffer_size
+        free = self._free.get(size)
+        if free:
+            return free.pop()
+        return aligned_buffer(size)
 
     def put_buffer(self, buf: mmap.mmap) -> None:
         if buf.closed:
             return
-        if len(buf) == self.buffer_size and len(self._free) < self._pool_max:
-            self._free.append(buf)
+        free = self._free.setdefault(len(buf), [])
+        if sum(map(len, self._free.values())) < self._pool_max:
+            free.append(buf)
         else:
             with contextlib.suppress(BufferError):
                 buf.close()
@@ -65,9 +67,10 @@ class IO:
     def close(self) -> None:
         # Handlers are done by now; do not block the loop waiting for idle threads.
         self._executor.shutdown(wait=False, cancel_futures=True)
-        for buf in self._free:
-            # A failed request's traceback may still hold a view of it; the
-            # garbage collector frees it then.
-            with contextlib.suppress(BufferError):
-                buf.close()
+        for free in self._free.values():
+            for buf in free:
+                # A failed request's traceback may still hold a view of it;
+                # the garbage collector frees it then.
+                with contextlib.suppress(BufferError):
+                    buf.close()
         self._free.clear()

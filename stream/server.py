@@ -23,10 +23,14 @@ log = logging.getLogger(__name__)
 BACKLOG = 40
 
 
-def tls_context(cert: str, key: str) -> ssl.SSLContext:
+def tls_context(cert: str, key: str, engine_ca: str = "") -> ssl.SSLContext:
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.load_cert_chain(cert, key)
+    if engine_ca:
+        # Image clients have no certificate; the engine presents one.
+        ctx.verify_mode = ssl.CERT_OPTIONAL
+        ctx.load_verify_locations(engine_ca)
     return ctx
 
 
@@ -36,7 +40,9 @@ async def serve(cfg: Config, ready: asyncio.Event | None = None) -> None:
     await runner.setup()
     host, _, port = cfg.daemon.listen.rpartition(":")
     host = host.strip("[]")
-    ctx = tls_context(cfg.daemon.cert, cfg.daemon.key) if cfg.daemon.cert else None
+    ctx = (
+        tls_context(cfg.daemon.cert, cfg.daemon.key, cfg.engine.ca) if cfg.daemon.cert else None
+    )
     data = web.TCPSite(runner, host, int(port), ssl_context=ctx, backlog=BACKLOG,
                        reuse_address=True)
     sock_path = str(cfg.control_socket_path)

@@ -13,3 +13,5 @@ CONFIG = web.AppKey("config", Config)
 IO_KEY = web.AppKey("io", IO)
 AUTH = web.AppKey("auth", Authorizer)
 POOL = web.AppKey("pool", PoolManager)
+#: The engine token, set at startup (a one-element list: the app is frozen by then).
+TOKEN = web.AppKey("engine_token", list[str])

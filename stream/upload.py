@@ -113,14 +113,16 @@ async def receive(
     hasher: Any,
     check: Callable[[], None],
     idle_timeout: float,
+    buffer_size: int = 0,
 ) -> int:
     """Stream a request body into ``volume`` at ``offset``; return bytes written.
 
-    ``read`` is ``request.content.readany``.  ``check`` raises if the ticket
+    ``read`` is ``request.content.readany``.  ``buffer_size`` (default: the
+    daemon's) sizes the staging buffers.  ``check`` raises if the ticket
     was cancelled meanwhile; it runs once per buffer.  ``idle_timeout`` ends
     the upload when no byte arrives for that long.
     """
-    out = io.get_buffer() if zstd else None
+    out = io.get_buffer(buffer_size) if zstd else None
     sink = _Sink(volume, offset, limit, hasher, out)
     decoder = (
         zstandard.ZstdDecompressor().stream_writer(
@@ -131,7 +133,7 @@ async def receive(
         else None
     )
     frames = FrameTracker() if zstd else None
-    bufs = [io.get_buffer()]
+    bufs = [io.get_buffer(buffer_size)]
     pending: asyncio.Future[None] | None = None
     loop = asyncio.get_running_loop()
 
@@ -174,7 +176,7 @@ async def receive(
                             await pending
                         pending = io.submit(job, bufs[cur], head, fill)
                         if len(bufs) == 1:
-                            bufs.append(io.get_buffer())
+                            bufs.append(io.get_buffer(buffer_size))
                         cur ^= 1
                         view.release()
                         view = memoryview(bufs[cur])

@@ -12,6 +12,7 @@ from aiohttp import web
 from volume.errors import InvalidRequest
 from volume.validate import check_uuid
 
+from ..auth import ENGINE
 from ..pool import Access
 from ..state import AUTH, CONFIG, IO_KEY, POOL
 from ..tickets import Ticket, parse_ticket
@@ -20,11 +21,9 @@ from .common import read_json
 log = logging.getLogger(__name__)
 
 routes = web.RouteTableDef()
-#: Route names with this prefix are refused on the data listener.
-CONTROL = "control:"
 
 
-@routes.put("/tickets/{ticket_id}", name=CONTROL + "put-ticket")
+@routes.put("/tickets/{ticket_id}", name=ENGINE + "put-ticket")
 async def put_ticket(request: web.Request) -> web.Response:
     cfg = request.app[CONFIG]
     fields = parse_ticket(await read_json(request), cfg.transfer.inactivity_timeout)
@@ -61,13 +60,13 @@ async def put_ticket(request: web.Request) -> web.Response:
     return web.Response(status=200)
 
 
-@routes.get("/tickets/{ticket_id}", name=CONTROL + "get-ticket")
+@routes.get("/tickets/{ticket_id}", name=ENGINE + "get-ticket")
 async def get_ticket(request: web.Request) -> web.Response:
     ticket = request.app[AUTH].get(request.match_info["ticket_id"])
     return web.json_response(ticket.info())
 
 
-@routes.patch("/tickets/{ticket_id}", name=CONTROL + "patch-ticket")
+@routes.patch("/tickets/{ticket_id}", name=ENGINE + "patch-ticket")
 async def patch_ticket(request: web.Request) -> web.Response:
     ticket = request.app[AUTH].get(request.match_info["ticket_id"])
     msg = await read_json(request)
@@ -79,7 +78,7 @@ async def patch_ticket(request: web.Request) -> web.Response:
     return web.Response(status=200)
 
 
-@routes.delete("/tickets/{ticket_id}", name=CONTROL + "delete-ticket")
+@routes.delete("/tickets/{ticket_id}", name=ENGINE + "delete-ticket")
 async def delete_ticket(request: web.Request) -> web.StreamResponse:
     auth = request.app[AUTH]
     ticket_id = request.match_info.get("ticket_id", "")
@@ -92,7 +91,7 @@ async def delete_ticket(request: web.Request) -> web.StreamResponse:
     return web.Response(status=204)
 
 
-@routes.delete("/tickets/", name=CONTROL + "delete-tickets")
+@routes.delete("/tickets/", name=ENGINE + "delete-tickets")
 async def delete_tickets(request: web.Request) -> web.StreamResponse:
     return await delete_ticket(request)
 

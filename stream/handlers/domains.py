@@ -18,10 +18,10 @@ from volume.filedomain import create_file_domain
 from volume.sd import StorageDomain
 from volume.validate import check_uuid
 
+from ..auth import ENGINE
 from ..pool import Access
 from ..state import IO_KEY, POOL
 from .common import read_json
-from .control import CONTROL
 
 routes = web.RouteTableDef()
 VOLUME = "/domains/{sd}/images/{img}/volumes/{vol}"
@@ -41,7 +41,7 @@ def _create_domain(msg: dict[str, Any]) -> StorageDomain:
     raise InvalidRequest(f"domain type must be 'file' or 'block', not {kind!r}")
 
 
-@routes.post("/domains", name=CONTROL + "create-domain")
+@routes.post("/domains", name=ENGINE + "create-domain")
 async def create_domain(request: web.Request) -> web.Response:
     msg = await read_json(request)
     storage = await request.app[IO_KEY].run(_create_domain, msg)
@@ -56,7 +56,7 @@ async def _storage(request: web.Request, access: Access) -> StorageDomain:
     return await request.app[IO_KEY].run(mgr.registry.storage, sd)
 
 
-@routes.get("/domains/{sd}/volumes", name=CONTROL + "list-volumes")
+@routes.get("/domains/{sd}/volumes", name=ENGINE + "list-volumes")
 async def list_volumes(request: web.Request) -> web.Response:
     storage = await _storage(request, Access.READ)
     image = request.query.get("image")
@@ -66,7 +66,7 @@ async def list_volumes(request: web.Request) -> web.Response:
     return web.json_response({"volumes": [v.to_json() for v in volumes]})
 
 
-@routes.post("/domains/{sd}/volumes", name=CONTROL + "create-volume")
+@routes.post("/domains/{sd}/volumes", name=ENGINE + "create-volume")
 async def create_volume(request: web.Request) -> web.Response:
     storage = await _storage(request, Access.WRITE)
     msg = await read_json(request)
@@ -88,7 +88,7 @@ async def create_volume(request: web.Request) -> web.Response:
     return web.json_response(info.to_json(), status=201)
 
 
-@routes.get(VOLUME, name=CONTROL + "get-volume")
+@routes.get(VOLUME, name=ENGINE + "get-volume")
 async def get_volume(request: web.Request) -> web.Response:
     storage = await _storage(request, Access.READ)
     m = request.match_info
@@ -96,7 +96,7 @@ async def get_volume(request: web.Request) -> web.Response:
     return web.json_response(info.to_json())
 
 
-@routes.patch(VOLUME, name=CONTROL + "resize-volume")
+@routes.patch(VOLUME, name=ENGINE + "resize-volume")
 async def resize_volume(request: web.Request) -> web.Response:
     storage = await _storage(request, Access.WRITE)
     size = (await read_json(request)).get("size")
@@ -107,7 +107,7 @@ async def resize_volume(request: web.Request) -> web.Response:
     return web.json_response(info.to_json())
 
 
-@routes.delete(VOLUME, name=CONTROL + "delete-volume")
+@routes.delete(VOLUME, name=ENGINE + "delete-volume")
 async def delete_volume(request: web.Request) -> web.Response:
     storage = await _storage(request, Access.WRITE)
     m = request.match_info

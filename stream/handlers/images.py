@@ -271,7 +271,8 @@ async def checksum(request: web.Request) -> web.Response:
 async def info(request: web.Request) -> web.Response:
     from .. import __version__
 
-    return web.json_response({"version": __version__, "server": "sluice"})
+    features = ["chunked", "zstd", "x-checksum", "xxh3_128", "ovf-store", "pool-map"]
+    return web.json_response({"version": __version__, "server": "sluice", "features": features})
 
 
 def _ok(request: web.Request) -> web.Response:

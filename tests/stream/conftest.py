@@ -35,7 +35,7 @@ def cfg(tmp_path: Path) -> Config:
 
 @pytest.fixture
 async def client(aiohttp_client: Any, aiohttp_server: Any, cfg: Config) -> Client:
-    app = make_app(cfg, guard_control=False)
+    app = make_app(cfg, trust_tcp=True)
     server = await aiohttp_server(app, **RUNNER_KWARGS)
     c: Client = await aiohttp_client(server)
     return c

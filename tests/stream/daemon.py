@@ -84,6 +84,11 @@ class Daemon:
         assert status == 200, body
         return f"{self.scheme}://127.0.0.1:{self.port}/images/{ticket['uuid']}"
 
+    @property
+    def token(self) -> str:
+        """The engine credential the daemon generated at first start."""
+        return (self.data_dir / "engine.token").read_text().strip()
+
     def read_log(self) -> str:
         self.log.flush()
         return (self.data_dir.parent / f"daemon-{self.port}.log").read_text(errors="replace")

@@ -141,3 +141,24 @@ def test_show_config_and_bad_config(tmp_path: Path) -> None:
                        capture_output=True, text=True)
     assert r.returncode == 2
     assert r.stderr.startswith("sluice: option daemon.listen must be str")
+
+
+def test_domain_uuid_and_token_survive_restart(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    d = Daemon(data)
+    try:
+        status, body = d.request("GET", "/pool")
+        sd_before = next(iter(json.loads(body)["domains"]))
+        token_before = d.token
+    finally:
+        d.stop()
+    d = Daemon(data)
+    try:
+        status, body = d.request("GET", "/pool")
+        assert status == 200
+        pool = json.loads(body)
+        assert pool["map_version"] == 0
+        assert next(iter(pool["domains"])) == sd_before
+        assert d.token == token_before
+    finally:
+        d.stop()

@@ -118,11 +118,22 @@ async def test_patch_ticket_validation(client: Client, image: Any, add_ticket: A
     assert (await client.patch("/tickets/nope", json={"timeout": 1})).status == 404
 
 
-async def test_control_routes_absent_on_data_listener(aiohttp_client: Any, cfg: Config) -> None:
-    app: web.Application = make_app(cfg)  # guard on: only the unix socket may control
+async def test_engine_routes_need_the_engine_credential(
+    aiohttp_client: Any, cfg: Config
+) -> None:
+    app: web.Application = make_app(cfg)  # no trust: the data port wants the token
     c = await aiohttp_client(app)
     resp = await c.put("/tickets/x", json={})
-    assert resp.status == 404
-    assert "Not Found" in await resp.text()
-    resp = await c.get("/pool")
-    assert resp.status == 404
+    assert resp.status == 401
+    assert "engine's credential" in await resp.text()
+    for method, path in [("GET", "/pool"), ("GET", "/stats"), ("PUT", "/pool"),
+                         ("POST", "/domains")]:
+        resp = await c.request(method, path, headers={"Authorization": "Bearer wrong"})
+        assert resp.status == 401, path
+        assert (await resp.json())["error"] == "unauthorized"
+    token_file = Path(cfg.daemon.data_dir) / "engine.token"
+    assert token_file.stat().st_mode & 0o777 == 0o600
+    token = token_file.read_text().strip()
+    resp = await c.get("/pool", headers={"Authorization": f"Bearer {token}"})
+    assert resp.status == 200
+    assert (await c.get("/info/")).status == 200  # public

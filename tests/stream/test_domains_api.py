@@ -1,0 +1,128 @@
+"""A block domain on two real loop devices and a file domain side by side in
+one daemon: volumes created, written through the image API, listed, deleted."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+from .conftest import Client
+
+MiB = 1 << 20
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+async def test_file_and_block_domains_side_by_side(
+    client: Client, tmp_path: Path, loop_device: Any
+) -> None:
+    devices = [loop_device(20 * MiB), loop_device(16 * MiB, sector_size=4096)]
+    file_dir = tmp_path / "nfs-domain"
+    file_dir.mkdir()
+    block_sd, file_sd = new_id(), new_id()
+    resp = await client.post("/domains", json={"uuid": block_sd, "type": "block",
+                                               "location": devices})
+    assert resp.status == 201, await resp.text()
+    resp = await client.post("/domains", json={"uuid": file_sd, "type": "file",
+                                               "location": str(file_dir)})
+    assert resp.status == 201, await resp.text()
+    resp = await client.put("/pool", json={
+        "pool_id": new_id(), "map_version": 1, "master_domain": file_sd,
+        "domains": {
+            block_sd: {"type": "block", "location": devices, "status": "Active"},
+            file_sd: {"type": "file", "location": str(file_dir), "status": "Active"},
+        },
+    })
+    assert resp.status == 200, await resp.text()
+
+    created: list[tuple[str, str, str, bytes]] = []
+    # Enough volumes that the block domain spills onto its second device.
+    for sd, fmt, size in [(block_sd, "raw", 12 * MiB), (block_sd, "raw", 10 * MiB),
+                          (file_sd, "raw", 6 * MiB), (file_sd, "qcow2", 6 * MiB)]:
+        img, vol = new_id(), new_id()
+        resp = await client.post(f"/domains/{sd}/volumes", json={
+            "img_id": img, "vol_id": vol, "size": size, "format": fmt})
+        assert resp.status == 201, await resp.text()
+        info = await resp.json()
+        assert info["size"] == size and info["format"] == fmt
+        if fmt == "raw":
+            data = os.urandom(size // 2)
+            ticket = new_id()
+            resp = await client.put(f"/tickets/{ticket}", json={
+                "uuid": ticket, "size": size, "ops": ["read", "write"], "timeout": 60,
+                "sd_id": sd, "img_id": img, "vol_id": vol})
+            assert resp.status == 200, await resp.text()
+            resp = await client.put(f"/images/{ticket}", data=data)
+            assert resp.status == 200, await resp.text()
+            rng = {"Range": f"bytes=0-{len(data) - 1}"}
+            resp = await client.get(f"/images/{ticket}", headers=rng)
+            assert resp.status == 206 and await resp.read() == data
+            # The volume is bounded: nothing past its end can be written.
+            resp = await client.put(f"/images/{ticket}", data=b"x",
+                                    headers={"Content-Range": f"bytes {size}-{size}/*"})
+            assert resp.status == 416
+            assert (await client.delete(f"/tickets/{ticket}")).status == 204
+            created.append((sd, img, vol, data))
+
+    block_devs = {v["path"] for v in (await (await client.get(
+        f"/domains/{block_sd}/volumes")).json())["volumes"]}
+    assert len(block_devs) == 2  # one volume on each loop device
+    for sd in (block_sd, file_sd):
+        listing = (await (await client.get(f"/domains/{sd}/volumes")).json())["volumes"]
+        assert len(listing) == 2
+
+    # Resize and delete.
+    sd, img, vol, _ = created[-1]
+    resp = await client.patch(f"/domains/{sd}/images/{img}/volumes/{vol}", json={"size": 8 * MiB})
+    assert resp.status == 200 and (await resp.json())["size"] == 8 * MiB
+    for sd, img, vol, _ in created:
+        resp = await client.delete(f"/domains/{sd}/images/{img}/volumes/{vol}")
+        assert resp.status == 204
+        resp = await client.get(f"/domains/{sd}/images/{img}/volumes/{vol}")
+        assert resp.status == 404
+
+
+async def test_volume_ops_gated_by_status(client: Client, tmp_path: Path) -> None:
+    d = tmp_path / "dom"
+    d.mkdir()
+    sd = new_id()
+    assert (await client.post("/domains", json={"uuid": sd, "type": "file",
+                                                "location": str(d)})).status == 201
+    body = {"img_id": new_id(), "vol_id": new_id(), "size": MiB}
+    # Not in the map yet: 404.
+    resp = await client.post(f"/domains/{sd}/volumes", json=body)
+    assert resp.status == 404
+    pool_id = new_id()
+    for version, status, allowed in [(1, "Maintenance", False), (2, "Active", True)]:
+        resp = await client.put("/pool", json={
+            "pool_id": pool_id, "map_version": version,
+            "master_domain": sd,
+            "domains": {sd: {"type": "file", "location": str(d), "status": status}}})
+        assert resp.status == 200, await resp.text()
+        resp = await client.post(f"/domains/{sd}/volumes", json=body)
+        assert (resp.status == 201) == allowed, await resp.text()
+        if not allowed:
+            assert resp.status == 409 and "Maintenance" in (await resp.json())["detail"]
+    # Listing works on any domain in the map.
+    assert (await client.get(f"/domains/{sd}/volumes")).status == 200
+
+
+async def test_bad_domain_requests(client: Client, tmp_path: Path) -> None:
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"uuid": "nope", "type": "file", "location": str(tmp_path)}, "malformed UUID"),
+        ({"uuid": new_id(), "type": "file", "location": str(tmp_path / "missing")},
+         "does not exist"),
+        ({"uuid": new_id(), "type": "block", "location": [str(tmp_path)]},
+         "not a block device"),
+        ({"uuid": new_id(), "type": "tape", "location": str(tmp_path)}, "type must be"),
+    ]
+    for body, detail in cases:
+        resp = await client.post("/domains", json=body)
+        assert resp.status == 400, body
+        assert detail in (await resp.json())["detail"]
+    resp = await client.get("/domains/not-a-uuid/volumes")
+    assert resp.status == 400
