@@ -162,3 +162,16 @@ def test_domain_uuid_and_token_survive_restart(tmp_path: Path) -> None:
         assert d.token == token_before
     finally:
         d.stop()
+
+
+@needs_curl
+def test_logs_carry_the_transfer_id(daemon: Daemon, tmp_path: Path, cert: tuple[str, str]) -> None:
+    dst = daemon.images / "logged.raw"
+    dst.write_bytes(bytes(8192))
+    url = daemon.add_ticket(dst, transfer_id="transfer-4242")
+    src = tmp_path / "small"
+    src.write_bytes(os.urandom(8192))
+    assert curl(daemon, "-T", str(src), url, cert=cert).returncode == 0
+    lines = [line for line in daemon.read_log().splitlines()
+             if "WRITE offset=0 size=8192 " in line]
+    assert lines and all("[transfer-4242]" in line for line in lines)
