@@ -153,7 +153,10 @@ class AlignedIO:
     def __init__(self, fd: int, block_size: int, *, regular_file: bool) -> None:
         self.fd = fd
         self.lock = shared_lock(fd)
-        self.block_size = self.lock.agree(block_size)
+        # Block devices report their alignment (BLKSSZGET); only files probe,
+        # so only files need to agree.  A device may also be reused with
+        # another sector size while an old volume on it is still alive.
+        self.block_size = self.lock.agree(block_size) if regular_file else block_size
         self._regular_file = regular_file
         self._free: list[memoryview] = []
         self._pool_guard = threading.Lock()
