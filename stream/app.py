@@ -18,12 +18,13 @@ from volume.domains import Domain, load_or_create_default
 
 from .auth import access_guard, load_or_create_token
 from .config import Config
-from .handlers import control, domains, images, pool
+from .handlers import control, domains, images, jobs, pool
 from .io import IO
+from .jobs import Jobs
 from .middleware import errors
 from .monitor import Monitor
 from .poolmgr import PoolManager
-from .state import AUTH, CONFIG, IO_KEY, POOL, TOKEN
+from .state import AUTH, CONFIG, IO_KEY, JOBS, POOL, TOKEN
 from .tickets import Authorizer
 
 log = logging.getLogger(__name__)
@@ -44,10 +45,12 @@ def make_app(cfg: Config, *, trust_tcp: bool = False) -> web.Application:
     app[TOKEN] = tokens
     app[CONFIG] = cfg
     app[AUTH] = Authorizer()
+    app[JOBS] = Jobs()
     app.add_routes(images.routes)
     app.add_routes(control.routes)
     app.add_routes(pool.routes)
     app.add_routes(domains.routes)
+    app.add_routes(jobs.routes)
     app.cleanup_ctx.append(_resources)
     return app
 
@@ -73,6 +76,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         monitor_task.cancel()
+        await app[JOBS].close()
         await mgr.close()
         for ticket in app[AUTH].all():
             if ticket.volume is not None:

@@ -6,6 +6,7 @@ from aiohttp import web
 
 from .config import Config
 from .io import IO
+from .jobs import Jobs
 from .poolmgr import PoolManager
 from .tickets import Authorizer
 
@@ -13,5 +14,6 @@ CONFIG = web.AppKey("config", Config)
 IO_KEY = web.AppKey("io", IO)
 AUTH = web.AppKey("auth", Authorizer)
 POOL = web.AppKey("pool", PoolManager)
+JOBS = web.AppKey("jobs", Jobs)
 #: The engine token, set at startup (a one-element list: the app is frozen by then).
 TOKEN = web.AppKey("engine_token", list[str])

@@ -48,3 +48,34 @@ def test_algorithms() -> None:
 def test_block_size_limits(size: int) -> None:
     with pytest.raises(WireError):
         validate_block_size(size)
+
+
+@pytest.mark.parametrize("algorithm", ["blake2b", "xxh3_128"])
+def test_streaming_equals_blockwise(algorithm: str) -> None:
+    from stream.wire.blkhash import StreamingBlockHash
+
+    data = os.urandom(3 * MiB + 5) + bytes(9 * MiB) + os.urandom(100)
+    whole = BlockHash(algorithm, MiB)
+    for i in range(0, len(data), MiB):
+        whole.update(data[i : i + MiB])
+    s = StreamingBlockHash(algorithm, MiB)
+    s.update(data[:1000])
+    s.update(data[1000 : 3 * MiB + 5])
+    s.zero(9 * MiB)  # whole and partial zero blocks
+    s.update(data[12 * MiB + 5 :])
+    assert s.finish() == whole.result()
+    assert s.position == len(data)
+
+
+def test_first_difference() -> None:
+    from stream.wire.blkhash import StreamingBlockHash, first_difference
+
+    a, b = StreamingBlockHash("xxh3_128", MiB), StreamingBlockHash("xxh3_128", MiB)
+    data = bytearray(os.urandom(5 * MiB))
+    a.update(data)
+    data[3 * MiB + 7] ^= 1
+    b.update(data)
+    a.finish()
+    b.finish()
+    assert first_difference(a.digests, b.digests, MiB) == 3 * MiB
+    assert first_difference(a.digests, a.digests, MiB) is None

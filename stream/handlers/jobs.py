@@ -1,0 +1,94 @@
+"""Copy jobs on the control API: ``POST /jobs/copy``, ``GET/DELETE /jobs/{id}``."""
+
+from __future__ import annotations
+
+import ssl
+import uuid as uuidlib
+from typing import Any
+
+from aiohttp import web
+
+from volume.errors import InvalidRequest
+from volume.sd import VolumeInfo, open_data
+from volume.validate import check_uuid
+
+from .. import convert
+from ..auth import ENGINE
+from ..copy import LocalSource, RemoteSource, Source, copy
+from ..jobs import Job
+from ..pool import Access
+from ..state import IO_KEY, JOBS, POOL
+from .common import read_json
+
+routes = web.RouteTableDef()
+
+
+async def _volume(request: web.Request, spec: Any, access: Access, what: str) -> VolumeInfo:
+    if not isinstance(spec, dict) or set(spec) != {"sd_id", "img_id", "vol_id"}:
+        raise InvalidRequest(f"{what} must be {{sd_id, img_id, vol_id}}")
+    mgr = request.app[POOL]
+    sd = check_uuid(spec["sd_id"], f"{what} storage domain")
+    mgr.check(sd, access)
+    return await request.app[IO_KEY].run(mgr.registry.volume, sd, spec["img_id"],
+                                         spec["vol_id"])
+
+
+def _ssl(spec: dict[str, Any]) -> ssl.SSLContext | bool:
+    if spec.get("insecure") is True:
+        return False
+    ctx = ssl.create_default_context(cafile=spec.get("cafile") or None)
+    return ctx
+
+
+@routes.post("/jobs/copy", name=ENGINE + "copy")
+async def start_copy(request: web.Request) -> web.Response:
+    msg = await read_json(request)
+    job_id = check_uuid(msg.get("job_id") or str(uuidlib.uuid4()), "job_id")
+    dst = await _volume(request, msg.get("destination"), Access.WRITE, "destination")
+    spec = msg.get("source")
+    io = request.app[IO_KEY]
+    src_info: VolumeInfo | None = None
+    if isinstance(spec, dict) and "url" in spec:
+        url = spec["url"]
+        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+            raise InvalidRequest("source url must be an http(s) image URL with its ticket")
+        fmt = spec.get("format", "raw")
+        if fmt != str(dst.format):
+            raise InvalidRequest("a format change needs a local source: copy the image to "
+                                 "this host first, then convert it")
+        ctx = _ssl(spec)
+    else:
+        src_info = await _volume(request, spec, Access.READ, "source")
+    described = {"source": spec, "destination": msg.get("destination")}
+
+    async def run(job: Job) -> None:
+        if src_info is not None and src_info.format != dst.format:
+            await convert.convert(job, src_info, dst)
+            return
+        volume = await io.run(open_data, dst, False)
+        source: Source | None = None
+        try:
+            if src_info is not None:
+                src_volume = await io.run(open_data, src_info, True)
+                source = LocalSource(io, src_volume, src_info.size)
+            else:
+                source = RemoteSource(io, url, ctx)
+            await copy(io, job, source, volume, punch=str(dst.allocation) == "sparse")
+        finally:
+            if source is not None:
+                await source.close()
+            await io.run(volume.close)
+
+    job = request.app[JOBS].start(Job(job_id, "copy", described), run)
+    return web.json_response(job.to_json(), status=201)
+
+
+@routes.get("/jobs/{job_id}", name=ENGINE + "get-job")
+async def get_job(request: web.Request) -> web.Response:
+    return web.json_response(request.app[JOBS].get(request.match_info["job_id"]).to_json())
+
+
+@routes.delete("/jobs/{job_id}", name=ENGINE + "cancel-job")
+async def cancel_job(request: web.Request) -> web.Response:
+    job = await request.app[JOBS].cancel(request.match_info["job_id"])
+    return web.json_response(job.to_json())

@@ -1,0 +1,108 @@
+"""Background jobs of the control API (copies), kept in memory.
+
+A job runs as one asyncio task; ``GET /jobs/{id}`` reads its progress and
+``DELETE /jobs/{id}`` cancels it.  Finished jobs stay visible for a while so
+the engine can read how they ended.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from volume.errors import Conflict, Error, NotFound
+
+log = logging.getLogger(__name__)
+
+#: Finished jobs are forgotten after this long (the engine polls far more often).
+KEEP_FINISHED = 3600.0
+
+
+@dataclass(eq=False)
+class Job:
+    id: str
+    kind: str
+    description: dict[str, Any]
+    state: str = "pending"  # pending, running, verifying, done, failed, canceled
+    bytes_total: int = 0
+    bytes_done: int = 0
+    started: float = field(default_factory=time.monotonic)
+    finished: float | None = None
+    error: str | None = None
+    result: dict[str, Any] = field(default_factory=dict)
+    task: asyncio.Task[None] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        elapsed = (self.finished or time.monotonic()) - self.started
+        return {
+            "id": self.id, "kind": self.kind, "state": self.state,
+            "bytes_done": self.bytes_done, "bytes_total": self.bytes_total,
+            "elapsed": round(elapsed, 3),
+            "rate": int(self.bytes_done / elapsed) if elapsed > 0 else 0,
+            "error": self.error, "result": self.result, **self.description,
+        }
+
+    @property
+    def active(self) -> bool:
+        return self.state in ("pending", "running", "verifying")
+
+
+class Jobs:
+    def __init__(self) -> None:
+        self._jobs: dict[str, Job] = {}
+
+    def start(self, job: Job, run: Callable[[Job], Awaitable[None]]) -> Job:
+        self._expire()
+        old = self._jobs.get(job.id)
+        if old is not None and old.active:
+            raise Conflict(f"job {job.id} is still {old.state}")
+        self._jobs[job.id] = job
+        job.task = asyncio.create_task(self._run(job, run), name=f"job-{job.id}")
+        return job
+
+    async def _run(self, job: Job, run: Callable[[Job], Awaitable[None]]) -> None:
+        job.state = "running"
+        try:
+            await run(job)
+            job.state = "done"
+        except asyncio.CancelledError:
+            job.state = "canceled"
+            job.error = "canceled by request"
+        except Error as e:
+            job.state, job.error = "failed", e.detail
+            log.warning("job %s failed: %s", job.id, e.detail)
+        except Exception as e:
+            job.state, job.error = "failed", f"internal error: {type(e).__name__}, check logs"
+            log.exception("job %s failed", job.id)
+        finally:
+            job.finished = time.monotonic()
+            log.info("job %s %s: %d/%d bytes", job.id, job.state, job.bytes_done, job.bytes_total)
+
+    def get(self, job_id: str) -> Job:
+        try:
+            return self._jobs[job_id]
+        except KeyError:
+            raise NotFound(f"No such job {job_id}") from None
+
+    async def cancel(self, job_id: str) -> Job:
+        job = self.get(job_id)
+        if job.task is not None and not job.task.done():
+            job.task.cancel()
+            await asyncio.gather(job.task, return_exceptions=True)
+        return job
+
+    async def close(self) -> None:
+        for job in list(self._jobs.values()):
+            if job.task is not None and not job.task.done():
+                job.task.cancel()
+                await asyncio.gather(job.task, return_exceptions=True)
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        for job_id, job in list(self._jobs.items()):
+            if job.finished is not None and now - job.finished > KEEP_FINISHED:
+                del self._jobs[job_id]

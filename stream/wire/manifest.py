@@ -1,0 +1,226 @@
+"""The JSON entries of an OVF_STORE tar: ``info.json`` and ``metadata.json``.
+
+oVirt's engine writes ``info.json`` first, with ``"Last Updated"`` (Java
+``Date.toString()``) and ``"Storage Domains"`` (``[{"uuid": ...}]``), and
+``metadata.json`` after the OVFs, with ``{"VM Status": {uuid: int}}``
+(ovirt-storage.md §1.5).  Sluice senders add to ``info.json`` a manifest of
+every entry that follows it::
+
+    "Manifest": {"algorithm": "xxh3_128",
+                 "entries": [{"name": "<uuid>.ovf", "size": 1234, "digest": "<32 hex>"}, ...]}
+
+oVirt's reader ignores keys it does not know and ``info.json`` itself
+(§1.8), so the manifest costs nothing in compatibility.
+
+Parsing is strict: a manifest we do not fully understand is refused (422),
+never half-applied, because a half-checked store is later trusted as whole.
+Unknown keys *outside* the manifest are kept, as oVirt may add some.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import WireError
+
+INFO_NAME = "info.json"
+METADATA_NAME = "metadata.json"
+ALGORITHM = "xxh3_128"
+
+_UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+_OVF_NAME = re.compile(_UUID + r"\.ovf")
+_UUID_RE = re.compile(_UUID)
+_HEX128 = re.compile(r"[0-9a-f]{32}")
+_ENTRY_KEYS = {"name", "size", "digest"}
+_MANIFEST_KEYS = {"algorithm", "entries"}
+
+# Java's Date.toString() uses English names whatever the locale.
+_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+class BadManifest(WireError):
+    """``info.json`` or ``metadata.json`` is malformed, or its manifest is."""
+
+    http_status = 422
+    code = "invalid-ovf-manifest"
+
+
+def is_ovf_name(name: str) -> bool:
+    """True for ``<uuid>.ovf`` with a canonical lower-case UUID, as the engine writes."""
+    return _OVF_NAME.fullmatch(name) is not None
+
+
+def _is_int(value: object) -> bool:
+    # bool is an int subclass; JSON true is not a size.
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class ManifestEntry:
+    """One entry after ``info.json``: its name, byte size and xxh3-128 hex digest.
+
+    Validated on construction (parsed or built): a name the tar may hold
+    after ``info.json``, a positive size (empty OVFs are refused by the
+    reader) and 32 lower-case hex digits.
+    """
+
+    name: str
+    size: int
+    digest: str
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not (
+            is_ovf_name(self.name) or self.name == METADATA_NAME
+        ):
+            raise BadManifest(f"manifest entry name {self.name!r} is not <uuid>.ovf or "
+                              f"{METADATA_NAME}")
+        if not _is_int(self.size) or self.size <= 0:
+            raise BadManifest(f"manifest entry {self.name!r}: size {self.size!r} is not a "
+                              "positive integer")
+        if not isinstance(self.digest, str) or not _HEX128.fullmatch(self.digest):
+            raise BadManifest(f"manifest entry {self.name!r}: digest {self.digest!r} is not "
+                              "32 lower-case hex digits")
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """Every entry that follows ``info.json``, in tar order (order is not checked)."""
+
+    entries: tuple[ManifestEntry, ...]
+    algorithm: str = ALGORITHM
+
+    def __post_init__(self) -> None:
+        if self.algorithm != ALGORITHM:
+            raise BadManifest(f"manifest algorithm {self.algorithm!r} is not supported "
+                              f"(only {ALGORITHM!r})")
+        seen: set[str] = set()
+        for e in self.entries:
+            if e.name in seen:
+                raise BadManifest(f"manifest lists {e.name!r} twice")
+            seen.add(e.name)
+
+    def by_name(self) -> dict[str, ManifestEntry]:
+        return {e.name: e for e in self.entries}
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "algorithm": self.algorithm,
+            "entries": [{"name": e.name, "size": e.size, "digest": e.digest}
+                        for e in self.entries],
+        }
+
+    @classmethod
+    def from_json(cls, raw: object) -> Manifest:
+        """Parse the value of ``"Manifest"``; unknown or missing keys are refused."""
+        obj = _exact_keys(raw, _MANIFEST_KEYS, "Manifest")
+        entries = obj["entries"]
+        if not isinstance(entries, list):
+            raise BadManifest("Manifest.entries is not a list")
+        parsed = []
+        for i, item in enumerate(entries):
+            e = _exact_keys(item, _ENTRY_KEYS, f"Manifest.entries[{i}]")
+            parsed.append(ManifestEntry(e["name"], e["size"], e["digest"]))
+        return cls(tuple(parsed), obj["algorithm"])
+
+
+def _exact_keys(raw: object, keys: set[str], what: str) -> dict[str, Any]:
+    if not isinstance(raw, dict):
+        raise BadManifest(f"{what} is not a JSON object")
+    if raw.keys() != keys:
+        raise BadManifest(f"{what} must have exactly the keys {sorted(keys)}, "
+                          f"not {sorted(raw)}")
+    return raw
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        raise ValueError("duplicate key in a JSON object")
+    return obj
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _load_object(data: bytes | bytearray | memoryview, what: str) -> dict[str, Any]:
+    """Strict JSON: UTF-8 only, no duplicate keys, no NaN/Infinity, an object."""
+    try:
+        obj = json.loads(bytes(data).decode("utf-8"), object_pairs_hook=_no_duplicates,
+                         parse_constant=_no_constant)
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError
+        raise BadManifest(f"{what} is not valid JSON: {e}") from None
+    if not isinstance(obj, dict):
+        raise BadManifest(f"{what} is not a JSON object")
+    return obj
+
+
+def _dumps(obj: object) -> bytes:
+    # Pretty, like the engine's Jackson output; ASCII so the size is the length.
+    return json.dumps(obj, indent=2).encode("ascii")
+
+
+def build_info(last_updated: str, sd_uuids: Sequence[str], manifest: Manifest | None) -> bytes:
+    """``info.json``: ``last_updated`` as from :func:`java_date`, the domain UUIDs,
+    and the manifest of every following entry (omitted when None, as oVirt does)."""
+    obj: dict[str, Any] = {
+        "Last Updated": last_updated,
+        "Storage Domains": [{"uuid": sd} for sd in sd_uuids],
+    }
+    if manifest is not None:
+        obj["Manifest"] = manifest.to_json()
+    return _dumps(obj)
+
+
+def parse_info(data: bytes | bytearray | memoryview) -> tuple[dict[str, Any], Manifest | None]:
+    """Parse ``info.json`` into (the whole object, its manifest or None).
+
+    oVirt's two keys must be there with their types (§1.5: the engine
+    always writes them); other keys are kept as they are.
+    """
+    obj = _load_object(data, INFO_NAME)
+    if not isinstance(obj.get("Last Updated"), str):
+        raise BadManifest(f'{INFO_NAME}: "Last Updated" is missing or not a string')
+    domains = obj.get("Storage Domains")
+    if not isinstance(domains, list) or not all(
+        isinstance(d, dict) and isinstance(d.get("uuid"), str) for d in domains
+    ):
+        raise BadManifest(f'{INFO_NAME}: "Storage Domains" is not a list of {{"uuid": ...}}')
+    if "Manifest" not in obj:
+        return obj, None
+    return obj, Manifest.from_json(obj["Manifest"])
+
+
+def build_metadata(vm_status: Mapping[str, int]) -> bytes:
+    """``metadata.json``: ``{"VM Status": {vm_uuid: VMStatus int}}``."""
+    return _dumps({"VM Status": dict(vm_status)})
+
+
+def parse_metadata(data: bytes | bytearray | memoryview) -> dict[str, int]:
+    """The ``"VM Status"`` map of ``metadata.json``: canonical UUIDs to ints."""
+    obj = _load_object(data, METADATA_NAME)
+    status = obj.get("VM Status")
+    if not isinstance(status, dict):
+        raise BadManifest(f'{METADATA_NAME}: "VM Status" is missing or not an object')
+    for vm, value in status.items():
+        if not _UUID_RE.fullmatch(vm) or not _is_int(value):
+            raise BadManifest(f'{METADATA_NAME}: "VM Status" entry {vm!r}: {value!r} is not '
+                              "a canonical UUID mapped to an integer")
+    return status
+
+
+def java_date(ts: float) -> str:
+    """``ts`` (seconds since the epoch) as Java ``Date.toString()`` in UTC.
+
+    ``"Wed Jul 01 11:43:07 UTC 2020"``: the engine parses it back with
+    ``"EEE MMM d HH:mm:ss zzz yyyy"`` (§1.4) to pick the latest store.
+    """
+    t = time.gmtime(ts)
+    return (f"{_DAYS[t.tm_wday]} {_MONTHS[t.tm_mon - 1]} {t.tm_mday:02d} "
+            f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} UTC {t.tm_year}")

@@ -1,0 +1,174 @@
+"""Tar header blocks, PAX records and flat-name rules, shared by the planner
+and the reader.
+
+Only what an OVF store needs is understood: ustar headers with POSIX
+(``ustar\\0`` ``00``) or GNU (``ustar  \\0``) magic, PAX extended headers
+(POSIX.1-2001, ``x``) and GNU long names (``L``).  Everything here raises
+plain ``ValueError`` with a reason; the reader adds where it happened.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+from dataclasses import dataclass
+
+BLOCK = 512
+ZERO_BLOCK = bytes(BLOCK)
+#: Two zero blocks end an archive (POSIX ustar); we do not pad to 10240.
+EOF_SIZE = 2 * BLOCK
+#: NAME_MAX on Linux: a longer name cannot be extracted anywhere.
+MAX_NAME_BYTES = 255
+
+REGULAR = (b"0", b"\0")
+PAX = b"x"
+GNU_LONGNAME = b"L"
+
+_POSIX_MAGIC = b"ustar\x0000"
+_GNU_MAGIC = b"ustar  \x00"
+_OCTAL = re.compile(rb" *([0-7]+) *")
+_DECIMAL = re.compile(rb"[0-9]+")
+_SIGNED = struct.Struct("148b8x356b")
+
+#: Entry types we refuse, named for the error message.
+KINDS = {
+    b"1": "hard link", b"2": "symbolic link", b"3": "character device",
+    b"4": "block device", b"5": "directory", b"6": "FIFO", b"7": "contiguous file",
+    b"g": "PAX global header", b"K": "GNU long link name", b"S": "GNU sparse file",
+    b"V": "volume label", b"M": "multi-volume continuation", b"D": "GNU dump directory",
+    b"N": "GNU old long name",
+}
+
+#: PAX keys that would change what the data means; refused, never ignored.
+_PAX_REFUSED = ("linkpath", "hdrcharset")
+_PAX_REFUSED_PREFIX = "GNU.sparse."
+
+
+def padding(size: int) -> int:
+    """Zeros after ``size`` bytes of member data, up to the next block."""
+    return -size % BLOCK
+
+
+def name_problem(name: str) -> str | None:
+    """Why ``name`` is not a flat member name, or None when it is.
+
+    One file in the current directory: not empty, no ``/`` (so no path,
+    no absolute name, no ``..`` component), not ``.`` or ``..``, no
+    backslash, no control character (NUL included), valid UTF-8 of at most
+    255 bytes.
+    """
+    if not name:
+        return "empty name"
+    if name.startswith("/"):
+        return "absolute path"
+    if name in (".", "..") or name.startswith("../") or "/../" in name or name.endswith("/.."):
+        return "path traversal ('..')"
+    if "/" in name:
+        return "a path, not a flat name"
+    if "\\" in name:
+        return "backslash in name"
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in name):
+        return "control character in name"
+    try:
+        encoded = name.encode("utf-8")
+    except UnicodeEncodeError:
+        return "name is not valid UTF-8"
+    if len(encoded) > MAX_NAME_BYTES:
+        return f"name longer than {MAX_NAME_BYTES} bytes"
+    return None
+
+
+@dataclass(frozen=True)
+class RawHeader:
+    """What a header block says, before PAX or GNU long-name overrides."""
+
+    name: bytes
+    type: bytes
+    size: int
+
+
+def _cstr(field: bytes) -> bytes:
+    return field.split(b"\0", 1)[0]
+
+
+def _number(field: bytes, what: str) -> int:
+    if field[0] == 0x80:  # GNU base-256, positive (sizes of 8 GiB and more)
+        return int.from_bytes(field[1:], "big")
+    m = _OCTAL.fullmatch(_cstr(field))
+    if m is None:
+        raise ValueError(f"malformed {what} field {field!r}")
+    return int(m.group(1), 8)
+
+
+def _check_sum(block: bytes) -> None:
+    stored = _number(block[148:156], "checksum")
+    unsigned = sum(block) - sum(block[148:156]) + 8 * 0x20
+    # Old writers summed signed chars; tarfile and GNU tar accept both.
+    if stored not in (unsigned, sum(_SIGNED.unpack(block)) + 8 * 0x20):
+        raise ValueError(f"bad header checksum (stored {stored:o}, computed {unsigned:o})")
+
+
+def parse_header(block: bytes) -> RawHeader:
+    """Parse one non-zero 512-byte header block."""
+    _check_sum(block)
+    magic = block[257:265]
+    if magic not in (_POSIX_MAGIC, _GNU_MAGIC):
+        raise ValueError(f"not a ustar, PAX or GNU header (magic {magic!r})")
+    name = _cstr(block[0:100])
+    if magic == _POSIX_MAGIC:
+        prefix = _cstr(block[345:500])
+        if prefix:
+            name = prefix + b"/" + name
+    return RawHeader(name, block[156:157], _number(block[124:136], "size"))
+
+
+def parse_pax(body: bytes) -> dict[str, bytes]:
+    """The records ``"<len> <key>=<value>\\n"`` of a PAX extended header.
+
+    Strict: every record's length must be exact, keys unique, and no key
+    may change how the data is read (``linkpath``, ``hdrcharset``,
+    ``GNU.sparse.*``).  Values stay bytes; keys are UTF-8.
+    """
+    records: dict[str, bytes] = {}
+    pos = 0
+    while pos < len(body):
+        space = body.find(b" ", pos, pos + 21)
+        length_text = body[pos:space] if space > pos else b""
+        if not _DECIMAL.fullmatch(length_text):
+            raise ValueError(f"malformed PAX record at byte {pos}")
+        end = pos + int(length_text)
+        if end > len(body) or end <= space + 1 or body[end - 1] != 0x0A:
+            raise ValueError(f"PAX record at byte {pos} has a wrong length")
+        key_bytes, eq, value = body[space + 1 : end - 1].partition(b"=")
+        try:
+            key = key_bytes.decode("utf-8")
+        except UnicodeDecodeError:
+            key = ""
+        if not eq or not key:
+            raise ValueError(f"malformed PAX record at byte {pos}")
+        if key in records:
+            raise ValueError(f"PAX key {key!r} given twice")
+        if key in _PAX_REFUSED or key.startswith(_PAX_REFUSED_PREFIX):
+            raise ValueError(f"PAX key {key!r} is not allowed")
+        records[key] = value
+        pos = end
+    return records
+
+
+def pax_overrides(records: dict[str, bytes]) -> tuple[bytes | None, int | None]:
+    """The ``path`` and ``size`` a PAX header sets for the next entry."""
+    path = records.get("path")
+    if path is not None and not path:
+        raise ValueError("PAX path is empty")
+    size = records.get("size")
+    if size is not None and not _DECIMAL.fullmatch(size):
+        raise ValueError(f"PAX size {size!r} is not a decimal number")
+    return path, None if size is None else int(size)
+
+
+def parse_longname(body: bytes) -> bytes:
+    """The name in a GNU ``L`` body: NUL-terminated, only NULs after it."""
+    name, _, rest = body.partition(b"\0")
+    if rest.strip(b"\0"):
+        raise ValueError("GNU long name has data after its NUL")
+    return name

@@ -1,0 +1,316 @@
+"""Copy jobs: sparse-aware, verified copies into local volumes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from .conftest import Client
+from .daemon import Daemon
+
+MiB = 1 << 20
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+async def add_domain(client: Client, path: Path | list[str], kind: str = "file") -> str:
+    sd = new_id()
+    loc: Any = str(path) if kind == "file" else path
+    resp = await client.post("/domains", json={"uuid": sd, "type": kind, "location": loc})
+    assert resp.status == 201, await resp.text()
+    return sd
+
+
+async def set_pool(client: Client, domains: dict[str, tuple[str, Any]], version: int = 1) -> None:
+    resp = await client.put("/pool", json={
+        "pool_id": POOL_ID, "map_version": version, "master_domain": next(iter(domains)),
+        "domains": {sd: {"type": kind, "location": loc, "status": "Active"}
+                    for sd, (kind, loc) in domains.items()}})
+    assert resp.status == 200, await resp.text()
+
+
+POOL_ID = new_id()
+
+
+async def new_volume(client: Client, sd: str, size: int, fmt: str = "raw") -> dict[str, str]:
+    ref = {"sd_id": sd, "img_id": new_id(), "vol_id": new_id()}
+    resp = await client.post(f"/domains/{sd}/volumes", json={
+        "img_id": ref["img_id"], "vol_id": ref["vol_id"], "size": size, "format": fmt})
+    assert resp.status == 201, await resp.text()
+    return ref
+
+
+async def write_image(client: Client, ref: dict[str, str], size: int,
+                      chunks: dict[int, bytes]) -> None:
+    ticket = new_id()
+    resp = await client.put(f"/tickets/{ticket}", json={
+        "uuid": ticket, "size": size, "ops": ["write"], "timeout": 60, **ref})
+    assert resp.status == 200, await resp.text()
+    for offset, data in chunks.items():
+        resp = await client.put(f"/images/{ticket}", data=data, headers={
+            "Content-Range": f"bytes {offset}-{offset + len(data) - 1}/*"})
+        assert resp.status == 200
+    await client.delete(f"/tickets/{ticket}")
+
+
+async def read_image(client: Client, ref: dict[str, str], size: int) -> bytes:
+    ticket = new_id()
+    resp = await client.put(f"/tickets/{ticket}", json={
+        "uuid": ticket, "size": size, "ops": ["read"], "timeout": 60, **ref})
+    assert resp.status == 200, await resp.text()
+    data = await (await client.get(f"/images/{ticket}")).read()
+    await client.delete(f"/tickets/{ticket}")
+    return data
+
+
+async def wait(client: Client, job_id: str) -> dict[str, Any]:
+    for _ in range(600):
+        job: dict[str, Any] = await (await client.get(f"/jobs/{job_id}")).json()
+        if job["state"] not in ("pending", "running", "verifying"):
+            return job
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"job {job_id} did not finish: {job}")
+
+
+async def start_copy(client: Client, source: Any, dest: dict[str, str],
+                     job_id: str | None = None) -> str:
+    body = {"source": source, "destination": dest, "job_id": job_id or new_id()}
+    resp = await client.post("/jobs/copy", json=body)
+    assert resp.status == 201, await resp.text()
+    return str((await resp.json())["id"])
+
+
+@pytest.fixture
+async def two_file_domains(client: Client, tmp_path: Path) -> tuple[str, str]:
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    sa, sb = await add_domain(client, a), await add_domain(client, b)
+    await set_pool(client, {sa: ("file", str(a)), sb: ("file", str(b))})
+    return sa, sb
+
+
+SIZE = 24 * MiB
+DATA = {0: os.urandom(MiB), 5 * MiB + 4096: os.urandom(3 * MiB), SIZE - 8192: os.urandom(8192)}
+
+
+def expected_image() -> bytes:
+    img = bytearray(SIZE)
+    for off, data in DATA.items():
+        img[off : off + len(data)] = data
+    return bytes(img)
+
+
+async def test_local_copy_is_sparse_and_verified(
+    client: Client, two_file_domains: tuple[str, str]
+) -> None:
+    sa, sb = two_file_domains
+    src, dst = await new_volume(client, sa, SIZE), await new_volume(client, sb, SIZE)
+    await write_image(client, src, SIZE, DATA)
+    job = await wait(client, await start_copy(client, src, dst))
+    assert job["state"] == "done", job
+    # Only data moved: the holes were never read or sent.
+    assert job["bytes_total"] == job["bytes_done"] == sum(map(len, DATA.values()))
+    r = job["result"]
+    assert r["checksum"] == r["source_checksum"] == r["destination_checksum"]
+    assert await read_image(client, dst, SIZE) == expected_image()
+
+
+async def test_copy_to_block_domain(
+    client: Client, tmp_path: Path, loop_device: Any
+) -> None:
+    fdir = tmp_path / "f"
+    fdir.mkdir()
+    devs = [loop_device(40 * MiB, sector_size=4096)]
+    sf, sblk = await add_domain(client, fdir), await add_domain(client, devs, "block")
+    await set_pool(client, {sf: ("file", str(fdir)), sblk: ("block", devs)})
+    src, dst = await new_volume(client, sf, SIZE), await new_volume(client, sblk, SIZE)
+    await write_image(client, src, SIZE, DATA)
+    job = await wait(client, await start_copy(client, src, dst))
+    assert job["state"] == "done", job
+    assert await read_image(client, dst, SIZE) == expected_image()
+
+
+@pytest.mark.parametrize("src_fmt,dst_fmt", [("raw", "qcow2"), ("qcow2", "raw")])
+async def test_format_change_goes_through_qemu_img(
+    client: Client, two_file_domains: tuple[str, str], src_fmt: str, dst_fmt: str
+) -> None:
+    sa, sb = two_file_domains
+    src = await new_volume(client, sa, SIZE, src_fmt)
+    dst = await new_volume(client, sb, SIZE, dst_fmt)
+    info = await (await client.get(
+        f"/domains/{sa}/images/{src['img_id']}/volumes/{src['vol_id']}")).json()
+    # Put guest data into the source with qemu-io (it knows qcow2).
+    subprocess.run(["qemu-io", "-f", src_fmt, "-c", "write -P 0x5a 1M 2M",
+                    "-c", f"write -P 0x11 {SIZE - 65536} 65536", info["path"]],
+                   check=True, capture_output=True)
+    job = await wait(client, await start_copy(client, src, dst))
+    assert job["state"] == "done", job
+    assert job["result"] == {"verified_with": "qemu-img compare"}
+    dinfo = await (await client.get(
+        f"/domains/{sb}/images/{dst['img_id']}/volumes/{dst['vol_id']}")).json()
+    r = subprocess.run(["qemu-img", "compare", "-f", src_fmt, "-F", dst_fmt, info["path"],
+                        dinfo["path"]])
+    assert r.returncode == 0
+
+
+@pytest.fixture
+def remote(tmp_path: Path) -> Iterator[Daemon]:
+    d = Daemon(tmp_path / "remote-data")
+    yield d
+    d.stop()
+
+
+async def test_copy_from_another_host(
+    client: Client, two_file_domains: tuple[str, str], remote: Daemon
+) -> None:
+    image = remote.images / "disk.raw"
+    with open(image, "wb") as f:
+        f.truncate(SIZE)
+        for off, data in DATA.items():
+            f.seek(off)
+            f.write(data)
+    url = remote.add_ticket(image, ops=["read"])
+    _, sb = two_file_domains
+    dst = await new_volume(client, sb, SIZE)
+    job = await wait(client, await start_copy(client, {"url": url}, dst))
+    assert job["state"] == "done", job
+    assert job["bytes_done"] == sum(map(len, DATA.values()))
+    assert await read_image(client, dst, SIZE) == expected_image()
+
+
+class FaultySource:
+    """A real HTTP server speaking the image API, with injected faults."""
+
+    def __init__(self, data: bytes, *, die_at: int | None = None,
+                 wrong_checksum: bool = False, slow: bool = False) -> None:
+        self.data, self.die_at, self.wrong, self.slow = data, die_at, wrong_checksum, slow
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/images/t/extents", self.extents)
+        app.router.add_get("/images/t/checksum", self.checksum)
+        app.router.add_get("/images/t", self.get)
+        return app
+
+    async def extents(self, request: web.Request) -> web.Response:
+        return web.json_response([{"start": 0, "length": len(self.data), "zero": False,
+                                   "hole": False}])
+
+    async def checksum(self, request: web.Request) -> web.Response:
+        from stream.wire.blkhash import StreamingBlockHash
+
+        h = StreamingBlockHash(request.query["algorithm"], int(request.query["block_size"]))
+        h.update(self.data if not self.wrong else self.data[::-1])
+        return web.json_response(h.finish())
+
+    async def get(self, request: web.Request) -> web.StreamResponse:
+        first, last = request.headers["Range"][6:].split("-")
+        start, end = int(first), int(last) + 1
+        resp = web.StreamResponse(status=206)
+        resp.content_length = end - start
+        await resp.prepare(request)
+        for pos in range(start, end, MiB):
+            if self.die_at is not None and pos >= self.die_at:
+                assert request.transport is not None
+                request.transport.abort()  # the host goes away mid-body
+                return resp
+            if self.slow:
+                await asyncio.sleep(0.2)
+            await resp.write(self.data[pos : min(pos + MiB, end)])
+        return resp
+
+
+@pytest.fixture
+async def faulty(aiohttp_server: Any) -> AsyncIterator[Any]:
+    async def start(source: FaultySource) -> str:
+        server = await aiohttp_server(source.app())
+        return f"http://127.0.0.1:{server.port}/images/t"
+
+    yield start
+
+
+async def test_source_disappears_then_retry_succeeds(
+    client: Client, two_file_domains: tuple[str, str], faulty: Any
+) -> None:
+    data = os.urandom(8 * MiB)
+    _, sb = two_file_domains
+    dst = await new_volume(client, sb, len(data))
+    url = await faulty(FaultySource(data, die_at=3 * MiB))
+    job_id = new_id()
+    job = await wait(client, await start_copy(client, {"url": url}, dst, job_id))
+    assert job["state"] == "failed"
+    assert "source host failed at offset 0" in job["error"] or "sent" in job["error"]
+    good = await faulty(FaultySource(data))
+    job = await wait(client, await start_copy(client, {"url": good}, dst, job_id))
+    assert job["state"] == "done", job
+    assert await read_image(client, dst, len(data)) == data
+
+
+async def test_checksum_difference_fails_the_job(
+    client: Client, two_file_domains: tuple[str, str], faulty: Any
+) -> None:
+    data = os.urandom(2 * MiB)
+    _, sb = two_file_domains
+    dst = await new_volume(client, sb, len(data))
+    url = await faulty(FaultySource(data, wrong_checksum=True))
+    job = await wait(client, await start_copy(client, {"url": url}, dst))
+    assert job["state"] == "failed"
+    assert "source's own checksum differs" in job["error"]
+
+
+async def test_cancel(client: Client, two_file_domains: tuple[str, str], faulty: Any) -> None:
+    data = os.urandom(16 * MiB)
+    _, sb = two_file_domains
+    dst = await new_volume(client, sb, len(data))
+    url = await faulty(FaultySource(data, slow=True))
+    job_id = await start_copy(client, {"url": url}, dst)
+    await asyncio.sleep(0.3)
+    job = await (await client.delete(f"/jobs/{job_id}")).json()
+    assert job["state"] == "canceled"
+    assert job["bytes_done"] < len(data)
+
+
+async def test_destination_fills_up(client: Client, tmp_path: Path, faulty: Any) -> None:
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mnt)],
+                       capture_output=True, text=True)
+    if r.returncode:
+        pytest.skip(f"mounting a tmpfs needs root: {r.stderr.strip()}")
+    try:
+        sd = await add_domain(client, mnt)
+        await set_pool(client, {sd: ("file", str(mnt))})
+        data = os.urandom(8 * MiB)
+        dst = await new_volume(client, sd, len(data))  # sparse: fits until written
+        job = await wait(client, await start_copy(client, {"url": await faulty(
+            FaultySource(data))}, dst))
+        assert job["state"] == "failed"
+        assert job["error"] == "no space left on the storage"
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+async def test_bad_copy_requests(client: Client, two_file_domains: tuple[str, str]) -> None:
+    sa, _ = two_file_domains
+    dst = await new_volume(client, sa, MiB)
+    for body, status in [
+        ({"source": {"url": "ftp://x"}, "destination": dst}, 400),
+        ({"source": {"url": "http://x/images/t", "format": "qcow2"}, "destination": dst}, 400),
+        ({"source": {"sd_id": sa}, "destination": dst}, 400),
+        ({"source": dst, "destination": {"sd_id": sa, "img_id": new_id(),
+                                         "vol_id": new_id()}}, 404),
+    ]:
+        resp = await client.post("/jobs/copy", json=body)
+        assert resp.status == status, (body, await resp.text())
+    assert (await client.get(f"/jobs/{new_id()}")).status == 404
