@@ -232,6 +232,15 @@ class BlockDomain(BaseDomain):
                  entry["img_uuid"], entry["vol_uuid"], size)
         return self._info(entry)
 
+    def set_legal(self, img_uuid: str, vol_uuid: str, legal: bool) -> VolumeInfo:
+        with self._lock:
+            generation, table = self._load()
+            entry = self._find(table, img_uuid, vol_uuid)
+            entry["legal"] = legal
+            self._commit(generation, table)
+        log.info("volume sd=%s img=%s vol=%s legal=%s", self._uuid, img_uuid, vol_uuid, legal)
+        return self._info(entry)
+
     def delete_volume(self, img_uuid: str, vol_uuid: str) -> None:
         with self._lock:
             generation, table = self._load()

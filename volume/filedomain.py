@@ -219,6 +219,13 @@ class FileDomain(BaseDomain):
                  info.vol_uuid, size)
         return info
 
+    def set_legal(self, img_uuid: str, vol_uuid: str, legal: bool) -> VolumeInfo:
+        with self._lock, oserrors("update volume metadata"):
+            info = dataclasses.replace(self._ready(img_uuid, vol_uuid), legal=legal)
+            self._write_meta(info, READY)
+        log.info("volume sd=%s img=%s vol=%s legal=%s", self._uuid, img_uuid, vol_uuid, legal)
+        return info
+
     def delete_volume(self, img_uuid: str, vol_uuid: str) -> None:
         with self._lock, oserrors("delete volume"):
             info, state = self._read(img_uuid, vol_uuid)

@@ -94,6 +94,9 @@ class VolumeInfo:
     path: str = ""
     offset: int = 0
     length: int | None = None
+    #: False while its content is incomplete: a copy into it started and has
+    #: not been verified (vdsm's ILLEGAL), so nobody mistakes it for data.
+    legal: bool = True
 
     def meta(self) -> dict[str, Any]:
         """The fields a domain stores (the location is the domain's business)."""
@@ -110,7 +113,7 @@ class VolumeInfo:
             size=meta["size"], format=Format(meta["format"]),
             allocation=Allocation(meta["allocation"]), content=Content(meta["content"]),
             parent=meta["parent"], description=meta["description"],
-            path=path, offset=offset, length=length,
+            path=path, offset=offset, length=length, legal=bool(meta.get("legal", True)),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -170,6 +173,10 @@ class StorageDomain(Protocol):
 
     def resize_volume(self, img_uuid: str, vol_uuid: str, size: int) -> VolumeInfo:
         """Grow the volume to ``size`` bytes (volumes never shrink)."""
+        ...
+
+    def set_legal(self, img_uuid: str, vol_uuid: str, legal: bool) -> VolumeInfo:
+        """Mark the volume's content complete (True) or incomplete (False)."""
         ...
 
     def delete_volume(self, img_uuid: str, vol_uuid: str) -> None:

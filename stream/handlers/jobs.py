@@ -61,7 +61,15 @@ async def start_copy(request: web.Request) -> web.Response:
         src_info = await _volume(request, spec, Access.READ, "source")
     described = {"source": spec, "destination": msg.get("destination")}
 
+    storage = await io.run(request.app[POOL].registry.storage, dst.sd_uuid)
+
     async def run(job: Job) -> None:
+        # Incomplete until verified: a failed or canceled copy leaves it so.
+        await io.run(storage.set_legal, dst.img_uuid, dst.vol_uuid, False)
+        await _copy(job)
+        await io.run(storage.set_legal, dst.img_uuid, dst.vol_uuid, True)
+
+    async def _copy(job: Job) -> None:
         if src_info is not None and src_info.format != dst.format:
             await convert.convert(job, src_info, dst)
             return

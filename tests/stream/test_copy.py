@@ -73,6 +73,12 @@ async def read_image(client: Client, ref: dict[str, str], size: int) -> bytes:
     return data
 
 
+async def legal(client: Client, ref: dict[str, str]) -> bool:
+    resp = await client.get(
+        f"/domains/{ref['sd_id']}/images/{ref['img_id']}/volumes/{ref['vol_id']}")
+    return bool((await resp.json())["legal"])
+
+
 async def wait(client: Client, job_id: str) -> dict[str, Any]:
     for _ in range(600):
         job: dict[str, Any] = await (await client.get(f"/jobs/{job_id}")).json()
@@ -124,6 +130,7 @@ async def test_local_copy_is_sparse_and_verified(
     r = job["result"]
     assert r["checksum"] == r["source_checksum"] == r["destination_checksum"]
     assert await read_image(client, dst, SIZE) == expected_image()
+    assert await legal(client, dst)
 
 
 async def test_copy_to_block_domain(
@@ -251,10 +258,12 @@ async def test_source_disappears_then_retry_succeeds(
     job = await wait(client, await start_copy(client, {"url": url}, dst, job_id))
     assert job["state"] == "failed"
     assert "source host failed at offset 0" in job["error"] or "sent" in job["error"]
+    assert not await legal(client, dst)  # marked incomplete
     good = await faulty(FaultySource(data))
     job = await wait(client, await start_copy(client, {"url": good}, dst, job_id))
     assert job["state"] == "done", job
     assert await read_image(client, dst, len(data)) == data
+    assert await legal(client, dst)
 
 
 async def test_checksum_difference_fails_the_job(
@@ -279,6 +288,7 @@ async def test_cancel(client: Client, two_file_domains: tuple[str, str], faulty:
     job = await (await client.delete(f"/jobs/{job_id}")).json()
     assert job["state"] == "canceled"
     assert job["bytes_done"] < len(data)
+    assert not await legal(client, dst)  # the destination is marked incomplete
 
 
 async def test_destination_fills_up(client: Client, tmp_path: Path, faulty: Any) -> None:

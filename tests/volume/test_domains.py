@@ -178,3 +178,27 @@ def test_default_domain_from_older_layout(tmp_path: Path) -> None:
     (path / "domain.json").write_text(json.dumps(
         {"uuid": sd_uuid, "type": "file", "version": 1}))
     assert load_or_create_default(str(tmp_path)) == Domain(sd_uuid, "file", str(path))
+
+
+@pytest.mark.parametrize("kind", ["file", "block"])
+def test_legality_survives_reopen(
+    kind: str, file_sd: FileDomain, loop_device: LoopDeviceFactory
+) -> None:
+    from volume.blockdomain import open_block_domain
+    from volume.sd import StorageDomain
+
+    sd: StorageDomain
+    if kind == "file":
+        sd = file_sd
+        reopen = lambda: open_file_domain(file_sd.location[0])  # noqa: E731
+    else:
+        devices = [loop_device(8 * MiB)]
+        sd = create_block_domain(devices, new_id())
+        reopen = lambda: open_block_domain(devices)  # noqa: E731
+    made = sd.create_volume(new_id(), new_id(), MiB)
+    assert made.legal
+    marked = sd.set_legal(made.img_uuid, made.vol_uuid, False)
+    assert not marked.legal
+    assert not reopen().lookup(made.img_uuid, made.vol_uuid).legal
+    sd.set_legal(made.img_uuid, made.vol_uuid, True)
+    assert reopen().lookup(made.img_uuid, made.vol_uuid).legal
