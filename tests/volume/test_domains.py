@@ -188,13 +188,18 @@ def test_legality_survives_reopen(
     from volume.sd import StorageDomain
 
     sd: StorageDomain
+    devices: list[str] = []
     if kind == "file":
         sd = file_sd
-        reopen = lambda: open_file_domain(file_sd.location[0])  # noqa: E731
     else:
         devices = [loop_device(8 * MiB)]
         sd = create_block_domain(devices, new_id())
-        reopen = lambda: open_block_domain(devices)  # noqa: E731
+
+    def reopen() -> StorageDomain:
+        if kind == "file":
+            return open_file_domain(file_sd.location[0])
+        return open_block_domain(devices)
+
     made = sd.create_volume(new_id(), new_id(), MiB)
     assert made.legal
     marked = sd.set_legal(made.img_uuid, made.vol_uuid, False)
