@@ -1,0 +1,231 @@
+"""Move a local image to or from an image URL (any imageio-compatible host).
+
+Synchronous on purpose: the CLI moves one image at a time and
+``http.client`` streams a file body with no copies.  Sparse-aware: only
+data ranges travel (holes found with SEEK_DATA/SEEK_HOLE on upload, with
+``/extents`` on download); zero ranges become ``PATCH zero`` or stay holes.
+A broken connection is resumed by range: the interrupted request is sent
+again from its start (PUT) or from the last byte received (GET), with
+backoff.  At the end the server's block-hash checksum must equal the local
+file's, or the transfer fails.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import ssl
+import time
+import urllib.parse
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .localhash import _data_ranges, checksum
+
+#: One request at most, as the imageio client does.
+MAX_REQUEST = 128 << 20
+#: File reads per send; large enough that syscalls do not matter.
+CHUNK = 4 << 20
+ALGORITHM = "xxh3_128"
+
+Progress = Callable[[int], None]
+
+
+class TransferError(Exception):
+    """One plain sentence for the user."""
+
+
+@dataclass
+class Result:
+    size: int
+    data_bytes: int
+    retries: int
+    checksum: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"size": self.size, "data_bytes": self.data_bytes, "retries": self.retries,
+                "checksum": self.checksum, "algorithm": ALGORITHM}
+
+
+class Client:
+    def __init__(self, url: str, *, cafile: str | None = None, insecure: bool = False,
+                 retries: int = 5, timeout: float = 60) -> None:
+        u = urllib.parse.urlsplit(url)
+        if u.scheme not in ("http", "https") or not u.hostname:
+            raise TransferError(f"{url} is not an http(s) image URL")
+        self.path = u.path.rstrip("/")
+        self._host, self._port, self._tls = u.hostname, u.port, u.scheme == "https"
+        self._ctx: ssl.SSLContext | None = None
+        if self._tls:
+            self._ctx = ssl.create_default_context(cafile=cafile)
+            if insecure:
+                self._ctx.check_hostname = False
+                self._ctx.verify_mode = ssl.CERT_NONE
+        self._timeout = timeout
+        self.max_retries = retries
+        self.retries = 0
+        self._conn: http.client.HTTPConnection | None = None
+
+    def _connect(self) -> http.client.HTTPConnection:
+        if self._conn is None:
+            if self._tls:
+                self._conn = http.client.HTTPSConnection(
+                    self._host, self._port, timeout=self._timeout, context=self._ctx)
+            else:
+                self._conn = http.client.HTTPConnection(self._host, self._port,
+                                                        timeout=self._timeout)
+        return self._conn
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def request(self, method: str, suffix: str = "", body: Any = None,
+                headers: dict[str, str] | None = None) -> http.client.HTTPResponse:
+        conn = self._connect()
+        conn.request(method, self.path + suffix, body=body, headers=headers or {})
+        return conn.getresponse()
+
+    def json(self, method: str, suffix: str = "", msg: Any = None) -> Any:
+        body = json.dumps(msg).encode() if msg is not None else None
+        headers = {"Content-Type": "application/json"} if body else {}
+        resp = self._retry(lambda: self._checked(self.request(method, suffix, body, headers)))
+        data = resp.read()
+        return json.loads(data) if data else None
+
+    @staticmethod
+    def _checked(resp: http.client.HTTPResponse, *ok: int) -> http.client.HTTPResponse:
+        if resp.status not in (ok or (200,)):
+            detail = resp.read(512).decode(errors="replace").strip()
+            raise TransferError(f"the server answered {resp.status}: {detail}")
+        return resp
+
+    def _retry(self, op: Callable[[], Any]) -> Any:
+        """Run ``op``, reconnecting and retrying on a broken connection."""
+        delay = 0.5
+        while True:
+            try:
+                return op()
+            except (OSError, http.client.HTTPException) as e:
+                self.close()
+                if self.retries >= self.max_retries:
+                    raise TransferError(f"the connection failed {self.retries + 1} times; "
+                                        f"last error: {e}") from None
+                self.retries += 1
+                time.sleep(delay)
+                delay = min(delay * 2, 10)
+
+
+class _RangeReader:
+    """A file range as a request body, reporting progress as it is read."""
+
+    def __init__(self, f: Any, start: int, length: int, progress: Progress) -> None:
+        self._f, self._pos, self._left, self._progress = f, start, length, progress
+
+    def read(self, n: int = CHUNK) -> bytes:
+        n = min(max(n, CHUNK), self._left)
+        if n <= 0:
+            return b""
+        data = os.pread(self._f.fileno(), n, self._pos)
+        if not data:
+            raise TransferError("the local file shrank during the upload")
+        self._pos += len(data)
+        self._left -= len(data)
+        self._progress(len(data))
+        return data
+
+
+def upload(path: str, client: Client, progress: Progress = lambda n: None) -> Result:
+    features = client.json("OPTIONS").get("features", [])
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        data = _data_ranges(f.fileno(), size)
+        pos = 0
+        for start, end in [*data, (size, size)]:
+            if start > pos:  # a hole: zero it remotely, never send it
+                if "zero" in features:
+                    client.json("PATCH", "", {"op": "zero", "offset": pos, "size": start - pos})
+                else:
+                    raise TransferError("the server cannot zero ranges; refusing to send holes")
+            for s in range(start, end, MAX_REQUEST):
+                e = min(s + MAX_REQUEST, end)
+                _put(client, f, s, e, progress)
+            pos = end
+    if "flush" in features:
+        client.json("PATCH", "", {"op": "flush"})
+    return _verify(client, path, size, sum(e - s for s, e in data))
+
+
+def _put(client: Client, f: Any, start: int, end: int, progress: Progress) -> None:
+    sent = [0]
+
+    def report(n: int) -> None:
+        sent[0] += n
+        progress(n)
+
+    def op() -> None:
+        if sent[0]:  # a retry: take back the progress of the broken attempt
+            progress(-sent[0])
+            sent[0] = 0
+        headers = {"Content-Range": f"bytes {start}-{end - 1}/*",
+                   "Content-Length": str(end - start)}
+        resp = client.request("PUT", "?flush=n", _RangeReader(f, start, end - start, report),
+                              headers)
+        client._checked(resp).read()
+
+    client._retry(op)
+
+
+def download(client: Client, path: str, progress: Progress = lambda n: None) -> Result:
+    extents = client.json("GET", "/extents?context=zero")
+    size = extents[-1]["start"] + extents[-1]["length"] if extents else 0
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        os.ftruncate(fd, size)
+        data_bytes = 0
+        for e in extents:
+            if e["zero"]:
+                continue  # a hole in a new sparse file reads as zeros
+            start, end = e["start"], e["start"] + e["length"]
+            data_bytes += end - start
+            for s in range(start, end, MAX_REQUEST):
+                _get(client, fd, s, min(s + MAX_REQUEST, end), progress)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return _verify(client, path, size, data_bytes)
+
+
+def _get(client: Client, fd: int, start: int, end: int, progress: Progress) -> None:
+    pos = [start]
+
+    def op() -> None:
+        resp = client._checked(
+            client.request("GET", "", headers={"Range": f"bytes={pos[0]}-{end - 1}"}), 206)
+        while pos[0] < end:
+            chunk = resp.read(min(CHUNK, end - pos[0]))
+            if not chunk:
+                raise http.client.IncompleteRead(b"")
+            os.pwrite(fd, chunk, pos[0])
+            pos[0] += len(chunk)
+            progress(len(chunk))
+
+    client._retry(op)  # a retry resumes from the last byte written
+
+
+def _verify(client: Client, path: str, size: int, data_bytes: int) -> Result:
+    theirs = client.json("GET", f"/checksum?algorithm={ALGORITHM}")
+    ours = checksum(path, ALGORITHM)
+    if theirs.get("checksum") != ours["checksum"]:
+        raise TransferError(f"checksums differ after the transfer: the server has "
+                            f"{theirs.get('checksum')}, the local file {ours['checksum']}")
+    return Result(size, data_bytes, client.retries, ours["checksum"])
