@@ -3,6 +3,7 @@ cuts the connection once (an injected network fault)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import threading
@@ -69,10 +70,8 @@ class CuttingRelay:
         except OSError:
             pass
         for s in (src, dst):
-            try:
+            with contextlib.suppress(OSError):
                 s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
             s.close()
 
     def close(self) -> None:
