@@ -28,6 +28,7 @@ _POSIX_MAGIC = b"ustar\x0000"
 _GNU_MAGIC = b"ustar  \x00"
 _OCTAL = re.compile(rb" *([0-7]+) *")
 _DECIMAL = re.compile(rb"[0-9]+")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _SIGNED = struct.Struct("148b8x356b")
 
 #: Entry types we refuse, named for the error message.
@@ -61,13 +62,15 @@ def name_problem(name: str) -> str | None:
         return "empty name"
     if name.startswith("/"):
         return "absolute path"
-    if name in (".", "..") or name.startswith("../") or "/../" in name or name.endswith("/.."):
+    if name in (".", ".."):
+        return f"{name!r} is a directory"
+    if name.startswith("../") or "/../" in name or name.endswith("/.."):
         return "path traversal ('..')"
     if "/" in name:
         return "a path, not a flat name"
     if "\\" in name:
         return "backslash in name"
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in name):
+    if _CONTROL.search(name):
         return "control character in name"
     try:
         encoded = name.encode("utf-8")
@@ -104,7 +107,7 @@ def _check_sum(block: bytes) -> None:
     stored = _number(block[148:156], "checksum")
     unsigned = sum(block) - sum(block[148:156]) + 8 * 0x20
     # Old writers summed signed chars; tarfile and GNU tar accept both.
-    if stored not in (unsigned, sum(_SIGNED.unpack(block)) + 8 * 0x20):
+    if stored != unsigned and stored != sum(_SIGNED.unpack(block)) + 8 * 0x20:
         raise ValueError(f"bad header checksum (stored {stored:o}, computed {unsigned:o})")
 
 

@@ -19,7 +19,7 @@ import bisect
 import tarfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, cast
 
 import xxhash
 
@@ -33,6 +33,8 @@ from .manifest import (
 )
 from .tarheader import EOF_SIZE, name_problem, padding
 
+_Format = Literal[0, 1, 2]
+_FORMATS = (tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT)
 #: render() asks ``fetch`` for at most this much at a time.
 FETCH_SIZE = 1 << 20
 
@@ -134,8 +136,10 @@ def header(member: Member, format: int = tarfile.PAX_FORMAT) -> bytes:
     info.type = tarfile.REGTYPE
     info.uid = info.gid = 0
     info.uname = info.gname = ""
+    if format not in _FORMATS:
+        raise ValueError(f"unknown tar format {format!r}")
     try:
-        return info.tobuf(format=format, encoding="utf-8", errors="strict")
+        return info.tobuf(format=cast(_Format, format), encoding="utf-8", errors="strict")
     except ValueError as e:  # e.g. a ustar name or size that does not fit
         raise ValueError(f"member {member.name!r}: {e}") from None
 

@@ -1,0 +1,148 @@
+"""Validate an OVF_STORE tar as it streams (sans-IO).
+
+Feed the upload body in chunks of any size; the first violation raises
+:class:`BadTar` naming the entry, and :meth:`OvfTarReader.finish` says
+whether the whole stream was a valid, complete store.  The tar itself
+(headers, PAX, padding, end blocks, constant memory) is checked by
+:class:`~stream.wire.tarstream.TarStream`; this module adds the layout.
+
+The layout is oVirt's (ovirt-storage.md §1.5): ``info.json`` first, then
+``<uuid>.ovf`` entries, then ``metadata.json``, then more ``<uuid>.ovf``
+(entities the engine holds as unregistered).  Nothing else: canonical
+lower-case UUIDs, no empty entries, ``metadata.json`` optional (its VM
+statuses are then empty).  When ``info.json`` carries a manifest, the
+entries after it must be exactly the listed ones (in any order) with the
+listed sizes and xxh3-128 digests: a name or size is refused at its
+header, a digest at the end of its data, a missing entry at
+:meth:`~OvfTarReader.finish`.  Without one (an unchanged oVirt engine)
+only the structure is checked.
+
+Every refusal is a :class:`BadTar`, 422 (see there).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .manifest import (
+    INFO_NAME,
+    METADATA_NAME,
+    Manifest,
+    ManifestEntry,
+    is_ovf_name,
+    parse_info,
+    parse_metadata,
+)
+from .tarstream import BadTar, Entry, TarStream
+
+__all__ = ["BadTar", "Entry", "OvfTarReader", "Summary", "index"]
+
+KiB = 1 << 10
+MiB = 1 << 20
+_JSON_NAMES = (INFO_NAME, METADATA_NAME)
+
+
+@dataclass(frozen=True)
+class Summary:
+    #: Every entry, in tar order, ``info.json`` and ``metadata.json`` included.
+    entries: tuple[Entry, ...]
+    #: Bytes up to and including the two end-of-archive blocks.
+    tar_length: int
+    #: xxh3-128 of those ``tar_length`` bytes.
+    digest: str
+    #: ``info.json`` as parsed (the manifest included, as JSON).
+    info: dict[str, Any]
+    manifest: Manifest | None
+    #: ``metadata.json``'s ``"VM Status"``, empty without it.
+    vm_status: dict[str, int]
+
+
+class OvfTarReader(TarStream):
+    """Validate one OVF_STORE tar fed in chunks.
+
+    ``max_total``: the store's size; the stream may not be longer, and an
+    entry that cannot fit (with its padding and the end blocks) is refused
+    at its header.  ``max_entries`` bounds the member count (a tar bomb of
+    empty entries is refused at its first entry anyway, empty entries being
+    invalid), ``max_entry_size`` each OVF, ``max_pax`` each PAX or GNU
+    long-name body, ``max_meta`` ``info.json`` and ``metadata.json`` (kept
+    in memory to be parsed).  ``ignore_trailing``: bytes after the end
+    blocks are not looked at (reading a store volume, whose tail may hold
+    an older tar); otherwise they must be zeros.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_total: int,
+        max_entries: int = 100_000,
+        max_entry_size: int = 64 * MiB,
+        max_pax: int = 64 * KiB,
+        max_meta: int = 16 * MiB,
+        ignore_trailing: bool = False,
+    ) -> None:
+        super().__init__(max_total=max_total, max_entries=max_entries, max_pax=max_pax,
+                         ignore_trailing=ignore_trailing)
+        self._max_entry_size = max_entry_size
+        self._max_meta = max_meta
+        self._info: dict[str, Any] = {}
+        self._manifest: Manifest | None = None
+        self._expected: dict[str, ManifestEntry] | None = None
+        self._vm_status: dict[str, int] = {}
+
+    def finish(self) -> Summary:
+        """The summary of a valid, complete store; raises BadTar otherwise."""
+        tar_length, digest = self.check_complete()
+        if not self.entries:
+            self._fail(f"an empty archive: no {INFO_NAME}")
+        if self._expected is not None:
+            missing = [n for n in self._expected if n not in self.names]
+            if missing:
+                self._fail(f"{len(missing)} entries of the manifest are missing from the "
+                           f"tar, the first {missing[0]!r}")
+        return Summary(tuple(self.entries), tar_length, digest, self._info, self._manifest,
+                       self._vm_status)
+
+    def _admit(self, name: str, size: int) -> bool:
+        if not self.names and name != INFO_NAME:
+            raise ValueError(f"the first entry must be {INFO_NAME}")
+        if name not in _JSON_NAMES and not is_ovf_name(name):
+            raise ValueError(f"unknown name: only {INFO_NAME}, <uuid>.ovf (canonical, "
+                             f"lower-case) and {METADATA_NAME} are allowed")
+        limit = self._max_meta if name in _JSON_NAMES else self._max_entry_size
+        if size > limit:
+            raise ValueError(f"{size} bytes exceed the limit of {limit}")
+        if size == 0:
+            raise ValueError("empty entry")
+        if self._expected is not None:
+            listed = self._expected.get(name)
+            if listed is None:
+                raise ValueError("not listed in the manifest")
+            if listed.size != size:
+                raise ValueError(f"{size} bytes, the manifest says {listed.size}")
+        return name in _JSON_NAMES
+
+    def _entry_done(self, entry: Entry, data: bytes) -> None:
+        if self._expected is not None:
+            listed = self._expected[entry.name]
+            if listed.digest != entry.digest:
+                raise ValueError(f"digest {entry.digest}, the manifest says {listed.digest}")
+        if entry.name == INFO_NAME:
+            self._info, self._manifest = parse_info(data)
+            if self._manifest is not None:
+                self._expected = self._manifest.by_name()
+        elif entry.name == METADATA_NAME:
+            self._vm_status = parse_metadata(data)
+
+
+def index(data: bytes | bytearray | memoryview) -> list[Entry]:
+    """The entries of a complete store in memory, validated like an upload.
+
+    ``data`` may go on past the tar (a store volume keeps what an older,
+    longer tar left there); those bytes are not looked at.  Serve one OVF
+    as ``data[e.offset : e.offset + e.size]``.
+    """
+    reader = OvfTarReader(max_total=len(data), ignore_trailing=True)
+    reader.feed(data)
+    return list(reader.finish().entries)
