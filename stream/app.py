@@ -15,10 +15,11 @@ from typing import Any
 from aiohttp import web
 
 from volume.domains import Domain, load_or_create_default
+from volume.ovfstore import ensure_stores
 
 from .auth import access_guard, load_or_create_token
 from .config import Config
-from .handlers import control, domains, images, jobs, pool
+from .handlers import control, domains, images, jobs, ovf, pool
 from .io import IO
 from .jobs import Jobs
 from .middleware import errors
@@ -51,6 +52,7 @@ def make_app(cfg: Config, *, trust_tcp: bool = False) -> web.Application:
     app.add_routes(pool.routes)
     app.add_routes(domains.routes)
     app.add_routes(jobs.routes)
+    app.add_routes(ovf.routes)
     app.cleanup_ctx.append(_resources)
     return app
 
@@ -66,6 +68,8 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     default = await io.run(load_or_create_default, str(cfg.data_path))
     extra = [Domain(d.uuid, d.type, d.path, tuple(d.devices)) for d in cfg.domains]
     mgr.start_standalone(default, extra)
+    storage = await io.run(mgr.registry.storage, default.uuid)
+    await io.run(ensure_stores, storage, cfg.ovf.stores, cfg.ovf.store_size)
     app[TOKEN].append(
         cfg.engine.token or await io.run(load_or_create_token, str(cfg.data_path))
     )

@@ -15,19 +15,30 @@ from aiohttp import web
 from volume.blockdomain import create_block_domain
 from volume.errors import InvalidRequest
 from volume.filedomain import create_file_domain
+from volume.ovfstore import ensure_stores
 from volume.sd import StorageDomain
 from volume.validate import check_uuid
 
 from ..auth import ENGINE
 from ..pool import Access
-from ..state import IO_KEY, POOL
+from ..state import CONFIG, IO_KEY, POOL
 from .common import read_json
 
 routes = web.RouteTableDef()
 VOLUME = "/domains/{sd}/images/{img}/volumes/{vol}"
 
 
-def _create_domain(msg: dict[str, Any]) -> StorageDomain:
+def _create_domain(msg: dict[str, Any], stores: int, store_size: int) -> StorageDomain:
+    """Format the domain and give it its OVF stores (blocking)."""
+    storage = _format(msg)
+    ensure_stores(storage, msg.get("ovf_stores", stores), msg.get("ovf_store_size", store_size))
+    return storage
+
+
+def _format(msg: dict[str, Any]) -> StorageDomain:
+    extra = set(msg) - {"uuid", "type", "location", "ovf_stores", "ovf_store_size"}
+    if extra:
+        raise InvalidRequest(f"unknown domain fields: {', '.join(sorted(extra))}")
     sd = check_uuid(msg.get("uuid"), "storage domain")
     kind, location = msg.get("type"), msg.get("location")
     if kind == "file":
@@ -44,7 +55,8 @@ def _create_domain(msg: dict[str, Any]) -> StorageDomain:
 @routes.post("/domains", name=ENGINE + "create-domain")
 async def create_domain(request: web.Request) -> web.Response:
     msg = await read_json(request)
-    storage = await request.app[IO_KEY].run(_create_domain, msg)
+    ovf = request.app[CONFIG].ovf
+    storage = await request.app[IO_KEY].run(_create_domain, msg, ovf.stores, ovf.store_size)
     body = {"uuid": storage.uuid, "type": storage.type, "location": list(storage.location)}
     return web.json_response(body, status=201)
 

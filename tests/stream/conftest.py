@@ -30,6 +30,8 @@ def cfg(tmp_path: Path) -> Config:
     c.transfer.buffer_size = 1 * MiB
     c.transfer.io_workers = 4
     c.transfer.remove_timeout = 2
+    # Small OVF stores: every domain a test makes gets them.
+    c.ovf.store_size = 8 * MiB
     return c
 
 

@@ -35,7 +35,8 @@ class UnixHTTPConnection(http.client.HTTPConnection):
 
 
 class Daemon:
-    def __init__(self, data_dir: Path, tls: tuple[str, str] | None = None) -> None:
+    def __init__(self, data_dir: Path, tls: tuple[str, str] | None = None,
+                 args: list[str] | None = None) -> None:
         self.data_dir = data_dir
         self.port = free_port()
         self.scheme = "https" if tls else "http"
@@ -43,6 +44,8 @@ class Daemon:
                "--listen", f"127.0.0.1:{self.port}", "--log-level", "DEBUG"]
         if tls:
             cmd += ["--cert", tls[0], "--key", tls[1]]
+        cmd += args or []
+        data_dir.parent.mkdir(parents=True, exist_ok=True)
         self.log = open(data_dir.parent / f"daemon-{self.port}.log", "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
         self.control = str(data_dir / "control.sock")
@@ -92,6 +95,12 @@ class Daemon:
     def read_log(self) -> str:
         self.log.flush()
         return (self.data_dir.parent / f"daemon-{self.port}.log").read_text(errors="replace")
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup of any kind, as in a crash."""
+        self.proc.kill()
+        self.proc.wait()
+        self.log.close()
 
     def stop(self) -> None:
         if self.proc.poll() is None:

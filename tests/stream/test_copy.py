@@ -23,10 +23,12 @@ def new_id() -> str:
     return str(uuid.uuid4())
 
 
-async def add_domain(client: Client, path: Path | list[str], kind: str = "file") -> str:
+async def add_domain(client: Client, path: Path | list[str], kind: str = "file",
+                     **extra: Any) -> str:
     sd = new_id()
     loc: Any = str(path) if kind == "file" else path
-    resp = await client.post("/domains", json={"uuid": sd, "type": kind, "location": loc})
+    resp = await client.post("/domains", json={"uuid": sd, "type": kind, "location": loc,
+                                               **extra})
     assert resp.status == 201, await resp.text()
     return sd
 
@@ -138,7 +140,7 @@ async def test_copy_to_block_domain(
 ) -> None:
     fdir = tmp_path / "f"
     fdir.mkdir()
-    devs = [loop_device(40 * MiB, sector_size=4096)]
+    devs = [loop_device(64 * MiB, sector_size=4096)]
     sf, sblk = await add_domain(client, fdir), await add_domain(client, devs, "block")
     await set_pool(client, {sf: ("file", str(fdir)), sblk: ("block", devs)})
     src, dst = await new_volume(client, sf, SIZE), await new_volume(client, sblk, SIZE)
@@ -294,12 +296,12 @@ async def test_cancel(client: Client, two_file_domains: tuple[str, str], faulty:
 async def test_destination_fills_up(client: Client, tmp_path: Path, faulty: Any) -> None:
     mnt = tmp_path / "tiny"
     mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mnt)],
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)],
                        capture_output=True, text=True)
     if r.returncode:
         pytest.skip(f"mounting a tmpfs needs root: {r.stderr.strip()}")
     try:
-        sd = await add_domain(client, mnt)
+        sd = await add_domain(client, mnt, ovf_stores=1, ovf_store_size=MiB)
         await set_pool(client, {sd: ("file", str(mnt))})
         data = os.urandom(8 * MiB)
         dst = await new_volume(client, sd, len(data))  # sparse: fits until written

@@ -25,7 +25,8 @@ async def test_file_and_block_domains_side_by_side(
     file_dir.mkdir()
     block_sd, file_sd = new_id(), new_id()
     resp = await client.post("/domains", json={"uuid": block_sd, "type": "block",
-                                               "location": devices})
+                                               "location": devices, "ovf_stores": 1,
+                                               "ovf_store_size": MiB})
     assert resp.status == 201, await resp.text()
     resp = await client.post("/domains", json={"uuid": file_sd, "type": "file",
                                                "location": str(file_dir)})
@@ -69,11 +70,12 @@ async def test_file_and_block_domains_side_by_side(
             created.append((sd, img, vol, data))
 
     block_devs = {v["path"] for v in (await (await client.get(
-        f"/domains/{block_sd}/volumes")).json())["volumes"]}
+        f"/domains/{block_sd}/volumes")).json())["volumes"] if v["content"] == "DATA"}
     assert len(block_devs) == 2  # one volume on each loop device
-    for sd in (block_sd, file_sd):
+    for sd, stores in ((block_sd, 1), (file_sd, 2)):
         listing = (await (await client.get(f"/domains/{sd}/volumes")).json())["volumes"]
-        assert len(listing) == 2
+        assert len(listing) == 2 + stores
+        assert sum(v["content"] == "OVF_STORE" for v in listing) == stores
 
     # Resize and delete.
     sd, img, vol, _ = created[-1]

@@ -1,0 +1,101 @@
+"""Engine-facing OVF store routes, and vdsm's upload form for old engines."""
+
+from __future__ import annotations
+
+import uuid as uuidlib
+
+from aiohttp import web
+
+from volume.errors import InvalidRequest
+from volume.sd import StorageDomain
+from volume.validate import check_uuid
+
+from .. import download, ovf
+from ..auth import ENGINE
+from ..errors import UnsupportedEncoding
+from ..middleware import RESPONSE
+from ..pool import Access
+from ..state import CONFIG, IO_KEY, POOL
+
+routes = web.RouteTableDef()
+
+
+class LengthRequired(InvalidRequest):
+    http_status = 411
+    code = "length-required"
+
+
+async def _storage(request: web.Request, sd: str, access: Access) -> StorageDomain:
+    mgr = request.app[POOL]
+    sd = check_uuid(sd, "storage domain")
+    mgr.check(sd, access)
+    return await request.app[IO_KEY].run(mgr.registry.storage, sd)
+
+
+async def _receive(request: web.Request, sd: str) -> ovf.Committed:
+    storage = await _storage(request, sd, Access.OVF_WRITE)
+    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding not in ("identity", "zstd"):
+        raise UnsupportedEncoding(f"Content-Encoding {encoding!r} is not supported; use zstd")
+    cfg = request.app[CONFIG]
+    return await ovf.receive(
+        request.content.readany, request.app[IO_KEY], storage, zstd=encoding == "zstd",
+        idle_timeout=cfg.transfer.inactivity_timeout, buffer_size=cfg.ovf.buffer_size,
+    )
+
+
+@routes.put("/domains/{sd}/ovf-store", name=ENGINE + "put-ovf-store")
+async def put_store(request: web.Request) -> web.Response:
+    committed = await _receive(request, request.match_info["sd"])
+    return web.json_response(committed.to_json())
+
+
+@routes.get("/domains/{sd}/ovf-store", name=ENGINE + "get-ovf-store")
+async def get_store(request: web.Request) -> web.StreamResponse:
+    storage = await _storage(request, request.match_info["sd"], Access.READ)
+    io = request.app[IO_KEY]
+    state, volume = await io.run(ovf.newest, storage)
+    try:
+        assert state.record is not None
+        resp = web.StreamResponse()
+        resp.content_type = "application/x-tar"
+        resp.content_length = state.record.tar_length
+        resp.headers["X-Ovf-Generation"] = str(state.record.generation)
+        resp.headers["X-Ovf-Digest"] = f"xxh3_128:{state.record.digest}"
+        request[RESPONSE] = resp
+        await resp.prepare(request)
+        await download.send(resp.write, io, volume, 0, state.record.tar_length, lambda: None)
+        await resp.write_eof()
+        return resp
+    finally:
+        await io.run(volume.close)
+
+
+@routes.get("/domains/{sd}/ovf-store/info", name=ENGINE + "ovf-store-info")
+async def store_info(request: web.Request) -> web.Response:
+    storage = await _storage(request, request.match_info["sd"], Access.READ)
+    stores = await request.app[IO_KEY].run(ovf.states, storage)
+    return web.json_response({"sd_uuid": storage.uuid, "stores": stores})
+
+
+@routes.get("/domains/{sd}/ovf-store/{name}", name=ENGINE + "get-ovf")
+async def get_ovf(request: web.Request) -> web.Response:
+    storage = await _storage(request, request.match_info["sd"], Access.READ)
+    data = await request.app[IO_KEY].run(ovf.read_member, storage, request.match_info["name"])
+    return web.Response(body=data, content_type="application/xml")
+
+
+@routes.put("/", name=ENGINE + "vdsm-upload")
+async def vdsm_upload(request: web.Request) -> web.Response:
+    """vdsm's ``PUT /`` upload (reference §1.6): an unchanged engine pushes
+    OVF stores this way.  The body takes the same verified path."""
+    for header in ("Storage-Pool-Id", "Storage-Domain-Id", "Image-Id"):
+        if header not in request.headers:
+            raise InvalidRequest(f"missing header {header}")
+    if request.content_length is None:
+        raise LengthRequired("Content-Length header is required")
+    committed = await _receive(request, request.headers["Storage-Domain-Id"])
+    resp = web.json_response(committed.to_json())
+    resp.headers["Task-Id"] = str(uuidlib.uuid4())
+    resp.force_close()
+    return resp

@@ -1,0 +1,286 @@
+"""OVF stores through the daemon: the verified tar stream, served back."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import io
+import os
+import subprocess
+import tarfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import pytest
+import xxhash
+import zstandard
+from aiohttp import web
+
+from stream.app import make_app
+from stream.config import Config
+from stream.wire.manifest import java_date
+from stream.wire.tarplan import Member, ovf_store_plan, render
+
+from .conftest import Client
+
+MiB = 1 << 20
+
+
+def ovf_xml(vm: str, n: int) -> bytes:
+    return (f'<?xml version="1.0"?><ovf:Envelope xmlns:ovf="http://schemas.dmtf.org/ovf/'
+            f'envelope/1/"><Content ovf:id="{vm}"><Name>vm-{n}</Name></Content>'
+            f"</ovf:Envelope>").encode() + b" " * (n % 700)
+
+
+def build_tar(sd: str, count: int = 5, *, with_manifest: bool = True) -> tuple[bytes, dict[str, bytes]]:
+    ovfs = {str(uuid.uuid4()): b"" for _ in range(count)}
+    for n, vm in enumerate(ovfs):
+        ovfs[vm] = ovf_xml(vm, n)
+    entries = [(vm, len(d), xxhash.xxh3_128_hexdigest(d), d) for vm, d in ovfs.items()]
+    plan, _, _, _ = ovf_store_plan(java_date(time.time()), sd, entries,
+                                   {next(iter(ovfs)): 1}, int(time.time()))
+
+    def fetch(member: Member, start: int, length: int) -> bytes:
+        data: bytes = member.source[start : start + length]
+        return data
+
+    tar = b"".join(render(plan, fetch))
+    if not with_manifest:  # what an unchanged oVirt engine sends: plain tar, no manifest
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as t:
+            info = (b'{"Last Updated": "Wed Jul 01 11:43:07 UTC 2020", '
+                    b'"Storage Domains": [{"uuid": "' + sd.encode() + b'"}]}')
+            for name, data in [("info.json", info),
+                               *((f"{vm}.ovf", d) for vm, d in ovfs.items())]:
+                ti = tarfile.TarInfo(name)
+                ti.size = len(data)
+                t.addfile(ti, io.BytesIO(data))
+        tar = buf.getvalue()
+    return tar, ovfs
+
+
+@pytest.fixture
+def sd(domain_dir: Path) -> str:
+    return domain_dir.parent.name
+
+
+async def push(client: Client, sd: str, body: Any, **headers: str) -> Any:
+    resp = await client.put(f"/domains/{sd}/ovf-store", data=body, headers=headers)
+    return resp.status, await resp.json()
+
+
+async def served(client: Client, sd: str) -> tuple[int, bytes]:
+    resp = await client.get(f"/domains/{sd}/ovf-store")
+    assert resp.status == 200, await resp.text()
+    return int(resp.headers["X-Ovf-Generation"]), await resp.read()
+
+
+async def test_round_trip_and_generations(client: Client, sd: str, tmp_path: Path) -> None:
+    tar, ovfs = build_tar(sd)
+    status, body = await push(client, sd, tar)
+    assert status == 200, body
+    assert body["generation"] == 1 and body["tar_length"] == len(tar)
+    assert body["digest"] == xxhash.xxh3_128_hexdigest(tar)
+    assert body["replica_errors"] == []
+    gen, data = await served(client, sd)
+    assert (gen, data) == (1, tar)
+    # Python's tarfile and GNU tar both read the stored archive.
+    with tarfile.open(fileobj=io.BytesIO(data)) as t:
+        names = t.getnames()
+    assert names[0] == "info.json" and names[-1] == "metadata.json"
+    (tmp_path / "store.tar").write_bytes(data)
+    vm = next(iter(ovfs))
+    out = subprocess.run(["tar", "-xOf", str(tmp_path / "store.tar"), f"{vm}.ovf"],
+                         capture_output=True, check=True).stdout
+    assert out == ovfs[vm]
+    # One OVF straight from the newest store.
+    resp = await client.get(f"/domains/{sd}/ovf-store/{vm}.ovf")
+    assert resp.status == 200 and await resp.read() == ovfs[vm]
+    assert (await client.get(f"/domains/{sd}/ovf-store/{uuid.uuid4()}.ovf")).status == 404
+    # A second stream: generation 2, copied into every store.
+    tar2, _ = build_tar(sd, count=7)
+    status, body = await push(client, sd, tar2)
+    assert status == 200 and body["generation"] == 2
+    info = await (await client.get(f"/domains/{sd}/ovf-store/info")).json()
+    assert [s["valid"] for s in info["stores"]] == [True, True]
+    assert {s["record"]["generation"] for s in info["stores"]} == {2}
+    assert await served(client, sd) == (2, tar2)
+
+
+@pytest.mark.parametrize("mode", ["chunked", "zstd", "zstd-chunked", "no-manifest"])
+async def test_encodings_and_plain_ovirt_tar(client: Client, sd: str, mode: str) -> None:
+    tar, _ = build_tar(sd, with_manifest=mode != "no-manifest")
+    body: Any = tar
+    headers: dict[str, str] = {}
+    if mode.startswith("zstd"):
+        body = zstandard.ZstdCompressor().compress(tar)
+        headers["Content-Encoding"] = "zstd"
+    if mode.endswith("chunked"):
+        data = body
+
+        async def gen() -> Any:
+            for i in range(0, len(data), 3000):
+                yield data[i : i + 3000]
+
+        body = gen()
+    status, result = await push(client, sd, body, **headers)
+    assert status == 200, result
+    gen, data = await served(client, sd)
+    # The store keeps the archive up to its end blocks; tarfile pads its
+    # output with zeros to 10240 bytes, and those are not part of it.
+    assert gen == 1 and data == tar[: len(data)] and not tar[len(data) :].strip(b"\0")
+
+
+def evil_tar(kind: str, sd: str) -> bytes:
+    good, _ = build_tar(sd, count=2)
+    if kind == "truncated":
+        return good[: len(good) - 700]
+    if kind == "manifest-mismatch":
+        i = good.index(b"<Name>vm-0")
+        return good[:i] + b"<Name>vm-X" + good[i + 10 :]
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as t:
+        info = tarfile.TarInfo("info.json")
+        data = b'{"Last Updated": "x", "Storage Domains": [{"uuid": "' + sd.encode() + b'"}]}'
+        info.size = len(data)
+        t.addfile(info, io.BytesIO(data))
+        ti = tarfile.TarInfo(f"{uuid.uuid4()}.ovf")
+        if kind == "dotdot":
+            ti.name = f"../{uuid.uuid4()}.ovf"
+            ti.size = 3
+            t.addfile(ti, io.BytesIO(b"abc"))
+        elif kind == "symlink":
+            ti.type, ti.linkname = tarfile.SYMTYPE, "/etc/passwd"
+            t.addfile(ti)
+        elif kind == "device":
+            ti.type, ti.devmajor, ti.devminor = tarfile.CHRTYPE, 1, 3
+            t.addfile(ti)
+        elif kind == "bomb":
+            for _ in range(5000):
+                e = tarfile.TarInfo(f"{uuid.uuid4()}.ovf")
+                t.addfile(e, io.BytesIO(b""))
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("kind,status,words", [
+    ("truncated", 422, ""),
+    ("manifest-mismatch", 422, "manifest"),
+    ("dotdot", 422, ""),
+    ("symlink", 422, ""),
+    ("device", 422, ""),
+    ("bomb", 422, ""),
+])
+async def test_bad_streams_are_refused_and_previous_kept(
+    client: Client, sd: str, kind: str, status: int, words: str
+) -> None:
+    good, _ = build_tar(sd)
+    assert (await push(client, sd, good))[0] == 200
+    code, body = await push(client, sd, evil_tar(kind, sd))
+    assert code == status, body
+    assert body["error"] and body["detail"]
+    assert words in body["detail"].lower()
+    assert await served(client, sd) == (1, good)
+
+
+async def test_oversized_stream(aiohttp_client: Any, aiohttp_server: Any, cfg: Config) -> None:
+    cfg.ovf.store_size = 1 * MiB
+    from stream.app import RUNNER_KWARGS
+
+    app = make_app(cfg, trust_tcp=True)
+    client = await aiohttp_client(await aiohttp_server(app, **RUNNER_KWARGS))
+    sd = (await (await client.get("/pool")).json())["master_domain"]
+    tar, _ = build_tar(sd, count=3)
+    assert (await push(client, sd, tar))[0] == 200
+    big = tarfile.TarInfo(f"{uuid.uuid4()}.ovf")
+    big.size = 2 * MiB
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as t:
+        t.addfile(big, io.BytesIO(os.urandom(big.size)))
+    code, body = await push(client, sd, buf.getvalue())
+    assert code in (413, 422), body
+    assert await served(client, sd) == (1, tar)
+
+
+async def test_client_disconnect_mid_stream(client: Client, sd: str) -> None:
+    good, _ = build_tar(sd)
+    assert (await push(client, sd, good))[0] == 200
+    tar2, _ = build_tar(sd, count=50)
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    writer.write(f"PUT /domains/{sd}/ovf-store HTTP/1.1\r\nHost: x\r\n"
+                 f"Content-Length: {len(tar2)}\r\n\r\n".encode() + tar2[: len(tar2) // 2])
+    await writer.drain()
+    writer.close()
+    await writer.wait_closed()
+    for _ in range(100):  # the daemon notices the broken stream and aborts
+        info = await (await client.get(f"/domains/{sd}/ovf-store/info")).json()
+        if not any(s.get("record", {}) and s["record"].get("updating")
+                   for s in info["stores"]):
+            break
+        await asyncio.sleep(0.05)
+    assert await served(client, sd) == (1, good)
+
+
+@pytest.mark.parametrize("err,status", [(errno.EIO, 500), (errno.ENOSPC, 507)])
+async def test_storage_errors(client: Client, sd: str, err: int, status: int) -> None:
+    good, _ = build_tar(sd)
+    assert (await push(client, sd, good))[0] == 200
+    tar2, _ = build_tar(sd, count=9)
+    real = os.pwrite
+
+    def failing(fd: int, data: Any, offset: int) -> int:
+        if len(data) > 4096:  # tar data, not the 4 KiB commit record
+            raise OSError(err, os.strerror(err))
+        return real(fd, data, offset)
+
+    with mock.patch("os.pwrite", failing):
+        code, body = await push(client, sd, tar2)
+    assert code == status, body
+    assert await served(client, sd) == (1, good)
+
+
+async def test_status_gates_ovf_writes(client: Client, sd: str, domain_dir: Path) -> None:
+    loc = str(domain_dir.parent)
+    pool = str(uuid.uuid4())
+    for version, status, ok in [(1, "PreparingForMaintenance", True), (2, "Maintenance", False),
+                                (3, "Detaching", True), (4, "Activating", False)]:
+        resp = await client.put("/pool", json={
+            "pool_id": pool, "map_version": version, "master_domain": sd,
+            "domains": {sd: {"type": "file", "location": loc, "status": status}}})
+        assert resp.status == 200
+        code, body = await push(client, sd, build_tar(sd)[0])
+        assert (code == 200) == ok, (status, body)
+        if not ok:
+            assert code == 409 and status in body["detail"]
+    assert (await push(client, str(uuid.uuid4()), b"x"))[0] == 404
+
+
+async def test_vdsm_upload_form(client: Client, sd: str) -> None:
+    tar, _ = build_tar(sd, with_manifest=False)
+    headers = {"Storage-Pool-Id": str(uuid.uuid4()), "Storage-Domain-Id": sd,
+               "Image-Id": str(uuid.uuid4()), "Volume-Id": str(uuid.uuid4())}
+    resp = await client.put("/", data=tar, headers=headers)
+    assert resp.status == 200, await resp.text()
+    assert "Task-Id" in resp.headers
+    gen, data = await served(client, sd)
+    assert gen == 1 and data == tar[: len(data)]
+    resp = await client.put("/", data=tar, headers={"Storage-Domain-Id": sd})
+    assert resp.status == 400
+
+
+async def test_engine_credential_required(aiohttp_client: Any, cfg: Config) -> None:
+    app: web.Application = make_app(cfg)
+    c = await aiohttp_client(app)
+    token = None
+    resp = await c.get("/pool")
+    assert resp.status == 401
+    token = (Path(cfg.daemon.data_dir) / "engine.token").read_text().strip()
+    auth = {"Authorization": f"Bearer {token}"}
+    sd = (await (await c.get("/pool", headers=auth)).json())["master_domain"]
+    tar, _ = build_tar(sd)
+    assert (await c.put(f"/domains/{sd}/ovf-store", data=tar)).status == 401
+    assert (await c.get(f"/domains/{sd}/ovf-store/info")).status == 401
+    resp = await c.put(f"/domains/{sd}/ovf-store", data=tar, headers=auth)
+    assert resp.status == 200, await resp.text()
