@@ -17,11 +17,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from volume.ovfstore import OvfStores, StoreState, Update
-
 from volume.base import Volume
 from volume.errors import Error, InvalidRequest, NotFound, OutOfRange
 from volume.fileobj import VolumeReader
+from volume.ovfstore import OvfStores, StoreState, Update
 from volume.sd import StorageDomain
 
 from . import upload

@@ -35,7 +35,9 @@ def ovf_xml(vm: str, n: int) -> bytes:
             f"</ovf:Envelope>").encode() + b" " * (n % 700)
 
 
-def build_tar(sd: str, count: int = 5, *, with_manifest: bool = True) -> tuple[bytes, dict[str, bytes]]:
+def build_tar(
+    sd: str, count: int = 5, *, with_manifest: bool = True
+) -> tuple[bytes, dict[str, bytes]]:
     ovfs = {str(uuid.uuid4()): b"" for _ in range(count)}
     for n, vm in enumerate(ovfs):
         ovfs[vm] = ovf_xml(vm, n)
@@ -208,7 +210,7 @@ async def test_client_disconnect_mid_stream(client: Client, sd: str) -> None:
     good, _ = build_tar(sd)
     assert (await push(client, sd, good))[0] == 200
     tar2, _ = build_tar(sd, count=50)
-    reader, writer = await asyncio.open_connection(client.host, client.port)
+    _reader, writer = await asyncio.open_connection(client.host, client.port)
     writer.write(f"PUT /domains/{sd}/ovf-store HTTP/1.1\r\nHost: x\r\n"
                  f"Content-Length: {len(tar2)}\r\n\r\n".encode() + tar2[: len(tar2) // 2])
     await writer.drain()

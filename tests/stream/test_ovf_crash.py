@@ -76,7 +76,7 @@ def test_sigkill_during_updates(tmp_path: Path) -> None:
     data = tmp_path / "data"
     args = ["--config", str(config)]
     daemon = Daemon(data, args=args)
-    status, body = daemon.request("GET", "/pool")
+    _status, body = daemon.request("GET", "/pool")
     sd = json.loads(body)["master_domain"]
     domain = Domain(sd, "file", str(Path(daemon.domain)))
     tars: dict[int, bytes] = {}
