@@ -1,0 +1,217 @@
+"""OVF store updates: which store is written when, failures, aborts, and
+readers in the same daemon, on file and block domains."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import LoopDeviceFactory
+from tests.volume.ovfstore_util import (
+    CAPACITY,
+    MiB,
+    digest,
+    generations,
+    make_storage,
+    newest,
+    open_stores,
+    plant,
+    read_all,
+    update,
+)
+from tests.volume.test_blockdomain import write as poke
+from volume import ovfupdate
+from volume.base import Volume
+from volume.errors import ChecksumMismatch, Conflict, InvalidRequest, OutOfRange, VolumeError
+from volume.ovfstore import RECORD_SIZE, OvfStores, StoreState
+from volume.sd import StorageDomain, VolumeInfo, open_data
+
+
+@pytest.fixture(params=["file", "block"])
+def storage(request: pytest.FixtureRequest, tmp_path: Path,
+            loop_device: LoopDeviceFactory) -> StorageDomain:
+    return make_storage(request.param, tmp_path, loop_device)
+
+
+def test_targets_follow_age(storage: StorageDomain) -> None:
+    """The store updated longest ago is the target; an invalid one comes first."""
+    stores = open_stores(storage)
+    u, _ = update(stores, b"one")
+    assert u.target.index == 0
+    # Store 0 got generation 1 first and store 1 its copy afterwards, so
+    # store 1 is the newest: it is held back and store 0 is written again.
+    u, _ = update(stores, b"two")
+    assert (u.generation, u.target.index) == (2, 0)
+    poke(stores.stores[1], CAPACITY, bytes(RECORD_SIZE))  # store 1 loses its record
+    u, _ = update(stores, b"three")
+    assert (u.generation, u.target.index) == (3, 1)
+    plant(stores.stores[0], b"old", 1, updating=True)
+    u, _ = update(stores, b"four")
+    assert (u.generation, u.target.index) == (4, 0)
+    assert generations(stores) == [4, 4]
+
+
+def committed_at(state: StoreState) -> float:
+    assert state.record is not None
+    return state.record.committed_at
+
+
+def test_copies_newest_last(storage: StorageDomain, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Copies go oldest first and the previously newest store last: failing
+    the last one leaves the previous generation in exactly that store."""
+    stores = open_stores(storage, 3)
+    update(stores, b"gen one")
+    before = sorted(stores.states(), key=committed_at)
+    assert [s.valid for s in before] == [True] * 3
+    opened: list[str] = []
+
+    def open_failing_last(info: VolumeInfo, readonly: bool = False) -> Volume:
+        opened.append(info.vol_uuid)
+        if len(opened) == 3:
+            raise VolumeError("injected: storage error during open volume")
+        return open_data(info, readonly)
+
+    monkeypatch.setattr(ovfupdate, "open_data", open_failing_last)
+    u, record = update(stores, b"gen two")
+    assert opened == [s.volume.vol_uuid for s in before]
+    newest_before = before[-1]
+    assert len(u.replica_errors) == 1 and "injected" in u.replica_errors[0]
+    assert f"store {newest_before.index}" in u.replica_errors[0]
+    gens = generations(stores)
+    assert gens[newest_before.index] == 1
+    assert sorted(g for g in gens if g is not None) == [1, 2, 2]
+    state, data = newest(stores)
+    assert state.record is not None and data == b"gen two"
+    assert (state.record.generation, state.record.digest) == (record.generation, record.digest)
+
+
+def test_tar_too_large(storage: StorageDomain) -> None:
+    stores = open_stores(storage)
+    u = stores.begin()
+    with pytest.raises(OutOfRange):
+        u.volume.write(CAPACITY - 10, memoryview(bytes(20)))
+    with pytest.raises(OutOfRange):
+        u.volume.zero(CAPACITY, 1)
+    with pytest.raises(InvalidRequest, match="archive length"):
+        u.commit(CAPACITY + 1, digest(b""))
+    record = stores.states()[0].record
+    assert record is not None and record.updating  # the record area is intact
+    with pytest.raises(Conflict, match="ended"):
+        u.commit(0, digest(b""))
+
+
+def test_wrong_digest_commits_nothing(storage: StorageDomain) -> None:
+    stores = open_stores(storage)
+    update(stores, b"good")
+    u = stores.begin()
+    u.volume.write(0, memoryview(b"evil"))
+    with pytest.raises(ChecksumMismatch):
+        u.commit(4, digest(b"good"))
+    assert generations(stores) == [None, 1]
+    assert newest(stores)[1] == b"good"
+    for late in (lambda: u.volume.write(0, memoryview(b"more")), u.volume.flush,
+                 lambda: u.volume.zero(0, 1), lambda: u.commit(4, digest(b"evil"))):
+        with pytest.raises(Conflict, match="ended"):
+            late()
+    u.abort()
+    u2, _ = update(stores, b"next")
+    assert (u2.generation, u2.target.index) == (2, 0)  # nothing was committed as 2
+
+
+def test_malformed_digest_refused(storage: StorageDomain) -> None:
+    stores = open_stores(storage)
+    u = stores.begin()
+    with pytest.raises(InvalidRequest, match="digest"):
+        u.commit(0, "xyz")
+    assert generations(stores) == [None, None]
+
+
+def test_abort(storage: StorageDomain) -> None:
+    stores = open_stores(storage)
+    update(stores, b"kept")
+    u = stores.begin()
+    u.volume.write(0, memoryview(b"half"))
+    u.abort()
+    u.abort()
+    assert generations(stores) == [None, 1]
+    with pytest.raises(RuntimeError), stores.begin() as u2:
+        u2.volume.write(0, memoryview(b"half again"))
+        raise RuntimeError("the stream broke")
+    assert newest(stores)[1] == b"kept"
+    assert update(stores, b"after")[1].generation == 2
+
+
+def test_one_update_at_a_time(storage: StorageDomain) -> None:
+    stores = open_stores(storage)
+    u = stores.begin()
+    with pytest.raises(Conflict, match="being updated"):
+        OvfStores.open(storage).begin()
+    u.abort()
+    update(OvfStores.open(storage), b"fine")
+
+
+def test_reader_holds_off_the_copy(storage: StorageDomain,
+                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """An update does not overwrite a store a reader is streaming."""
+    monkeypatch.setattr(ovfupdate, "READ_WAIT", 0.1)
+    stores = open_stores(storage)
+    update(stores, b"one")
+    found = stores.newest()
+    assert found is not None
+    state, view = found
+    with closing(view):
+        u, _ = update(stores, b"two")
+        assert u.target.index != state.index
+        assert len(u.replica_errors) == 1 and "being read" in u.replica_errors[0]
+        assert read_all(view) == b"one"
+    assert generations(stores)[state.index] == 1
+    u, _ = update(stores, b"three")
+    assert (u.target.index, u.replica_errors) == (state.index, [])
+    assert generations(stores) == [3, 3]
+
+
+def test_readers_during_updates_see_whole_archives(storage: StorageDomain) -> None:
+    """Readers in other threads never get bytes of an archive being written,
+    and never find no store while the stores are being updated."""
+    stores = open_stores(storage)
+    update(stores, b"first")
+    done = threading.Event()
+    seen: list[int] = []
+    failures: list[BaseException] = []
+
+    def read_loop() -> None:
+        try:
+            while not done.is_set():
+                found = stores.newest()
+                assert found is not None
+                state, view = found
+                with closing(view):
+                    data = read_all(view)
+                assert state.record is not None
+                assert digest(data) == state.record.digest
+                seen.append(state.record.generation)
+        except BaseException as e:
+            failures.append(e)
+
+    readers = [threading.Thread(target=read_loop) for _ in range(3)]
+    for t in readers:
+        t.start()
+    rng = random.Random(0)
+    try:
+        for _ in range(8):
+            u, _ = update(stores, rng.randbytes(rng.randrange(MiB)))
+            assert u.replica_errors == []
+            time.sleep(0.01)  # let the readers see this generation
+    finally:
+        done.set()
+        for t in readers:
+            t.join()
+    assert failures == []
+    assert len(set(seen)) > 2
+
+

@@ -1,0 +1,98 @@
+"""Who is reading and writing the OVF stores of a domain, in this process.
+
+The commit record makes a store safe against crashes, but not against a
+reader streaming a store while an update in the same daemon rewrites it:
+the reader verified the record, then gets bytes of the next archive.  The
+guard closes that window:
+
+- one update at a time per domain (a second one is refused with
+  Conflict, as the engine's "OVF data is currently being updated");
+- an update waits for the readers of a store to finish before it marks
+  the store updating, and a reader never starts on a store being written.
+
+Across hosts only the SPM writes, and the order of an update keeps the
+newest store untouched until another one is committed; a reader on
+another host can hash what it streams and compare with the record.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections import Counter
+
+from .errors import Conflict
+from .sd import VolumeInfo
+
+
+def store_key(info: VolumeInfo) -> str:
+    """How the guard names a store."""
+    return f"{info.img_uuid}/{info.vol_uuid}"
+
+
+class DomainGuard:
+    """Readers and the writer of one domain's stores, by store key."""
+
+    def __init__(self, sd_uuid: str) -> None:
+        self._sd_uuid = sd_uuid
+        self._cond = threading.Condition()
+        self._updating = False
+        self._readers: Counter[str] = Counter()
+        self._writing: set[str] = set()
+
+    def start_update(self) -> None:
+        with self._cond:
+            if self._updating:
+                raise Conflict(f"the OVF stores of storage domain {self._sd_uuid} are "
+                               "being updated")
+            self._updating = True
+
+    def end_update(self) -> None:
+        with self._cond:
+            self._updating = False
+
+    def start_write(self, key: str, timeout: float) -> None:
+        """Keep new readers off ``key``, then wait up to ``timeout`` seconds
+        for its readers to finish; Conflict if they do not.
+
+        New readers are refused from the start, not once the old ones are
+        gone: readers that come and go in turn would otherwise starve it.
+        """
+        with self._cond:
+            self._writing.add(key)
+            if not self._cond.wait_for(lambda: self._readers[key] == 0, timeout):
+                self._writing.discard(key)
+                raise Conflict(f"OVF store {key} is being read")
+
+    def end_write(self, key: str) -> None:
+        with self._cond:
+            self._writing.discard(key)
+
+    def add_reader(self, key: str) -> bool:
+        """Count a reader of ``key``; False while the store is being written."""
+        with self._cond:
+            if key in self._writing:
+                return False
+            self._readers[key] += 1
+            return True
+
+    def remove_reader(self, key: str) -> None:
+        with self._cond:
+            self._readers[key] -= 1
+            if self._readers[key] <= 0:
+                del self._readers[key]
+            self._cond.notify_all()
+
+
+# One guard per domain while anything holds it (an OvfStores, an update, a
+# reader's view); weak, like the shared locks of volume._direct.
+_guards: weakref.WeakValueDictionary[str, DomainGuard] = weakref.WeakValueDictionary()
+_guards_lock = threading.Lock()
+
+
+def guard(sd_uuid: str) -> DomainGuard:
+    with _guards_lock:
+        found = _guards.get(sd_uuid)
+        if found is None:
+            found = _guards[sd_uuid] = DomainGuard(sd_uuid)
+        return found

@@ -1,0 +1,273 @@
+"""Crash-safe OVF_STORE volumes: the VM configurations of a storage domain.
+
+oVirt rewrites each store in place with ``dd`` and keeps "is this store
+whole" only in the volume description, which hosted-engine never reads: it
+takes the first store it finds and untars it.  A cut-off update there is a
+half archive that looks like a whole one.  Here every store ends in a
+commit record (:mod:`volume.ovfrecord`), so a store speaks for itself.
+
+One incoming archive updates all stores of a domain:
+
+1. :meth:`OvfStores.begin` picks the target, the store updated longest
+   ago (never-updated or invalid ones first), marks its record "updating"
+   and syncs.  From here the target is invalid; the others are untouched.
+2. The caller streams the tar into :attr:`Update.volume`, which ends where
+   the record begins, so an archive too large gets OutOfRange.
+3. :meth:`Update.commit` zeroes the 1 MiB after the tar, syncs, reads the
+   tar back and checks its xxh3-128, writes the record and syncs.
+4. Only then is the tar copied into the others, oldest first, each with
+   the same mark, write, sync, verify, record, sync.  The store that was
+   the newest valid one comes last, so the previous archive survives until
+   the new one is on at least one other store (oVirt's order).
+
+A SIGKILL or power loss at any instant leaves the newest valid store
+holding the previous generation or the new one, whole and verified (with
+a single store there is no other copy: until the commit, none is valid).
+A store is read only through a record and a digest that match, and,
+within this daemon, never while an update writes it (:mod:`volume._ovfguard`).
+The write half lives in :mod:`volume.ovfupdate`.
+
+Why zero 1 MiB after the tar: ``tar`` stops at the end-of-archive marker
+(1024 zero bytes) the producer writes, so for oVirt's readers that is
+enough.  But a shorter archive over a longer one leaves the old members
+right behind the marker, where ``tar --ignore-zeros``, a reader that
+tolerates a missing marker, or a person with ``hexdump`` meets them.
+Zeroing 1 MiB clears what such a reader meets first, for one bounded
+extra write per store; zeroing all the rest of a 128 MiB store would cost
+far more than the archive itself (typically a few MiB) on every update.
+Older bytes further on stay; no reader here looks past the marker.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from contextlib import closing
+from dataclasses import dataclass
+from typing import Any
+
+from . import ovfrecord
+from ._ovfguard import DomainGuard, guard, store_key
+from .base import Volume
+from .errors import Conflict, Error, InvalidRequest, NotFound
+from .ovfrecord import CHUNK, RECORD_SIZE, CommitRecord, aligned_view, record_offset, tar_digest
+from .ovfupdate import Update
+from .region import RegionVolume
+from .sd import Allocation, Content, Format, MiB, StorageDomain, VolumeInfo, open_data
+
+__all__ = ["DEFAULT_COUNT", "DEFAULT_SIZE", "RECORD_SIZE", "CommitRecord", "OvfStores",
+           "StoreState", "Update", "ensure_stores"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_COUNT = 2  # oVirt's StorageDomainOvfStoreCount
+MAX_COUNT = 16  # the engine's limit for that setting
+DEFAULT_SIZE = 128 * MiB  # oVirt's OVF_STORE disks; 10,000 OVFs of 20 KiB fit
+MIN_SIZE = 1 * MiB
+# uuid5 namespace of the stores this module names (see ensure_stores).
+_NAMESPACE = uuid.UUID("dfbbf365-4a57-45e6-a4fb-66a3f94004aa")
+
+
+def _list_stores(storage: StorageDomain) -> list[VolumeInfo]:
+    """The domain's usable OVF_STORE volumes, sorted by image and volume UUID."""
+    found = []
+    for info in storage.list_volumes():
+        if info.content != Content.OVF_STORE:
+            continue
+        if info.format != Format.RAW or info.size < MIN_SIZE:
+            log.warning("ignoring OVF_STORE volume sd=%s vol=%s format=%s size=%d",
+                        storage.uuid, store_key(info), info.format, info.size)
+            continue
+        found.append(info)
+    return found
+
+
+def ensure_stores(storage: StorageDomain, count: int = DEFAULT_COUNT,
+                  size: int = DEFAULT_SIZE) -> list[VolumeInfo]:
+    """Create OVF_STORE volumes until the domain has ``count``; return them all.
+
+    The UUIDs of the stores made here derive from the domain's and an index
+    (uuid5), so two callers racing each other make the same volumes, not
+    four.  The description is oVirt's, which hosted-engine's scan for a
+    store requires.  Idempotent; stores beyond ``count`` are kept.
+    """
+    if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= MAX_COUNT:
+        raise InvalidRequest(f"OVF store count must be 1 to {MAX_COUNT}, not {count!r}")
+    if not isinstance(size, int) or isinstance(size, bool) or size < MIN_SIZE \
+            or size % RECORD_SIZE:
+        raise InvalidRequest(f"OVF store size must be a multiple of {RECORD_SIZE} bytes, "
+                             f"at least {MIN_SIZE}, not {size!r}")
+    stores = _list_stores(storage)
+    taken = {store_key(info) for info in stores}
+    description = json.dumps({"Disk Description": "OVF_STORE",
+                              "Storage Domains": [{"uuid": storage.uuid}]})
+    for index in range(MAX_COUNT):
+        if len(stores) >= count:
+            break
+        img, vol = (str(uuid.uuid5(_NAMESPACE, f"{storage.uuid}/{index}/{part}"))
+                    for part in ("image", "volume"))
+        if f"{img}/{vol}" in taken:
+            continue
+        try:
+            info = storage.create_volume(
+                img, vol, size, format=Format.RAW, allocation=Allocation.PREALLOCATED,
+                content=Content.OVF_STORE, description=description)
+            log.info("created OVF store sd=%s vol=%s/%s size=%d", storage.uuid, img, vol, size)
+        except Conflict:
+            info = storage.lookup(img, vol)  # made meanwhile by another caller
+        stores.append(info)
+    return sorted(stores, key=lambda v: (v.img_uuid, v.vol_uuid))
+
+
+@dataclass(frozen=True)
+class StoreState:
+    """One store as read and verified just now."""
+
+    #: Position in :meth:`OvfStores.states` (stores sorted by UUIDs).
+    index: int
+    volume: VolumeInfo
+    #: The record, if one decodes (it may say "updating"); None if the area
+    #: is zero (never updated) or does not verify.
+    record: CommitRecord | None
+    #: The record is committed and the tar matches its digest.
+    valid: bool
+    #: Why the store is not valid; None when it is.
+    error: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"index": self.index, "img_uuid": self.volume.img_uuid,
+                "vol_uuid": self.volume.vol_uuid, "size": self.volume.size,
+                "valid": self.valid, "error": self.error,
+                "record": None if self.record is None else self.record.to_json()}
+
+
+def _age(state: StoreState) -> tuple[int, int, float, int]:
+    """Sort key, oldest first: invalid stores, then valid ones by generation
+    and commit time.  Generation before time: hosts' clocks disagree."""
+    if not state.valid or state.record is None:
+        return (0, 0, 0.0, state.index)
+    return (1, state.record.generation, state.record.committed_at, state.index)
+
+
+def _verify(vol: Volume, size: int, buf: memoryview) -> tuple[CommitRecord | None, str | None]:
+    """The store's record and, if it is not valid, why."""
+    record, error = ovfrecord.read(vol, size)
+    if record is None:
+        return None, error
+    if record.updating:
+        return record, f"the update to generation {record.generation} did not complete"
+    if record.tar_length > record_offset(size):
+        return record, "the archive length exceeds the store"
+    if tar_digest(vol, record.tar_length, buf) != record.digest:
+        return record, "archive checksum mismatch"
+    return record, None
+
+
+class _ReadView(RegionVolume):
+    """The archive of a store, read-only; closing it lets updates write the store."""
+
+    def __init__(self, inner: Volume, length: int, owner: DomainGuard, name: str) -> None:
+        super().__init__(inner, 0, length)
+        self._owner: DomainGuard | None = owner
+        self._name = name
+
+    def close(self) -> None:
+        super().close()
+        owner, self._owner = self._owner, None
+        if owner is not None:
+            owner.remove_reader(self._name)
+
+
+class OvfStores:
+    """The OVF stores of one domain, as listed when opened.
+
+    Holds no volume open between calls; every method is blocking.
+    """
+
+    def __init__(self, storage: StorageDomain, stores: list[VolumeInfo]) -> None:
+        self._sd_uuid = storage.uuid
+        self._stores = stores
+        self._guard = guard(storage.uuid)
+
+    @classmethod
+    def open(cls, storage: StorageDomain) -> OvfStores:
+        return cls(storage, _list_stores(storage))
+
+    @property
+    def stores(self) -> list[VolumeInfo]:
+        return list(self._stores)
+
+    @property
+    def capacity(self) -> int:
+        """The largest archive every store can hold (0 without stores)."""
+        return min((record_offset(info.size) for info in self._stores), default=0)
+
+    def states(self) -> list[StoreState]:
+        """Every store, its record checked and its archive read back and hashed."""
+        with aligned_view(CHUNK) as buf:
+            return [self._state(i, info, buf) for i, info in enumerate(self._stores)]
+
+    def _state(self, index: int, info: VolumeInfo, buf: memoryview) -> StoreState:
+        try:
+            with closing(open_data(info, readonly=True)) as vol:
+                record, error = _verify(vol, info.size, buf)
+        except Error as e:
+            log.warning("cannot read OVF store sd=%s vol=%s: %s", self._sd_uuid, store_key(info), e)
+            return StoreState(index, info, None, False, f"cannot read the store: {e}")
+        if error is not None:
+            log.debug("OVF store sd=%s vol=%s is not valid: %s", self._sd_uuid,
+                      store_key(info), error)
+        return StoreState(index, info, record, error is None, error)
+
+    def newest(self) -> tuple[StoreState, Volume] | None:
+        """The valid store of the highest generation and a read-only view of
+        its archive (close it); None if no store is valid.
+
+        The stores are held as read (see :mod:`volume._ovfguard`) from
+        before they are verified, so an update in this daemon cannot
+        change them in between.  A store it is writing just now is left
+        out: with two stores or more it is never the only valid one.
+        """
+        held = [(i, info) for i, info in enumerate(self._stores)
+                if self._guard.add_reader(store_key(info))]
+        kept: VolumeInfo | None = None
+        try:
+            with aligned_view(CHUNK) as buf:
+                valid = [s for s in (self._state(i, info, buf) for i, info in held) if s.valid]
+            if not valid:
+                return None
+            best = max(valid, key=_age)
+            assert best.record is not None
+            vol = open_data(best.volume, readonly=True)
+            try:
+                view = _ReadView(vol, best.record.tar_length, self._guard,
+                                 store_key(best.volume))
+            except BaseException:
+                vol.close()
+                raise
+            kept = best.volume  # its reader count now belongs to the view
+            return best, view
+        finally:
+            for _, info in held:
+                if info is not kept:
+                    self._guard.remove_reader(store_key(info))
+
+    def begin(self) -> Update:
+        """Start an update: the target is marked updating (and synced) on return.
+
+        NotFound without stores; Conflict while another update of the
+        domain runs in this daemon.
+        """
+        if not self._stores:
+            raise NotFound(f"storage domain {self._sd_uuid} has no OVF_STORE volumes")
+        self._guard.start_update()
+        try:
+            order = sorted(self.states(), key=_age)
+            return Update(self._sd_uuid, self._guard, order, self.capacity)
+        except BaseException:
+            self._guard.end_update()
+            raise
+
+    def close(self) -> None:
+        """Nothing stays open between calls; here for ``closing()``."""

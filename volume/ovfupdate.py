@@ -1,0 +1,199 @@
+"""Writing one archive into the OVF stores of a domain: :class:`Update`.
+
+The protocol and why it is crash-safe are in :mod:`volume.ovfstore`; this
+module is its write half.  Every store is written the same way, target
+and copies alike: mark the record updating and sync, write the archive,
+zero what follows it, sync, read the archive back and check its digest,
+write the committed record and sync.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import closing
+from types import TracebackType
+from typing import TYPE_CHECKING
+
+from . import ovfrecord
+from ._ovfguard import DomainGuard, store_key
+from .base import Volume
+from .errors import ChecksumMismatch, Conflict, Error, InvalidRequest
+from .ovfrecord import CHUNK, NO_DIGEST, CommitRecord, aligned_view, check_digest, chunks
+from .region import RegionVolume
+from .sd import VolumeInfo, open_data
+
+if TYPE_CHECKING:
+    from .ovfstore import StoreState
+
+log = logging.getLogger(__name__)
+
+#: Zeroed after each archive; see :mod:`volume.ovfstore` for why 1 MiB.
+TAIL_ZERO = 1 << 20
+#: How long writing a store waits for its readers before giving up on it
+#: (an engine GET of a 128 MiB store takes seconds, not minutes).
+READ_WAIT = 30.0
+
+
+def _ended() -> Conflict:
+    return Conflict("the OVF update has already ended")
+
+
+class _Area(RegionVolume):
+    """The target's archive area: refuses I/O once the update has ended,
+    so a late write can never touch a committed (or abandoned) store."""
+
+    ended = False
+
+    def _check(self, offset: int, length: int) -> None:
+        if self.ended:
+            raise _ended()
+        super()._check(offset, length)
+
+    def flush(self) -> None:
+        if self.ended:
+            raise _ended()
+        super().flush()
+
+
+class Update:
+    """One incoming archive.  Made by :meth:`OvfStores.begin`, which passes
+    the stores oldest first; end it with :meth:`commit` or :meth:`abort`
+    (as a context manager it aborts unless committed)."""
+
+    def __init__(self, sd_uuid: str, owner: DomainGuard, order: list[StoreState],
+                 capacity: int) -> None:
+        #: One more than the newest committed generation: the newest valid
+        #: one, or a newer one whose archive has since gone bad (so that
+        #: number is not given to a second archive).  A cut-off update's
+        #: number is given again: nothing was committed under it.
+        self.generation = 1 + max((s.record.generation for s in order
+                                   if s.record and not s.record.updating), default=0)
+        #: The store written first, as it was before the update.
+        self.target = order[0]
+        #: What went wrong copying into the other stores (see :meth:`commit`).
+        self.replica_errors: list[str] = []
+        self._sd_uuid = sd_uuid
+        self._guard = owner
+        self._others = order[1:]
+        self._capacity = capacity
+        self._done = False
+        self._vol: Volume | None = None
+        self._area: _Area | None = None
+        owner.start_write(store_key(self.target.volume), READ_WAIT)
+        try:
+            self._vol = open_data(self.target.volume)
+            self._mark(self._vol, self.target.volume)
+            #: The target's archive area, writable: stream the tar into it.
+            #: Do not close it; commit and abort do.
+            self._area = _Area(self._vol, 0, capacity)
+            self.volume: Volume = self._area
+        except BaseException:
+            self._finish()
+            raise
+        log.info("OVF update began sd=%s generation=%d target=%d vol=%s", sd_uuid,
+                 self.generation, self.target.index, store_key(self.target.volume))
+
+    def __enter__(self) -> Update:
+        return self
+
+    def __exit__(self, t: type[BaseException] | None, e: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.abort()
+
+    def commit(self, tar_length: int, digest: str) -> CommitRecord:
+        """Commit the ``tar_length`` bytes written, whose xxh3-128 is ``digest``,
+        then copy them into the other stores; returns the target's record.
+
+        Any failure before the target's record is written ends the update
+        as :meth:`abort` does (ChecksumMismatch if the bytes read back do
+        not match ``digest``).  A failed copy does not: it is logged, added
+        to :attr:`replica_errors`, and the next store is tried.
+        """
+        if self._vol is None or self._done:
+            raise _ended()
+        source = self._vol
+        record = None
+        try:
+            digest = check_digest(digest)
+            if not isinstance(tar_length, int) or isinstance(tar_length, bool) \
+                    or not 0 <= tar_length <= self._capacity:
+                raise InvalidRequest(f"archive length must be 0 to {self._capacity} bytes, "
+                                     f"not {tar_length!r}")
+            with aligned_view(CHUNK) as buf:
+                record = self._seal(source, self.target.volume, tar_length, digest, buf)
+                self._guard.end_write(store_key(self.target.volume))
+                log.info("OVF store committed sd=%s generation=%d store=%d tar_length=%d "
+                         "digest=%s", self._sd_uuid, record.generation, self.target.index,
+                         tar_length, digest)
+                for state in self._others:
+                    self._copy(source, state, record, buf)
+        except BaseException as e:
+            if record is None:
+                log.warning("OVF update not committed sd=%s generation=%d: %s; store %d "
+                            "stays invalid", self._sd_uuid, self.generation, e,
+                            self.target.index)
+            raise
+        finally:
+            self._finish()
+        return record
+
+    def abort(self) -> None:
+        """End the update uncommitted: the target stays marked updating, so no
+        reader ever takes its partial archive.  Idempotent."""
+        if not self._done:
+            log.warning("OVF update aborted sd=%s generation=%d: store %d stays invalid",
+                        self._sd_uuid, self.generation, self.target.index)
+        self._finish()
+
+    def _finish(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        if self._area is not None:
+            self._area.ended = True
+        try:
+            if self._vol is not None:
+                self._vol.close()
+        finally:
+            self._guard.end_write(store_key(self.target.volume))
+            self._guard.end_update()
+
+    def _mark(self, vol: Volume, info: VolumeInfo) -> None:
+        ovfrecord.write(vol, info.size, CommitRecord(
+            self.generation, 0, NO_DIGEST, time.time(), updating=True))
+
+    def _seal(self, vol: Volume, info: VolumeInfo, tar_length: int, digest: str,
+              buf: memoryview) -> CommitRecord:
+        """Zero after the archive, sync, check it, write the record (synced)."""
+        vol.zero(tar_length, min(TAIL_ZERO, self._capacity - tar_length))
+        vol.flush()
+        found = ovfrecord.tar_digest(vol, tar_length, buf)
+        if found != digest:
+            raise ChecksumMismatch(f"the archive written has xxh3_128 {found}, not {digest}")
+        return ovfrecord.write(vol, info.size, CommitRecord(
+            self.generation, tar_length, digest, time.time(), updating=False))
+
+    def _copy(self, source: Volume, state: StoreState, record: CommitRecord,
+              buf: memoryview) -> None:
+        name = store_key(state.volume)
+        try:
+            self._guard.start_write(name, READ_WAIT)
+            try:
+                with closing(open_data(state.volume)) as vol:
+                    self._mark(vol, state.volume)
+                    pos = 0
+                    for chunk in chunks(source, record.tar_length, buf):
+                        vol.write(pos, chunk)
+                        pos += len(chunk)
+                    self._seal(vol, state.volume, record.tar_length, record.digest, buf)
+            finally:
+                self._guard.end_write(name)
+        except Exception as e:  # the target is committed: go on with the others
+            report = log.warning if isinstance(e, Error) else log.exception
+            report("OVF store copy failed sd=%s generation=%d store=%d vol=%s: %s",
+                   self._sd_uuid, self.generation, state.index, name, e)
+            self.replica_errors.append(f"store {state.index} ({name}): {e}")
+            return
+        log.info("OVF store copied sd=%s generation=%d store=%d vol=%s", self._sd_uuid,
+                 self.generation, state.index, name)
