@@ -1,0 +1,145 @@
+"""What the updater does, as pure functions over cache rows.
+
+oVirt's rules (ProcessOvfUpdateForStoragePool, ovirt-storage.md §1.1, §1.5),
+kept as they are:
+
+- an entity needs processing when its ``db_generation`` is ahead of its
+  ``ovf_generation``; external VMs (origin 4) never go to OVF stores;
+- a locked entity is skipped and keeps its old cached OVF: ImageLocked, a
+  locked disk, a snapshot that is not OK (its generation moving while it
+  is processed is checked by the cache when it commits);
+- processing marks outdated the domains holding an active non-shareable
+  disk of the entity, those whose store lists it, and for an entity with
+  no disks every Active domain;
+- a store holds every entity with an active non-shareable disk on its
+  domain, plus every entity without disks, and ``metadata.json`` lists the
+  VMs that are not Down.
+
+Done better: failed domains are retried with exponential backoff and
+jitter instead of waiting for the next hourly run, and hosts are tried in
+the order of how likely they are to take the write.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from .model import (
+    OVF_WRITABLE,
+    SNAPSHOT_OK,
+    Disk,
+    Domain,
+    DomainStatus,
+    Entity,
+    Host,
+    Member,
+    Snapshot,
+    Store,
+    VmStatus,
+)
+from .ovf import EXTERNAL_ORIGIN
+
+
+def needs_processing(entity: Entity) -> bool:
+    return entity.outdated and entity.origin != EXTERNAL_ORIGIN
+
+
+def lock_reason(entity: Entity, disks: Sequence[Disk], snapshots: Sequence[Snapshot]) -> str | None:
+    """Why ``entity`` must not be processed now, or None."""
+    if entity.status == VmStatus.IMAGE_LOCKED:
+        return f"{entity.kind} is ImageLocked"
+    for d in disks:
+        if d.locked:
+            return f"disk {d.disk_uuid} is locked"
+    for s in snapshots:
+        if s.status != SNAPSHOT_OK:
+            return f"snapshot {s.uuid} is {s.status}"
+    return None
+
+
+def domains_to_mark(
+    disks: Sequence[Disk], listed_in: Iterable[str], active_domains: Iterable[str]
+) -> set[str]:
+    """The domains whose stores must be rewritten after an entity changed."""
+    marks = {d.sd_uuid for d in disks if d.active and not d.shareable}
+    marks.update(listed_in)
+    if not disks:
+        marks.update(active_domains)
+    return marks
+
+
+def active_domains(domains: Iterable[Domain]) -> list[str]:
+    return [d.uuid for d in domains if d.status == DomainStatus.ACTIVE]
+
+
+def holds(sd_uuid: str, disks: Sequence[Disk]) -> bool:
+    """Whether a store of ``sd_uuid`` holds an entity with these disks."""
+    return not disks or any(
+        d.sd_uuid == sd_uuid and d.active and not d.shareable for d in disks
+    )
+
+
+def store_members(
+    sd_uuid: str, entities: Iterable[Entity], disks: Mapping[str, Sequence[Disk]]
+) -> list[Member]:
+    """The cached OVFs a store of ``sd_uuid`` holds, in UUID order."""
+    found = [
+        Member(e.uuid, e.ovf_size, e.ovf_digest)
+        for e in entities
+        if e.ovf_digest is not None and e.ovf_size is not None
+        and e.origin != EXTERNAL_ORIGIN and holds(sd_uuid, disks.get(e.uuid, ()))
+    ]
+    return sorted(found, key=lambda m: m.uuid)
+
+
+def vm_statuses(entities: Iterable[Entity], members: Iterable[Member]) -> dict[str, int]:
+    """``metadata.json``'s ``VM Status``: the member VMs that are not Down."""
+    wanted = {m.uuid for m in members}
+    return {
+        e.uuid: e.status for e in sorted(entities, key=lambda e: e.uuid)
+        if e.uuid in wanted and e.kind == "vm" and e.status != VmStatus.DOWN
+    }
+
+
+def backoff_delay(failures: int, base: float, cap: float, jitter: float, rand: float) -> float:
+    """Seconds before retry number ``failures`` (1 for the first retry).
+
+    ``base * 2**(failures-1)``, capped, then scaled down by up to ``jitter``
+    with ``rand`` in [0, 1): many engines retrying one host spread out.
+    """
+    delay = min(cap, base * 2.0 ** min(max(failures - 1, 0), 30))
+    return delay * (1 - jitter * rand)
+
+
+def pushable(domain: Domain | None, store: Store, now: float, retry_now: bool) -> str | None:
+    """Why an outdated store is not pushed this pass, or None to push it."""
+    if domain is None:
+        return "the domain is not known"
+    if domain.status not in OVF_WRITABLE:
+        return f"the domain is {domain.status}"
+    if not retry_now and store.next_attempt > now:
+        return f"retrying in {store.next_attempt - now:.0f} s"
+    return None
+
+
+def host_order(sd_uuid: str, hosts: Iterable[Host],
+               reports: Mapping[str, Mapping[str, Any]]) -> list[Host]:
+    """Hosts serving ``sd_uuid``, the likeliest to take an OVF write first.
+
+    ``reports`` holds each host's last ``GET /stats``: hosts whose map has
+    the domain writable and reachable come first, then those not heard from,
+    then the rest (their map or storage may have recovered since).
+    """
+    def rank(host: Host) -> int:
+        report = reports.get(host.name)
+        if report is None:
+            return 1
+        d = report.get("domains", {}).get(sd_uuid)
+        if not isinstance(d, dict):
+            return 2
+        good = d.get("status") in OVF_WRITABLE and d.get("reachable", True) is not False
+        return 0 if good else 2
+
+    serving = [h for h in hosts if sd_uuid in h.domains]
+    return sorted(serving, key=lambda h: (rank(h), h.name))

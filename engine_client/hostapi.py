@@ -1,0 +1,134 @@
+"""An aiohttp client of the host daemon's engine routes.
+
+Every request is bounded in time (``HttpConfig``), and every failure
+becomes one ``HostError`` whose message says which host, which request and
+what went wrong: down (``unreachable``), too slow (``timeout``), the
+connection dropped (``disconnected``), or the host's own ``{"error",
+"detail"}`` answer with its HTTP status.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import ssl
+from collections.abc import AsyncIterable
+from typing import Any
+
+import aiohttp
+
+from .config import HttpConfig
+from .errors import HostError
+from .model import Host
+
+log = logging.getLogger(__name__)
+
+#: Answers of the engine routes are small JSON documents.
+MAX_ANSWER = 4 << 20
+
+
+def make_session(http: HttpConfig) -> aiohttp.ClientSession:
+    """One session for all hosts; each request sets its own timeouts."""
+    ctx: ssl.SSLContext | bool = True
+    if http.ca_file:
+        ctx = ssl.create_default_context(cafile=http.ca_file)
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx),
+                                 raise_for_status=False)
+
+
+class Clients:
+    """Clients of hosts over one session: the given one, or one made on first
+    use (and closed by ``close``; a given session is its owner's to close)."""
+
+    def __init__(self, http: HttpConfig, session: aiohttp.ClientSession | None = None) -> None:
+        self._http = http
+        self._session = session
+        self._own = session is None
+
+    def __call__(self, host: Host) -> HostClient:
+        if self._session is None:
+            self._session = make_session(self._http)
+        return HostClient(host, self._session, self._http)
+
+    async def close(self) -> None:
+        if self._own and self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+class HostClient:
+    def __init__(self, host: Host, session: aiohttp.ClientSession, http: HttpConfig) -> None:
+        self.host = host
+        self._session = session
+        self._http = http
+        self._headers = {"Authorization": f"Bearer {host.token}"}
+
+    def _timeout(self, total: float) -> aiohttp.ClientTimeout:
+        return aiohttp.ClientTimeout(total=total, sock_connect=self._http.connect_timeout,
+                                     sock_read=self._http.read_timeout)
+
+    async def _request(self, method: str, path: str, *, total: float | None = None,
+                       **kwargs: Any) -> dict[str, Any]:
+        what = f"{method} {path}"
+        url = self.host.url + path
+        headers = {**self._headers, **kwargs.pop("headers", {})}
+        timeout = total if total is not None else self._http.request_timeout
+        try:
+            async with self._session.request(method, url, headers=headers,
+                                             timeout=self._timeout(timeout), **kwargs) as resp:
+                body = await resp.content.read(MAX_ANSWER)
+                status = resp.status
+        except aiohttp.ClientConnectorError as e:
+            raise HostError(self.host.name, f"{what}: cannot connect to {self.host.url}: "
+                            f"{e.os_error.strerror or e.os_error}", code="unreachable") from None
+        except TimeoutError:
+            raise HostError(self.host.name, f"{what}: no answer within {timeout:g} s",
+                            code="timeout") from None
+        except aiohttp.ClientError as e:
+            raise HostError(self.host.name, f"{what}: the connection failed: "
+                            f"{e or type(e).__name__}", code="disconnected") from None
+        try:
+            answer = json.loads(body)
+        except ValueError:
+            answer = None
+        if status >= 400:
+            if isinstance(answer, dict) and "error" in answer:
+                detail = f"{answer.get('error')}: {answer.get('detail', '')}".rstrip(": ")
+                code = str(answer["error"])
+            else:
+                detail, code = body[:200].decode(errors="replace").strip(), "error"
+            raise HostError(self.host.name, f"{what} answered {status} {detail}",
+                            status=status, code=code,
+                            body=answer if isinstance(answer, dict) else None)
+        if not isinstance(answer, dict):
+            raise HostError(self.host.name, f"{what} answered {status} without a JSON object",
+                            status=status, code="bad-answer")
+        log.debug("host=%s %s -> %d", self.host.name, what, status)
+        return answer
+
+    async def info(self) -> dict[str, Any]:
+        return await self._request("GET", "/info/")
+
+    async def features(self) -> set[str]:
+        features = (await self.info()).get("features", [])
+        return {str(f) for f in features} if isinstance(features, list) else set()
+
+    async def put_pool(self, pool_map: dict[str, Any]) -> dict[str, Any]:
+        return await self._request("PUT", "/pool", json=pool_map)
+
+    async def stats(self) -> dict[str, Any]:
+        return await self._request("GET", "/stats")
+
+    async def ovf_store_info(self, sd_uuid: str) -> dict[str, Any]:
+        return await self._request("GET", f"/domains/{sd_uuid}/ovf-store/info")
+
+    async def put_ovf_store(self, sd_uuid: str, body: AsyncIterable[bytes],
+                            length: int | None, zstd: bool) -> dict[str, Any]:
+        """Stream a store's tar; ``length`` None sends it chunked."""
+        headers = {"Content-Type": "application/x-tar"}
+        if length is not None:
+            headers["Content-Length"] = str(length)
+        if zstd:
+            headers["Content-Encoding"] = "zstd"
+        return await self._request("PUT", f"/domains/{sd_uuid}/ovf-store", data=body,
+                                   headers=headers, total=self._http.upload_timeout)

@@ -1,0 +1,245 @@
+"""The OVF updater: oVirt's OvfDataUpdater, made better.
+
+One pass (``run_once``):
+
+1. Entity phase: the entities whose ``db_generation`` is ahead of their
+   ``ovf_generation``, a chunk at a time (one transaction each): a locked
+   one is skipped and keeps its old cached OVF; the others get their OVF
+   cached and their domains marked outdated.  Deletions mark the domains
+   that held the deleted entities.
+2. Domain phase: every outdated store whose domain takes OVF writes and
+   whose retry time has come is built from the cache and streamed to a
+   host serving the domain, several domains at once (``concurrency``).
+   Each push has its own timeouts, so one slow host holds up only its own
+   domain; each result is committed as soon as it is known.  A failure
+   leaves the store outdated and schedules a retry with exponential backoff
+   and jitter; the loop wakes up for it instead of waiting for ``interval``.
+
+``run_forever`` runs a pass every ``interval`` and at once on ``trigger()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import aiohttp
+
+from . import decide
+from .cache import Cache
+from .config import Config
+from .entities import Outcome
+from .errors import EngineError, HostError
+from .hostapi import Clients, HostClient
+from .model import Domain, Host, Store, StoreContent
+from .push import CacheCorrupt, PushResult, push_store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DomainReport:
+    sd_uuid: str
+    #: "updated"; "superseded" (pushed, but marked again meanwhile: stays
+    #: outdated); "failed"; "waiting" (retry not due, or the domain's status
+    #: does not allow OVF writes).
+    outcome: str
+    detail: str | None = None
+    host: str | None = None
+    generation: int | None = None
+    tar_length: int | None = None
+    digest: str | None = None
+    entities: int | None = None
+    sent: int | None = None
+    zstd: bool | None = None
+    seconds: float | None = None
+    retry_at: float | None = None
+
+
+@dataclass
+class PassReport:
+    started: float
+    processed: list[Outcome] = field(default_factory=list)
+    skipped: list[Outcome] = field(default_factory=list)
+    deleted: list[tuple[str, list[str]]] = field(default_factory=list)
+    domains: list[DomainReport] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not any(d.outcome == "failed" for d in self.domains)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "started": self.started,
+            "entities": {"processed": [asdict(o) for o in self.processed],
+                         "skipped": [asdict(o) for o in self.skipped]},
+            "deleted": [{"uuid": u, "domains": sds} for u, sds in self.deleted],
+            "domains": [asdict(d) for d in self.domains],
+        }
+
+
+class Updater:
+    def __init__(self, cache: Cache, cfg: Config,
+                 session: aiohttp.ClientSession | None = None,
+                 rand: Callable[[], float] = random.random,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.cache = cache
+        self.cfg = cfg
+        self._clients = Clients(cfg.http, session)
+        self._rand = rand
+        self._clock = clock
+        self._wake = asyncio.Event()
+        self._pass_lock = asyncio.Lock()
+
+    async def close(self) -> None:
+        await self._clients.close()
+
+    def trigger(self) -> None:
+        """Run a pass now (or right after the one running), like triggerNow()."""
+        self._wake.set()
+
+    # -- one pass
+
+    async def run_once(self, retry_now: bool = False) -> PassReport:
+        """One pass; ``retry_now`` ignores the backoff of failed domains."""
+        async with self._pass_lock:
+            report = PassReport(self._clock())
+            await self._entity_phase(report)
+            await self._domain_phase(report, retry_now)
+            dropped = await asyncio.to_thread(self.cache.gc_blobs)
+            log.info("OVF pass: %d entities processed, %d skipped, %d deletions, domains: %s; "
+                     "%d unused OVFs dropped", len(report.processed), len(report.skipped),
+                     len(report.deleted),
+                     ", ".join(f"{d.sd_uuid}={d.outcome}" for d in report.domains) or "none",
+                     dropped)
+            return report
+
+    async def _entity_phase(self, report: PassReport) -> None:
+        after = ""
+        while True:
+            selected = await asyncio.to_thread(self.cache.outdated_entities, after,
+                                               self.cfg.updater.chunk_size)
+            if not selected:
+                break
+            for o in await asyncio.to_thread(self.cache.process_entities, selected):
+                (report.processed if o.processed else report.skipped).append(o)
+                if not o.processed:
+                    log.info("%s %s (%s) skipped, its cached OVF stays: %s", o.kind, o.name,
+                             o.uuid, o.reason)
+            after = selected[-1][0]
+        report.deleted = await asyncio.to_thread(self.cache.process_deletions)
+
+    async def _domain_phase(self, report: PassReport, retry_now: bool) -> None:
+        stores = await asyncio.to_thread(self.cache.stores)
+        domains = {d.uuid: d for d in await asyncio.to_thread(self.cache.domains)}
+        hosts = await asyncio.to_thread(self.cache.hosts)
+        reports = await asyncio.to_thread(self.cache.host_reports)
+        now = self._clock()
+        limit = asyncio.Semaphore(self.cfg.updater.concurrency)
+        features: dict[str, asyncio.Task[bool]] = {}
+        jobs = []
+        for store in stores:
+            if not store.outdated:
+                continue
+            why = decide.pushable(domains.get(store.sd_uuid), store, now, retry_now)
+            if why is not None:
+                retry = store.next_attempt if store.next_attempt > now else None
+                report.domains.append(DomainReport(store.sd_uuid, "waiting", why,
+                                                   retry_at=retry))
+                continue
+            order = decide.host_order(store.sd_uuid, hosts, reports)
+            jobs.append(self._push_domain(store, order, limit, features))
+        report.domains += await asyncio.gather(*jobs)
+        for task in features.values():
+            task.cancel()
+
+    async def _zstd(self, client: HostClient, features: dict[str, asyncio.Task[bool]]) -> bool:
+        if not self.cfg.http.zstd:
+            return False
+        name = client.host.name
+        if name not in features:  # one GET /info/ per host and pass
+            async def ask() -> bool:
+                return "zstd" in await client.features()
+            features[name] = asyncio.ensure_future(ask())
+        return await asyncio.shield(features[name])
+
+    async def _fetch(self, digests: Sequence[str]) -> dict[str, bytes]:
+        return await asyncio.to_thread(self.cache.read_blobs, digests)
+
+    async def _push_domain(self, store: Store, order: list[Host], limit: asyncio.Semaphore,
+                           features: dict[str, asyncio.Task[bool]]) -> DomainReport:
+        sd = store.sd_uuid
+        async with limit:
+            start = time.monotonic()
+            content = await asyncio.to_thread(self.cache.store_content, sd)
+            errors: list[str] = []
+            if not order:
+                errors.append(f"no host serves domain {sd}; add one with "
+                              f"'sluice-engine host add ... --domain {sd}'")
+            for host in order:
+                client = self._clients(host)
+                try:
+                    result = await push_store(
+                        client, content, self._fetch, self._clock(),
+                        await self._zstd(client, features), self.cfg.updater.fetch_batch,
+                        self.cfg.http.chunk_size)
+                except (HostError, CacheCorrupt) as e:
+                    log.warning("OVF store of domain %s not pushed: %s", sd, e)
+                    errors.append(str(e))
+                    if isinstance(e, CacheCorrupt):
+                        break
+                    continue
+                return await self._pushed(content, result, time.monotonic() - start)
+            return await self._failed(store, content, "; ".join(errors),
+                                      time.monotonic() - start)
+
+    async def _pushed(self, content: StoreContent, r: PushResult, seconds: float) -> DomainReport:
+        updated = await asyncio.to_thread(self.cache.store_pushed, content, r.generation,
+                                          r.digest, r.tar_length, r.host, self._clock())
+        outcome = "updated" if updated else "superseded"
+        log.info("OVF store of domain %s %s on host %s: generation %d, %d OVFs, %d bytes "
+                 "(%d sent, zstd=%s) in %.2f s", r.sd_uuid, outcome, r.host, r.generation,
+                 r.entities, r.tar_length, r.sent, r.zstd, seconds)
+        detail = None if updated else "changed while it was pushed; stays outdated"
+        return DomainReport(r.sd_uuid, outcome, detail, r.host, r.generation, r.tar_length,
+                            r.digest, r.entities, r.sent, r.zstd, round(seconds, 3))
+
+    async def _failed(self, store: Store, content: StoreContent, error: str,
+                      seconds: float) -> DomainReport:
+        u = self.cfg.updater
+        delay = decide.backoff_delay(store.failures + 1, u.backoff_base, u.backoff_max,
+                                     u.jitter, self._rand())
+        retry_at = self._clock() + delay
+        await asyncio.to_thread(self.cache.store_failed, content, error, retry_at)
+        return DomainReport(store.sd_uuid, "failed", error, entities=len(content.members),
+                            seconds=round(seconds, 3), retry_at=retry_at)
+
+    # -- the loop
+
+    def _next_wakeup(self, stores: Sequence[Store], domains: dict[str, Domain]) -> float:
+        now = self._clock()
+        due = [s.next_attempt - now for s in stores
+               if s.outdated and s.next_attempt > now
+               and decide.pushable(domains.get(s.sd_uuid), s, s.next_attempt, False) is None]
+        return max(1.0, min([self.cfg.updater.interval, *due]))
+
+    async def run_forever(self) -> None:
+        """A pass every ``interval``, sooner for a due retry or a trigger."""
+        while True:
+            self._wake.clear()
+            try:
+                await self.run_once()
+            except EngineError as e:
+                log.error("OVF update pass failed: %s", e)
+            stores = await asyncio.to_thread(self.cache.stores)
+            domains = {d.uuid: d for d in await asyncio.to_thread(self.cache.domains)}
+            delay = self._next_wakeup(stores, domains)
+            log.debug("next OVF update pass in %.0f s", delay)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), delay)

@@ -1,0 +1,90 @@
+"""Fixtures of the engine side: a real cache in a temp dir, real daemons."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zstandard
+from aiohttp import web
+
+from engine_client.cache import Cache
+from engine_client.config import Config
+from tests.stream.daemon import Daemon
+
+
+@pytest.fixture
+def cfg(tmp_path: Path) -> Config:
+    c = Config(state_dir=str(tmp_path / "engine"))
+    # Fast failures: tests use dead ports and hosts that never answer.
+    c.http.connect_timeout = 2
+    c.http.request_timeout = 5
+    c.http.upload_timeout = 5
+    c.http.read_timeout = 3
+    c.updater.backoff_base = 30
+    return c
+
+
+@pytest.fixture
+def cache(cfg: Config) -> Iterator[Cache]:
+    with Cache.open(cfg.state_dir) as c:
+        yield c
+
+
+@pytest.fixture
+def add_domain(cache: Cache, tmp_path: Path) -> Callable[..., str]:
+    """Add a file domain (a real directory) to the cache: ``add_domain() -> uuid``."""
+
+    def add(sd: str | None = None, status: str = "Active", hosts: tuple[str, ...] = (),
+            location: str | None = None) -> str:
+        from engine_client.model import DomainStatus
+
+        sd = sd or str(uuid.uuid4())
+        path = location or str(tmp_path / "domains" / sd)
+        Path(path).mkdir(parents=True, exist_ok=True)
+        cache.add_domain(sd, "file", [path], DomainStatus(status), hosts)
+        return sd
+
+    return add
+
+
+@pytest.fixture
+def daemons(tmp_path: Path) -> Iterator[Callable[[], Daemon]]:
+    """Start real ``sluice serve`` daemons: ``daemons() -> Daemon``; stopped at teardown."""
+    started: list[Daemon] = []
+
+    def start() -> Daemon:
+        home = tmp_path / f"host{len(started)}"
+        home.mkdir()
+        d = Daemon(home / "data")
+        started.append(d)
+        return d
+
+    yield start
+    for d in started:
+        d.stop()
+
+
+@pytest.fixture
+async def wrong_digest_url(aiohttp_server: Any) -> str:
+    """A host that takes a whole OVF store upload and answers a wrong digest
+    (an injected failure: real hosts are in the end-to-end tests)."""
+
+    async def info(request: web.Request) -> web.Response:
+        return web.json_response({"server": "sluice", "features": ["ovf-store", "zstd"]})
+
+    async def put(request: web.Request) -> web.Response:
+        body = await request.read()
+        if request.headers.get("Content-Encoding") == "zstd":
+            body = zstandard.ZstdDecompressor().decompressobj().decompress(body)
+        return web.json_response({"generation": 3, "tar_length": len(body),
+                                  "digest": "f" * 32})
+
+    app = web.Application()
+    app.router.add_get("/info/", info)
+    app.router.add_put("/domains/{sd}/ovf-store", put)
+    server = await aiohttp_server(app, auto_decompress=False)
+    return f"http://127.0.0.1:{server.port}"

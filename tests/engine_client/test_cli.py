@@ -1,0 +1,135 @@
+"""``sluice-engine`` as a user runs it: a subprocess, exit codes, stdout and stderr."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.stream.daemon import Daemon, free_port
+
+from .ovfs import DiskSpec, vm_ovf, write
+
+
+class Cli:
+    def __init__(self, state: Path) -> None:
+        self.state = state
+
+    def __call__(self, *args: str, rc: int = 0) -> subprocess.CompletedProcess[str]:
+        r = subprocess.run([sys.executable, "-m", "engine_client", "--state-dir",
+                            str(self.state), *args], capture_output=True, text=True, timeout=120)
+        assert r.returncode == rc, (r.returncode, r.stdout, r.stderr)
+        if rc == 2:
+            lines = r.stderr.strip().splitlines()
+            assert len(lines) == 1 and lines[0].startswith("sluice-engine: "), r.stderr
+        return r
+
+    def json(self, *args: str) -> Any:
+        return json.loads(self(*args, "--json").stdout)
+
+
+@pytest.fixture
+def cli(tmp_path: Path) -> Cli:
+    return Cli(tmp_path / "engine")
+
+
+def test_feeding_the_cache(cli: Cli, tmp_path: Path) -> None:
+    sd = str(uuid.uuid4())
+    (tmp_path / "sd").mkdir()
+    cli("domain", "add", sd, "--type", "file", "--location", str(tmp_path / "sd"))
+    vm, tpl, disk = str(uuid.uuid4()), str(uuid.uuid4()), DiskSpec(sd)
+    write(tmp_path / "in", vm, vm_ovf(vm, "web01", [disk]))
+    write(tmp_path / "in", tpl, vm_ovf(tpl, "base", [DiskSpec(sd)], template=True))
+    out = cli("vm", "import", str(tmp_path / "in")).stdout
+    assert "web01" in out and "added" in out
+    listed = cli.json("vm", "list")
+    assert isinstance(listed, list)
+    assert {(e["uuid"], e["kind"]) for e in listed} == {(vm, "vm"), (tpl, "template")}
+    cli("vm", "lock", vm, "--disk", disk.disk)
+    cli("vm", "unlock", vm, "--disk", disk.disk)
+    cli("vm", "set-status", vm, "up")
+    cli("vm", "set-disk", vm, disk.disk, "--shareable", "yes")
+    cli("domain", "set-status", sd, "maintenance")
+    token = tmp_path / "engine.token"
+    token.write_text("s3cret\n")
+    cli("host", "add", "h1", "http://127.0.0.1:54322", "--token-file", str(token),
+        "--domain", sd)
+    assert cli.json("host", "list") == [{"name": "h1", "url": "http://127.0.0.1:54322",
+                                         "domains": [sd]}]
+    (domain,) = cli.json("domain", "list")
+    assert domain["status"] == "Maintenance"
+    assert cli("vm", "ovf", vm).stdout.startswith("<?xml")
+    cli("vm", "delete", tpl)
+    assert [e["uuid"] for e in cli.json("vm", "list")] == [vm]
+
+
+@pytest.mark.parametrize("content, message", [
+    pytest.param(b"not xml at all", "is not well-formed XML", id="not-xml"),
+    pytest.param(b"<Envelope><Content><Name>x</Name></Content></Envelope>", "has no VM UUID",
+                 id="no-uuid"),
+])
+def test_bad_ovf_file(cli: Cli, tmp_path: Path, content: bytes, message: str) -> None:
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "bad.ovf").write_bytes(content)
+    r = cli("vm", "import", str(tmp_path / "in"), rc=2)
+    assert message in r.stderr and "bad.ovf" in r.stderr
+    assert cli.json("vm", "list") == []
+
+
+def test_bad_input_messages(cli: Cli, tmp_path: Path) -> None:
+    unknown = str(uuid.uuid4())
+    vm = str(uuid.uuid4())
+    write(tmp_path / "in", vm, vm_ovf(vm, "web01", [DiskSpec(unknown)]))
+    r = cli("vm", "import", str(tmp_path / "in"), rc=2)
+    assert f"is on storage domain {unknown}, which is not known" in r.stderr
+    r = cli("vm", "lock", str(uuid.uuid4()), rc=2)
+    assert "is not known" in r.stderr
+    r = cli("vm", "set-status", vm, "Sleeping", rc=2)
+    assert "unknown VM status 'Sleeping'; expected one of Unassigned, Down" in r.stderr
+    r = cli("domain", "add", "not-a-uuid", "--type", "file", "--location", "/x", rc=2)
+    assert "'not-a-uuid' is not a UUID" in r.stderr
+    r = cli("host", "add", "h1", "http://x", "--token-file", str(tmp_path / "none"), rc=2)
+    assert "cannot read the token file" in r.stderr
+    r = cli("domain", "set-status", unknown, "Active", rc=2)
+    assert "is not known; add it with 'sluice-engine domain add'" in r.stderr
+    (tmp_path / "bad.toml").write_text("[updater]\nintervall = 3\n")
+    r = cli("--config", str(tmp_path / "bad.toml"), "vm", "list", rc=2)
+    assert "unknown config option updater.intervall" in r.stderr
+
+
+def test_update_once_with_the_host_down(cli: Cli, tmp_path: Path) -> None:
+    sd = str(uuid.uuid4())
+    (tmp_path / "sd").mkdir()
+    cli("domain", "add", sd, "--type", "file", "--location", str(tmp_path / "sd"))
+    cli("host", "add", "h1", f"http://127.0.0.1:{free_port()}", "--token", "t", "--domain", sd)
+    vm = str(uuid.uuid4())
+    write(tmp_path / "in", vm, vm_ovf(vm, "web01", [DiskSpec(sd)]))
+    cli("vm", "import", str(tmp_path / "in"))
+    r = cli("ovf", "update", "--once", rc=1)
+    assert "entities: 1 processed" in r.stdout
+    assert sd in r.stdout and "failed" in r.stdout and "cannot connect" in r.stdout
+    r = cli("ovf", "update", "--once", "--json", rc=0)
+    (d,) = json.loads(r.stdout)["domains"]
+    assert d["outcome"] == "waiting"
+    (s,) = cli.json("ovf", "status")
+    assert s["outdated"] and s["failures"] == 1 and s["generation"] is None
+
+
+def test_pool_push_and_status(cli: Cli, daemons: Callable[[], Daemon]) -> None:
+    daemon = daemons()
+    sd = Path(daemon.domain).name
+    cli("domain", "add", sd, "--type", "file", "--location", daemon.domain.rstrip("/"))
+    cli("host", "add", "h1", f"http://127.0.0.1:{daemon.port}", "--token-file",
+        str(daemon.data_dir / "engine.token"), "--domain", sd)
+    r = cli("pool", "status", rc=1)
+    assert "out-of-sync" in r.stdout
+    (h,) = cli.json("pool", "push")
+    assert h["state"] == "pushed" and h["reported_version"] == h["expected_version"]
+    (h,) = cli.json("pool", "status")
+    assert h["state"] == "in-sync" and h["domains"][sd]["status"] == "Active"

@@ -1,0 +1,122 @@
+from __future__ import annotations
+
+import pytest
+
+from engine_client import decide
+from engine_client.model import (
+    Disk,
+    Domain,
+    DomainStatus,
+    Entity,
+    Host,
+    Snapshot,
+    Store,
+    VmStatus,
+)
+
+SD1, SD2, SD3 = "11111111-1111-1111-1111-111111111111", "22222222-2222-2222-2222-222222222222", \
+    "33333333-3333-3333-3333-333333333333"
+
+
+def entity(uuid: str, status: int = 0, kind: str = "vm", origin: int | None = 0,
+           gens: tuple[int, int] = (2, 1), cached: bool = True) -> Entity:
+    return Entity(uuid, f"n-{uuid[:2]}", kind, status, origin, gens[0], gens[1], "d" * 32,
+                  "c" * 32 if cached else None, 100 if cached else None)
+
+
+def disk(sd: str, shareable: bool = False, active: bool = True, locked: bool = False,
+         owner: str = "e1") -> Disk:
+    return Disk(owner, f"disk-{sd[:2]}", sd, shareable, active, locked)
+
+
+def store(next_attempt: float = 0.0, failures: int = 0) -> Store:
+    return Store(SD1, True, 1, None, None, frozenset(), None, None, None, failures,
+                 next_attempt, None)
+
+
+def test_needs_processing() -> None:
+    assert decide.needs_processing(entity("a"))
+    assert not decide.needs_processing(entity("a", gens=(3, 3)))
+    assert not decide.needs_processing(entity("a", origin=4)), "external VMs are left out"
+
+
+@pytest.mark.parametrize("e, disks, snaps, reason", [
+    pytest.param(entity("a"), [disk(SD1)], [], None, id="free"),
+    pytest.param(entity("a", status=VmStatus.IMAGE_LOCKED), [], [], "vm is ImageLocked",
+                 id="image-locked"),
+    pytest.param(entity("a"), [disk(SD1), disk(SD2, locked=True)], [],
+                 "disk disk-22 is locked", id="locked-disk"),
+    pytest.param(entity("a"), [], [Snapshot("a", "s1", "REGULAR", "IN_PREVIEW")],
+                 "snapshot s1 is IN_PREVIEW", id="snapshot-not-ok"),
+    pytest.param(entity("a", status=VmStatus.UP), [], [Snapshot("a", "s1", "ACTIVE", "OK")],
+                 None, id="running-is-fine"),
+])
+def test_lock_reason(e: Entity, disks: list[Disk], snaps: list[Snapshot],
+                     reason: str | None) -> None:
+    assert decide.lock_reason(e, disks, snaps) == reason
+
+
+def test_domains_to_mark() -> None:
+    disks = [disk(SD1), disk(SD2, shareable=True), disk(SD3, active=False)]
+    assert decide.domains_to_mark(disks, [SD3], [SD1, SD2]) == {SD1, SD3}, \
+        "active non-shareable disks, plus the stores that list it"
+    assert decide.domains_to_mark([], [], [SD1, SD2]) == {SD1, SD2}, \
+        "a VM without disks goes to every Active domain"
+    assert decide.domains_to_mark([disk(SD2, shareable=True)], [], [SD1]) == set()
+
+
+def test_active_domains() -> None:
+    found = [Domain(SD1, "file", ("/a",), DomainStatus.ACTIVE),
+             Domain(SD2, "file", ("/b",), DomainStatus.MAINTENANCE)]
+    assert decide.active_domains(found) == [SD1]
+
+
+def test_store_members_and_statuses() -> None:
+    ents = [
+        entity("b1", status=VmStatus.UP),          # disk on SD1
+        entity("a1"),                              # no disks: everywhere
+        entity("c1", kind="template"),             # disk on SD1
+        entity("d1", origin=4),                    # external: never
+        entity("e1", cached=False),                # never processed: no cached OVF
+        entity("f1", status=VmStatus.PAUSED),      # only a shareable disk on SD1
+    ]
+    disks = {"b1": [disk(SD1, owner="b1")], "c1": [disk(SD1, owner="c1")],
+             "d1": [disk(SD1, owner="d1")], "e1": [disk(SD1, owner="e1")],
+             "f1": [disk(SD1, shareable=True, owner="f1")]}
+    members = decide.store_members(SD1, ents, disks)
+    assert [m.uuid for m in members] == ["a1", "b1", "c1"]
+    assert [m.uuid for m in decide.store_members(SD2, ents, disks)] == ["a1"]
+    assert decide.vm_statuses(ents, members) == {"b1": 1}, "only VMs that are not Down"
+
+
+def test_backoff_grows_is_capped_and_jittered() -> None:
+    delays = [decide.backoff_delay(n, 30, 1800, 0.5, 0.0) for n in range(1, 10)]
+    assert delays[:4] == [30, 60, 120, 240]
+    assert delays[-1] == 1800
+    assert decide.backoff_delay(1, 30, 1800, 0.5, 0.999) == pytest.approx(15, abs=0.1)
+    assert decide.backoff_delay(500, 30, 1800, 0.0, 0.5) == 1800
+
+
+def test_pushable() -> None:
+    active = Domain(SD1, "file", ("/a",), DomainStatus.ACTIVE)
+    leaving = Domain(SD1, "file", ("/a",), DomainStatus.PREPARING_FOR_MAINTENANCE)
+    down = Domain(SD1, "file", ("/a",), DomainStatus.MAINTENANCE)
+    assert decide.pushable(active, store(), 100, False) is None
+    assert decide.pushable(leaving, store(), 100, False) is None
+    assert decide.pushable(down, store(), 100, False) == "the domain is Maintenance"
+    assert decide.pushable(None, store(), 100, False) == "the domain is not known"
+    assert decide.pushable(active, store(next_attempt=160), 100, False) == "retrying in 60 s"
+    assert decide.pushable(active, store(next_attempt=160), 100, True) is None
+
+
+def test_host_order() -> None:
+    hosts = [Host(n, f"http://{n}", "t", (SD1,)) for n in ("a", "b", "c", "d")]
+    hosts.append(Host("e", "http://e", "t", (SD2,)))
+    reports = {
+        "a": {"domains": {SD1: {"status": "Maintenance", "reachable": True}}},
+        "b": {"domains": {SD1: {"status": "Active", "reachable": False}}},
+        "c": {"domains": {SD1: {"status": "Active", "reachable": True}}},
+    }
+    order = [h.name for h in decide.host_order(SD1, hosts, reports)]
+    assert order == ["c", "d", "a", "b"], "good, then unknown, then the rest; never e"
+

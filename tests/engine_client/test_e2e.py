@@ -1,0 +1,267 @@
+"""The updater against real ``sluice serve`` daemons: what the hosts store is
+read back over their API and compared with the engine cache."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from engine_client.cache import Cache
+from engine_client.config import Config
+from engine_client.entities import ImportItem
+from engine_client.model import DomainStatus, VmStatus
+from engine_client.ovf import parse
+from engine_client.poolsync import PoolSync
+from engine_client.updater import Updater
+from stream.wire.tarread import OvfTarReader
+from tests.stream.daemon import Daemon, free_port
+
+from .ovfs import DiskSpec, vm_ovf, write
+
+
+@dataclass
+class Member:
+    daemon: Daemon
+    sd: str
+    host: str
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.daemon.port}"
+
+
+@dataclass
+class Store:
+    ovfs: dict[str, bytes]  # entity UUID -> OVF
+    vm_status: dict[str, int]
+    generation: int
+    digest: str
+
+
+Cluster = Callable[[int], "asyncio.Future[list[Member]]"]
+
+
+@pytest.fixture
+async def updater(cache: Cache, cfg: Config) -> AsyncIterator[Updater]:
+    u = Updater(cache, cfg)
+    yield u
+    await u.close()
+
+
+@pytest.fixture
+def cluster(cache: Cache, cfg: Config, daemons: Callable[[], Daemon]
+            ) -> Callable[[int], asyncio.Future[list[Member]]]:
+    """``await cluster(n)``: n daemons, each serving its own domain, maps pushed."""
+
+    async def make(n: int) -> list[Member]:
+        members = []
+        for i in range(n):
+            d = await asyncio.to_thread(daemons)
+            sd = Path(d.domain).name
+            cache.add_domain(sd, "file", [d.domain.rstrip("/")])
+            cache.add_host(f"h{i}", f"http://127.0.0.1:{d.port}", d.token, [sd])
+            members.append(Member(d, sd, f"h{i}"))
+        sync = PoolSync(cache, cfg)
+        try:
+            assert {r.state for r in await sync.sync_once()} == {"pushed"}
+        finally:
+            await sync.close()
+        return members
+
+    return lambda n: asyncio.ensure_future(make(n))
+
+
+async def get(m: Member, path: str) -> tuple[int, bytes, dict[str, str]]:
+    async with aiohttp.ClientSession() as s, s.get(
+            m.url + path, headers={"Authorization": f"Bearer {m.daemon.token}"}) as r:
+        return r.status, await r.read(), dict(r.headers)
+
+
+async def stored(m: Member) -> Store:
+    status, tar, headers = await get(m, f"/domains/{m.sd}/ovf-store")
+    assert status == 200, tar
+    reader = OvfTarReader(max_total=len(tar))
+    reader.feed(tar)
+    summary = reader.finish()
+    ovfs = {e.name[:-4]: tar[e.offset:e.offset + e.size] for e in summary.entries
+            if e.name.endswith(".ovf")}
+    assert headers["X-Ovf-Digest"] == f"xxh3_128:{summary.digest}"
+    return Store(ovfs, summary.vm_status, int(headers["X-Ovf-Generation"]), summary.digest)
+
+
+def add(cache: Cache, name: str, disks: list[DiskSpec], vm: str | None = None,
+        template: bool = False) -> str:
+    vm = vm or str(uuid.uuid4())
+    data = vm_ovf(vm, name, disks, template=template)
+    cache.import_entities([ImportItem(name, parse(data), data)])
+    return vm
+
+
+def cached(cache: Cache, vm: str) -> bytes:
+    data = cache.ovf(vm, cached=True)
+    assert data is not None
+    return data
+
+
+async def test_updates_through_changes(cache: Cache, updater: Updater, cluster: Cluster) -> None:
+    a, b = await cluster(2)
+    disk1 = DiskSpec(a.sd)
+    vm1 = add(cache, "vm1", [disk1])
+    vm2 = add(cache, "vm2", [DiskSpec(b.sd)])
+    tpl = add(cache, "tpl", [DiskSpec(a.sd)], template=True)
+    vm3 = add(cache, "diskless", [])
+    add(cache, "shared-only", [DiskSpec(a.sd, shareable=True)])
+    cache.set_status(vm2, VmStatus.UP)
+    cache.set_status(tpl, VmStatus.UP)  # templates never go into "VM Status"
+
+    r = await updater.run_once()
+    assert r.ok and {d.sd_uuid: d.outcome for d in r.domains} == {a.sd: "updated",
+                                                                    b.sd: "updated"}
+    sa, sb = await stored(a), await stored(b)
+    assert set(sa.ovfs) == {vm1, tpl, vm3} and set(sb.ovfs) == {vm2, vm3}
+    assert all(data == cached(cache, vm) for s in (sa, sb) for vm, data in s.ovfs.items())
+    assert (sa.vm_status, sb.vm_status) == ({}, {vm2: 1})
+    for m, s in ((a, sa), (b, sb)):
+        state = cache.store(m.sd)
+        assert not state.outdated and (state.generation, state.digest) == (s.generation,
+                                                                           s.digest)
+        assert state.stored == set(s.ovfs) and state.host == m.host
+
+    r = await updater.run_once()
+    assert r.domains == [], "nothing changed: nothing pushed"
+
+    cache.set_disk(vm1, disk1.disk, b.sd)  # move the disk to the other domain
+    r = await updater.run_once()
+    assert {d.sd_uuid: d.outcome for d in r.domains} == {a.sd: "updated", b.sd: "updated"}
+    sa, sb = await stored(a), await stored(b)
+    assert vm1 not in sa.ovfs and vm1 in sb.ovfs
+    assert parse(sb.ovfs[vm1]).disks[0].sd_uuid == b.sd
+    assert (await get(a, f"/domains/{a.sd}/ovf-store/{vm1}.ovf"))[0] == 404
+    assert (await get(b, f"/domains/{b.sd}/ovf-store/{vm1}.ovf"))[1] == sb.ovfs[vm1]
+
+    old = sb.ovfs[vm2]
+    cache.set_locked(vm2, True)
+    add(cache, "vm2-renamed", [DiskSpec(b.sd)], vm=vm2)
+    r = await updater.run_once()
+    assert [o.uuid for o in r.skipped] == [vm2] and r.domains == []
+    assert (await stored(b)).ovfs[vm2] == old, "the old OVF stays while locked"
+    cache.set_locked(vm2, False)
+    r = await updater.run_once()
+    assert [d.sd_uuid for d in r.domains] == [b.sd]
+    assert parse((await stored(b)).ovfs[vm2]).name == "vm2-renamed"
+
+    cache.delete_entity(tpl)
+    r = await updater.run_once()
+    assert [d.sd_uuid for d in r.domains] == [a.sd]
+    assert set((await stored(a)).ovfs) == {vm3}
+
+
+async def test_several_hosts_one_down(cache: Cache, cfg: Config, updater: Updater,
+                                      cluster: Cluster, tmp_path: Path) -> None:
+    cfg.updater.concurrency = 2
+    members = await cluster(3)
+    lost = str(uuid.uuid4())
+    (tmp_path / "lost").mkdir()
+    cache.add_domain(lost, "file", [str(tmp_path / "lost")])
+    cache.add_host("gone", f"http://127.0.0.1:{free_port()}", "t", [lost])
+    vms = {m.sd: [add(cache, f"{m.host}-{i}", [DiskSpec(m.sd)]) for i in range(20)]
+           for m in members}
+    add(cache, "on-lost", [DiskSpec(lost)])
+    r = await updater.run_once()
+    outcomes = {d.sd_uuid: d.outcome for d in r.domains}
+    assert outcomes == {**{m.sd: "updated" for m in members}, lost: "failed"}
+    for m in members:
+        assert set((await stored(m)).ovfs) == set(vms[m.sd])
+    assert cache.store(lost).outdated and cache.store(lost).generation is None
+
+
+async def test_host_errors_mark_nothing(cache: Cache, cfg: Config, updater: Updater,
+                                        cluster: Cluster) -> None:
+    (m,) = await cluster(1)
+    add(cache, "vm", [DiskSpec(m.sd)])
+    cache.add_host(m.host, m.url, "wrong-token", [m.sd])
+    r = await updater.run_once()
+    (d,) = r.domains
+    assert d.outcome == "failed"
+    assert d.detail == (f"host {m.host}: PUT /domains/{m.sd}/ovf-store answered 401 "
+                        "unauthorized: this route needs the engine's credential")
+    cache.add_host(m.host, m.url, m.daemon.token, [m.sd])
+    # The host's map says Maintenance: it refuses the write with 409.
+    cache.set_domain_status(m.sd, DomainStatus.MAINTENANCE)
+    sync = PoolSync(cache, cfg)
+    try:
+        await sync.sync_once()
+        cache.set_domain_status(m.sd, DomainStatus.ACTIVE)
+        r = await updater.run_once(retry_now=True)
+        (d,) = r.domains
+        assert d.outcome == "failed" and "answered 409 domain-not-available" in (d.detail or "")
+        s = cache.store(m.sd)
+        assert s.outdated and s.generation is None and s.failures == 2
+        assert (await get(m, f"/domains/{m.sd}/ovf-store"))[0] != 200
+        await sync.sync_once()
+    finally:
+        await sync.close()
+    r = await updater.run_once(retry_now=True)
+    assert [d.outcome for d in r.domains] == ["updated"]
+    assert cache.store(m.sd).failures == 0
+
+
+@pytest.mark.parametrize("zstd", [True, False], ids=["zstd", "plain"])
+async def test_compression(cache: Cache, cfg: Config, updater: Updater, cluster: Cluster,
+                           zstd: bool) -> None:
+    cfg.http.zstd = zstd
+    (m,) = await cluster(1)
+    for i in range(30):
+        add(cache, f"vm{i}", [DiskSpec(m.sd)])
+    (d,) = (await updater.run_once()).domains
+    assert d.outcome == "updated" and d.zstd is zstd
+    assert d.sent is not None and d.tar_length is not None
+    assert (d.sent < d.tar_length / 4) if zstd else (d.sent == d.tar_length)
+    assert (await stored(m)).digest == d.digest
+
+
+def test_run_and_trigger_now(cache: Cache, cfg: Config, daemons: Callable[[], Daemon],
+                             tmp_path: Path) -> None:
+    """``sluice-engine run``: the pool map, a first pass, SIGUSR1 for another, SIGTERM."""
+    d = daemons()
+    sd = Path(d.domain).name
+    cache.add_domain(sd, "file", [d.domain.rstrip("/")])
+    cache.add_host("h0", f"http://127.0.0.1:{d.port}", d.token, [sd])
+    vm = add(cache, "vm", [DiskSpec(sd)])
+    log = open(tmp_path / "run.log", "w")  # noqa: SIM115
+    proc = subprocess.Popen([sys.executable, "-m", "engine_client", "--state-dir",
+                             cfg.state_dir, "run"], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        def wait(what: Callable[[], bool]) -> None:
+            deadline = time.monotonic() + 30
+            while not what():
+                assert proc.poll() is None, (tmp_path / "run.log").read_text()
+                assert time.monotonic() < deadline, (tmp_path / "run.log").read_text()
+                time.sleep(0.1)
+
+        wait(lambda: cache.store(sd).stored == {vm} and not cache.store(sd).outdated)
+        other = str(uuid.uuid4())
+        write(tmp_path / "more", other, vm_ovf(other, "other", [DiskSpec(sd)]))
+        subprocess.run([sys.executable, "-m", "engine_client", "--state-dir", cfg.state_dir,
+                        "vm", "import", str(tmp_path / "more")], check=True,
+                       capture_output=True)
+        time.sleep(0.5)
+        assert other not in cache.store(sd).stored, "the next pass is an hour away"
+        os.kill(proc.pid, signal.SIGUSR1)
+        wait(lambda: cache.store(sd).stored == {vm, other})
+        assert cache.host_sync("h0").pushed_version == cache.pool().map_version
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+        log.close()

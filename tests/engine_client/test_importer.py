@@ -1,0 +1,80 @@
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from engine_client.cache import Cache
+from engine_client.errors import InvalidInput
+from engine_client.importer import import_dir, parse_disk_domains
+from engine_client.ovf import OvfError, parse
+
+from .ovfs import DiskSpec, vm_ovf, write
+
+MAX = 1 << 20
+
+
+def test_import_a_directory(cache: Cache, add_domain: Callable[..., str], tmp_path: Path) -> None:
+    sd = add_domain()
+    d = tmp_path / "ovfs"
+    vms = sorted(str(uuid.uuid4()) for _ in range(3))
+    for i, vm in enumerate(vms):
+        write(d, vm, vm_ovf(vm, f"vm{i}", [DiskSpec(sd)] if i else []))
+    (d / "notes.txt").write_text("not an OVF, not looked at")
+    done = import_dir(cache, str(d), MAX)
+    assert [(i.uuid, i.action) for i in done] == [(vm, "added") for vm in vms]
+    assert {e.uuid for e in cache.entities()} == set(vms)
+
+
+@pytest.mark.parametrize("content, message", [
+    pytest.param(b"hello", "is not well-formed XML", id="not-xml"),
+    pytest.param(b"<Envelope><Content><Name>x</Name></Content></Envelope>", "has no VM UUID",
+                 id="no-uuid"),
+])
+def test_one_bad_file_imports_nothing(cache: Cache, add_domain: Callable[..., str],
+                                      tmp_path: Path, content: bytes, message: str) -> None:
+    sd = add_domain()
+    d = tmp_path / "ovfs"
+    good = str(uuid.uuid4())
+    write(d, good, vm_ovf(good, "good", [DiskSpec(sd)]))
+    (d / "zz-bad.ovf").write_bytes(content)
+    with pytest.raises(OvfError, match=message) as e:
+        import_dir(cache, str(d), MAX)
+    assert str(e.value).startswith(str(d / "zz-bad.ovf"))
+    assert cache.entities() == []
+
+
+def test_directory_problems(cache: Cache, tmp_path: Path) -> None:
+    with pytest.raises(InvalidInput, match=r"cannot read the directory .*: No such file"):
+        import_dir(cache, str(tmp_path / "missing"), MAX)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InvalidInput, match=r"holds no \.ovf files"):
+        import_dir(cache, str(tmp_path / "empty"), MAX)
+    vm = str(uuid.uuid4())
+    write(tmp_path / "big", vm, vm_ovf(vm, "x", padding=2000))
+    with pytest.raises(InvalidInput, match="is larger than 1000 bytes"):
+        import_dir(cache, str(tmp_path / "big"), 1000)
+    (tmp_path / "twice" / "copy.ovf").parent.mkdir()
+    (tmp_path / "twice" / "copy.ovf").write_bytes(vm_ovf(vm, "x"))
+    write(tmp_path / "twice", vm, vm_ovf(vm, "x"))
+    with pytest.raises(InvalidInput, match=f"describe the same VM {vm}"):
+        import_dir(cache, str(tmp_path / "twice"), MAX)
+
+
+def test_domain_overrides(cache: Cache, add_domain: Callable[..., str], tmp_path: Path) -> None:
+    a, b, c = add_domain(), add_domain(), add_domain()
+    vm, d1, d2 = str(uuid.uuid4()), DiskSpec(a), DiskSpec(None)
+    write(tmp_path / "o", vm, vm_ovf(vm, "x", [d1, d2]))
+    import_dir(cache, str(tmp_path / "o"), MAX, default_domain=b,
+               disk_domains=parse_disk_domains([f"{d1.disk}={c}"]))
+    assert {d.disk_uuid: d.sd_uuid for d in cache.disks(vm)} == {d1.disk: c, d2.disk: b}
+    source = cache.ovf(vm)
+    assert source is not None
+    assert {d.disk_uuid: d.sd_uuid for d in parse(source).disks} == {d1.disk: c, d2.disk: b}
+    with pytest.raises(InvalidInput, match=r"names disk .* which no OVF"):
+        import_dir(cache, str(tmp_path / "o"), MAX,
+                   disk_domains={str(uuid.uuid4()): a})
+    with pytest.raises(InvalidInput, match="takes DISK=DOMAIN"):
+        parse_disk_domains(["abc"])
