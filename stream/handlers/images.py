@@ -123,9 +123,10 @@ async def get(request: web.Request) -> web.StreamResponse:
         request[RESPONSE] = resp
         await resp.prepare(request)
         if r.length:
-            ticket.transferred += await download.send(
-                resp.write, io, volume, r.start, r.end, ticket.check
-            )
+            with download.ResponseSink(request, resp) as sink:
+                ticket.transferred += await download.send(
+                    sink, io, volume, r.start, r.end, ticket.check
+                )
         await resp.write_eof()
     return resp
 
