@@ -1,0 +1,156 @@
+"""Issue "Engine side": one `sluice-engine ovf update --once` pass over N VMs
+with 20 KiB OVFs on 4 file domains of one local daemon.
+
+Each size gets a fresh engine cache (filled in this process through the
+cache API, as `vm import` would), and the pass runs in a child process:
+its wall time and its peak RSS (ru_maxrss from wait4) are the figures.
+The engine uses its default config (zstd when the host lists it, 4 domains
+at once).  Then every domain's committed store is read back (GET
+/domains/{sd}/ovf-store, checked against the cache and the daemon's record)
+into one file, which is uploaded through the image path with curl: the
+same bytes, the same daemon.
+"""
+
+from __future__ import annotations
+
+import http.client
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import xxhash
+
+from engine_client.cache import Cache
+from engine_client.entities import ImportItem
+from engine_client.ovf import parse
+
+from .. import MB, BenchError, MiB, log
+from ..procs import Proc
+from ..workspace import SHM, remove, settled
+from . import OVF_SIZE, ovfgen
+from .daemon import Daemon
+from .measure import ChildResult, MemRow, Metered, check_image, image_put, wait_child
+
+DOMAINS = 4
+IMPORT_BATCH = 500
+#: A pass is stopped (and the row fails) after this long.
+PASS_TIMEOUT = 900.0
+
+
+def engine_command() -> list[str]:
+    exe = Path(sys.executable).parent / "sluice-engine"
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "engine_client"]
+
+
+def fill_cache(state: Path, d: Daemon, count: int) -> None:
+    """A new engine cache: the daemon's domains and host, ``count`` VMs."""
+    pool = d.call("GET", "/pool")["domains"]
+    with Cache.open(str(state)) as cache:
+        for sd in d.domains:
+            cache.add_domain(sd, "file", [pool[sd]["location"]])
+        cache.add_host("h1", d.url, d.token, d.domains)
+        vms = ovfgen.specs(count, d.domains, OVF_SIZE, f"engine-{count}")
+        for i in range(0, count, IMPORT_BATCH):
+            items = []
+            for spec in vms[i:i + IMPORT_BATCH]:
+                data = ovfgen.ovf(spec)
+                items.append(ImportItem(f"{spec.vm}.ovf", parse(data), data))
+            cache.import_entities(items)
+
+
+def run_pass(state: Path, work: Path, d: Daemon, row: MemRow) -> ChildResult:
+    argv = [*engine_command(), "--state-dir", str(state), "ovf", "update", "--once"]
+    metered = Metered(d.proc)
+    start = time.monotonic()
+    proc = Proc("sluice-engine", argv, work / "engine" / f"{state.name}.log")
+    done = wait_child(proc, start, PASS_TIMEOUT)
+    if done.status != 0:
+        raise BenchError(f"sluice-engine ovf update --once exited with {done.status}:\n"
+                         f"{proc.log_tail()}")
+    metered.record(row, done.seconds)
+    row.client_rss.append(done.max_rss)
+    return done
+
+
+def fetch_stores(state: Path, d: Daemon, dest: Path) -> tuple[int, str, dict[str, Any]]:
+    """Check every domain's store against the cache and the daemon's record,
+    and append its tar to ``dest``; (total bytes, their xxh3-128, per domain)."""
+    whole = xxhash.xxh3_128()
+    found: dict[str, Any] = {}
+    host, port = d.url.removeprefix("http://").rsplit(":", 1)
+    with Cache.open(str(state)) as cache, open(dest, "wb") as out:
+        for sd in d.domains:
+            st = cache.store(sd)
+            record = d.newest_store(sd)
+            if st.outdated or record is None or (st.generation, st.digest, st.tar_length) != (
+                    record["generation"], record["digest"], record["tar_length"]):
+                raise BenchError(f"domain {sd}: the engine cache has generation "
+                                 f"{st.generation} digest {st.digest} (outdated: "
+                                 f"{st.outdated}), the daemon {record}")
+            conn = http.client.HTTPConnection(host, int(port), timeout=120)
+            conn.request("GET", f"/domains/{sd}/ovf-store",
+                         headers={"Authorization": f"Bearer {d.token}"})
+            resp = conn.getresponse()
+            h, n = xxhash.xxh3_128(), 0
+            while chunk := resp.read(1 << 20):
+                h.update(chunk)
+                whole.update(chunk)
+                out.write(chunk)
+                n += len(chunk)
+            conn.close()
+            if (resp.status, n, h.hexdigest()) != (200, st.tar_length, st.digest):
+                raise BenchError(f"GET /domains/{sd}/ovf-store: {resp.status}, {n} bytes, "
+                                 f"xxh3 {h.hexdigest()}; committed {st.tar_length} bytes, "
+                                 f"{st.digest}")
+            found[sd] = {"vms": len(st.stored), "generation": st.generation, "tar_bytes": n}
+    return sum(v["tar_bytes"] for v in found.values()), whole.hexdigest(), found
+
+
+def run_size(d: Daemon, work: Path, count: int) -> tuple[MemRow, MemRow]:
+    """The pass over ``count`` VMs and the image upload of its bytes."""
+    state = work / f"engine-{count}"
+    tar = SHM / f"{work.name}-engine-{count}.tar"
+    engine = MemRow("engine", f"ovf-pass-{count}vm", "http", "sluice-engine")
+    image = MemRow("sluice", f"upload-{count}vm", "http", "curl")
+    try:
+        start = time.monotonic()
+        fill_cache(state, d, count)
+        log(f"engine: cache of {count} VMs on {DOMAINS} domains filled in "
+            f"{time.monotonic() - start:.1f} s")
+        with settled():
+            done = run_pass(state, work, d, engine)
+        size, digest, per_domain = fetch_stores(state, d, tar)
+        engine.size = image.size = size
+        engine.verified = True
+        engine.extra = {"vms": count, "domains": per_domain, "engine_cpu_s": done.cpu_s}
+        log(f"{engine.name}: {done.seconds:.2f} s for {size / MB:.1f} MB, engine peak RSS "
+            f"{done.max_rss / MiB:.1f} MiB, daemon RSS +{engine.rss_growth[-1] / MiB:.1f} MiB")
+    except BenchError as e:
+        engine.error = image.error = f"{engine.name}: {e}"
+        log(f"ERROR {engine.error}")
+        remove(tar)
+        return engine, image
+    try:
+        with settled(), d.image_ticket(size) as (url, path):
+            metered = Metered(d.proc)
+            seconds = image_put(tar, url, size)
+            metered.record(image, seconds)
+            check_image(path, size, digest)
+            image.verified = True
+        log(f"{image.name}: {seconds:.2f} s, {size / seconds / MB:.1f} MB/s")
+    except BenchError as e:
+        image.error = str(e)
+        log(f"{image.name}: ERROR {e}")
+    finally:
+        remove(tar)
+    return engine, image
+
+
+def run(d: Daemon, work: Path, sizes: tuple[int, int]) -> tuple[list[MemRow], dict[str, Any]]:
+    d.add_domains(work / "domains", DOMAINS)
+    (work / "engine").mkdir()
+    rows: list[MemRow] = []
+    for count in sizes:
+        rows += run_size(d, work, count)
+    return rows, {"domains": DOMAINS, "vms": list(sizes), "ovf_size": OVF_SIZE}

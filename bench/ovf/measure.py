@@ -1,0 +1,108 @@
+"""What both OVF benches measure with: a metered curl PUT, the daemon's RSS
+before and its peak during, and a child's peak RSS from wait4."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .. import BenchError
+from ..clients import _curl, curl_upload
+from ..procs import Meter, Proc, tree
+from ..report import Row
+from ..workspace import file_digest
+
+
+@dataclass
+class MemRow(Row):
+    """A row of the OVF bench: the image bench's, plus the bytes it moves
+    and memory figures (bytes, per round)."""
+
+    size: int = 0
+    #: The daemon's VmRSS just before each round, and its peak minus that.
+    base_rss: list[int] = field(default_factory=list)
+    rss_growth: list[int] = field(default_factory=list)
+    #: Rows run by a child process (the engine): its peak RSS (ru_maxrss).
+    client_rss: list[int] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def current_rss(pids: list[int]) -> int:
+    """Sum of VmRSS over these processes, in bytes."""
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) * 1024
+    return total
+
+
+class Metered:
+    """Meter a daemon over one transfer: CPU, peak RSS, and RSS before it."""
+
+    def __init__(self, proc: Proc) -> None:
+        self.meter = Meter(proc)  # resets VmHWM to the current RSS
+        self.base = current_rss(tree(proc.pid))
+
+    def record(self, row: MemRow, seconds: float) -> None:
+        usage = self.meter.done()
+        row.seconds.append(seconds)
+        row.cpu_s.append(usage.cpu_s)
+        row.peak_rss = max(row.peak_rss, usage.peak_rss)
+        row.base_rss.append(self.base)
+        row.rss_growth.append(usage.peak_rss - self.base)
+
+
+def put_json(src: Path, url: str, size: int, header_file: Path, answer: Path
+             ) -> tuple[float, Any]:
+    """curl -T with the engine's credential (-H @file); (seconds, JSON answer)."""
+    seconds = _curl(["-o", str(answer), "-H", f"@{header_file}", "-T", str(src), url],
+                    size, "size_upload", None)
+    try:
+        return seconds, json.loads(answer.read_text())
+    finally:
+        answer.unlink()
+
+
+def image_put(src: Path, url: str, size: int) -> float:
+    """The image path: the bench's own `curl -T FILE`."""
+    return curl_upload(src, url, size, None)
+
+
+def check_image(path: Path, size: int, digest: str) -> None:
+    got_size, got = file_digest(path)
+    if (got_size, got) != (size, digest):
+        raise BenchError(f"the image holds {got_size} bytes with xxh3 {got}, "
+                         f"sent {size} bytes with {digest}")
+
+
+@dataclass
+class ChildResult:
+    seconds: float
+    status: int
+    max_rss: int  # bytes
+    cpu_s: float
+
+
+def wait_child(proc: Proc, start: float, timeout: float) -> ChildResult:
+    """Wait for a child started at ``start`` (monotonic); its wall time, exit
+    code, peak RSS and CPU (wait4).  Polls every 10 ms so that a hung child
+    is stopped at ``timeout``.
+    """
+    while True:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            seconds = time.monotonic() - start
+            return ChildResult(seconds, os.waitstatus_to_exitcode(status),
+                               usage.ru_maxrss * 1024, usage.ru_utime + usage.ru_stime)
+        if time.monotonic() - start > timeout:
+            proc.stop()
+            raise BenchError(f"{proc.name} still running after {timeout:.0f} s:\n"
+                             f"{proc.log_tail()}")
+        time.sleep(0.01)
