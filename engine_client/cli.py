@@ -20,7 +20,7 @@ from typing import Any
 
 from stream.wire.errors import WireError
 
-from . import __version__, config, importer, localhash, report
+from . import __version__, config, diskcli, importer, localhash, report
 from .cache import Cache
 from .errors import EngineError, InvalidInput, NotFound
 from .model import DomainStatus, VmStatus
@@ -78,6 +78,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("status")
     s = vm.add_parser("delete", help="delete a VM or template")
     s.add_argument("vm")
+    diskcli.add_vm_create(vm)
+    diskcli.add_disk_parsers(sub)
 
     dom = sub.add_parser("domain", help="storage domains").add_subparsers(dest="action",
                                                                           required=True)
@@ -157,6 +159,8 @@ def _vm(cache: Cache, cfg: config.Config, args: argparse.Namespace) -> int:
         cache.set_status(args.vm, VmStatus.parse(args.status))
     elif a == "delete":
         cache.delete_entity(args.vm)
+    elif a == "create":
+        return diskcli.run_vm_create(cache, cfg, args)
     return 0
 
 
@@ -266,6 +270,8 @@ def _dispatch(cfg: config.Config, args: argparse.Namespace) -> int:
             return _vm(cache, cfg, args)
         if args.command == "domain":
             return _domain(cache, args)
+        if args.command == "disk":
+            return diskcli.run_disk(cache, cfg, args)
         if args.command == "host":
             return _host(cache, args)
         if args.command == "ovf":

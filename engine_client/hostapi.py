@@ -68,7 +68,7 @@ class HostClient:
                                      sock_read=self._http.read_timeout)
 
     async def _request(self, method: str, path: str, *, total: float | None = None,
-                       **kwargs: Any) -> dict[str, Any]:
+                       empty_ok: bool = False, **kwargs: Any) -> dict[str, Any]:
         what = f"{method} {path}"
         url = self.host.url + path
         headers = {**self._headers, **kwargs.pop("headers", {})}
@@ -100,6 +100,8 @@ class HostClient:
             raise HostError(self.host.name, f"{what} answered {status} {detail}",
                             status=status, code=code,
                             body=answer if isinstance(answer, dict) else None)
+        if empty_ok and not body.strip():
+            answer = {}  # 200 or 204 without a body (tickets, deletions)
         if not isinstance(answer, dict):
             raise HostError(self.host.name, f"{what} answered {status} without a JSON object",
                             status=status, code="bad-answer")

@@ -250,10 +250,13 @@ async def readback(io: IO, dst: Volume, spans: list[Span]) -> StreamingBlockHash
     return h
 
 
-async def copy(io: IO, job: Job, source: Source, dst: Volume, *, punch: bool) -> None:
+async def copy(io: IO, job: Job, source: Source, dst: Volume, *, punch: bool,
+               grow: bool = False) -> None:
+    """``grow``: the destination is a file that may get longer (the bytes of a
+    qcow2 image, whose file size is not its virtual size)."""
     spans = await source.spans()
     size = source.size
-    if size > await io.run(dst.size):
+    if size > await io.run(dst.size) and not grow:
         raise InvalidRequest(f"the destination is smaller than the source ({size} bytes)")
     job.bytes_total = sum(s.length for s in spans if not s.zero)
     transit = _Transit(job)

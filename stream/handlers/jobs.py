@@ -81,7 +81,10 @@ async def start_copy(request: web.Request) -> web.Response:
                 source = LocalSource(io, src_volume, src_info.size)
             else:
                 source = RemoteSource(io, url, ctx)
-            await copy(io, job, source, volume, punch=str(dst.allocation) == "sparse")
+            # A qcow2 file copied as it is: its file size is not its virtual size.
+            grow = str(dst.format) == "qcow2" and dst.length is None
+            await copy(io, job, source, volume, punch=str(dst.allocation) == "sparse",
+                       grow=grow)
         finally:
             if source is not None:
                 await source.close()

@@ -1,0 +1,168 @@
+"""The ``disk`` commands and ``vm create`` of ``sluice-engine``.
+
+Exit status as the rest of the command line: 0 done, 1 the work failed on
+the way (the message says what state it left), 2 bad input.  Ctrl-C
+stops a running copy job on its host (``DELETE /jobs/{id}``) and exits 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from .cache import Cache
+from .config import Config
+from .errors import EngineError
+
+if TYPE_CHECKING:  # aiohttp and tqdm: imported only by the commands that need them
+    from .disks import Ctx
+    from .progress import Progress
+
+T = TypeVar("T")
+CANCELED = ("canceled: the copy job was stopped on its host; the source is untouched and "
+            "the destination is marked incomplete, so running the command again copies anew")
+
+
+def add_disk_parsers(sub: Any) -> None:
+    disk = sub.add_parser("disk", help="copy, move, upload and download disks")
+    acts = disk.add_subparsers(dest="action", required=True)
+    for name, text in (("copy", "copy a disk to another domain (the source stays)"),
+                       ("move", "move a disk to another domain (verified copy, then the "
+                        "source is removed)")):
+        s = acts.add_parser(name, help=text)
+        s.add_argument("disk")
+        s.add_argument("--to", required=True, help="the destination storage domain")
+        s.add_argument("--format", choices=("raw", "qcow2"),
+                       help="the destination's format (default: the source's)")
+        s.add_argument("--allocation", choices=("sparse", "preallocated"))
+        s.add_argument("--json", action="store_true", help="JSON lines on stdout")
+    s = acts.add_parser("upload", help="upload a raw or qcow2 file as a new disk")
+    s.add_argument("file")
+    s.add_argument("--domain", required=True)
+    s.add_argument("--disk", help="resume into this disk (made by an interrupted upload)")
+    s.add_argument("--json", action="store_true", help="JSON lines on stdout")
+    s = acts.add_parser("download", help="download a disk into a local file")
+    s.add_argument("disk")
+    s.add_argument("file")
+    s.add_argument("--domain", help="the disk's domain, for a disk no VM has")
+    s.add_argument("--json", action="store_true", help="JSON lines on stdout")
+
+
+def add_vm_create(vm: Any) -> None:
+    s = vm.add_parser("create", help="create a VM (or template) with disks on chosen domains")
+    s.add_argument("name")
+    s.add_argument("--disk", action="append", default=[], metavar="SIZE@DOMAIN[:FORMAT]",
+                   help="a new empty disk (repeatable), e.g. 10G@SD or 1G@SD:qcow2")
+    s.add_argument("--attach", action="append", default=[], metavar="DISK@DOMAIN",
+                   help="an existing disk, say an uploaded one (repeatable)")
+    s.add_argument("--from-template", metavar="TEMPLATE",
+                   help="clone the disks of this template")
+    s.add_argument("--to", action="append", default=[], metavar="DOMAIN",
+                   help="where the template's disks go: once for all, or once per disk")
+    s.add_argument("--template", action="store_true", help="create a template, not a VM")
+    s.add_argument("--json", action="store_true", help="JSON lines on stdout")
+
+
+async def _cancellable(work: Awaitable[T]) -> T:
+    """Run ``work``; SIGINT and SIGTERM cancel it (its cleanup runs first)."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.ensure_future(work)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, task.cancel)
+    try:
+        return await task
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+def _with_ctx(cache: Cache, cfg: Config, progress: Progress,
+              body: Callable[[Ctx], Awaitable[T]]) -> T:
+    from .disks import Ctx
+    from .hostapi import Clients
+
+    async def main() -> T:
+        clients = Clients(cfg.http)
+        try:
+            return await _cancellable(body(Ctx(cache, clients, progress.event)))
+        finally:
+            await clients.close()
+
+    return asyncio.run(main())
+
+
+def run_disk(cache: Cache, cfg: Config, args: argparse.Namespace) -> int:
+    from .disks import copy_disk
+    from .progress import Progress
+
+    a = args.action
+    progress = Progress(f"{a} {getattr(args, 'disk', None) or args.file}", args.json)
+    try:
+        if a in ("copy", "move"):
+            summary = _with_ctx(cache, cfg, progress, lambda ctx: copy_disk(
+                ctx, args.disk, args.to, move=a == "move", fmt=args.format,
+                allocation=args.allocation))
+            text = (f"disk {summary['disk']} is already on {summary['to']}"
+                    if summary.get("already_there") else
+                    f"disk {summary['disk']} {'moved' if a == 'move' else 'copied'} from "
+                    f"{summary['from']} to {summary['to']}, verified")
+        else:
+            summary = _transfer(cache, cfg, args, progress)
+            text = (f"{'uploaded' if a == 'upload' else 'downloaded'} disk {summary['disk']} "
+                    f"({summary['data_bytes']} bytes of data), checksum {summary['checksum']}")
+    except asyncio.CancelledError:
+        progress.close()
+        print(f"sluice-engine: {CANCELED}", file=sys.stderr)
+        return 1
+    finally:
+        progress.close()
+    progress.result(summary, text)
+    return 0
+
+
+def _transfer(cache: Cache, cfg: Config, args: argparse.Namespace,
+              progress: Progress) -> dict[str, Any]:
+    from . import transfers
+
+    upload = args.action == "upload"
+    opened = _with_ctx(cache, cfg, progress, lambda ctx: (
+        transfers.open_upload(ctx, args.file, args.domain, args.disk) if upload
+        else transfers.open_download(ctx, args.disk, args.domain)))
+    progress.emit({"event": "ticket", "host": opened.host, **opened.ref.to_json()})
+    try:
+        return transfers.run(opened, args.file, upload, progress.bytes(opened.size),
+                             cfg.http.ca_file or None)
+    except KeyboardInterrupt:
+        again = f" with --disk {opened.ref.img_uuid}" if upload else ""
+        raise EngineError(f"interrupted; run the command again{again} to finish it") from None
+    finally:
+        _with_ctx(cache, cfg, progress, lambda ctx: transfers.close(ctx, opened))
+
+
+def run_vm_create(cache: Cache, cfg: Config, args: argparse.Namespace) -> int:
+    from . import vms
+    from .progress import Progress
+
+    disks = [vms.parse_new_disk(d) for d in args.disk]
+    attach = [vms.parse_attach(d) for d in args.attach]
+    if args.to and not args.from_template:
+        print("sluice-engine: --to places a template's disks; give --from-template too",
+              file=sys.stderr)
+        return 2
+    progress = Progress(f"create {args.name}", args.json)
+    try:
+        summary = _with_ctx(cache, cfg, progress, lambda ctx: vms.create_vm(
+            ctx, args.name, disks, attach, args.from_template, args.to, args.template))
+    except asyncio.CancelledError:
+        print("sluice-engine: canceled; the volumes this command created were removed",
+              file=sys.stderr)
+        return 1
+    finally:
+        progress.close()
+    progress.result(summary, f"created {summary['kind']} {summary['name']} "
+                             f"({summary['uuid']}) with {len(summary['disks'])} disks")
+    return 0

@@ -1,0 +1,297 @@
+"""Copy and move disks between storage domains (issue 6, the engine side).
+
+A copy finds the disk's one volume, creates (or reuses) the destination
+volume with the same UUIDs, opens a read ticket on the source host when
+another host serves the destination, runs ``POST /jobs/copy`` there and
+checks how it ended: job ``done``, transit, source and destination
+checksums equal (or ``qemu-img compare`` for a format change), destination
+``legal``.  Only then is the new domain recorded in the cache (the next
+OVF pass rewrites both domains' stores).  A move then removes the source;
+the removal is journaled first, so one that fails is done by the next run.
+A failed or canceled copy leaves the source as it was and the destination
+marked incomplete; running the command again copies anew into it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .cache import Cache
+from .errors import EngineError, HostError, InvalidInput, NotFound
+from .hostapi import Clients, HostClient
+from .hostvol import (
+    VolumeRef,
+    add_ticket,
+    cancel_job,
+    create_volume,
+    delete_ticket,
+    delete_volume,
+    get_job,
+    get_volume,
+    list_volumes,
+    start_copy,
+    ticket_size,
+)
+from .model import Disk, DomainStatus, Host
+from .ovf import canonical_uuid
+
+Report = Callable[[dict[str, Any]], None]
+ACTIVE_STATES = ("pending", "running", "verifying")
+JOURNAL = "pending-removals.json"
+
+
+class DiskError(EngineError):
+    """A copy, move or transfer that did not finish; the message says what holds."""
+
+
+@dataclass
+class Ctx:
+    cache: Cache
+    clients: Clients
+    report: Report = field(default=lambda _: None)
+    #: Seconds between ``GET /jobs/{id}``: a bar that moves, a cheap request.
+    poll: float = 0.25
+
+
+@dataclass
+class Copied:
+    source: VolumeRef
+    destination: VolumeRef
+    host: str
+    job: str
+    format: str
+    checksum: str | None
+    bytes_copied: int
+    reused: bool
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"source": self.source.to_json(), "destination": self.destination.to_json(),
+                "host": self.host, "job": self.job, "format": self.format,
+                "checksum": self.checksum, "bytes_copied": self.bytes_copied,
+                "reused_destination": self.reused,
+                "verified_with": "qemu-img compare" if self.checksum is None
+                else "xxh3_128 block hash", **self.extra}
+
+
+def serving(cache: Cache, sd_uuid: str) -> list[Host]:
+    hosts = [h for h in cache.hosts() if sd_uuid in h.domains]
+    if not hosts:
+        raise DiskError(f"no host serves storage domain {sd_uuid}; give it one with "
+                        "'sluice-engine host add NAME URL --domain SD'")
+    return hosts
+
+
+def locate(cache: Cache, disk_uuid: str) -> tuple[str, list[Disk]]:
+    """The disk's domain and its rows (one per VM or template that has it)."""
+    disk = canonical_uuid(disk_uuid, "disk")
+    rows = [d for d in cache.disks() if d.disk_uuid == disk]
+    if not rows:
+        raise NotFound(f"disk {disk} is not known; import or create its VM first")
+    sds = sorted({d.sd_uuid for d in rows})
+    if len(sds) > 1:
+        raise DiskError(f"disk {disk} is recorded on several domains ({', '.join(sds)}); "
+                        "fix it with 'sluice-engine vm set-disk' first")
+    return sds[0], rows
+
+
+async def source_volume(c: HostClient, sd_uuid: str, image: str) -> dict[str, Any]:
+    """The one data volume of ``image`` on ``sd_uuid``, legal."""
+    found = [v for v in await list_volumes(c, sd_uuid, image) if v.get("content") == "DATA"]
+    if not found:
+        raise DiskError(f"storage domain {sd_uuid} holds no volume of disk {image}")
+    if len(found) > 1:
+        raise DiskError(f"disk {image} has {len(found)} volumes (snapshots) on {sd_uuid}; "
+                        "only disks of one volume can be copied")
+    if not found[0].get("legal", True):
+        raise DiskError(f"the volume of disk {image} on {sd_uuid} is marked incomplete "
+                        "(an unfinished copy); it cannot be a source")
+    return found[0]
+
+
+def _target_format(ctx: Ctx, dst_sd: str, src_fmt: str, fmt: str | None) -> str:
+    if ctx.cache.domain(dst_sd).type == "block":
+        if fmt == "qcow2":
+            raise InvalidInput(f"storage domain {dst_sd} is a block domain; it holds raw "
+                               "volumes only")
+        return "raw"
+    return fmt or src_fmt
+
+
+def _choose(src: list[Host], dst: list[Host], convert: bool) -> tuple[Host, Host]:
+    both = [h for h in dst if h in src]
+    if both:
+        return both[0], both[0]
+    if convert:
+        raise DiskError("a format change needs one host that serves both domains; none does")
+    return src[0], dst[0]
+
+
+def check_result(job: dict[str, Any], convert: bool) -> str | None:
+    """The verified checksum of a done job, or DiskError."""
+    r = job.get("result") or {}
+    if convert:
+        if r.get("verified_with") != "qemu-img compare":
+            raise DiskError(f"copy job {job['id']} ended without a qemu-img comparison")
+        return None
+    sums = [(r.get(k) or {}).get("checksum")
+            for k in ("checksum", "source_checksum", "destination_checksum")]
+    if None in sums or len(set(sums)) != 1:
+        raise DiskError(f"the checksums of copy job {job['id']} differ (sent {sums[0]}, "
+                        f"source {sums[1]}, destination {sums[2]})")
+    return str(sums[0])
+
+
+async def _follow(ctx: Ctx, c: HostClient, job: dict[str, Any]) -> dict[str, Any]:
+    job_id = str(job["id"])
+    try:
+        while job["state"] in ACTIVE_STATES:
+            await asyncio.sleep(ctx.poll)
+            job = await get_job(c, job_id)
+            ctx.report({"event": "progress", "job": job_id, "state": job["state"],
+                        "bytes_done": job["bytes_done"], "bytes_total": job["bytes_total"]})
+    except asyncio.CancelledError:
+        # Ctrl-C: stop the job on the host, whatever happens to us next.
+        with contextlib.suppress(EngineError):
+            await asyncio.shield(cancel_job(c, job_id))
+        ctx.report({"event": "canceled", "job": job_id, "host": c.host.name})
+        raise
+    return job
+
+
+async def transfer(ctx: Ctx, src_sd: str, image: str, dst: VolumeRef,
+                   fmt: str | None = None, allocation: str | None = None) -> Copied:
+    """Copy the one volume of ``image`` on ``src_sd`` into ``dst`` (created if
+    missing, reused if it matches) and verify it; the cache is not touched."""
+    if ctx.cache.domain(dst.sd_uuid).status != DomainStatus.ACTIVE:
+        raise DiskError(f"storage domain {dst.sd_uuid} is not Active")
+    src_hosts, dst_hosts = serving(ctx.cache, src_sd), serving(ctx.cache, dst.sd_uuid)
+    src = await source_volume(ctx.clients(src_hosts[0]), src_sd, image)
+    source = VolumeRef(src_sd, image, str(src["vol_uuid"]))
+    size, src_fmt = int(src["size"]), str(src["format"])
+    target = _target_format(ctx, dst.sd_uuid, src_fmt, fmt)
+    convert = target != src_fmt
+    src_host, dst_host = _choose(src_hosts, dst_hosts, convert)
+    sc, dc = ctx.clients(src_host), ctx.clients(dst_host)
+    old = await get_volume(dc, dst)
+    reused = old is not None
+    if old is None:
+        others = await list_volumes(dc, dst.sd_uuid, dst.img_uuid)
+        if others:
+            raise DiskError(f"storage domain {dst.sd_uuid} already holds other volumes of "
+                            f"disk {dst.img_uuid}; remove them first")
+        await create_volume(dc, dst, size, target, allocation or str(src["allocation"]),
+                            f"copy of {image} from {src_sd}")
+        ctx.report({"event": "volume", "action": "created", **dst.to_json()})
+    elif (int(old["size"]), old["format"]) != (size, target):
+        raise DiskError(f"storage domain {dst.sd_uuid} already holds volume {dst.vol_uuid} "
+                        f"with another size or format; delete it first")
+    url = None
+    if src_host == dst_host:
+        spec: dict[str, Any] = source.to_json()
+    else:
+        url = await add_ticket(sc, source, ticket_size(size, src_fmt), ["read"])
+        spec = {"url": url, "format": src_fmt}
+    try:
+        job = await start_copy(dc, spec, dst)
+        ctx.report({"event": "started", "job": job["id"], "host": dst_host.name,
+                    "source_host": src_host.name, "format": target})
+        job = await _follow(ctx, dc, job)
+    finally:
+        if url is not None:
+            with contextlib.suppress(EngineError):
+                await asyncio.shield(delete_ticket(sc, url))
+    if job["state"] != "done":
+        raise DiskError(f"the copy {job['state']} on host {dst_host.name}: "
+                        f"{job.get('error') or 'no reason given'}; the source is untouched "
+                        "and the destination is marked incomplete, so running the command "
+                        "again copies anew")
+    checksum = check_result(job, convert)
+    info = await get_volume(dc, dst)
+    if info is None or not info.get("legal"):
+        raise DiskError(f"copy job {job['id']} ended but the destination volume is not legal")
+    return Copied(source, dst, dst_host.name, str(job["id"]), target, checksum,
+                  int(job["bytes_done"]), reused)
+
+
+# -- the journal of source volumes to remove
+
+
+def _journal(cache: Cache) -> str:
+    return os.path.join(cache.state_dir, JOURNAL)
+
+
+def _read_journal(cache: Cache) -> dict[str, dict[str, str]]:
+    try:
+        with open(_journal(cache)) as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as e:
+        raise DiskError(f"cannot read {_journal(cache)}: {e}") from None
+    return data if isinstance(data, dict) else {}
+
+
+def _write_journal(cache: Cache, data: dict[str, dict[str, str]]) -> None:
+    path = _journal(cache)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(data, f, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+async def _remove_pending(ctx: Ctx, disk: str, current_sd: str) -> dict[str, str] | None:
+    """Remove the old volume a move left behind, never the one on ``current_sd``."""
+    entry = _read_journal(ctx.cache).get(disk)
+    if entry is None:
+        return None
+    ref = VolumeRef(entry["sd_id"], entry["img_id"], entry["vol_id"])
+    try:
+        if ref.sd_uuid != current_sd:  # else the disk went back there since: it is live
+            await delete_volume(ctx.clients(serving(ctx.cache, ref.sd_uuid)[0]), ref)
+            ctx.report({"event": "removed", **entry})
+    except HostError as e:
+        if e.status != 404:
+            raise DiskError(f"disk {disk} is on its new domain, but removing its old volume "
+                            f"on {ref.sd_uuid} failed ({e}); run the command again") from None
+    data = _read_journal(ctx.cache)
+    data.pop(disk, None)
+    _write_journal(ctx.cache, data)
+    return entry if ref.sd_uuid != current_sd else None
+
+
+async def copy_disk(ctx: Ctx, disk_uuid: str, dst_sd: str, *, move: bool,
+                    fmt: str | None = None, allocation: str | None = None) -> dict[str, Any]:
+    """``disk copy|move DISK --to DOMAIN``; answers a summary for ``--json``."""
+    src_sd, rows = locate(ctx.cache, disk_uuid)
+    disk = rows[0].disk_uuid
+    dst_sd = ctx.cache.domain(dst_sd).uuid
+    summary: dict[str, Any] = {"disk": disk, "action": "move" if move else "copy",
+                               "from": src_sd, "to": dst_sd, "state": "done"}
+    if src_sd == dst_sd:
+        removed = await _remove_pending(ctx, disk, dst_sd) if move else None
+        return {**summary, "already_there": True, "source_removed": removed is not None}
+    src = await source_volume(ctx.clients(serving(ctx.cache, src_sd)[0]), src_sd, disk)
+    dst = VolumeRef(dst_sd, disk, str(src["vol_uuid"]))
+    copied = await transfer(ctx, src_sd, disk, dst, fmt, allocation)
+    if move:
+        data = _read_journal(ctx.cache)
+        data[disk] = copied.source.to_json()
+        _write_journal(ctx.cache, data)
+    for row in rows:
+        ctx.cache.set_disk(row.entity_uuid, disk, dst_sd)
+    ctx.report({"event": "recorded", "disk": disk, "sd_id": dst_sd,
+                "entities": [r.entity_uuid for r in rows]})
+    # A copy that lands where an earlier move left an old volume makes it live.
+    removed = await _remove_pending(ctx, disk, dst_sd) if move or disk in _read_journal(
+        ctx.cache) else None
+    return {**summary, **copied.to_json(), "entities": [r.entity_uuid for r in rows],
+            "source_removed": removed is not None}

@@ -1,0 +1,124 @@
+"""``disk upload`` and ``disk download``: a local file to or from a volume.
+
+The engine creates the volume (upload), opens a ticket on a host serving
+the domain, and moves the bytes with ``imagetransfer`` (sparse, resumed by
+range after a broken connection, verified by checksum at the end); the
+ticket is deleted whatever happens.  A qcow2 file is uploaded as it is
+into a qcow2 volume of its virtual size; a download writes the volume's
+bytes (a qcow2 volume gives a qcow2 file).  ``--disk`` makes an upload
+resume into the volume an interrupted run created.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import struct
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from . import imagetransfer
+from .disks import Ctx, DiskError, locate, serving, source_volume
+from .errors import EngineError, InvalidInput
+from .hostvol import (
+    VolumeRef,
+    add_ticket,
+    create_volume,
+    delete_ticket,
+    list_volumes,
+    ticket_size,
+)
+
+QCOW2_MAGIC = b"QFI\xfb"
+
+
+@dataclass(frozen=True)
+class Opened:
+    ref: VolumeRef
+    url: str
+    host: str
+    size: int  # bytes to move: the file's (upload) or the volume's (download)
+    format: str
+
+
+def local_format(path: str) -> tuple[str, int, int]:
+    """``(format, virtual size, file size)`` of a local image."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(32)
+            size = os.fstat(f.fileno()).st_size
+    except OSError as e:
+        raise InvalidInput(f"cannot read {path}: {e.strerror}") from None
+    if head[:4] != QCOW2_MAGIC:
+        return "raw", -(-size // 512) * 512, size
+    if len(head) < 32:
+        raise InvalidInput(f"{path} is a truncated qcow2 image")
+    backing_offset, = struct.unpack(">Q", head[8:16])
+    if backing_offset:
+        raise InvalidInput(f"{path} is a qcow2 image with a backing file; upload a "
+                           "self-contained image (qemu-img convert)")
+    virtual, = struct.unpack(">Q", head[24:32])
+    return "qcow2", virtual, size
+
+
+async def open_upload(ctx: Ctx, path: str, sd_uuid: str, disk: str | None) -> Opened:
+    fmt, virtual, size = local_format(path)
+    sd = ctx.cache.domain(sd_uuid).uuid
+    if fmt == "qcow2" and ctx.cache.domain(sd).type == "block":
+        raise InvalidInput(f"{path} is qcow2 and {sd} is a block domain (raw only); "
+                           "convert it first")
+    host = serving(ctx.cache, sd)[0]
+    c = ctx.clients(host)
+    img = disk or str(uuid.uuid4())
+    found = await list_volumes(c, sd, img) if disk else []
+    if found:
+        v = found[0]
+        if len(found) > 1 or (int(v["size"]), v["format"]) != (virtual, fmt):
+            raise DiskError(f"disk {img} on {sd} does not match {path} (size or format); "
+                            "upload into a new disk instead")
+        ref = VolumeRef(sd, img, str(v["vol_uuid"]))
+        allocation = str(v["allocation"])
+    else:
+        ref = VolumeRef(sd, img, str(uuid.uuid4()))
+        allocation = "sparse"
+        await create_volume(c, ref, virtual, fmt, allocation, f"upload of {os.path.basename(path)}")
+        ctx.report({"event": "volume", "action": "created", **ref.to_json()})
+    url = await add_ticket(c, ref, size, ["write"], sparse=allocation == "sparse")
+    return Opened(ref, url, host.name, size, fmt)
+
+
+async def open_download(ctx: Ctx, disk: str, sd_uuid: str | None) -> Opened:
+    sd = ctx.cache.domain(sd_uuid).uuid if sd_uuid else locate(ctx.cache, disk)[0]
+    host = serving(ctx.cache, sd)[0]
+    c = ctx.clients(host)
+    v = await source_volume(c, sd, disk)
+    ref = VolumeRef(sd, disk, str(v["vol_uuid"]))
+    size = ticket_size(int(v["size"]), str(v["format"]))
+    url = await add_ticket(c, ref, size, ["read"])
+    return Opened(ref, url, host.name, size, str(v["format"]))
+
+
+async def close(ctx: Ctx, opened: Opened) -> None:
+    with contextlib.suppress(EngineError):
+        await delete_ticket(ctx.clients(ctx.cache.host(opened.host)), opened.url)
+
+
+def run(opened: Opened, path: str, upload: bool, progress: Callable[[int], None],
+        cafile: str | None) -> dict[str, Any]:
+    """Move the bytes (blocking); TransferError becomes DiskError."""
+    try:
+        with imagetransfer.Client(opened.url, cafile=cafile) as client:
+            if upload:
+                result = imagetransfer.upload(path, client, progress)
+            else:
+                result = imagetransfer.download(client, path, progress)
+    except imagetransfer.TransferError as e:
+        verb = "upload" if upload else "download"
+        raise DiskError(f"the {verb} failed: {e}") from None
+    except OSError as e:
+        raise DiskError(f"cannot use {path}: {e.strerror or e}") from None
+    return {"disk": opened.ref.img_uuid, "sd": opened.ref.sd_uuid,
+            "volume": opened.ref.vol_uuid, "host": opened.host, "format": opened.format,
+            "file": path, **result.to_json()}

@@ -1,0 +1,485 @@
+"""Disks across storage domains against two real ``sluice serve`` daemons.
+
+Host h0 serves file domain F1 (and a block domain on a loop device, when
+the test asks for one), host h1 serves file domain F2.  Data is checked by
+downloading it back and comparing bytes (or ``qemu-img compare``), OVF
+stores by reading them back from the hosts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from engine_client import transfers
+from engine_client.cache import Cache
+from engine_client.config import Config
+from engine_client.disks import Ctx, DiskError, copy_disk
+from engine_client.hostapi import Clients
+from engine_client.ovf import parse
+from engine_client.poolsync import PoolSync
+from engine_client.updater import Updater
+from engine_client.vms import NewDisk, create_vm
+from tests.stream.daemon import Daemon
+
+from .test_e2e import Member, stored
+
+MiB = 1 << 20
+
+
+@dataclass
+class World:
+    cache: Cache
+    cfg: Config
+    ctx: Ctx
+    a: Daemon
+    b: Daemon
+    f1: str
+    f2: str
+    events: list[dict[str, Any]]
+    tmp: Path
+
+    async def push(self) -> None:
+        sync = PoolSync(self.cache, self.cfg)
+        try:
+            assert {r.state for r in await sync.sync_once(force=True)} == {"pushed"}
+        finally:
+            await sync.close()
+
+    def host_url(self, name: str, port: int) -> None:
+        h = self.cache.host(name)
+        self.cache.add_host(name, f"http://127.0.0.1:{port}", h.token, h.domains)
+
+    async def block_domain(self, loop_device: Any) -> str:
+        dev = loop_device(256 * MiB)
+        sd = "0b10c000-0000-4000-8000-000000000001"
+        status, body = self.a.request("POST", "/domains", {
+            "uuid": sd, "type": "block", "location": [dev], "ovf_stores": 1,
+            "ovf_store_size": 8 * MiB})
+        assert status == 201, body
+        self.cache.add_domain(sd, "block", [dev])
+        h0 = self.cache.host("h0")
+        self.cache.add_host("h0", h0.url, h0.token, [*h0.domains, sd])
+        await self.push()
+        return sd
+
+    async def upload(self, path: Path, sd: str) -> str:
+        opened = await transfers.open_upload(self.ctx, str(path), sd, None)
+        try:
+            await asyncio.to_thread(transfers.run, opened, str(path), True, lambda n: None,
+                                    None)
+        finally:
+            await transfers.close(self.ctx, opened)
+        return opened.ref.img_uuid
+
+    async def download(self, disk: str, sd: str, path: Path) -> dict[str, Any]:
+        opened = await transfers.open_download(self.ctx, disk, sd)
+        try:
+            return await asyncio.to_thread(transfers.run, opened, str(path), False,
+                                           lambda n: None, None)
+        finally:
+            await transfers.close(self.ctx, opened)
+
+    async def volumes(self, sd: str, disk: str) -> list[dict[str, Any]]:
+        from engine_client.hostvol import list_volumes
+
+        host = next(h for h in self.cache.hosts() if sd in h.domains)
+        return await list_volumes(self.ctx.clients(host), sd, disk)
+
+    async def vm_with(self, path: Path, sd: str, name: str = "vm") -> tuple[str, str]:
+        disk = await self.upload(path, sd)
+        vm = await create_vm(self.ctx, name, [], [(disk, sd)])
+        return str(vm["uuid"]), disk
+
+
+@pytest.fixture
+async def world(cache: Cache, cfg: Config, daemons: Callable[[], Daemon],
+                tmp_path: Path) -> AsyncIterator[World]:
+    cfg.http.read_timeout = 10
+    a, b = await asyncio.to_thread(daemons), await asyncio.to_thread(daemons)
+    f1, f2 = Path(a.domain).name, Path(b.domain).name
+    cache.add_domain(f1, "file", [a.domain.rstrip("/")])
+    cache.add_domain(f2, "file", [b.domain.rstrip("/")])
+    cache.add_host("h0", f"http://127.0.0.1:{a.port}", a.token, [f1])
+    cache.add_host("h1", f"http://127.0.0.1:{b.port}", b.token, [f2])
+    events: list[dict[str, Any]] = []
+    clients = Clients(cfg.http)
+    w = World(cache, cfg, Ctx(cache, clients, events.append, poll=0.05), a, b, f1, f2,
+              events, tmp_path)
+    await w.push()
+    yield w
+    await clients.close()
+
+
+def image(path: Path, size: int, sparse: bool) -> Path:
+    with open(path, "wb") as f:
+        if sparse:
+            f.truncate(size)
+            for off in (0, size // 3 + 4096, size - 65536):
+                f.seek(off)
+                f.write(os.urandom(65536 if off else 2 * MiB))
+        else:
+            f.write(os.urandom(size))
+    return path
+
+
+def qcow2(raw: Path) -> Path:
+    out = raw.with_suffix(".qcow2")
+    subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(out)],
+                   check=True, capture_output=True)
+    return out
+
+
+def same_guest_data(a: Path, fa: str, b: Path, fb: str) -> bool:
+    return subprocess.run(["qemu-img", "compare", "-f", fa, "-F", fb, str(a), str(b)],
+                          capture_output=True).returncode == 0
+
+
+async def test_move_across_hosts_updates_both_ovf_stores(world: World) -> None:
+    w = world
+    src = image(w.tmp / "a.raw", 24 * MiB, sparse=True)
+    vm, disk = await w.vm_with(src, w.f1)
+    other, _ = await w.vm_with(image(w.tmp / "o.raw", MiB, sparse=False), w.f1, "other")
+    updater = Updater(w.cache, w.cfg)
+    try:
+        assert (await updater.run_once()).ok
+        m1, m2 = Member(w.a, w.f1, "h0"), Member(w.b, w.f2, "h1")
+        assert vm in (await stored(m1)).ovfs
+        summary = await copy_disk(w.ctx, disk, w.f2, move=True)
+        assert summary["source_removed"] and summary["host"] == "h1"
+        assert summary["bytes_copied"] < 24 * MiB  # holes never travelled
+        started = next(e for e in w.events if e["event"] == "started")
+        assert started["source_host"] == "h0"  # a remote source, through a ticket
+        assert await w.volumes(w.f1, disk) == []
+        (dst,) = await w.volumes(w.f2, disk)
+        assert dst["legal"] and dst["format"] == "raw"
+        result = await w.download(disk, w.f2, w.tmp / "back.raw")
+        assert (w.tmp / "back.raw").read_bytes() == src.read_bytes()
+        assert result["checksum"] == summary["checksum"]
+        assert [d.sd_uuid for d in w.cache.disks(vm)] == [w.f2]
+        r = await updater.run_once()
+        assert {d.sd_uuid: d.outcome for d in r.domains} == {w.f1: "updated",
+                                                              w.f2: "updated"}
+        s1, s2 = await stored(m1), await stored(m2)
+        assert vm not in s1.ovfs and other in s1.ovfs  # left F1, which keeps the other
+        assert parse(s2.ovfs[vm]).disks[0].sd_uuid == w.f2
+        again = await copy_disk(w.ctx, disk, w.f2, move=True)
+        assert again["already_there"] and not again["source_removed"]
+    finally:
+        await updater.close()
+
+
+@pytest.mark.parametrize("fmt,sparse", [("raw", False), ("qcow2", True)],
+                         ids=["raw-full", "qcow2-sparse"])
+async def test_copy_keeps_source_and_format(world: World, fmt: str, sparse: bool) -> None:
+    w = world
+    raw = image(w.tmp / "s.raw", 16 * MiB, sparse)
+    local = qcow2(raw) if fmt == "qcow2" else raw
+    vm, disk = await w.vm_with(local, w.f1)
+    summary = await copy_disk(w.ctx, disk, w.f2, move=False)
+    assert not summary["source_removed"] and summary["format"] == fmt
+    assert len(await w.volumes(w.f1, disk)) == 1  # a copy keeps the source
+    for sd in (w.f1, w.f2):
+        await w.download(disk, sd, w.tmp / f"{sd}.img")
+        assert same_guest_data(raw, "raw", w.tmp / f"{sd}.img", fmt)
+    assert [d.sd_uuid for d in w.cache.disks(vm)] == [w.f2]
+
+
+async def test_format_change_needs_a_host_with_both(world: World) -> None:
+    w = world
+    raw = image(w.tmp / "c.raw", 8 * MiB, sparse=True)
+    _, disk = await w.vm_with(raw, w.f1)
+    with pytest.raises(DiskError, match="needs one host that serves both domains"):
+        await copy_disk(w.ctx, disk, w.f2, move=True, fmt="qcow2")
+    assert len(await w.volumes(w.f1, disk)) == 1
+    h1 = w.cache.host("h1")  # file domains are shared storage: h1 can serve F1 too
+    w.cache.add_host("h1", h1.url, h1.token, [w.f1, w.f2])
+    await w.push()
+    summary = await copy_disk(w.ctx, disk, w.f2, move=True, fmt="qcow2")
+    assert summary["format"] == "qcow2" and summary["verified_with"] == "qemu-img compare"
+    await w.download(disk, w.f2, w.tmp / "c.qcow2")
+    assert same_guest_data(raw, "raw", w.tmp / "c.qcow2", "qcow2")
+    assert await w.volumes(w.f1, disk) == []
+
+
+async def test_block_domain_pairs(world: World, loop_device: Any) -> None:
+    w = world
+    blk = await w.block_domain(loop_device)
+    raw = image(w.tmp / "b.raw", 20 * MiB, sparse=True)
+    _, disk = await w.vm_with(raw, w.f1)
+    moved = await copy_disk(w.ctx, disk, blk, move=True)  # same host: a local source
+    assert moved["host"] == "h0" and moved["source_removed"]
+    copied = await copy_disk(w.ctx, disk, w.f2, move=False)  # block -> file, across hosts
+    assert copied["host"] == "h1" and copied["checksum"] == moved["checksum"]
+    await w.download(disk, w.f2, w.tmp / "b2.raw")
+    assert (w.tmp / "b2.raw").read_bytes() == raw.read_bytes()
+    q = qcow2(image(w.tmp / "q.raw", 8 * MiB, sparse=True))
+    _, qdisk = await w.vm_with(q, w.f1, "q")
+    conv = await copy_disk(w.ctx, qdisk, blk, move=False)  # a block domain holds raw only
+    assert conv["format"] == "raw"
+    await w.download(qdisk, blk, w.tmp / "q-back.raw")
+    assert same_guest_data(w.tmp / "q.raw", "raw", w.tmp / "q-back.raw", "raw")
+
+
+async def test_vm_on_three_domains_and_from_template(world: World, loop_device: Any) -> None:
+    w = world
+    blk = await w.block_domain(loop_device)
+    vm = await create_vm(w.ctx, "three", [NewDisk(MiB, w.f1), NewDisk(2 * MiB, w.f2, "qcow2"),
+                                          NewDisk(3 * MiB, blk)])
+    assert {d["sd"] for d in vm["disks"]} == {w.f1, w.f2, blk}
+    data = image(w.tmp / "t.raw", 4 * MiB, sparse=False)
+    tdisk = await w.upload(data, w.f1)
+    tpl = await create_vm(w.ctx, "tpl", [], [(tdisk, w.f1)], as_template=True)
+    assert tpl["kind"] == "template"
+    clone = await create_vm(w.ctx, "clone", [], template=tpl["uuid"], to=[w.f2])
+    (cd,) = clone["disks"]
+    assert cd["sd"] == w.f2 and cd["disk"] != tdisk
+    await w.download(cd["disk"], w.f2, w.tmp / "clone.raw")
+    assert (w.tmp / "clone.raw").read_bytes() == data.read_bytes()
+    updater = Updater(w.cache, w.cfg)
+    try:
+        assert (await updater.run_once()).ok
+    finally:
+        await updater.close()
+    m1, m2 = Member(w.a, w.f1, "h0"), Member(w.b, w.f2, "h1")
+    mb = Member(w.a, blk, "h0")
+    for m in (m1, m2, mb):
+        ovf = parse((await stored(m)).ovfs[vm["uuid"]])
+        assert {d.sd_uuid for d in ovf.disks} == {w.f1, w.f2, blk} and ovf.name == "three"
+    assert clone["uuid"] in (await stored(m2)).ovfs
+    assert clone["uuid"] not in (await stored(m1)).ovfs
+    assert tpl["uuid"] in (await stored(m1)).ovfs
+
+
+class Relay:
+    """TCP to a daemon; ``stall`` holds each connection after ``limit`` bytes
+    downstream until ``release``; ``kill`` drops everything (a host gone)."""
+
+    def __init__(self, port: int, limit: int) -> None:
+        self.target, self.limit = port, limit
+        self.stalling = threading.Event()
+        self.go = threading.Event()
+        self.stalled = threading.Event()
+        self.socks: list[socket.socket] = []
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.sock.accept()
+                upstream = socket.create_connection(("127.0.0.1", self.target))
+            except OSError:
+                return
+            self.socks += [client, upstream]
+            threading.Thread(target=self._pipe, args=(client, upstream, False),
+                             daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client, True),
+                             daemon=True).start()
+
+    def _pipe(self, src: socket.socket, dst: socket.socket, down: bool) -> None:
+        moved = 0
+        try:
+            while data := src.recv(1 << 16):
+                if down and moved + len(data) > self.limit and self.stalling.is_set():
+                    self.stalled.set()
+                    self.go.wait()
+                dst.sendall(data)
+                moved += len(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+            s.close()
+
+    def kill(self) -> None:
+        self.sock.close()
+        for s in self.socks:
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+        self.go.set()
+
+
+async def _stalled(relay: Relay) -> None:
+    for _ in range(400):
+        if relay.stalled.is_set():
+            return
+        await asyncio.sleep(0.025)
+    raise AssertionError("the copy never reached the relay's limit")
+
+
+async def test_source_host_disappears_mid_copy(world: World) -> None:
+    w = world
+    src = image(w.tmp / "d.raw", 16 * MiB, sparse=False)
+    vm, disk = await w.vm_with(src, w.f1)
+    relay = Relay(w.a.port, 2 * MiB)
+    w.host_url("h0", relay.port)
+    relay.stalling.set()
+    task = asyncio.create_task(copy_disk(w.ctx, disk, w.f2, move=True))
+    await _stalled(relay)
+    relay.kill()  # the source host goes away in the middle of the data
+    with pytest.raises(DiskError, match="the copy failed on host h1: source") as e:
+        await task
+    assert "the source is untouched" in str(e.value)
+    w.host_url("h0", w.a.port)
+    assert len(await w.volumes(w.f1, disk)) == 1
+    (dst,) = await w.volumes(w.f2, disk)
+    assert not dst["legal"]
+    assert [d.sd_uuid for d in w.cache.disks(vm)] == [w.f1]
+    summary = await copy_disk(w.ctx, disk, w.f2, move=True)  # the retry finishes
+    assert summary["reused_destination"] and summary["source_removed"]
+    await w.download(disk, w.f2, w.tmp / "d2.raw")
+    assert (w.tmp / "d2.raw").read_bytes() == src.read_bytes()
+
+
+async def test_checksum_difference_never_removes_the_source(world: World) -> None:
+    w = world
+    src = image(w.tmp / "x.raw", 16 * MiB, sparse=False)
+    _, disk = await w.vm_with(src, w.f1)
+    (vol,) = await w.volumes(w.f1, disk)
+    relay = Relay(w.a.port, 2 * MiB)
+    w.host_url("h0", relay.port)
+    relay.stalling.set()
+    task = asyncio.create_task(copy_disk(w.ctx, disk, w.f2, move=True))
+    await _stalled(relay)
+    with open(vol["path"], "r+b") as f:  # the source changes under the copy
+        f.write(b"changed!")
+    relay.stalling.clear()
+    relay.go.set()
+    with pytest.raises(DiskError, match="checksum differs"):
+        await task
+    assert len(await w.volumes(w.f1, disk)) == 1
+    relay.kill()
+    w.host_url("h0", w.a.port)
+    summary = await copy_disk(w.ctx, disk, w.f2, move=True)
+    assert summary["source_removed"]
+
+
+async def test_destination_fills_up(world: World) -> None:
+    w = world
+    mnt = w.tmp / "tiny"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)],
+                       capture_output=True, text=True)
+    if r.returncode:
+        pytest.skip(f"mounting a tmpfs needs root: {r.stderr.strip()}")
+    try:
+        sd = "71a70000-0000-4000-8000-000000000001"
+        status, body = w.b.request("POST", "/domains", {
+            "uuid": sd, "type": "file", "location": str(mnt), "ovf_stores": 1,
+            "ovf_store_size": MiB})
+        assert status == 201, body
+        w.cache.add_domain(sd, "file", [str(mnt)])
+        w.cache.add_host("h1", w.cache.host("h1").url, w.b.token, [w.f2, sd])
+        await w.push()
+        src = image(w.tmp / "big.raw", 8 * MiB, sparse=False)
+        vm, disk = await w.vm_with(src, w.f1)
+        with pytest.raises(DiskError, match="no space left on the storage; the source is "
+                                            "untouched"):
+            await copy_disk(w.ctx, disk, sd, move=True)
+        assert len(await w.volumes(w.f1, disk)) == 1
+        assert [d.sd_uuid for d in w.cache.disks(vm)] == [w.f1]
+        subprocess.run(["mount", "-o", "remount,size=64m", str(mnt)], check=True)
+        summary = await copy_disk(w.ctx, disk, sd, move=True)
+        assert summary["source_removed"] and summary["reused_destination"]
+        await w.download(disk, sd, w.tmp / "big2.raw")
+        assert (w.tmp / "big2.raw").read_bytes() == src.read_bytes()
+    finally:
+        await asyncio.to_thread(w.b.stop)  # let go of the mount before unmounting
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def cli(w: World, *args: str, **kw: Any) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "engine_client", "--state-dir",
+                             w.cfg.state_dir, *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kw)
+
+
+def finish(p: subprocess.Popen[str]) -> tuple[int, str, str]:
+    out, err = p.communicate(timeout=60)
+    return p.returncode, out, err
+
+
+async def test_ctrl_c_deletes_the_job_and_a_retry_finishes(world: World) -> None:
+    w = world
+    src = image(w.tmp / "cc.raw", 16 * MiB, sparse=False)
+    _, disk = await w.vm_with(src, w.f1)
+    relay = Relay(w.a.port, MiB)
+    w.host_url("h0", relay.port)
+    relay.stalling.set()
+    p = cli(w, "disk", "move", disk, "--to", w.f2, "--json")
+    assert p.stdout is not None
+    started = None
+    while started is None:
+        line = await asyncio.to_thread(p.stdout.readline)
+        assert line, finish(p)
+        event = json.loads(line)
+        started = event if event["event"] == "started" else None
+    await _stalled(relay)
+    p.send_signal(signal.SIGINT)
+    rc, _, err = await asyncio.to_thread(finish, p)
+    assert rc == 1 and err.startswith("sluice-engine: canceled: the copy job was stopped")
+    assert err.count("\n") == 1
+    from engine_client.hostvol import get_job
+
+    job = await get_job(w.ctx.clients(w.cache.host("h1")), started["job"])
+    assert job["state"] == "canceled" and job["bytes_done"] < 16 * MiB
+    assert len(await w.volumes(w.f1, disk)) == 1
+    assert not (await w.volumes(w.f2, disk))[0]["legal"]
+    relay.kill()
+    w.host_url("h0", w.a.port)
+    rc, out, err = await asyncio.to_thread(finish, cli(w, "disk", "move", disk, "--to", w.f2,
+                                                       "--json"))
+    assert rc == 0, err
+    summary = json.loads(out.splitlines()[-1])
+    assert summary["state"] == "done" and summary["source_removed"]
+    assert await w.volumes(w.f1, disk) == []
+
+
+async def test_cli_upload_download_and_errors(world: World) -> None:
+    w = world
+    src = image(w.tmp / "up.raw", 12 * MiB, sparse=True)
+    rc, out, err = await asyncio.to_thread(finish, cli(
+        w, "disk", "upload", str(src), "--domain", w.f1, "--json"))
+    assert rc == 0, err
+    up = json.loads(out.splitlines()[-1])
+    assert up["data_bytes"] < 12 * MiB and up["sd"] == w.f1
+    assert any(json.loads(x)["event"] == "progress" for x in out.splitlines()[:-1])
+    rc, out, err = await asyncio.to_thread(finish, cli(
+        w, "disk", "download", up["disk"], str(w.tmp / "down.raw"), "--domain", w.f1))
+    assert rc == 0, err
+    assert (w.tmp / "down.raw").read_bytes() == src.read_bytes()
+    assert out.startswith(f"downloaded disk {up['disk']}") and up["checksum"] in out
+    rc, out, err = await asyncio.to_thread(finish, cli(
+        w, "vm", "create", "cli-vm", "--attach", f"{up['disk']}@{w.f1}",
+        "--disk", f"1M@{w.f2}:qcow2", "--json"))
+    assert rc == 0, err
+    vm = json.loads(out.splitlines()[-1])
+    assert {d.sd_uuid for d in w.cache.disks(vm["uuid"])} == {w.f1, w.f2}
+    unknown = str(uuid.uuid4())
+    for args, code, text in [
+        (["disk", "move", unknown, "--to", w.f2], 2, f"disk {unknown} is not known"),
+        (["disk", "move", up["disk"], "--to", unknown], 2, f"domain {unknown} is not known"),
+        (["disk", "copy", up["disk"], "--to", w.f2, "--format", "qcow2"], 1,
+         "needs one host that serves both domains"),
+        (["vm", "create", "x", "--disk", f"7@{w.f1}"], 2, "multiple of 512"),
+    ]:
+        rc, out, err = await asyncio.to_thread(finish, cli(w, *args))
+        assert (rc, err.count("\n")) == (code, 1) and text in err, (args, rc, err)
+    assert len(await w.volumes(w.f1, up["disk"])) == 1  # nothing moved by a failed command
