@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 ARGS ?=
 
-.PHONY: run test lint typecheck unit bench bench-quick bench-ovf bench-ovf-quick clean
+.PHONY: run test lint typecheck unit bench bench-quick bench-ovf bench-ovf-quick bench-copy bench-copy-quick clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,12 @@ bench-ovf: $(STAMP)
 
 bench-ovf-quick: $(STAMP)
 	$(BIN)/python -m bench.ovf --quick $(ARGS)
+
+bench-copy: $(STAMP)
+	$(BIN)/python -m bench.copy $(ARGS)
+
+bench-copy-quick: $(STAMP)
+	$(BIN)/python -m bench.copy --quick $(ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info

@@ -16,7 +16,7 @@ from .. import BenchError
 from ..procs import Proc, tcp_ready, unix_ready
 from ..tls import TLSFiles
 from ..workspace import Workspace, free_port
-from .base import Server, TicketServer, scheme
+from .base import TicketServer, scheme
 
 UPLOAD_CLIENTS = ("curl", "curl-chunked", "imageio-client")
 DOWNLOAD_CLIENTS = ("curl", "curl-null", "imageio-client")
@@ -39,8 +39,10 @@ def default_domain(data_dir: Path) -> Path:
 
 
 @contextmanager
-def serve(ws: Workspace, tls: TLSFiles | None) -> Iterator[Server]:
-    home = ws.root / f"sluice-{scheme(tls)}"
+def serve(ws: Workspace, tls: TLSFiles | None, name: str = "") -> Iterator[TicketServer]:
+    """One daemon; ``name`` (default sluice-http/-https) names its home dir
+    and its process, so two daemons can run side by side (bench.copy)."""
+    home = ws.root / (name or f"sluice-{scheme(tls)}")
     data_dir = home / "data"
     data_dir.mkdir(parents=True)
     port = free_port()
@@ -49,7 +51,7 @@ def serve(ws: Workspace, tls: TLSFiles | None) -> Iterator[Server]:
             "--control-socket", str(sock), "--log-level", "INFO"]
     if tls is not None:
         argv += ["--cert", str(tls.cert), "--key", str(tls.key)]
-    proc = Proc("sluice", argv, home / "daemon.log", cwd=REPO)
+    proc = Proc(name or "sluice", argv, home / "daemon.log", cwd=REPO)
     try:
         proc.wait_ready(tcp_ready(port))
         proc.wait_ready(unix_ready(sock))
