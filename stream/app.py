@@ -24,8 +24,9 @@ from .io import IO
 from .jobs import Jobs
 from .middleware import errors
 from .monitor import Monitor
+from .ovf import Updates
 from .poolmgr import PoolManager
-from .state import AUTH, CONFIG, IO_KEY, JOBS, POOL, TOKEN
+from .state import AUTH, CONFIG, IO_KEY, JOBS, OVF_UPDATES, POOL, TOKEN
 from .tickets import Authorizer
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,7 @@ def make_app(cfg: Config, *, trust_tcp: bool = False) -> web.Application:
     app[CONFIG] = cfg
     app[AUTH] = Authorizer()
     app[JOBS] = Jobs()
+    app[OVF_UPDATES] = Updates()
     app.add_routes(images.routes)
     app.add_routes(control.routes)
     app.add_routes(pool.routes)
@@ -81,6 +83,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     finally:
         monitor_task.cancel()
         await app[JOBS].close()
+        await app[OVF_UPDATES].close()
         await mgr.close()
         for ticket in app[AUTH].all():
             if ticket.volume is not None:

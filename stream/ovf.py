@@ -1,10 +1,11 @@
 """OVF store streams: receive a tar into a domain's stores, serve it back.
 
-An incoming stream is validated as it arrives (the sans-IO tar reader runs
-on every staging buffer before the buffer is written) into the store that
-was updated longest ago.  Only a complete, valid stream is committed, and
-only then copied into the other stores; any failure leaves the previous
-generation as the newest valid one.  One update per domain at a time.
+An incoming stream goes into the store that was updated longest ago, each
+buffer checked by the sans-IO tar reader while it is written.  Only a
+complete, valid stream is committed; the answer goes out then, and the
+archive is copied into the other stores after it (:class:`Updates`).  Any
+failure leaves the previous generation as the newest valid one.  One
+update per domain at a time.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import io
 import logging
 import tarfile
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,12 +23,13 @@ from volume.base import Volume
 from volume.errors import Error, InvalidRequest, NotFound, OutOfRange
 from volume.fileobj import VolumeReader
 from volume.ovfstore import OvfStores, StoreState, Update
+from volume.region import RegionVolume
 from volume.sd import StorageDomain
 
 from . import upload
 from .io import IO as IOExecutor
 from .wire.manifest import is_ovf_name
-from .wire.tarread import OvfTarReader
+from .wire.tarread import OvfTarReader, Summary
 
 log = logging.getLogger(__name__)
 
@@ -44,63 +47,134 @@ class Committed:
     tar_length: int
     digest: str
     entries: int
-    replica_errors: list[str]
+    #: Other stores the archive is being copied into after this answer.
+    copies_pending: int
 
     def to_json(self) -> dict[str, Any]:
         return {"generation": self.generation, "tar_length": self.tar_length,
                 "digest": self.digest, "entries": self.entries,
-                "replica_errors": self.replica_errors}
+                "copies_pending": self.copies_pending}
 
 
-class _Validator:
-    """Adapts the tar reader to the upload pipeline's hasher slot: it sees
-    every decoded buffer, in the worker thread, before the buffer is written."""
+class _CheckedVolume(RegionVolume):
+    """The target's archive area, each write checked by the tar reader at
+    the same time: the reader runs in a thread of its own while this one
+    writes the same bytes (both only read the buffer), so the check costs
+    no time as long as it is faster than the disk.  A bad buffer may reach
+    the target before the error does; the target is marked updating, and
+    the update is aborted, so no reader ever takes it."""
 
-    def __init__(self, reader: OvfTarReader) -> None:
-        self.reader = reader
+    def __init__(self, inner: Volume, reader: OvfTarReader, checker: ThreadPoolExecutor) -> None:
+        super().__init__(inner, 0, inner.size())
+        self._reader = reader
+        self._checker = checker
 
-    def update(self, data: memoryview) -> None:
-        self.reader.feed(data)
-
-
-_locks: dict[str, asyncio.Lock] = {}
-
-
-async def receive(
-    read: Reader, io: IOExecutor, storage: StorageDomain, *, zstd: bool, idle_timeout: float,
-    buffer_size: int,
-) -> Committed:
-    lock = _locks.setdefault(storage.uuid, asyncio.Lock())
-    async with lock:
-        stores = await io.run(OvfStores.open, storage)
+    def write(self, offset: int, data: memoryview) -> None:
+        checked = self._checker.submit(self._reader.feed, data)
         try:
+            super().write(offset, data)
+        finally:
+            checked.result()  # never return while the reader still uses data
+
+    def close(self) -> None:
+        """The update owns the area; see :meth:`Update.seal`."""
+
+
+class Updates:
+    """One update per domain at a time, and the copies into the other
+    stores that go on after the answer (:meth:`Update.replicate`).
+
+    The answer goes out once the target store is committed: the archive is
+    then durable and served, and the copies (reading the target back,
+    checking its digest, then writing each other store) only add replicas
+    of it.  The domain's lock is held until they are done, so the next
+    update and ``info`` wait for them.
+    """
+
+    def __init__(self) -> None:
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        #: What went wrong copying the last update of each domain, if anything.
+        self.copy_errors: dict[str, list[str]] = {}
+
+    def lock(self, sd_uuid: str) -> asyncio.Lock:
+        return self._locks.setdefault(sd_uuid, asyncio.Lock())
+
+    async def settled(self, sd_uuid: str) -> None:
+        """Return once no update of the domain is running."""
+        async with self.lock(sd_uuid):
+            pass
+
+    def _spawn(self, lock: asyncio.Lock, io: IOExecutor, update: Update) -> None:
+        sd_uuid = update.target.volume.sd_uuid
+
+        async def run() -> None:
+            try:
+                await io.run(update.replicate)
+                self.copy_errors[sd_uuid] = update.replica_errors
+            except Exception as e:
+                log.exception("OVF store copies of %s failed", sd_uuid)
+                self.copy_errors[sd_uuid] = [f"copying failed: {e}"]
+            finally:
+                lock.release()
+        task = asyncio.create_task(run(), name="ovf-replicate")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def close(self) -> None:
+        """Let running copies finish (a shutdown must not cut them short
+        needlessly, though a crash there is safe too)."""
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def receive(
+        self, read: Reader, io: IOExecutor, storage: StorageDomain, *, zstd: bool,
+        idle_timeout: float, buffer_size: int,
+    ) -> Committed:
+        lock = self.lock(storage.uuid)
+        await lock.acquire()
+        try:
+            stores = await io.run(OvfStores.open, storage)
             update: Update = await io.run(stores.begin)
             try:
-                reader = OvfTarReader(max_total=stores.capacity)
-                try:
-                    await upload.receive(
-                        read, io, update.volume, offset=0, limit=stores.capacity, zstd=zstd,
-                        hasher=_Validator(reader), check=lambda: None,
-                        idle_timeout=idle_timeout, buffer_size=buffer_size,
-                    )
-                except OutOfRange:
-                    raise StoreTooSmall(
-                        f"the OVF tar is larger than the stores of domain {storage.uuid} "
-                        f"({stores.capacity} bytes)"
-                    ) from None
-                summary = reader.finish()
-                record = await io.run(update.commit, summary.tar_length, summary.digest)
+                summary = await _stream(read, io, storage, stores, update, zstd=zstd,
+                                        idle_timeout=idle_timeout, buffer_size=buffer_size)
+                record = await io.run(update.seal, summary.tar_length, summary.digest,
+                                      read_back=False)
             except BaseException:
                 await asyncio.shield(io.run(update.abort))
                 raise
-        finally:
-            await io.run(stores.close)
-    errors = [str(e) for e in getattr(update, "replica_errors", [])]
-    log.info("OVF store of %s: generation %d, %d bytes, %d entries, digest %s%s",
-             storage.uuid, record.generation, record.tar_length, len(summary.entries),
-             record.digest, f", replica errors: {errors}" if errors else "")
-    return Committed(record.generation, record.tar_length, record.digest,
-                     len(summary.entries), errors)
+        except BaseException:
+            lock.release()
+            raise
+        self._spawn(lock, io, update)
+        log.info("OVF store of %s: generation %d, %d bytes, %d entries, digest %s",
+                 storage.uuid, record.generation, record.tar_length, len(summary.entries),
+                 record.digest)
+        return Committed(record.generation, record.tar_length, record.digest,
+                         len(summary.entries), len(stores.stores) - 1)
+
+
+async def _stream(
+    read: Reader, io: IOExecutor, storage: StorageDomain, stores: OvfStores, update: Update,
+    *, zstd: bool, idle_timeout: float, buffer_size: int,
+) -> Summary:
+    """The body into the target, checked as it goes; the reader's summary."""
+    reader = OvfTarReader(max_total=stores.capacity)
+    with ThreadPoolExecutor(1, thread_name_prefix="ovf-check") as checker:
+        target = _CheckedVolume(update.volume, reader, checker)
+        try:
+            await upload.receive(
+                read, io, target, offset=0, limit=stores.capacity, zstd=zstd,
+                hasher=None, check=lambda: None, idle_timeout=idle_timeout,
+                buffer_size=buffer_size,
+            )
+        except OutOfRange:
+            raise StoreTooSmall(
+                f"the OVF tar is larger than the stores of domain {storage.uuid} "
+                f"({stores.capacity} bytes)"
+            ) from None
+    return reader.finish()
 
 
 def newest(storage: StorageDomain) -> tuple[StoreState, Volume]:

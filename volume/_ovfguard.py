@@ -22,6 +22,7 @@ import weakref
 from collections import Counter
 
 from .errors import Conflict
+from .ovfrecord import CommitRecord
 from .sd import VolumeInfo
 
 
@@ -96,3 +97,30 @@ def guard(sd_uuid: str) -> DomainGuard:
         if found is None:
             found = _guards[sd_uuid] = DomainGuard(sd_uuid)
         return found
+
+
+# Stores whose archive this process has read back and found matching their
+# record, by (domain, store key).  Only an update's choice of target trusts
+# it (readers always hash what they serve): it spares re-reading every
+# store before each update.  A store's entry goes when an update marks it,
+# and any change of its record (another host's update, which marks it
+# first) no longer matches the entry, so only rot under an unchanged
+# record escapes it, and a reader still refuses such a store.
+_verified: dict[tuple[str, str], CommitRecord] = {}
+_verified_lock = threading.Lock()
+
+
+def remember(sd_uuid: str, info: VolumeInfo, record: CommitRecord) -> None:
+    with _verified_lock:
+        _verified[sd_uuid, store_key(info)] = record
+
+
+def forget(sd_uuid: str, info: VolumeInfo) -> None:
+    with _verified_lock:
+        _verified.pop((sd_uuid, store_key(info)), None)
+
+
+def verified(sd_uuid: str, info: VolumeInfo, record: CommitRecord) -> bool:
+    """Whether this process read back ``info``'s archive under ``record``."""
+    with _verified_lock:
+        return _verified.get((sd_uuid, store_key(info))) == record

@@ -13,12 +13,19 @@ One incoming archive updates all stores of a domain:
    and syncs.  From here the target is invalid; the others are untouched.
 2. The caller streams the tar into :attr:`Update.volume`, which ends where
    the record begins, so an archive too large gets OutOfRange.
-3. :meth:`Update.commit` zeroes the 1 MiB after the tar, syncs, reads the
-   tar back and checks its xxh3-128, writes the record and syncs.
-4. Only then is the tar copied into the others, oldest first, each with
-   the same mark, write, sync, verify, record, sync.  The store that was
-   the newest valid one comes last, so the previous archive survives until
-   the new one is on at least one other store (oVirt's order).
+3. :meth:`Update.seal` zeroes the 1 MiB after the tar, syncs, (with
+   ``read_back``) reads the tar back and checks its xxh3-128, writes the
+   record and syncs.  The daemon answers here, the archive durable.
+4. :meth:`Update.replicate` then reads the target back (if step 3 did
+   not) and only if it matches copies the tar into the others, oldest
+   first, each with the same mark, write, sync, verify, record, sync.  The
+   store that was the newest valid one comes last, so the previous archive
+   survives until the new one is on at least one other store (oVirt's
+   order).  :meth:`Update.commit` is steps 3 and 4 in one call.
+
+Before an update, every store is checked to choose the target; a store
+this process has read back under the same record is not hashed again
+(see ``volume._ovfguard.verified``).  Readers always hash what they serve.
 
 A SIGKILL or power loss at any instant leaves the newest valid store
 holding the previous generation or the new one, whole and verified (with
@@ -48,7 +55,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import ovfrecord
-from ._ovfguard import DomainGuard, guard, store_key
+from ._ovfguard import DomainGuard, forget, guard, remember, store_key, verified
 from .base import Volume
 from .errors import Conflict, Error, InvalidRequest, NotFound
 from .ovfrecord import CHUNK, RECORD_SIZE, CommitRecord, aligned_view, record_offset, tar_digest
@@ -150,17 +157,23 @@ def _age(state: StoreState) -> tuple[int, int, float, int]:
     return (1, state.record.generation, state.record.committed_at, state.index)
 
 
-def _verify(vol: Volume, size: int, buf: memoryview) -> tuple[CommitRecord | None, str | None]:
-    """The store's record and, if it is not valid, why."""
-    record, error = ovfrecord.read(vol, size)
+def _verify(vol: Volume, sd_uuid: str, info: VolumeInfo, buf: memoryview,
+            trusted: bool) -> tuple[CommitRecord | None, str | None]:
+    """The store's record and, if it is not valid, why.  ``trusted``: a
+    record this process has read back its archive under needs no hashing."""
+    record, error = ovfrecord.read(vol, info.size)
     if record is None:
         return None, error
     if record.updating:
         return record, f"the update to generation {record.generation} did not complete"
-    if record.tar_length > record_offset(size):
+    if record.tar_length > record_offset(info.size):
         return record, "the archive length exceeds the store"
+    if trusted and verified(sd_uuid, info, record):
+        return record, None
     if tar_digest(vol, record.tar_length, buf) != record.digest:
+        forget(sd_uuid, info)
         return record, "archive checksum mismatch"
+    remember(sd_uuid, info, record)
     return record, None
 
 
@@ -203,15 +216,17 @@ class OvfStores:
         """The largest archive every store can hold (0 without stores)."""
         return min((record_offset(info.size) for info in self._stores), default=0)
 
-    def states(self) -> list[StoreState]:
-        """Every store, its record checked and its archive read back and hashed."""
+    def states(self, trusted: bool = False) -> list[StoreState]:
+        """Every store, its record checked and its archive read back and hashed
+        (``trusted``: unless this process did so under the same record)."""
         with aligned_view(CHUNK) as buf:
-            return [self._state(i, info, buf) for i, info in enumerate(self._stores)]
+            return [self._state(i, info, buf, trusted) for i, info in enumerate(self._stores)]
 
-    def _state(self, index: int, info: VolumeInfo, buf: memoryview) -> StoreState:
+    def _state(self, index: int, info: VolumeInfo, buf: memoryview,
+               trusted: bool = False) -> StoreState:
         try:
             with closing(open_data(info, readonly=True)) as vol:
-                record, error = _verify(vol, info.size, buf)
+                record, error = _verify(vol, self._sd_uuid, info, buf, trusted)
         except Error as e:
             log.warning("cannot read OVF store sd=%s vol=%s: %s", self._sd_uuid, store_key(info), e)
             return StoreState(index, info, None, False, f"cannot read the store: {e}")
@@ -263,7 +278,9 @@ class OvfStores:
             raise NotFound(f"storage domain {self._sd_uuid} has no OVF_STORE volumes")
         self._guard.start_update()
         try:
-            order = sorted(self.states(), key=_age)
+            # Trusted: the stores this daemon wrote or read back are not
+            # hashed again; only the choice of target depends on it.
+            order = sorted(self.states(trusted=True), key=_age)
             return Update(self._sd_uuid, self._guard, order, self.capacity)
         except BaseException:
             self._guard.end_update()

@@ -16,7 +16,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING
 
 from . import ovfrecord
-from ._ovfguard import DomainGuard, store_key
+from ._ovfguard import DomainGuard, forget, remember, store_key
 from .base import Volume
 from .errors import ChecksumMismatch, Conflict, Error, InvalidRequest
 from .ovfrecord import CHUNK, NO_DIGEST, CommitRecord, aligned_view, check_digest, chunks
@@ -80,6 +80,8 @@ class Update:
         self._done = False
         self._vol: Volume | None = None
         self._area: _Area | None = None
+        self._record: CommitRecord | None = None
+        self._checked = False
         owner.start_write(store_key(self.target.volume), READ_WAIT)
         try:
             self._vol = open_data(self.target.volume)
@@ -105,15 +107,27 @@ class Update:
         """Commit the ``tar_length`` bytes written, whose xxh3-128 is ``digest``,
         then copy them into the other stores; returns the target's record.
 
-        Any failure before the target's record is written ends the update
-        as :meth:`abort` does (ChecksumMismatch if the bytes read back do
-        not match ``digest``).  A failed copy does not: it is logged, added
-        to :attr:`replica_errors`, and the next store is tried.
+        :meth:`seal` (reading the target back first) and :meth:`replicate`
+        in one call.
         """
-        if self._vol is None or self._done:
+        record = self.seal(tar_length, digest)
+        self.replicate()
+        return record
+
+    def seal(self, tar_length: int, digest: str, *, read_back: bool = True) -> CommitRecord:
+        """Commit the target: zero after the archive, sync, write the record.
+
+        With ``read_back`` the archive is read back and its digest checked
+        before the record is written; without, that check is the first
+        step of :meth:`replicate`, before any other store is touched, so
+        an answer can go out as soon as the target is committed.
+
+        Any failure before the record is written ends the update as
+        :meth:`abort` does (ChecksumMismatch if the bytes read back do not
+        match ``digest``).  The update stays open: :meth:`replicate` next.
+        """
+        if self._vol is None or self._done or self._record is not None:
             raise _ended()
-        source = self._vol
-        record = None
         try:
             digest = check_digest(digest)
             if not isinstance(tar_length, int) or isinstance(tar_length, bool) \
@@ -121,22 +135,53 @@ class Update:
                 raise InvalidRequest(f"archive length must be 0 to {self._capacity} bytes, "
                                      f"not {tar_length!r}")
             with aligned_view(CHUNK) as buf:
-                record = self._seal(source, self.target.volume, tar_length, digest, buf)
-                self._guard.end_write(store_key(self.target.volume))
-                log.info("OVF store committed sd=%s generation=%d store=%d tar_length=%d "
-                         "digest=%s", self._sd_uuid, record.generation, self.target.index,
-                         tar_length, digest)
+                record = self._seal(self._vol, self.target.volume, tar_length, digest,
+                                    buf if read_back else None)
+        except BaseException as e:
+            log.warning("OVF update not committed sd=%s generation=%d: %s; store %d "
+                        "stays invalid", self._sd_uuid, self.generation, e, self.target.index)
+            self._finish()
+            raise
+        self._record = record
+        self._checked = read_back
+        if read_back:
+            remember(self._sd_uuid, self.target.volume, record)
+        if self._area is not None:
+            self._area.ended = True  # no late write reaches the committed archive
+        self._guard.end_write(store_key(self.target.volume))
+        log.info("OVF store committed sd=%s generation=%d store=%d tar_length=%d "
+                 "digest=%s", self._sd_uuid, record.generation, self.target.index,
+                 tar_length, digest)
+        return record
+
+    def replicate(self) -> None:
+        """Copy the committed archive into the other stores, oldest first, and
+        end the update.
+
+        A failed copy is logged, added to :attr:`replica_errors`, and the
+        next store is tried.  If the target does not read back as sealed,
+        nothing is copied: the other stores keep the previous archive.
+        """
+        if self._vol is None or self._done or self._record is None:
+            raise _ended()
+        source, record = self._vol, self._record
+        try:
+            with aligned_view(CHUNK) as buf:
+                if not self._checked:
+                    found = ovfrecord.tar_digest(source, record.tar_length, buf)
+                    if found != record.digest:
+                        log.error("OVF store sd=%s store=%d reads back as %s, not %s; "
+                                  "not copied", self._sd_uuid, self.target.index, found,
+                                  record.digest)
+                        self.replica_errors.append(
+                            f"store {self.target.index} reads back with xxh3_128 {found}, "
+                            f"not {record.digest}; the other stores were left as they were")
+                        return
+                    remember(self._sd_uuid, self.target.volume, record)
                 for state in self._others:
                     self._copy(source, state, record, buf)
-        except BaseException as e:
-            if record is None:
-                log.warning("OVF update not committed sd=%s generation=%d: %s; store %d "
-                            "stays invalid", self._sd_uuid, self.generation, e,
-                            self.target.index)
-            raise
         finally:
             self._finish()
-        return record
 
     def abort(self) -> None:
         """End the update uncommitted: the target stays marked updating, so no
@@ -160,17 +205,21 @@ class Update:
             self._guard.end_update()
 
     def _mark(self, vol: Volume, info: VolumeInfo) -> None:
+        forget(self._sd_uuid, info)
         ovfrecord.write(vol, info.size, CommitRecord(
             self.generation, 0, NO_DIGEST, time.time(), updating=True))
 
     def _seal(self, vol: Volume, info: VolumeInfo, tar_length: int, digest: str,
-              buf: memoryview) -> CommitRecord:
-        """Zero after the archive, sync, check it, write the record (synced)."""
+              buf: memoryview | None) -> CommitRecord:
+        """Zero after the archive, sync, check it (when given ``buf`` to read
+        it back through), write the record (synced)."""
         vol.zero(tar_length, min(TAIL_ZERO, self._capacity - tar_length))
         vol.flush()
-        found = ovfrecord.tar_digest(vol, tar_length, buf)
-        if found != digest:
-            raise ChecksumMismatch(f"the archive written has xxh3_128 {found}, not {digest}")
+        if buf is not None:
+            found = ovfrecord.tar_digest(vol, tar_length, buf)
+            if found != digest:
+                raise ChecksumMismatch(f"the archive written has xxh3_128 {found}, "
+                                       f"not {digest}")
         return ovfrecord.write(vol, info.size, CommitRecord(
             self.generation, tar_length, digest, time.time(), updating=False))
 
@@ -186,7 +235,9 @@ class Update:
                     for chunk in chunks(source, record.tar_length, buf):
                         vol.write(pos, chunk)
                         pos += len(chunk)
-                    self._seal(vol, state.volume, record.tar_length, record.digest, buf)
+                    copied = self._seal(vol, state.volume, record.tar_length, record.digest,
+                                        buf)
+                    remember(self._sd_uuid, state.volume, copied)
             finally:
                 self._guard.end_write(name)
         except Exception as e:  # the target is committed: go on with the others

@@ -52,7 +52,7 @@ def _put_store(d: Daemon, tar: Path, size: int, digest: str, work: Path,
     if row is not None:
         row.verified = True
         row.extra = {"generation": answer["generation"], "entries": answer.get("entries"),
-                     "replica_errors": answer.get("replica_errors")}
+                     "copies_pending": answer.get("copies_pending")}
 
 
 def _put_image(d: Daemon, tar: Path, size: int, digest: str, row: MemRow | None) -> None:

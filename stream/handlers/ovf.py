@@ -15,7 +15,7 @@ from ..auth import ENGINE
 from ..errors import UnsupportedEncoding
 from ..middleware import RESPONSE
 from ..pool import Access
-from ..state import CONFIG, IO_KEY, POOL
+from ..state import CONFIG, IO_KEY, OVF_UPDATES, POOL
 
 routes = web.RouteTableDef()
 
@@ -38,7 +38,7 @@ async def _receive(request: web.Request, sd: str) -> ovf.Committed:
     if encoding not in ("identity", "zstd"):
         raise UnsupportedEncoding(f"Content-Encoding {encoding!r} is not supported; use zstd")
     cfg = request.app[CONFIG]
-    return await ovf.receive(
+    return await request.app[OVF_UPDATES].receive(
         request.content.readany, request.app[IO_KEY], storage, zstd=encoding == "zstd",
         idle_timeout=cfg.transfer.inactivity_timeout, buffer_size=cfg.ovf.buffer_size,
     )
@@ -75,8 +75,12 @@ async def get_store(request: web.Request) -> web.StreamResponse:
 @routes.get("/domains/{sd}/ovf-store/info", name=ENGINE + "ovf-store-info")
 async def store_info(request: web.Request) -> web.Response:
     storage = await _storage(request, request.match_info["sd"], Access.READ)
+    # After the copies of a running update, so that all stores show it.
+    updates = request.app[OVF_UPDATES]
+    await updates.settled(storage.uuid)
     stores = await request.app[IO_KEY].run(ovf.states, storage)
-    return web.json_response({"sd_uuid": storage.uuid, "stores": stores})
+    return web.json_response({"sd_uuid": storage.uuid, "stores": stores,
+                              "copy_errors": updates.copy_errors.get(storage.uuid, [])})
 
 
 @routes.get("/domains/{sd}/ovf-store/{name}", name=ENGINE + "get-ovf")

@@ -138,6 +138,10 @@ class TarStream:
             self._fail(f"the stream is longer than the store ({self._max_total} bytes)")
         pos = 0
         while pos < len(view):
+            if self._state == _HEADER and not self._block:
+                pos = self._whole_entries(view, pos)
+                if pos == len(view):
+                    break
             pos += self._STEP[self._state](self, view[pos:])
         if self._state == _DONE:  # only the tar is hashed, not what follows it
             self._tar_hash.update(view[: max(self._tar_length - start, 0)])
@@ -170,6 +174,10 @@ class TarStream:
     # The stream: each step consumes a prefix of ``view`` and says how much.
 
     def _header_step(self, view: memoryview) -> int:
+        if not self._block and len(view) >= BLOCK:  # the common case: no copy to join
+            self._offset += BLOCK
+            self._on_block(bytes(view[:BLOCK]), self._offset - BLOCK)
+            return BLOCK
         k = min(BLOCK - len(self._block), len(view))
         self._block += view[:k]
         self._offset += k
@@ -259,12 +267,14 @@ class TarStream:
     def _start_entry(self, raw: RawHeader, offset: int) -> None:
         if len(self.names) >= self._max_entries:
             self._fail(f"more than {self._max_entries} entries (at offset {offset})")
-        try:
-            path, size = pax_overrides(self._pax or {})
-            if path is not None and self._longname is not None:
-                raise ValueError("both a PAX path and a GNU long name")
-        except ValueError as e:
-            self._fail(f"entry at offset {offset}: {e}")
+        path = size = None
+        if self._pax is not None or self._longname is not None:
+            try:
+                path, size = pax_overrides(self._pax or {})
+                if path is not None and self._longname is not None:
+                    raise ValueError("both a PAX path and a GNU long name")
+            except ValueError as e:
+                self._fail(f"entry at offset {offset}: {e}")
         name_bytes = path or self._longname or raw.name
         self._pax = self._longname = None
         try:
@@ -272,17 +282,55 @@ class TarStream:
         except UnicodeDecodeError:
             self._fail(f"entry {name_bytes!r} at offset {offset}: name is not UTF-8")
         size = raw.size if size is None else size
-        where = f"entry {name!r} at offset {offset}"
         problem = name_problem(name) or ("duplicate name" if name in self.names else None)
         if problem is not None:
-            self._fail(f"{where}: {problem}")
+            self._fail(f"entry {name!r} at offset {offset}: {problem}")
         try:
             keep = self._admit(name, size)
         except ValueError as e:
-            self._fail(f"{where}: {e}")
-        self._check_fits(offset, size, where)
+            self._fail(f"entry {name!r} at offset {offset}: {e}")
+        if offset + BLOCK + size + padding(size) + EOF_SIZE > self._max_total:
+            self._check_fits(offset, size, f"entry {name!r} at offset {offset}")
         self.names.add(name)
         self._enter(_Body(REGULAR[0], name, self._offset, size, keep))
+
+    def _whole_entries(self, view: memoryview, pos: int) -> int:
+        """Read plain entries whose header, data and padding all lie in
+        ``view`` from ``pos`` in one go, without the per-step states: the
+        common case, and most of the checking time of a large store.
+        Returns where it stopped; the steps take over from there (an
+        extension header, the end blocks, an entry cut by the chunk's end,
+        or anything wrong, which they then report)."""
+        end_of_view = len(view)
+        while end_of_view - pos >= BLOCK and self._pax is None and self._longname is None:
+            block = bytes(view[pos:pos + BLOCK])
+            if block[156:157] not in REGULAR or block == ZERO_BLOCK:
+                return pos
+            try:
+                raw = parse_header(block)
+            except ValueError:
+                return pos
+            data = pos + BLOCK
+            end = data + raw.size
+            pad = padding(raw.size)
+            if end + pad > end_of_view or bytes(view[end:end + pad]) != ZERO_BLOCK[:pad]:
+                return pos
+            offset = self._offset
+            self._offset += BLOCK
+            self._start_entry(raw, offset)  # checks; sets self._body
+            body = self._body
+            assert body is not None and body.hash is not None
+            body.hash.update(view[data:end])
+            if body.buf is not None:
+                body.buf += view[data:end]
+            self._offset += raw.size
+            self._left = 0
+            self._end_body()  # state: padding, or header when there is none
+            self._offset += pad
+            self._left = 0
+            self._state = _HEADER
+            pos = end + pad
+        return pos
 
     def _check_fits(self, offset: int, size: int, where: str) -> None:
         """Refuse at its header a body that cannot fit with the end blocks."""

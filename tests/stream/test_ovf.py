@@ -86,7 +86,7 @@ async def test_round_trip_and_generations(client: Client, sd: str, tmp_path: Pat
     assert status == 200, body
     assert body["generation"] == 1 and body["tar_length"] == len(tar)
     assert body["digest"] == xxhash.xxh3_128_hexdigest(tar)
-    assert body["replica_errors"] == []
+    assert body["copies_pending"] == 1
     gen, data = await served(client, sd)
     assert (gen, data) == (1, tar)
     # Python's tarfile and GNU tar both read the stored archive.
@@ -109,6 +109,7 @@ async def test_round_trip_and_generations(client: Client, sd: str, tmp_path: Pat
     info = await (await client.get(f"/domains/{sd}/ovf-store/info")).json()
     assert [s["valid"] for s in info["stores"]] == [True, True]
     assert {s["record"]["generation"] for s in info["stores"]} == {2}
+    assert info["copy_errors"] == []  # info waited for the copies after the answer
     assert await served(client, sd) == (2, tar2)
 
 

@@ -25,7 +25,7 @@ from tests.volume.ovfstore_util import (
     update,
 )
 from tests.volume.test_blockdomain import write as poke
-from volume import ovfupdate
+from volume import ovfrecord, ovfstore, ovfupdate
 from volume.base import Volume
 from volume.errors import ChecksumMismatch, Conflict, InvalidRequest, OutOfRange, VolumeError
 from volume.ovfstore import RECORD_SIZE, OvfStores, StoreState
@@ -215,3 +215,53 @@ def test_readers_during_updates_see_whole_archives(storage: StorageDomain) -> No
     assert len(set(seen)) > 2
 
 
+
+
+def test_seal_answers_before_the_copies(storage: StorageDomain) -> None:
+    """seal() commits the target alone; replicate() reads it back before it
+    touches another store, and copies nothing if it does not match."""
+    stores = open_stores(storage)
+    update(stores, b"gen one")
+    u = stores.begin()
+    u.volume.write(0, memoryview(b"gen two"))
+    record = u.seal(7, digest(b"gen two"), read_back=False)
+    assert record.generation == 2
+    with pytest.raises(Conflict, match="being updated"):
+        stores.begin()  # the update lasts until the copies are done
+    poke(u.target.volume, 0, b"gen 2wo")  # the target rots before they start
+    u.replicate()
+    assert len(u.replica_errors) == 1 and "reads back with" in u.replica_errors[0]
+    gens = generations(stores)
+    assert gens[u.target.index] is None and gens[1 - u.target.index] == 1
+    state, data = newest(stores)
+    assert data == b"gen one" and state.record is not None and state.record.generation == 1
+    with pytest.raises(Conflict, match="ended"):
+        u.replicate()
+    u2, _ = update(stores, b"gen three")  # and the next update goes on
+    assert newest(stores)[1] == b"gen three" and u2.replica_errors == []
+
+
+def test_begin_trusts_only_what_it_read_back(storage: StorageDomain,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """begin() does not hash again the stores this process wrote or read back
+    under the same record; a record changed elsewhere is read again."""
+    stores = open_stores(storage)
+    update(stores, b"gen one")
+    hashed: list[int] = []
+    real = ovfrecord.tar_digest
+
+    def counting(vol: Volume, length: int, buf: memoryview) -> str:
+        hashed.append(length)
+        return real(vol, length, buf)
+
+    monkeypatch.setattr(ovfstore, "tar_digest", counting)
+    u = stores.begin()
+    assert hashed == []
+    u.abort()
+    other = stores.stores[1 - u.target.index]
+    plant(other, b"another host's", 5)  # another host's update: a new record
+    u = stores.begin()
+    assert hashed == [len(b"another host's")]
+    assert u.generation == 6 and u.target.volume != other  # the aborted one again
+    u.abort()
+    assert len(stores.states()) == 2 and len(hashed) == 2  # readers always hash

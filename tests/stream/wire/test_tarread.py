@@ -471,3 +471,44 @@ def test_manifest_malformed() -> None:
 def test_metadata_malformed() -> None:
     blob = member(INFO_NAME, INFO) + member(METADATA_NAME, b"[]") + EOF
     refused(blob, "'metadata.json' .*: metadata.json is not a JSON object")
+
+
+# The fast path (whole OVFs of a manifest in one chunk) and the steps agree.
+
+def _defect(kind: str) -> tuple[bytes, str]:
+    """A manifest store of 30 OVFs with one defect in the 17th; what it says."""
+    files = {ovf(): OVF * (1 + i % 3) for i in range(30)}
+    listed = dict(files)
+    bad = list(files)[16]
+    if kind == "digest":
+        files[bad] = files[bad].replace(b"...", b"!!!")
+        why = f"'{bad}' .*: digest {xxh(files[bad])}, the manifest says {xxh(listed[bad])}"
+    elif kind == "size":
+        listed[bad] = files[bad] + b"!"
+        why = f"'{bad}' .*: {len(files[bad])} bytes, the manifest says {len(files[bad]) + 1}"
+    else:
+        why = ""
+    blob = manifest_store(files, listed)
+    if kind in ("padding", "checksum"):
+        head = blob.index(bad.encode() + b"\0")  # its header, not the manifest
+        if kind == "padding":
+            end = head + 512 + len(files[bad])
+            blob = blob[:end] + b"x" + blob[end + 1:]
+            why = f"non-zero padding after '{bad}'"
+        else:
+            mode = head + 100  # a digit of the mode: the stored checksum no longer adds up
+            blob = blob[:mode] + (b"1" if blob[mode:mode + 1] != b"1" else b"2") + blob[mode + 1:]
+            why = "bad header checksum"
+    return blob, why
+
+
+@pytest.mark.parametrize("kind", ["none", "digest", "size", "padding", "checksum"])
+def test_fast_path_agrees_with_the_steps(kind: str) -> None:
+    blob, why = _defect(kind)
+    if kind == "none":
+        whole, steps = read(blob, len(blob)), read(blob, 1)
+        assert whole == steps and len(whole.entries) == 32
+        return
+    fast = refused(blob, why, step=len(blob))
+    slow = refused(blob, why, step=1)
+    assert str(fast) == str(slow)
