@@ -34,7 +34,10 @@ log = logging.getLogger(__name__)
 #: Keyword arguments for the runner serving this app.  aiohttp would decode
 #: ``Content-Encoding`` itself, with no bound on the decoded size and no check
 #: that a zstd frame is complete; the upload pipeline does both instead.
-RUNNER_KWARGS: dict[str, Any] = {"auto_decompress": False}
+#: ``read_bufsize``: the body buffer pauses the socket at twice this; the
+#: default 64 KiB pauses after every 256 KiB the TLS transport decrypts at
+#: once, and 1 MiB measured ~10% faster TLS uploads here (plain: no change).
+RUNNER_KWARGS: dict[str, Any] = {"auto_decompress": False, "read_bufsize": 1 << 20}
 
 
 def make_app(cfg: Config, *, trust_tcp: bool = False) -> web.Application:
