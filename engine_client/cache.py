@@ -19,8 +19,8 @@ import threading
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from . import entities, stores
-from .entities import Imported, ImportItem, Outcome
+from . import entities, phase, stores
+from .entities import Imported, ImportItem
 from .errors import InvalidInput, NotFound
 from .model import (
     DOMAIN_TYPES,
@@ -37,6 +37,7 @@ from .model import (
     StoreContent,
 )
 from .ovf import canonical_uuid
+from .phase import Outcome
 from .schema import connect, transaction
 
 
@@ -304,17 +305,18 @@ class Cache:
     # -- the updater's entity phase
 
     def outdated_entities(self, after: str, limit: int) -> list[tuple[str, int]]:
+        """The next chunk after entity ``after`` ("" at first); see ``phase.outdated``."""
         with self._tx(write=False) as c:
-            return entities.outdated(c, after, limit)
+            return phase.outdated(c, after, limit)
 
     def process_entities(self, selected: Sequence[tuple[str, int]]) -> list[Outcome]:
         with self._tx() as c:
-            return entities.process(c, selected)
+            return phase.process(c, selected)
 
     def process_deletions(self) -> list[tuple[str, list[str]]]:
         with self._tx() as c:
-            return entities.process_deletions(c)
+            return phase.process_deletions(c)
 
     def gc_blobs(self) -> int:
         with self._tx() as c:
-            return entities.gc_blobs(c)
+            return phase.gc_blobs(c)

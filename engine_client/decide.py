@@ -93,12 +93,17 @@ def store_members(
     return sorted(found, key=lambda m: m.uuid)
 
 
+def reports_status(kind: str, status: int) -> bool:
+    """Whether ``metadata.json`` lists a member's status: a VM that is not Down."""
+    return kind == "vm" and status != VmStatus.DOWN
+
+
 def vm_statuses(entities: Iterable[Entity], members: Iterable[Member]) -> dict[str, int]:
     """``metadata.json``'s ``VM Status``: the member VMs that are not Down."""
     wanted = {m.uuid for m in members}
     return {
         e.uuid: e.status for e in sorted(entities, key=lambda e: e.uuid)
-        if e.uuid in wanted and e.kind == "vm" and e.status != VmStatus.DOWN
+        if e.uuid in wanted and reports_status(e.kind, e.status)
     }
 
 

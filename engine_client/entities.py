@@ -16,12 +16,11 @@ from dataclasses import dataclass
 
 import xxhash
 
-from . import decide
 from .errors import InvalidInput, NotFound
-from .model import SNAPSHOT_LOCKED, SNAPSHOT_OK, Disk, DomainStatus, Entity, Snapshot, VmStatus
+from .model import SNAPSHOT_LOCKED, SNAPSHOT_OK, Disk, Entity, Snapshot, VmStatus
 from .ovf import Ovf, canonical_uuid, set_storage_ids
 
-_SELECT = ("SELECT e.*, b.size AS ovf_size FROM entities e "
+SELECT = ("SELECT e.*, b.size AS ovf_size FROM entities e "
            "LEFT JOIN blobs b ON b.digest = e.ovf_digest")
 
 
@@ -42,19 +41,7 @@ class Imported:
     db_generation: int
 
 
-@dataclass(frozen=True)
-class Outcome:
-    """What the updater's entity phase did with one entity."""
-
-    uuid: str
-    name: str
-    kind: str
-    processed: bool
-    reason: str | None  # why it was skipped
-    domains: tuple[str, ...]  # the domains marked outdated
-
-
-def _entity(r: sqlite3.Row) -> Entity:
+def row_entity(r: sqlite3.Row) -> Entity:
     return Entity(r["uuid"], r["name"], r["kind"], r["status"], r["origin"],
                   r["db_generation"], r["ovf_generation"], r["source_digest"],
                   r["ovf_digest"], r["ovf_size"])
@@ -63,8 +50,8 @@ def _entity(r: sqlite3.Row) -> Entity:
 def entity_rows(c: sqlite3.Connection, where: str = "", params: Sequence[object] = (),
                 limit: int = -1) -> list[Entity]:
     """Entities matching ``where`` (SQL on ``e``), in UUID order."""
-    sql = f"{_SELECT} {where} ORDER BY e.uuid LIMIT ?"
-    return [_entity(r) for r in c.execute(sql, (*params, limit))]
+    sql = f"{SELECT} {where} ORDER BY e.uuid LIMIT ?"
+    return [row_entity(r) for r in c.execute(sql, (*params, limit))]
 
 
 def get(c: sqlite3.Connection, entity_uuid: str) -> Entity:
@@ -247,54 +234,3 @@ def delete(c: sqlite3.Connection, entity_uuid: str) -> list[str]:
               (e.uuid, json.dumps(sorted(sds)), time.time()))
     c.execute("DELETE FROM entities WHERE uuid = ?", (e.uuid,))
     return sorted(sds)
-
-
-def outdated(c: sqlite3.Connection, after: str, limit: int) -> list[tuple[str, int]]:
-    """The next ``limit`` entities after UUID ``after`` that need processing."""
-    found = entity_rows(c, "WHERE e.db_generation > e.ovf_generation AND e.uuid > ? "
-                           "AND e.origin IS NOT 4", (after,), limit)
-    return [(e.uuid, e.db_generation) for e in found if decide.needs_processing(e)]
-
-
-def process(c: sqlite3.Connection, selected: Sequence[tuple[str, int]]) -> list[Outcome]:
-    """The entity phase for one chunk: cache the OVF of every unlocked entity
-    whose generation is still the selected one, and mark its domains."""
-    active = [r[0] for r in c.execute("SELECT uuid FROM domains WHERE status = ?",
-                                      (str(DomainStatus.ACTIVE),))]
-    outcomes = []
-    for uuid, generation in selected:
-        found = entity_rows(c, "WHERE e.uuid = ?", (uuid,))
-        if not found:
-            continue  # deleted meanwhile: its deletion marks the domains
-        e = found[0]
-        disks = disks_by_entity(c, uuid).get(uuid, [])
-        reason = decide.lock_reason(e, disks, snapshots(c, uuid))
-        if reason is None and e.db_generation != generation:
-            reason = "its generation moved while it was processed"
-        if reason is not None:
-            outcomes.append(Outcome(uuid, e.name, e.kind, False, reason, ()))
-            continue
-        marks = decide.domains_to_mark(disks, _listed_in(c, uuid), active)
-        c.execute("UPDATE entities SET ovf_digest = source_digest, "
-                  "ovf_generation = db_generation WHERE uuid = ?", (uuid,))
-        mark(c, marks)
-        outcomes.append(Outcome(uuid, e.name, e.kind, True, None, tuple(sorted(marks))))
-    return outcomes
-
-
-def process_deletions(c: sqlite3.Connection) -> list[tuple[str, list[str]]]:
-    done = []
-    for r in c.execute("SELECT * FROM deletions ORDER BY entity_uuid").fetchall():
-        sds = json.loads(r["domains"])
-        mark(c, sds)
-        done.append((r["entity_uuid"], sds))
-    c.execute("DELETE FROM deletions")
-    return done
-
-
-def gc_blobs(c: sqlite3.Connection) -> int:
-    """Drop OVF blobs no entity refers to any more."""
-    return c.execute(
-        "DELETE FROM blobs WHERE digest NOT IN (SELECT source_digest FROM entities) "
-        "AND digest NOT IN (SELECT ovf_digest FROM entities WHERE ovf_digest IS NOT NULL)"
-    ).rowcount

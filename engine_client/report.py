@@ -71,9 +71,11 @@ def stores(found: Sequence[Store]) -> str:
 
 
 def update_pass(r: PassReport) -> str:
-    lines = [f"entities: {len(r.processed)} processed, {len(r.skipped)} skipped, "
+    lines = [f"entities: {r.processed_count} processed, {r.skipped_count} skipped, "
              f"{len(r.deleted)} deletions"]
     lines += [f"  skipped {o.kind} {o.name} ({o.uuid}): {o.reason}" for o in r.skipped]
+    if r.skipped_count > len(r.skipped):
+        lines.append(f"  ... and {r.skipped_count - len(r.skipped)} more skipped (see the log)")
     if not r.domains:
         lines.append("domains: none outdated")
         return "\n".join(lines)

@@ -157,6 +157,13 @@ def connect(state_dir: str) -> sqlite3.Connection:
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA foreign_keys = ON")
         conn.execute("PRAGMA synchronous = NORMAL")  # durable at checkpoints; WAL never corrupts
+        # A pass over 10,000 VMs writes about 7 MB of WAL: at the default 1000
+        # pages, a checkpoint (two fdatasyncs, 0.1 s under the hosts' writes)
+        # ran in the middle of the pushes with the cache lock held.  16 MiB
+        # of WAL leaves it to the close.  The price: a power failure can lose
+        # up to 16 MiB of commits instead of 4 (never a corrupt cache; the
+        # last connection to close, as a CLI command usually is, checkpoints).
+        conn.execute("PRAGMA wal_autocheckpoint = 4096")
         _migrate(conn, path)
     except sqlite3.DatabaseError as e:
         raise CacheError(f"cannot open the cache {path}: {e}") from None

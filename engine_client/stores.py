@@ -9,9 +9,10 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterable, Sequence
 
-from . import decide, entities
+from . import decide
 from .errors import NotFound
-from .model import Store, StoreContent
+from .model import Member, Store, StoreContent
+from .ovf import EXTERNAL_ORIGIN
 
 
 def group(c: sqlite3.Connection, table: str, key: str, value: str) -> dict[str, list[str]]:
@@ -43,12 +44,46 @@ def one(c: sqlite3.Connection, sd_uuid: str) -> Store:
     return _store(row, (r[0] for r in ids))
 
 
+#: ``decide.store_members`` in SQL: the cached OVFs a store of ``:sd``
+#: holds (an active non-shareable disk there, or no disk at all; never an
+#: external VM), with what ``decide.reports_status`` needs.
+#: test_cache.py checks both agree.  (The domain's disks are one uncorrelated
+#: IN list: an EXISTS on them per entity made SQLite scan them all each time.)
+_MEMBERS = """
+SELECT e.uuid, b.size, e.ovf_digest, e.kind, e.status FROM entities e
+JOIN blobs b ON b.digest = e.ovf_digest
+WHERE e.origin IS NOT :external AND (
+    e.uuid IN (SELECT entity_uuid FROM disks WHERE sd_uuid = :sd AND active AND NOT shareable)
+    OR NOT EXISTS (SELECT 1 FROM disks d WHERE d.entity_uuid = e.uuid))
+ORDER BY e.uuid
+"""
+
+
+def _seq(c: sqlite3.Connection, sd_uuid: str) -> tuple[int, bool]:
+    row = c.execute("SELECT outdated_seq, outdated FROM ovf_stores WHERE sd_uuid = ?",
+                    (sd_uuid,)).fetchone()
+    if row is None:
+        raise NotFound(f"storage domain {sd_uuid} has no OVF store state")
+    return row[0], bool(row[1])
+
+
 def content(c: sqlite3.Connection, sd_uuid: str) -> StoreContent:
-    """What the store of ``sd_uuid`` must hold now, with its mark sequence."""
-    seq = one(c, sd_uuid).outdated_seq
-    cached = entities.entity_rows(c, "WHERE e.ovf_digest IS NOT NULL")
-    members = decide.store_members(sd_uuid, cached, entities.disks_by_entity(c))
-    return StoreContent(sd_uuid, seq, tuple(members), decide.vm_statuses(cached, members))
+    """What the store of ``sd_uuid`` must hold now, with its mark sequence.
+
+    Read row by row into named tuples: about 250 bytes an OVF, where whole
+    entities and their disks took ten times that.
+    """
+    seq, _ = _seq(c, sd_uuid)
+    members = []
+    status = {}
+    cur = c.cursor()
+    cur.row_factory = None
+    for uuid, size, digest, kind, vm_status in cur.execute(
+            _MEMBERS, {"sd": sd_uuid, "external": EXTERNAL_ORIGIN}):
+        members.append(Member(uuid, size, digest))
+        if decide.reports_status(kind, vm_status):
+            status[uuid] = vm_status
+    return StoreContent(sd_uuid, seq, tuple(members), status)
 
 
 def read_blobs(c: sqlite3.Connection, digests: Sequence[str]) -> dict[str, bytes]:
@@ -72,7 +107,7 @@ def pushed(c: sqlite3.Connection, content: StoreContent, generation: int, digest
     c.execute("DELETE FROM store_entities WHERE sd_uuid = ?", (sd,))
     c.executemany("INSERT INTO store_entities VALUES (?, ?)",
                   [(sd, m.uuid) for m in content.members])
-    return not one(c, sd).outdated
+    return not _seq(c, sd)[1]
 
 
 def failed(c: sqlite3.Connection, content: StoreContent, error: str, retry_at: float) -> None:

@@ -16,6 +16,7 @@ record, like the engine's commons-compress output (ovirt-storage.md §1.5).
 from __future__ import annotations
 
 import bisect
+import functools
 import tarfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -31,12 +32,15 @@ from .manifest import (
     build_info,
     build_metadata,
 )
-from .tarheader import EOF_SIZE, name_problem, padding
+from .tarheader import BLOCK, EOF_SIZE, name_problem, padding
 
 _Format = Literal[0, 1, 2]
 _FORMATS = (tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT)
 #: render() asks ``fetch`` for at most this much at a time.
 FETCH_SIZE = 1 << 20
+#: ustar numbers: 11 octal digits and a NUL.
+_OCTAL_MAX = 8**11
+_ZERO_SIZE_SUM = sum(b"%011o\0" % 0)
 
 
 @dataclass(frozen=True)
@@ -127,21 +131,66 @@ def _clip(seg: Segment, start: int, end: int) -> Segment:
     return Padding(start, length)
 
 
-def header(member: Member, format: int = tarfile.PAX_FORMAT) -> bytes:
-    """The header bytes of ``member``: 512, or more with PAX or GNU long names."""
-    info = tarfile.TarInfo(member.name)
-    info.size = member.size
-    info.mtime = member.mtime
+def _info(name: str, size: int, mtime: int) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.size = size
+    info.mtime = mtime
     info.mode = 0o644
     info.type = tarfile.REGTYPE
     info.uid = info.gid = 0
     info.uname = info.gname = ""
+    return info
+
+
+def _is_simple(name: str, size: int, mtime: int) -> bool:
+    """Whether one 512-byte ustar block says it all, in every format: an
+    ASCII name that fits the 100-byte field, size and mtime in 11 octal digits."""
+    return len(name) <= 100 and name.isascii() and 0 <= size < _OCTAL_MAX \
+        and 0 <= mtime < _OCTAL_MAX
+
+
+@functools.lru_cache(maxsize=8)
+def _template(format: int, mtime: int) -> tuple[bytes, int]:
+    """The block of an empty member called "" dated ``mtime``, and its byte
+    sum with the checksum field as spaces (how the checksum is computed)."""
+    block = _info("", 0, mtime).tobuf(format=cast(_Format, format), encoding="utf-8",
+                                      errors="strict")
+    block = block[:148] + b" " * 8 + block[156:]
+    return block, sum(block)
+
+
+def _simple_header(name: str, size: int, mtime: int, format: int) -> bytes:
+    """``tobuf``'s bytes for a simple member (see ``_is_simple``), made by
+    patching a template: tarfile takes about 80 us a header, this 3 us."""
+    template, base = _template(format, mtime)
+    block = bytearray(template)
+    encoded = name.encode("ascii")
+    block[: len(encoded)] = encoded
+    size_field = b"%011o\0" % size
+    block[124:136] = size_field
+    checksum = base + sum(encoded) + sum(size_field) - _ZERO_SIZE_SUM
+    block[148:155] = b"%06o\0" % checksum
+    return bytes(block)
+
+
+def header(member: Member, format: int = tarfile.PAX_FORMAT) -> bytes:
+    """The header bytes of ``member``: 512, or more with PAX or GNU long names."""
     if format not in _FORMATS:
         raise ValueError(f"unknown tar format {format!r}")
+    if _is_simple(member.name, member.size, member.mtime):
+        return _simple_header(member.name, member.size, member.mtime, format)
+    info = _info(member.name, member.size, member.mtime)
     try:
         return info.tobuf(format=cast(_Format, format), encoding="utf-8", errors="strict")
     except ValueError as e:  # e.g. a ustar name or size that does not fit
         raise ValueError(f"member {member.name!r}: {e}") from None
+
+
+def header_size(member: Member, format: int = tarfile.PAX_FORMAT) -> int:
+    """``len(header(member, format))``, without making it for simple members."""
+    if format in _FORMATS and _is_simple(member.name, member.size, member.mtime):
+        return BLOCK
+    return len(header(member, format))
 
 
 def plan(members: Sequence[Member], format: int = tarfile.PAX_FORMAT) -> Plan:

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from engine_client import schema
+from engine_client import decide, schema
 from engine_client.cache import Cache
 from engine_client.entities import ImportItem
 from engine_client.errors import InvalidInput, NotFound
-from engine_client.model import DomainStatus, VmStatus
+from engine_client.model import Disk, DomainStatus, VmStatus
 from engine_client.ovf import parse
 from engine_client.schema import CacheError
 
@@ -200,3 +200,50 @@ def test_push_of_a_store_marked_meanwhile_stays_outdated(cache: Cache,
     assert cache.store_pushed(cache.store_content(sd), 2, "1" * 32, 4096, "h1", 2.0)
     s = cache.store(sd)
     assert not s.outdated and s.stored == {vm} and (s.generation, s.tar_length) == (2, 4096)
+
+
+def test_store_content_applies_the_rules_of_decide(cache: Cache, add_domain: AddDomain) -> None:
+    """``stores.content`` selects in SQL what ``decide.store_members`` and
+    ``vm_statuses`` say, over every kind of disk placement."""
+    a, b = add_domain(), add_domain()
+    specs = {
+        "on-a": [DiskSpec(a)], "on-b": [DiskSpec(b)], "both": [DiskSpec(a), DiskSpec(b)],
+        "shared-a": [DiskSpec(a, shareable=True)], "diskless": [],
+        "inactive-a": [DiskSpec(a)], "shared-a-own-b": [DiskSpec(a, shareable=True), DiskSpec(b)],
+    }
+    uuids = {name: str(uuid.uuid4()) for name in specs}
+    items = [item(uuids[n], n, disks) for n, disks in specs.items()]
+    items.append(item(str(uuid.uuid4()), "external", [DiskSpec(a)], origin=4))
+    items.append(item(str(uuid.uuid4()), "template", [], template=True))
+    cache.import_entities(items)
+    cache.process_entities(cache.outdated_entities("", 100))
+    cache.import_entities([item(str(uuid.uuid4()), "never-processed", [DiskSpec(a)])])
+    disk = next(d for d in cache.disks(uuids["inactive-a"]))
+    cache.set_disk(uuids["inactive-a"], disk.disk_uuid, active=False)
+    cache.set_status(uuids["on-a"], VmStatus.UP)
+    cache.set_status(uuids["diskless"], VmStatus.PAUSED)
+    ents = cache.entities()
+    by_entity: dict[str, list[Disk]] = {}
+    for d in cache.disks():
+        by_entity.setdefault(d.entity_uuid, []).append(d)
+    for sd in (a, b):
+        content = cache.store_content(sd)
+        members = decide.store_members(sd, ents, by_entity)
+        assert list(content.members) == members and members
+        assert content.vm_status == decide.vm_statuses(ents, members)
+    names = {e.uuid: e.name for e in ents}
+    assert sorted(names[m.uuid] for m in cache.store_content(a).members) == [
+        "both", "diskless", "on-a", "template"]
+
+
+def test_gc_blobs_keeps_what_entities_refer_to(cache: Cache, add_domain: AddDomain) -> None:
+    sd = add_domain()
+    vm = str(uuid.uuid4())
+    cache.import_entities([item(vm, "a", [DiskSpec(sd)])])
+    cache.process_entities(cache.outdated_entities("", 10))
+    first = cache.ovf(vm, cached=True)
+    cache.import_entities([item(vm, "b", [DiskSpec(sd)])])  # the cached OVF stays "a"
+    assert cache.gc_blobs() == 0
+    cache.process_entities(cache.outdated_entities("", 10))
+    assert cache.gc_blobs() == 1, "a's OVF is neither current nor cached any more"
+    assert cache.ovf(vm, cached=True) != first and cache.ovf(vm) is not None
