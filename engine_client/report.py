@@ -72,7 +72,7 @@ def stores(found: Sequence[Store]) -> str:
 
 def update_pass(r: PassReport) -> str:
     lines = [f"entities: {r.processed_count} processed, {r.skipped_count} skipped, "
-             f"{len(r.deleted)} deletions"]
+             f"{len(r.deleted)} deletions; pass took {r.seconds:.3f} s"]
     lines += [f"  skipped {o.kind} {o.name} ({o.uuid}): {o.reason}" for o in r.skipped]
     if r.skipped_count > len(r.skipped):
         lines.append(f"  ... and {r.skipped_count - len(r.skipped)} more skipped (see the log)")

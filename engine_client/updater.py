@@ -78,6 +78,8 @@ class PassReport:
     skipped_count: int = 0
     deleted: list[tuple[str, list[str]]] = field(default_factory=list)
     domains: list[DomainReport] = field(default_factory=list)
+    #: How long the pass took, from the entity phase to the last push.
+    seconds: float = 0.0
 
     @property
     def ok(self) -> bool:
@@ -102,6 +104,7 @@ class PassReport:
                          "skipped_list": [asdict(o) for o in self.skipped]},
             "deleted": [{"uuid": u, "domains": sds} for u, sds in self.deleted],
             "domains": [asdict(d) for d in self.domains],
+            "seconds": self.seconds,
         }
 
 
@@ -131,14 +134,16 @@ class Updater:
         """One pass; ``retry_now`` ignores the backoff of failed domains."""
         async with self._pass_lock:
             report = PassReport(self._clock())
+            start = time.monotonic()
             await self._entity_phase(report)
             await self._domain_phase(report, retry_now)
+            report.seconds = round(time.monotonic() - start, 3)
             dropped = await asyncio.to_thread(self.cache.gc_blobs)
             log.info("OVF pass: %d entities processed, %d skipped, %d deletions, domains: %s; "
-                     "%d unused OVFs dropped", report.processed_count, report.skipped_count,
-                     len(report.deleted),
+                     "%d unused OVFs dropped; pass took %.3f s", report.processed_count,
+                     report.skipped_count, len(report.deleted),
                      ", ".join(f"{d.sd_uuid}={d.outcome}" for d in report.domains) or "none",
-                     dropped)
+                     dropped, report.seconds)
             return report
 
     async def _entity_phase(self, report: PassReport) -> None:

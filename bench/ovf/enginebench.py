@@ -14,6 +14,7 @@ same bytes, the same daemon.
 from __future__ import annotations
 
 import http.client
+import re
 import sys
 import time
 from pathlib import Path
@@ -70,6 +71,10 @@ def run_pass(state: Path, work: Path, d: Daemon, row: MemRow) -> ChildResult:
                          f"{proc.log_tail()}")
     metered.record(row, done.seconds)
     row.client_rss.append(done.max_rss)
+    found = re.search(r"pass took ([0-9.]+) s", proc.log.read_text(errors="replace"))
+    if found is None:
+        raise BenchError(f"sluice-engine logged no pass duration:\n{proc.log_tail()}")
+    row.extra["pass_seconds"] = float(found.group(1))
     return done
 
 
@@ -123,7 +128,7 @@ def run_size(d: Daemon, work: Path, count: int) -> tuple[MemRow, MemRow]:
         size, digest, per_domain = fetch_stores(state, d, tar)
         engine.size = image.size = size
         engine.verified = True
-        engine.extra = {"vms": count, "domains": per_domain, "engine_cpu_s": done.cpu_s}
+        engine.extra.update({"vms": count, "domains": per_domain, "engine_cpu_s": done.cpu_s})
         log(f"{engine.name}: {done.seconds:.2f} s for {size / MB:.1f} MB, engine peak RSS "
             f"{done.max_rss / MiB:.1f} MiB, daemon RSS +{engine.rss_growth[-1] / MiB:.1f} MiB")
     except BenchError as e:

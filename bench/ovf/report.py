@@ -35,7 +35,11 @@ TARGETS = (
     Target("store_rss_growth_mib", "<=", 32.0, "MiB",
            "daemon peak RSS minus RSS before the store PUT (worst round)"),
     Target("engine_pass_time_vs_image", "<=", 2.0, "x",
-           "the large engine pass's seconds over an image PUT of the same bytes"),
+           "the large engine pass's own seconds (as it logs them: entity phase to last "
+           "push) over an image PUT of the same bytes"),
+    Target("engine_process_time_vs_image", "<=", 2.0, "x",
+           "the same with the whole sluice-engine process: interpreter start, imports, "
+           "opening and closing the cache included"),
     Target("engine_rss_large_minus_small_mib", "<=", 16.0, "MiB",
            "the engine's peak RSS at the large VM count minus at the small one"),
 )
@@ -69,7 +73,9 @@ def _values(rows: dict[str, dict[str, Any]], store: list[str], engine: list[str]
     if len(engine) == 4:  # small pass, its image, large pass, its image
         small, large = rows[engine[0]], rows[engine[2]]
         pass_s, img_s = _median_s(large), _median_s(rows[engine[3]])
-        found["engine_pass_time_vs_image"] = pass_s / img_s if pass_s and img_s else None
+        found["engine_process_time_vs_image"] = pass_s / img_s if pass_s and img_s else None
+        own = large.get("pass_seconds")
+        found["engine_pass_time_vs_image"] = own / img_s if own and img_s else None
         if small["client_peak_rss"] and large["client_peak_rss"]:
             found["engine_rss_large_minus_small_mib"] = (
                 large["client_peak_rss"] - small["client_peak_rss"]) / MiB
