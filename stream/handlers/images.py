@@ -76,6 +76,7 @@ async def put(request: web.Request) -> web.Response:
                 request.content.readany, io, volume,
                 offset=offset, limit=ticket.size, zstd=zstd, hasher=hasher,
                 check=ticket.check, idle_timeout=ticket.inactivity_timeout,
+                depth=request.app[CONFIG].transfer.write_depth,
             )
         except (HttpProcessingError, ConnectionError) as e:
             raise PartialContent(f"The client sent an incomplete body: {e}") from e

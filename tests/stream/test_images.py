@@ -60,6 +60,26 @@ async def test_put_content_range(
     assert path.read_bytes() == expected
 
 
+@pytest.mark.parametrize("depth", [1, 2, 3])
+async def test_writes_in_flight_land_in_place(
+    client: Client, cfg: Any, image: Any, add_ticket: AddTicket, depth: int
+) -> None:
+    """Several full buffers written at once, each at its own offset: the
+    bytes land where they belong, at an unaligned offset too."""
+    cfg.transfer.write_depth = depth
+    size = 12 * MiB
+    before = random_data(size)
+    path = image(data=before)
+    ticket = await add_ticket(path)
+    offset, data = 1000, random_data(9 * MiB + 12345)  # nine 1 MiB buffers and a tail
+    resp = await client.put(
+        f"/images/{ticket}", data=chunks(data, 77_777),
+        headers={"Content-Range": f"bytes {offset}-{offset + len(data) - 1}/*"},
+    )
+    assert resp.status == 200, await resp.text()
+    assert path.read_bytes() == before[:offset] + data + before[offset + len(data):]
+
+
 async def test_chunked_upload(client: Client, image: Any, add_ticket: AddTicket) -> None:
     data = random_data(2 * MiB + 12345)
     path = image(len(data))
