@@ -1,7 +1,7 @@
 """OVF store streams: receive a tar into a domain's stores, serve it back.
 
 An incoming stream goes into the store that was updated longest ago, each
-buffer checked by the sans-IO tar reader while it is written.  Only a
+buffer checked by the sans-IO tar reader before or while it is written.  Only a
 complete, valid stream is committed; the answer goes out then, and the
 archive is copied into the other stores after it (:class:`Updates`).  Any
 failure leaves the previous generation as the newest valid one.  One
@@ -57,10 +57,9 @@ class Committed:
 
 
 class _CheckedVolume(RegionVolume):
-    """The target's archive area, each write checked by the tar reader at
-    the same time: the reader runs in a thread of its own while this one
-    writes the same bytes (both only read the buffer), so the check costs
-    no time as long as it is faster than the disk.  A bad buffer may reach
+    """The target's archive area, for zstd bodies: each decoded write checked
+    by the tar reader at the same time, in a thread of its own while this
+    one writes the same bytes (both only read the buffer).  A bad buffer may reach
     the target before the error does; the target is marked updating, and
     the update is aborted, so no reader ever takes it."""
 
@@ -159,15 +158,20 @@ async def _stream(
     read: Reader, io: IOExecutor, storage: StorageDomain, stores: OvfStores, update: Update,
     *, zstd: bool, idle_timeout: float, buffer_size: int,
 ) -> Summary:
-    """The body into the target, checked as it goes; the reader's summary."""
+    """The body into the target, checked as it goes; the reader's summary.
+
+    A plain body is checked on the event loop before each buffer goes to
+    the worker (upload's ``inspect``); a zstd one only exists decoded in
+    the worker, so there the target volume checks what it is given.
+    """
     reader = OvfTarReader(max_total=stores.capacity)
     with ThreadPoolExecutor(1, thread_name_prefix="ovf-check") as checker:
-        target = _CheckedVolume(update.volume, reader, checker)
+        target = _CheckedVolume(update.volume, reader, checker) if zstd else update.volume
         try:
             await upload.receive(
                 read, io, target, offset=0, limit=stores.capacity, zstd=zstd,
                 hasher=None, check=lambda: None, idle_timeout=idle_timeout,
-                buffer_size=buffer_size,
+                buffer_size=buffer_size, inspect=None if zstd else reader.feed,
             )
         except OutOfRange:
             raise StoreTooSmall(

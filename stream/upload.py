@@ -116,6 +116,7 @@ async def receive(
     idle_timeout: float,
     buffer_size: int = 0,
     depth: int = 1,
+    inspect: Callable[[memoryview], None] | None = None,
 ) -> int:
     """Stream a request body into ``volume`` at ``offset``; return bytes written.
 
@@ -125,8 +126,12 @@ async def receive(
     the upload when no byte arrives for that long.  ``depth``: full buffers
     being written at once, each at its own offset (O_DIRECT writes at
     queue depth 2 outrun one at a time); only for plain bodies without a
-    ``hasher``, which both need the bytes in order.
+    ``hasher``, which both need the bytes in order.  ``inspect`` sees each
+    buffer of a plain body on the event loop before it is written (see
+    :func:`_inspect`); it may raise to refuse the body.
     """
+    if zstd and inspect is not None:
+        raise ValueError("inspect sees plain bodies only; check zstd ones in the volume")
     if zstd or hasher is not None:
         depth = 1
     out = io.get_buffer(buffer_size) if zstd else None
@@ -183,6 +188,8 @@ async def receive(
                     src = src[n:]
                     if fill == len(view):
                         check()
+                        if inspect is not None:
+                            await _inspect(inspect, view[head:fill])
                         if len(inflight) >= depth:
                             done, buf = inflight.popleft()
                             await done
@@ -196,6 +203,8 @@ async def receive(
                         view.release()
                         view = memoryview(cur)
                         head = fill = 0
+        if inspect is not None and fill > head:
+            await _inspect(inspect, view[head:fill])
         view.release()
         while inflight:
             done, buf = inflight.popleft()
@@ -220,6 +229,20 @@ async def receive(
         sink.release()
         if out is not None:
             io.put_buffer(out)
+
+
+#: What ``inspect`` sees at once; the event loop runs other tasks in between.
+INSPECT_SLICE = 256 << 10
+
+
+async def _inspect(inspect: Callable[[memoryview], None], data: memoryview) -> None:
+    """Pure-Python checks (the OVF tar reader) run here, on the loop, in
+    slices: in a worker thread they would hold the GIL against the loop
+    receiving the next buffer, and both would crawl (measured: 211 MB of
+    OVFs took 0.29-0.42 s that way, 0.28-0.29 s here)."""
+    for i in range(0, len(data), INSPECT_SLICE):
+        inspect(data[i:i + INSPECT_SLICE])
+        await asyncio.sleep(0)
 
 
 async def _settle(fut: asyncio.Future[None]) -> None:
