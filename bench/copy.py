@@ -19,11 +19,23 @@ from pathlib import Path
 
 from . import BenchError, MiB, log
 from .__main__ import _terminate, keep_logs
-from .copyhosts import host
-from .copyreport import COPY, COPY_DATA, COPY_SPARSE, DD_COPY, UPLOAD, CopyRow, results_json, write
+from .copyhosts import host, shm_host
+from .copyreport import (
+    COPY,
+    COPY_DATA,
+    COPY_SPARSE,
+    DD_COPY,
+    SHM_COPY,
+    SHM_COPY_DATA,
+    SHM_COPY_SPARSE,
+    UPLOAD,
+    CopyRow,
+    results_json,
+    write,
+)
 from .copyrows import make_images, run_round
 from .facts import machine_facts
-from .workspace import workspace
+from .workspace import SHM, workspace
 
 FULL = {"size": 2048, "sparse": 20480, "data": 1024, "rounds": 3}
 QUICK = {"size": 256, "sparse": 4096, "data": 256, "rounds": 1}
@@ -83,6 +95,33 @@ def fit_sparse(work: Path, size: int, sparse: int, data: int) -> tuple[int, int,
     return scaled, fit, note
 
 
+def shm_fits(size: int, data: int) -> tuple[bool, str | None]:
+    """Whether /dev/shm holds the copy-shm rows' images beside the
+    workspace's: `dense` is a hard link; dense-data and the sparse data are new."""
+    need = (data if data != size else 0) + data + MARGIN
+    free = shutil.disk_usage(SHM).free
+    if need <= free:
+        return True, None
+    note = (f"{SHM} has {free // MiB} MiB free, {need // MiB} MiB needed: "
+            "no copy-shm rows")
+    log(note)
+    return False, note
+
+
+def make_rows(size: int, sparse: int, data: int, shm: bool) -> list[CopyRow]:
+    dense, dense_data = f"{size // MiB} MiB dense", f"{data // MiB} MiB dense"
+    sparse_what = f"{sparse // MiB} MiB, {data // MiB} MiB data"
+    rows = [CopyRow(DD_COPY, "dense", dense, size), CopyRow(UPLOAD, "dense", dense, size)]
+    for where, names in [("shm", (SHM_COPY, SHM_COPY_DATA, SHM_COPY_SPARSE)),
+                         ("disk", (COPY, COPY_DATA, COPY_SPARSE))]:
+        if where == "shm" and not shm:
+            continue
+        rows += [CopyRow(names[0], "dense", dense, size, where),
+                 CopyRow(names[1], "dense-data", dense_data, data, where),
+                 CopyRow(names[2], "sparse", sparse_what, data, where)]
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     for sig in (signal.SIGTERM, signal.SIGHUP):
@@ -95,24 +134,24 @@ def main(argv: list[str] | None = None) -> int:
             notes += [note] if note else []
             log(f"work dir {ws.root}: dense {size // MiB} MiB, sparse {sparse // MiB} MiB "
                 f"holding {data // MiB} MiB in {EXTENTS} extents, {args.rounds} round(s)")
-            rows = [
-                CopyRow(DD_COPY, "dense", f"{size // MiB} MiB dense", size),
-                CopyRow(UPLOAD, "dense", f"{size // MiB} MiB dense", size),
-                CopyRow(COPY, "dense", f"{size // MiB} MiB dense", size),
-                CopyRow(COPY_DATA, "dense-data", f"{data // MiB} MiB dense", data),
-                CopyRow(COPY_SPARSE, "sparse",
-                        f"{sparse // MiB} MiB, {data // MiB} MiB data", data),
-            ]
+            shm, note = shm_fits(size, data)
+            notes += [note] if note else []
+            rows = make_rows(size, sparse, data, shm)
             with ExitStack() as stack:
                 log("starting the source and destination daemons")
-                src = stack.enter_context(host(ws, "sluice-src"))
+                hosts = {"disk": stack.enter_context(host(ws, "sluice-src"))}
                 dst = stack.enter_context(host(ws, "sluice-dst"))
+                if shm:
+                    hosts["shm"] = stack.enter_context(shm_host(ws, "sluice-src-shm"))
                 log("making the source images and their checksums")
-                images = make_images(ws, src, data, sparse, EXTENTS)
+                images = {where: make_images(ws, src, data, sparse, EXTENTS,
+                                             ws.source if where == "disk" else ws.image)
+                          for where, src in hosts.items()}
                 for i in range(args.rounds):
                     for row in rows:
                         if row.error is None:
-                            run_round(row, src, dst, images[row.image], ws, i, args.rounds)
+                            run_round(row, hosts[row.source], dst,
+                                      images[row.source][row.image], ws, i, args.rounds)
             facts = machine_facts(ws.root)
             keep_logs(ws.root, args.out / "copy-logs", any(row.error for row in rows))
     except (BenchError, OSError) as e:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import shutil
 import time
 import uuid
 from collections.abc import Iterator
@@ -25,7 +26,7 @@ from . import MB, BenchError
 from .peers.base import UnixHTTPConnection
 from .peers.sluice import serve
 from .procs import Proc
-from .workspace import Workspace
+from .workspace import SHM, Workspace
 
 #: Job states that mean "not finished yet" (stream/jobs.py).
 ACTIVE = ("pending", "running", "verifying")
@@ -162,11 +163,26 @@ class Job:
 
 
 @contextmanager
-def host(ws: Workspace, name: str) -> Iterator[Host]:
-    """Start one daemon named `name`; stopped when the block ends."""
-    with serve(ws, None, name) as server:
+def host(ws: Workspace, name: str, data_parent: Path | None = None) -> Iterator[Host]:
+    """Start one daemon named `name`; stopped when the block ends.  Its data
+    dir (and storage domain) goes under `data_parent`, default its home."""
+    with serve(ws, None, name, data_parent) as server:
         domain = server.storage.parent.parent
         images = server.storage
         images.mkdir(parents=True, exist_ok=True)
         yield Host(name, server.proc, server.base_url, server.control_socket,
                    domain.name, images)
+
+
+@contextmanager
+def shm_host(ws: Workspace, name: str) -> Iterator[Host]:
+    """A daemon whose storage domain lives on /dev/shm (tmpfs): reading its
+    images costs no disk I/O, as for the upload's source file.  The domain
+    is removed when the block ends (and by reap_stale after a kill)."""
+    parent = SHM / f"{ws.root.name}.src"
+    parent.mkdir()
+    try:
+        with host(ws, name, parent) as h:
+            yield h
+    finally:
+        shutil.rmtree(parent, ignore_errors=True)

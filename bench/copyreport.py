@@ -20,6 +20,10 @@ UPLOAD = "upload/dense/curl"
 COPY = "copy/dense/job"
 COPY_DATA = "copy/dense-data/job"
 COPY_SPARSE = "copy/sparse/job"
+#: The same copies from a source daemon whose storage domain is on /dev/shm.
+SHM_COPY = "copy-shm/dense/job"
+SHM_COPY_DATA = "copy-shm/dense-data/job"
+SHM_COPY_SPARSE = "copy-shm/sparse/job"
 
 
 @dataclass
@@ -31,6 +35,9 @@ class CopyRow:
     what: str
     #: Data bytes moved: MB/s is data over seconds.
     data: int
+    #: Where the source image lives: "disk" (the disk the destination
+    #: writes to) or "shm" (/dev/shm, a source daemon's tmpfs domain).
+    source: str = "disk"
     #: Per round: the measured seconds (curl's time_total, or the copy job's
     #: own start-to-done time, verification included), the bench's wall time,
     #: and a copy job's verification phase as the bench saw it.
@@ -72,6 +79,7 @@ def row_json(row: CopyRow) -> dict[str, Any]:
         cpu_src = cpu_dst = None
     return {
         "name": row.name, "image": row.image, "what": row.what, "data_bytes": row.data,
+        "source_on": row.source,
         "seconds": seconds, "mb_s": row.data / seconds / MB if seconds else None,
         "rounds_seconds": row.seconds, "rounds_wall_seconds": row.wall,
         "rounds_verify_seconds": row.verify_s, "verify_seconds": _median(row.verify_s),
@@ -84,34 +92,47 @@ def row_json(row: CopyRow) -> dict[str, Any]:
     }
 
 
+def _ratio(value: float | None, row: str, base: str, target: float | None, compare: str,
+           meaning: str) -> dict[str, Any]:
+    met = None
+    if value is not None and target is not None:
+        met = value >= target if compare == ">=" else value <= target
+    return {"row": row, "base": base, "target": target, "compare": compare if target else None,
+            "value": value, "meaning": meaning, "met": met}
+
+
 def ratios_json(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
     def get(name: str, key: str) -> float | None:
         value = rows.get(name, {}).get(key)
         return float(value) if value else None
 
-    copy, upload = get(COPY, "mb_s"), get(UPLOAD, "mb_s")
-    sparse, dense = get(COPY_SPARSE, "seconds"), get(COPY_DATA, "seconds")
-    speed = copy / upload if copy and upload else None
-    disk = get(DD_COPY, "mb_s")
-    vs_disk = copy / disk if copy and disk else None
-    time = sparse / dense if sparse and dense else None
+    def div(a: float | None, b: float | None) -> float | None:
+        return a / b if a and b else None
+
+    upload = get(UPLOAD, "mb_s")
     return {
-        "copy_vs_upload": {
-            "row": COPY, "base": UPLOAD, "target": 0.9, "compare": ">=", "value": speed,
-            "meaning": "host-to-host copy MB/s (job start to done, verification included) "
-                       ">= 90% of the single-stream upload",
-            "met": speed >= 0.9 if speed is not None else None},
-        "sparse_vs_dense_data_time": {
-            "row": COPY_SPARSE, "base": COPY_DATA, "target": 1.25, "compare": "<=",
-            "value": time,
-            "meaning": "a sparse image copies in about the time of a dense image of its "
-                       "data size (seconds ratio <= 1.25)",
-            "met": time <= 1.25 if time is not None else None},
-        "copy_vs_disk_copy": {
-            "row": COPY, "base": DD_COPY, "target": None, "compare": None, "value": vs_disk,
-            "meaning": "informational: the copy job against dd copying the same image "
-                       "within the one disk both daemons share (O_DIRECT both ways)",
-            "met": None},
+        "copy_vs_upload": _ratio(
+            div(get(SHM_COPY, "mb_s"), upload), SHM_COPY, UPLOAD, 0.9, ">=",
+            "issue 6's target: host-to-host copy MB/s (job start to done, verification "
+            "included) >= 90% of the single-stream upload; the source image is on /dev/shm, "
+            "as the upload's is"),
+        "copy_vs_upload_same_disk": _ratio(
+            div(get(COPY, "mb_s"), upload), COPY, UPLOAD, None, ">=",
+            "informational: the same with the source image on the disk the destination "
+            "writes to, so the source's reads share that disk"),
+        "sparse_vs_dense_data_time": _ratio(
+            div(get(SHM_COPY_SPARSE, "seconds"), get(SHM_COPY_DATA, "seconds")),
+            SHM_COPY_SPARSE, SHM_COPY_DATA, 1.25, "<=",
+            "issue 6's target: a sparse image copies in about the time of a dense image "
+            "of its data size (seconds ratio <= 1.25); sources on /dev/shm"),
+        "sparse_vs_dense_data_time_same_disk": _ratio(
+            div(get(COPY_SPARSE, "seconds"), get(COPY_DATA, "seconds")),
+            COPY_SPARSE, COPY_DATA, 1.25, "<=",
+            "the same with the sources on the shared disk"),
+        "copy_vs_disk_copy": _ratio(
+            div(get(COPY, "mb_s"), get(DD_COPY, "mb_s")), COPY, DD_COPY, None, ">=",
+            "informational: the same-disk copy job against dd copying the same image "
+            "within the one disk (O_DIRECT both ways)"),
     }
 
 
@@ -137,14 +158,14 @@ def table(results: dict[str, Any]) -> str:
         f"{_short(m['versions'].get('curl'))}",
         *(f"Note: {note}" for note in results["notes"]),
         "",
-        f"{'row':<20} {'image':<28} {'s':>7} {'MB/s':>7} {'verify s':>8} "
+        f"{'row':<23} {'image':<28} {'s':>7} {'MB/s':>7} {'verify s':>8} "
         f"{'cpu s/GB src':>12} {'dst':>5} {'RSS MiB src':>11} {'dst':>5}  check",
     ]
     for r in results["rows"]:
         check = "ERROR" if r["error"] else {True: "ok", False: "BAD", None: "-"}[r["verified"]]
         rss = [r[k] / MiB if r[k] else None for k in ("src_peak_rss", "dst_peak_rss")]
         lines.append(
-            f"{r['name']:<20} {r['what']:<28} {_fmt(r['seconds'], 7, '.2f')} "
+            f"{r['name']:<23} {r['what']:<28} {_fmt(r['seconds'], 7, '.2f')} "
             f"{_fmt(r['mb_s'], 7, '.1f')} {_fmt(r['verify_seconds'], 8, '.2f')} "
             f"{_fmt(r['src_cpu_s_per_gb'], 12, '.2f')} {_fmt(r['dst_cpu_s_per_gb'], 5, '.2f')} "
             f"{_fmt(rss[0], 11, '.0f')} {_fmt(rss[1], 5, '.0f')}  {check}")
@@ -152,8 +173,9 @@ def table(results: dict[str, Any]) -> str:
     for name, r in results["ratios"].items():
         met = {True: "met", False: "MISSED", None: "n/a"}[r["met"]]
         target = f"(target {r['compare']} {r['target']:.2f})  {met}" if r["target"] \
-            else "(no target: the same-disk ceiling)"
-        lines.append(f"  {name:<28} {_fmt(r['value'], 5, '.2f')} {target}")
+            else "(no target)"
+        lines.append(f"  {name:<36} {_fmt(r['value'], 5, '.2f')} {target}  "
+                     f"{r['row']} / {r['base']}")
     if results["errors"]:
         lines += ["", "Errors (full text in copy-results.json):"]
         lines += [f"  {name}: {_headline(err)}" for name, err in results["errors"].items()]

@@ -1,7 +1,9 @@
 """The copy bench's images and rows: what each round moves, timed and checked.
 
-Images live on the source host, in its storage domain:
-- `dense`: the workspace's random image (a hard link of its on-disk copy);
+Images live on a source host, in its storage domain (on the disk under
+test, or on /dev/shm for the `copy-shm` rows):
+- `dense`: the workspace's random image (a hard link of its on-disk copy,
+  or of the /dev/shm original);
 - `dense-data`: a dense image as large as the sparse image's data (the
   same file as `dense` when the sizes agree);
 - `sparse`: a large sparse file holding that much random data in a few
@@ -77,10 +79,12 @@ def sparse_offsets(size: int, data: int, extents: int) -> list[int]:
 
 
 def make_images(ws: Workspace, src: Host, data: int, sparse: int,
-                extents: int) -> dict[str, Image]:
+                extents: int, dense_from: Path) -> dict[str, Image]:
+    """The images in src's domain; `dense_from` (the workspace's image or
+    its on-disk copy, on src's filesystem) is hard-linked as `dense`."""
     images: dict[str, Image] = {}
     dense = src.images / "dense.img"
-    os.link(ws.source, dense)
+    os.link(dense_from, dense)
     images["dense"] = Image("dense", dense, ws.size, ws.size, ws.digest)
     if data == ws.size:
         images["dense-data"] = Image("dense-data", dense, ws.size, ws.size, ws.digest)

@@ -86,6 +86,7 @@ def reap_stale(parent: Path) -> None:
             continue  # not ours to judge
         shutil.rmtree(root, ignore_errors=True)
         remove(SHM / f"{root.name}.img")
+        shutil.rmtree(SHM / f"{root.name}.src", ignore_errors=True)  # bench.copy's
 
 
 def aligned_buffer(size: int = CHUNK) -> mmap.mmap:

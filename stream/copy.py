@@ -6,11 +6,12 @@ source are never sent: they are zeroed (or punched, on a sparse
 destination) at the destination.  Data is streamed through the same
 double-buffered pipeline as uploads, and hashed in transit.
 
-Verification, after the data has moved: the destination's data ranges are
-read back and block-hashed, and must equal the transit hash block by block
-(a difference names its first offset); the source's own checksum (read
-independently by its server, or locally) must equal the transit hash too.
-Zero ranges are trusted from the zero operation's success.
+Verification, overlapped with the transfer (stream/copyverify.py): the
+destination's data ranges are read back and block-hashed right behind the
+writes, and must equal the transit hash block by block (a difference names
+its first offset); the source's own checksum (read independently by its
+server, or locally), asked for half way through, must equal the transit
+hash too.  Zero ranges are trusted from the zero operation's success.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import asyncio
 import logging
 import mmap
 import ssl
-from dataclasses import dataclass
+import threading
 from typing import Any, Protocol
 
 import aiohttp
@@ -29,6 +30,7 @@ from volume.errors import ChecksumMismatch, InvalidRequest, VolumeError
 
 from . import checksum as checksum_mod
 from . import upload
+from .copyverify import Span, Verifier, merge
 from .io import IO
 from .jobs import Job
 from .wire.blkhash import StreamingBlockHash, first_difference
@@ -43,6 +45,8 @@ BLOCK_SIZE = 4 << 20
 MAX_REQUEST = 128 << 20
 #: A remote source that sends nothing for this long has gone away.
 IDLE_TIMEOUT = 60.0
+#: The slowest source checksum waited for, in bytes per second.
+CHECKSUM_MIN_RATE = 20 * 1000**2
 
 
 class SourceError(VolumeError):
@@ -50,17 +54,6 @@ class SourceError(VolumeError):
 
     http_status = 502
     code = "source-error"
-
-
-@dataclass(frozen=True)
-class Span:
-    start: int
-    length: int
-    zero: bool
-
-    @property
-    def end(self) -> int:
-        return self.start + self.length
 
 
 class _Transit:
@@ -82,20 +75,6 @@ class Source(Protocol):
     async def copy(self, span: Span, dst: Volume, transit: _Transit, job: Job) -> None: ...
     async def checksum(self) -> dict[str, Any]: ...
     async def close(self) -> None: ...
-
-
-def merge(spans: list[Span], size: int) -> list[Span]:
-    """Clip to ``size`` and merge neighbours of the same kind."""
-    out: list[Span] = []
-    for s in spans:
-        if s.start >= size:
-            break
-        s = Span(s.start, min(s.end, size) - s.start, s.zero)
-        if out and out[-1].zero == s.zero and out[-1].end == s.start:
-            out[-1] = Span(out[-1].start, out[-1].length + s.length, s.zero)
-        else:
-            out.append(s)
-    return out
 
 
 class LocalSource:
@@ -153,11 +132,28 @@ class LocalSource:
                 io.put_buffer(b)
 
     async def checksum(self) -> dict[str, Any]:
+        """A second read of the whole source, though the transit hash is
+        already the hash of exactly the bytes read from it (there is no
+        transport in between): it is what notices a source written during
+        the copy (a VM still running, a stray writer), which a move must
+        catch before it deletes the source, and a source that reads back
+        differently (a flaky disk).  It costs one more read of the source
+        storage, overlapping the second half of the transfer (copyverify's
+        CHECKSUM_AT); the destination's disk does not see it."""
         buf = self.io.get_buffer(BLOCK_SIZE)
+        stop = threading.Event()
+
+        def check() -> None:
+            if stop.is_set():
+                raise VolumeError("checksum stopped")
+
+        fut = self.io.submit(checksum_mod.checksum, self.volume, self.size, ALGORITHM,
+                             BLOCK_SIZE, buf, check)
         try:
-            return await self.io.run(checksum_mod.checksum, self.volume, self.size, ALGORITHM,
-                                     BLOCK_SIZE, buf, lambda: None)
+            return await asyncio.shield(fut)  # a cancel must not free buf under the worker
         finally:
+            stop.set()
+            await asyncio.wait([fut])
             self.io.put_buffer(buf)
 
     async def close(self) -> None:
@@ -211,8 +207,13 @@ class RemoteSource:
                 raise SourceError(f"source sent {n} of {end - start} bytes at offset {start}")
 
     async def checksum(self) -> dict[str, Any]:
+        # The answer comes only once the source host has read the whole image,
+        # while it also serves the transfer: allow for a slow one.
+        timeout = aiohttp.ClientTimeout(total=None, connect=10,
+                                        sock_read=IDLE_TIMEOUT + self.size / CHECKSUM_MIN_RATE)
         result: dict[str, Any] = await self._get(
-            "/checksum", params={"algorithm": ALGORITHM, "block_size": str(BLOCK_SIZE)})
+            "/checksum", params={"algorithm": ALGORITHM, "block_size": str(BLOCK_SIZE)},
+            timeout=timeout)
         return result
 
     async def close(self) -> None:
@@ -260,19 +261,23 @@ async def copy(io: IO, job: Job, source: Source, dst: Volume, *, punch: bool,
         raise InvalidRequest(f"the destination is smaller than the source ({size} bytes)")
     job.bytes_total = sum(s.length for s in spans if not s.zero)
     transit = _Transit(job)
-    for span in spans:
-        if span.zero:
-            await zero(io, dst, span, punch, 128 << 20)
-            transit.hash.zero(span.length)
-        else:
-            await source.copy(span, dst, transit, job)
-    await io.run(dst.flush)
-    job.state = "verifying"
+    verify = Verifier(io, job, source, dst, spans, ALGORITHM, BLOCK_SIZE)
+    try:
+        for span in spans:
+            if span.zero:
+                await zero(io, dst, span, punch, 128 << 20)
+                transit.hash.zero(span.length)
+                verify.advance(span.end)
+            else:
+                await source.copy(span, verify.volume, transit, job)
+        job.state = "verifying"  # the last buffer's read-back, the source's checksum
+        await io.run(dst.flush)  # meanwhile the read-back goes on
+        theirs, back = await verify.finish()
+    finally:
+        await verify.close()
     moved = transit.hash.finish()
-    theirs, back = await asyncio.gather(source.checksum(), readback(io, dst, spans))
-    written = back.finish()
-    job.result = {"checksum": moved, "source_checksum": theirs, "destination_checksum": written}
-    where = first_difference(transit.hash.digests, back.digests, BLOCK_SIZE)
+    job.result = {"checksum": moved, "source_checksum": theirs, "destination_checksum": back}
+    where = first_difference(transit.hash.digests, verify.back.digests, BLOCK_SIZE)
     if where is not None:
         raise ChecksumMismatch(f"the destination differs from the data sent, first at offset "
                                f"{where}")

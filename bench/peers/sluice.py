@@ -39,11 +39,15 @@ def default_domain(data_dir: Path) -> Path:
 
 
 @contextmanager
-def serve(ws: Workspace, tls: TLSFiles | None, name: str = "") -> Iterator[TicketServer]:
+def serve(ws: Workspace, tls: TLSFiles | None, name: str = "",
+          data_parent: Path | None = None) -> Iterator[TicketServer]:
     """One daemon; ``name`` (default sluice-http/-https) names its home dir
-    and its process, so two daemons can run side by side (bench.copy)."""
+    and its process, so two daemons can run side by side (bench.copy).
+    ``data_parent`` (default: the home dir) holds its data dir, hence its
+    storage domain: bench.copy puts one on /dev/shm."""
     home = ws.root / (name or f"sluice-{scheme(tls)}")
-    data_dir = home / "data"
+    home.mkdir(parents=True)
+    data_dir = (data_parent or home) / "data"
     data_dir.mkdir(parents=True)
     port = free_port()
     sock = data_dir / "control.sock"

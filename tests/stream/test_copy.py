@@ -13,6 +13,13 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from stream import copy as copy_mod
+from stream.copy import LocalSource
+from stream.io import IO
+from stream.jobs import Job
+from volume.errors import ChecksumMismatch
+from volume.memory import MemoryVolume
+
 from .conftest import Client
 from .daemon import Daemon
 
@@ -201,9 +208,12 @@ async def test_copy_from_another_host(
 class FaultySource:
     """A real HTTP server speaking the image API, with injected faults."""
 
-    def __init__(self, data: bytes, *, die_at: int | None = None,
-                 wrong_checksum: bool = False, slow: bool = False) -> None:
+    def __init__(self, data: bytes | bytearray, *, die_at: int | None = None,
+                 wrong_checksum: bool = False, slow: bool = False,
+                 pause_at: int | None = None) -> None:
         self.data, self.die_at, self.wrong, self.slow = data, die_at, wrong_checksum, slow
+        self.pause_at = pause_at
+        self.paused, self.resume = asyncio.Event(), asyncio.Event()
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -236,6 +246,9 @@ class FaultySource:
                 return resp
             if self.slow:
                 await asyncio.sleep(0.2)
+            if self.pause_at is not None and pos >= self.pause_at and not self.resume.is_set():
+                self.paused.set()
+                await self.resume.wait()
             await resp.write(self.data[pos : min(pos + MiB, end)])
         return resp
 
@@ -278,6 +291,76 @@ async def test_checksum_difference_fails_the_job(
     job = await wait(client, await start_copy(client, {"url": url}, dst))
     assert job["state"] == "failed"
     assert "source's own checksum differs" in job["error"]
+
+
+async def test_source_written_during_the_copy_fails_it(
+    client: Client, two_file_domains: tuple[str, str], faulty: Any
+) -> None:
+    data = bytearray(os.urandom(16 * MiB))
+    _, sb = two_file_domains
+    dst = await new_volume(client, sb, len(data))
+    source = FaultySource(data, pause_at=4 * MiB)  # before the source checksum is asked
+    job_id = await start_copy(client, {"url": await faulty(source)}, dst)
+    await asyncio.wait_for(source.paused.wait(), 10)
+    await asyncio.sleep(0.2)  # a checksum asked too early would be done by now
+    data[:8] = b"changed!"  # already sent, written and read back
+    source.resume.set()
+    job = await wait(client, job_id)
+    assert job["state"] == "failed"
+    assert "source's own checksum differs" in job["error"]
+    assert not await legal(client, dst)
+
+
+class Recording(MemoryVolume):
+    """A destination that logs its I/O and can corrupt one byte on its way in."""
+
+    def __init__(self, size: int, corrupt_at: int | None = None) -> None:
+        super().__init__(size)
+        self.corrupt_at = corrupt_at
+        self.log: list[tuple[str, int]] = []
+
+    def write(self, offset: int, buf: memoryview) -> None:
+        self.log.append(("write", offset))
+        at = self.corrupt_at
+        if at is not None and offset <= at < offset + len(buf):
+            bad = bytearray(buf)
+            bad[at - offset] ^= 0xFF
+            buf = memoryview(bad)
+        super().write(offset, buf)
+
+    def readinto(self, offset: int, buf: memoryview) -> int:
+        self.log.append(("read", offset))
+        return super().readinto(offset, buf)
+
+
+async def local_copy(dst: Recording, data: bytes) -> Job:
+    io = IO(workers=4, buffer_size=MiB, pool_buffers=8)
+    job = Job(new_id(), "copy", {})
+    try:
+        source = LocalSource(io, MemoryVolume(data), len(data))
+        await copy_mod.copy(io, job, source, dst, punch=True)
+    finally:
+        io.close()
+    return job
+
+
+async def test_read_back_runs_behind_the_writes() -> None:
+    data = os.urandom(12 * MiB)
+    dst = Recording(len(data))
+    job = await local_copy(dst, data)
+    assert dst.getvalue() == data
+    r = job.result
+    assert r["checksum"] == r["source_checksum"] == r["destination_checksum"]
+    last_write = max(i for i, (op, _) in enumerate(dst.log) if op == "write")
+    read_before = [off for op, off in dst.log[:last_write] if op == "read"]
+    assert read_before and min(read_before) == 0  # verified while data still arrived
+
+
+async def test_destination_difference_names_its_first_block() -> None:
+    data = os.urandom(12 * MiB)
+    dst = Recording(len(data), corrupt_at=9 * MiB + 5)
+    with pytest.raises(ChecksumMismatch, match=f"first at offset {8 * MiB}$"):
+        await local_copy(dst, data)
 
 
 async def test_cancel(client: Client, two_file_domains: tuple[str, str], faulty: Any) -> None:
