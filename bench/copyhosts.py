@@ -23,7 +23,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from . import MB, BenchError
-from .peers.base import UnixHTTPConnection
+from .peers.base import control
 from .peers.sluice import serve
 from .procs import Proc
 from .workspace import SHM, Workspace
@@ -37,23 +37,8 @@ MIN_RATE = 10 * MB
 
 def api(sock: Path, method: str, path: str, body: dict[str, Any] | None = None,
         timeout: float = 60.0) -> Any:
-    """One engine-API request over a control socket; the JSON answer (or
-    None when empty).  Anything but 2xx raises BenchError."""
-    conn = UnixHTTPConnection(sock)
-    conn.timeout = timeout
-    try:
-        data = json.dumps(body).encode() if body is not None else None
-        headers = {"Content-Type": "application/json"} if data is not None else {}
-        conn.request(method, path, body=data, headers=headers)
-        resp = conn.getresponse()
-        text = resp.read().decode(errors="replace")
-    except OSError as e:
-        raise BenchError(f"{method} {path}: {e}") from e
-    finally:
-        conn.close()
-    if not 200 <= resp.status < 300:
-        raise BenchError(f"{method} {path}: {resp.status} {text.strip()[:500]}")
-    return json.loads(text) if text.strip() else None
+    """One engine-API request over a control socket (see peers.base.control)."""
+    return control(sock, method, path, body, timeout)
 
 
 @dataclass

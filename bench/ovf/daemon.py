@@ -8,7 +8,6 @@ with a TOML config: the default domain's OVF stores must hold a tar of
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .. import BenchError, MiB
-from ..peers.base import UnixHTTPConnection, control, new_file
+from .. import MiB
+from ..peers.base import control, new_file
 from ..peers.sluice import REPO, daemon_command, default_domain
 from ..procs import Proc, tcp_ready, unix_ready
 from ..workspace import free_port, remove
@@ -46,20 +45,7 @@ class Daemon:
 
     def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         """A control-socket request; its JSON answer (BenchError unless 2xx)."""
-        conn = UnixHTTPConnection(self.sock)
-        try:
-            data = json.dumps(body).encode() if body is not None else None
-            conn.request(method, path, body=data,
-                         headers={"Content-Type": "application/json"} if data else {})
-            resp = conn.getresponse()
-            text = resp.read().decode(errors="replace")
-        except OSError as e:
-            raise BenchError(f"control {method} {path}: {e}") from e
-        finally:
-            conn.close()
-        if not 200 <= resp.status < 300:
-            raise BenchError(f"control {method} {path}: {resp.status} {text.strip()}")
-        return json.loads(text) if text.strip() else None
+        return control(self.sock, method, path, body)
 
     def newest_store(self, sd: str) -> dict[str, Any] | None:
         """The record of the newest valid store of ``sd`` (GET .../ovf-store/info)."""

@@ -71,9 +71,13 @@ class UnixHTTPConnection(http.client.HTTPConnection):
         self.sock.connect(self.path)
 
 
-def control(sock: Path, method: str, path: str, body: dict[str, Any] | None = None) -> None:
-    """One request to an imageio-style control API; raise unless it is 2xx."""
+def control(sock: Path, method: str, path: str, body: dict[str, Any] | None = None,
+            timeout: float | None = None) -> Any:
+    """One request to an imageio-style control API: its JSON answer, or None
+    when the body is empty; BenchError unless it is 2xx."""
     conn = UnixHTTPConnection(sock)
+    if timeout is not None:
+        conn.timeout = timeout
     try:
         data = json.dumps(body).encode() if body is not None else None
         headers = {"Content-Type": "application/json"} if data is not None else {}
@@ -85,7 +89,13 @@ def control(sock: Path, method: str, path: str, body: dict[str, Any] | None = No
     finally:
         conn.close()
     if not 200 <= resp.status < 300:
-        raise BenchError(f"control {method} {path}: {resp.status} {text.strip()}")
+        raise BenchError(f"control {method} {path}: {resp.status} {text.strip()[:500]}")
+    if not text.strip():
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:  # imageio answers some calls with plain text
+        return text
 
 
 class TicketServer:
