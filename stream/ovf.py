@@ -128,7 +128,7 @@ class Updates:
 
     async def receive(
         self, read: Reader, io: IOExecutor, storage: StorageDomain, *, zstd: bool,
-        idle_timeout: float, buffer_size: int,
+        idle_timeout: float, buffer_size: int, depth: int = 1,
     ) -> Committed:
         lock = self.lock(storage.uuid)
         await lock.acquire()
@@ -137,7 +137,8 @@ class Updates:
             update: Update = await io.run(stores.begin)
             try:
                 summary = await _stream(read, io, storage, stores, update, zstd=zstd,
-                                        idle_timeout=idle_timeout, buffer_size=buffer_size)
+                                        idle_timeout=idle_timeout, buffer_size=buffer_size,
+                                        depth=depth)
                 record = await io.run(update.seal, summary.tar_length, summary.digest,
                                       read_back=False)
             except BaseException:
@@ -156,7 +157,7 @@ class Updates:
 
 async def _stream(
     read: Reader, io: IOExecutor, storage: StorageDomain, stores: OvfStores, update: Update,
-    *, zstd: bool, idle_timeout: float, buffer_size: int,
+    *, zstd: bool, idle_timeout: float, buffer_size: int, depth: int,
 ) -> Summary:
     """The body into the target, checked as it goes; the reader's summary.
 
@@ -172,6 +173,7 @@ async def _stream(
                 read, io, target, offset=0, limit=stores.capacity, zstd=zstd,
                 hasher=None, check=lambda: None, idle_timeout=idle_timeout,
                 buffer_size=buffer_size, inspect=None if zstd else reader.feed,
+                depth=depth,  # checked in order on the loop, written in any order
             )
         except OutOfRange:
             raise StoreTooSmall(

@@ -232,7 +232,7 @@ async def receive(
 
 
 #: What ``inspect`` sees at once; the event loop runs other tasks in between.
-INSPECT_SLICE = 256 << 10
+INSPECT_SLICE = 1 << 20
 
 
 async def _inspect(inspect: Callable[[memoryview], None], data: memoryview) -> None:

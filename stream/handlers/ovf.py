@@ -41,6 +41,7 @@ async def _receive(request: web.Request, sd: str) -> ovf.Committed:
     return await request.app[OVF_UPDATES].receive(
         request.content.readany, request.app[IO_KEY], storage, zstd=encoding == "zstd",
         idle_timeout=cfg.transfer.inactivity_timeout, buffer_size=cfg.ovf.buffer_size,
+        depth=cfg.transfer.write_depth,
     )
 
 

@@ -37,7 +37,7 @@ from .manifest import (
     parse_info,
     parse_metadata,
 )
-from .tarheader import BLOCK, EOF_SIZE, REGULAR, ZERO_BLOCK, parse_header
+from .tarheader import BLOCK, EOF_SIZE, ZERO_BLOCK
 from .tarstream import BadTar, Entry, TarStream
 
 __all__ = ["BadTar", "Entry", "OvfTarReader", "Summary", "index"]
@@ -45,9 +45,14 @@ __all__ = ["BadTar", "Entry", "OvfTarReader", "Summary", "index"]
 KiB = 1 << 10
 MiB = 1 << 20
 _JSON_NAMES = (INFO_NAME, METADATA_NAME)
-#: A header whose name field is exactly a canonical ``<uuid>.ovf``.
-_OVF_HEADER = re.compile(rb"([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
-                         rb"\.ovf)\0")
+#: The usual header of an OVF: the name field exactly a canonical
+#: ``<uuid>.ovf``, the size 11 octal digits, the checksum 6 and NUL space (as
+#: tarfile and GNU tar write them), a regular file, ustar magic, no prefix.
+#: Any other header goes through tarheader.parse_header.
+_OVF_HEADER = re.compile(
+    rb"([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\.ovf)\0"
+    rb".{59}.{24}([0-7]{11})[\0 ].{12}([0-7]{6})\0 [0\0].{100}"
+    rb"(?:ustar\x0000|ustar  \x00).{80}\0", re.DOTALL)
 
 
 @dataclass(frozen=True)
@@ -157,21 +162,20 @@ class OvfTarReader(TarStream):
         while end_of_view - pos >= BLOCK and self._pax is None and self._longname is None:
             block = bytes(view[pos:pos + BLOCK])
             m = _OVF_HEADER.match(block)
-            if m is None or block[156:157] not in REGULAR:
+            if m is None:
                 break
             name = m.group(1).decode("ascii")
             listed = expected.get(name)
             if listed is None or name in names or len(names) >= self._max_entries:
                 break
-            try:
-                raw = parse_header(block)
-            except ValueError:
-                break
-            size = raw.size
+            # The checksum field counts as 8 spaces; it holds the digits, NUL, space.
+            if int(m.group(3), 8) != sum(block) - sum(m.group(3)) - 0x20 + 8 * 0x20:
+                break  # or the signed sum of old writers: the steps tell
+            size = int(m.group(2), 8)
             data = pos + BLOCK
             end = data + size
             pad = -size % BLOCK
-            if raw.name != m.group(1) or size != listed.size or end + pad > end_of_view \
+            if size != listed.size or end + pad > end_of_view \
                     or bytes(view[end:end + pad]) != ZERO_BLOCK[:pad] \
                     or self._offset + BLOCK + size + pad + EOF_SIZE > self._max_total:
                 break

@@ -14,8 +14,7 @@ chunks, never copied, so memory stays constant whatever the stream size.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import NoReturn
+from typing import NamedTuple, NoReturn
 
 import xxhash
 
@@ -51,9 +50,9 @@ class BadTar(WireError):
     code = "invalid-ovf-tar"
 
 
-@dataclass(frozen=True)
-class Entry:
-    """A member: its name, the offset of its data in the tar, size and xxh3-128."""
+class Entry(NamedTuple):
+    """A member: its name, the offset of its data in the tar, size and xxh3-128.
+    (A named tuple: a store has tens of thousands, made in a hot loop.)"""
 
     name: str
     offset: int
