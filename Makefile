@@ -20,7 +20,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check stream volume engine_client tests bench
 
 typecheck: $(STAMP)
-	$(BIN)/mypy --strict stream volume engine_client
+	$(BIN)/mypy --strict stream volume engine_client bench tests
 
 unit: $(STAMP)
 	$(BIN)/pytest $(ARGS)

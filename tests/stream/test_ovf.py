@@ -131,10 +131,10 @@ async def test_encodings_and_plain_ovirt_tar(client: Client, sd: str, mode: str)
         body = gen()
     status, result = await push(client, sd, body, **headers)
     assert status == 200, result
-    gen, data = await served(client, sd)
+    generation, data = await served(client, sd)
     # The store keeps the archive up to its end blocks; tarfile pads its
     # output with zeros to 10240 bytes, and those are not part of it.
-    assert gen == 1 and data == tar[: len(data)] and not tar[len(data) :].strip(b"\0")
+    assert generation == 1 and data == tar[: len(data)] and not tar[len(data) :].strip(b"\0")
 
 
 def evil_tar(kind: str, sd: str) -> bytes:

@@ -175,7 +175,7 @@ async def test_leaving_active_cancels_write_tickets(
 
 async def test_stats_report_health_and_version(client: Client, sd: tuple[str, str]) -> None:
     await put_pool(client, pool_map(3, {sd[0]: (sd[1], "Active")}))
-    app = client.server.app
+    app = client.app
     assert app is not None
     from stream.state import POOL
 

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import io
 import os
+from typing import Any
 
 import pytest
 import zstandard
@@ -24,7 +25,7 @@ def feed(data: bytes, step: int) -> FrameTracker:
     pytest.param({"write_content_size": False}, id="no-size"),
 ])
 @pytest.mark.parametrize("step", [1, 3, 4096, 1 << 30])
-def test_whole_frames_complete(kwargs: dict[str, bool], step: int) -> None:
+def test_whole_frames_complete(kwargs: dict[str, Any], step: int) -> None:
     body = zstandard.ZstdCompressor(level=1, **kwargs).compress(DATA)
     assert feed(body, step).complete
     assert not feed(body[:-1], step).complete
