@@ -163,8 +163,10 @@ class LocalSource:
 class RemoteSource:
     """An image on another host, through its imageio-compatible API."""
 
-    def __init__(self, io: IO, url: str, ssl_ctx: ssl.SSLContext | bool) -> None:
+    def __init__(self, io: IO, url: str, ssl_ctx: ssl.SSLContext | bool,
+                 write_depth: int = 1) -> None:
         self.io, self.url = io, url.rstrip("/")
+        self.write_depth = write_depth
         self.size = 0
         timeout = aiohttp.ClientTimeout(total=None, connect=10, sock_read=IDLE_TIMEOUT)
         self._session = aiohttp.ClientSession(
@@ -196,10 +198,13 @@ class RemoteSource:
                     if resp.status != 206 or resp.content_length != end - start:
                         raise SourceError(f"source answered {resp.status} to a ranged GET of "
                                           f"{start}-{end - 1}")
+                    # The transit hash takes the bytes in order on the loop,
+                    # so the writes may run write_depth at a time.
                     n = await upload.receive(
                         resp.content.readany, self.io, dst, offset=start, limit=end,
-                        zstd=False, hasher=transit, check=lambda: None,
-                        idle_timeout=IDLE_TIMEOUT)
+                        zstd=False, hasher=None, check=lambda: None,
+                        idle_timeout=IDLE_TIMEOUT, inspect=transit.update,
+                        depth=self.write_depth)
             except (aiohttp.ClientError, TimeoutError) as e:
                 raise SourceError(f"source host failed at offset {start}: "
                                   f"{e or type(e).__name__}") from None

@@ -75,9 +75,9 @@ class _Source(Protocol):
 
 
 class Tracked:
-    """The destination volume, reporting where each write has ended."""
+    """The destination volume, reporting each write's range once on disk."""
 
-    def __init__(self, volume: Volume, written: Callable[[int], None]) -> None:
+    def __init__(self, volume: Volume, written: Callable[[int, int], None]) -> None:
         self._v, self._written = volume, written
 
     @property
@@ -96,7 +96,7 @@ class Tracked:
 
     def write(self, offset: int, buf: memoryview) -> None:
         self._v.write(offset, buf)
-        self._written(offset + len(buf))  # in the worker thread, once on disk
+        self._written(offset, offset + len(buf))  # in the worker thread, once on disk
 
     def zero(self, offset: int, length: int, punch: bool = False) -> None:
         self._v.zero(offset, length, punch)
@@ -111,12 +111,33 @@ class Tracked:
         self._v.close()
 
 
+class Frontier:
+    """Where the bytes written so far end without a gap, when writes of
+    consecutive ranges may end in any order."""
+
+    def __init__(self) -> None:
+        self.done = 0
+        #: Writes that ended ahead of one still running before them: start -> end.
+        self._ranges: dict[int, int] = {}
+
+    def ended(self, start: int, end: int) -> int:
+        """A write of ``[start, end)`` ended; returns the new frontier."""
+        if start > self.done:
+            self._ranges[start] = end
+            return self.done
+        self.done = max(self.done, end)
+        while self.done in self._ranges:
+            self.done = self._ranges.pop(self.done)
+        return self.done
+
+
 class Verifier:
     """Read-back and source checksum of one copy, as background tasks.
 
     ``spans`` are the copy's spans in image order; the transfer writes them
-    in that order, one write at a time, so everything before the end of the last
-    completed write (or zeroed span) is final.
+    in that order, up to ``write_depth`` writes at once, which may end in
+    any order: a write's range counts once everything before it has ended
+    too, so the bytes before :attr:`_done` are final.
     """
 
     def __init__(self, io: IO, job: Job, source: _Source, dst: Volume, spans: list[Span],
@@ -127,18 +148,27 @@ class Verifier:
         self.volume = Tracked(dst, self._written)
         self._loop = asyncio.get_running_loop()
         self._done = 0
+        self._frontier = Frontier()
         self._ended = False
         self._wake: asyncio.Future[None] | None = None
         self._checksum_at = job.bytes_total * CHECKSUM_AT
         self._checksum: asyncio.Task[dict[str, Any]] | None = None
         self._readback = asyncio.create_task(self._read_back())
 
-    def _written(self, end: int) -> None:
-        self._loop.call_soon_threadsafe(self.advance, end)
+    def _written(self, start: int, end: int) -> None:
+        self._loop.call_soon_threadsafe(self._ended_write, start, end)
+
+    def _ended_write(self, start: int, end: int) -> None:
+        if self._frontier.ended(start, end) > self._done:
+            self._moved()
 
     def advance(self, end: int) -> None:
         """Everything before ``end`` is written or zeroed (on the loop)."""
-        self._done = max(self._done, end)
+        self._frontier.ended(self._frontier.done, end)
+        self._moved()
+
+    def _moved(self) -> None:
+        self._done = self._frontier.done
         if self._checksum is None and self._job.bytes_done >= self._checksum_at:
             self._start_checksum()
         if self._wake is not None and not self._wake.done():

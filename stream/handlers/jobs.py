@@ -17,7 +17,7 @@ from ..auth import ENGINE
 from ..copy import LocalSource, RemoteSource, Source, copy
 from ..jobs import Job
 from ..pool import Access
-from ..state import IO_KEY, JOBS, POOL
+from ..state import CONFIG, IO_KEY, JOBS, POOL
 from .common import read_json
 
 routes = web.RouteTableDef()
@@ -80,7 +80,8 @@ async def start_copy(request: web.Request) -> web.Response:
                 src_volume = await io.run(open_data, src_info, True)
                 source = LocalSource(io, src_volume, src_info.size)
             else:
-                source = RemoteSource(io, url, ctx)
+                source = RemoteSource(io, url, ctx,
+                                      request.app[CONFIG].transfer.write_depth)
             # A qcow2 file copied as it is: its file size is not its virtual size.
             grow = str(dst.format) == "qcow2" and dst.length is None
             await copy(io, job, source, volume, punch=str(dst.allocation) == "sparse",

@@ -15,6 +15,7 @@ from aiohttp import web
 
 from stream import copy as copy_mod
 from stream.copy import LocalSource
+from stream.copyverify import Frontier
 from stream.io import IO
 from stream.jobs import Job
 from volume.errors import ChecksumMismatch
@@ -409,3 +410,14 @@ async def test_bad_copy_requests(client: Client, two_file_domains: tuple[str, st
         resp = await client.post("/jobs/copy", json=body)
         assert resp.status == status, (body, await resp.text())
     assert (await client.get(f"/jobs/{new_id()}")).status == 404
+
+
+def test_frontier_waits_for_the_gap() -> None:
+    """Writes in flight together may end in any order; the bytes count as
+    final only up to the first one still running."""
+    f = Frontier()
+    assert f.ended(16, 24) == 0 and f.ended(8, 16) == 0
+    assert f.ended(0, 8) == 24
+    assert f.ended(32, 40) == 24  # a gap: 24-32 is still being written
+    assert f.ended(24, 32) == 40
+    assert f.ended(0, 40) == 40 and f.ended(40, 40) == 40
