@@ -5,7 +5,6 @@ Like bench/report.py, targets are reported and never asserted.
 
 from __future__ import annotations
 
-import json
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,7 +12,7 @@ from typing import Any
 
 from . import MB, MiB
 from .procs import Usage
-from .report import _fmt, _headline, _short
+from .report import _fmt, _headline, _short, save
 
 DD_COPY = "limits/copy/dd"
 UPLOAD = "upload/dense/curl"
@@ -183,8 +182,4 @@ def table(results: dict[str, Any]) -> str:
 
 
 def write(out: Path, results: dict[str, Any]) -> str:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "copy-results.json").write_text(json.dumps(results, indent=2) + "\n")
-    text = table(results)
-    (out / "copy-summary.txt").write_text(text)
-    return text
+    return save(out, results, table(results), "copy-results.json", "copy-summary.txt")

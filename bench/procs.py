@@ -121,15 +121,20 @@ def reset_peak_rss(pids: Sequence[int]) -> None:
             f.write("5")
 
 
-def peak_rss(pids: Sequence[int]) -> int:
-    """Sum of VmHWM over these processes, in bytes."""
+def status_kib(pids: Sequence[int], field: str) -> int:
+    """Sum of a ``/proc/PID/status`` field given in kB (VmHWM, VmRSS), in bytes."""
     total = 0
     for pid in pids:
         with contextlib.suppress(OSError), open(f"/proc/{pid}/status") as f:
             for line in f:
-                if line.startswith("VmHWM:"):
+                if line.startswith(field + ":"):
                     total += int(line.split()[1]) * 1024
     return total
+
+
+def peak_rss(pids: Sequence[int]) -> int:
+    """Sum of VmHWM over these processes, in bytes."""
+    return status_kib(pids, "VmHWM")
 
 
 @dataclass

@@ -166,9 +166,14 @@ def table(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write(out: Path, results: dict[str, Any]) -> str:
+def save(out: Path, results: dict[str, Any], text: str, json_name: str = "results.json",
+         summary_name: str = "summary.txt") -> str:
+    """Write a bench's results.json and its human summary into ``out``; the summary."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    text = table(results)
-    (out / "summary.txt").write_text(text)
+    (out / json_name).write_text(json.dumps(results, indent=2) + "\n")
+    (out / summary_name).write_text(text)
     return text
+
+
+def write(out: Path, results: dict[str, Any]) -> str:
+    return save(out, results, table(results))

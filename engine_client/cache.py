@@ -19,12 +19,12 @@ import threading
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
+from stream.wire.poolmap import DOMAIN_TYPES, OVF_WRITABLE
+
 from . import entities, phase, stores
 from .entities import Imported, ImportItem
 from .errors import InvalidInput, NotFound
 from .model import (
-    DOMAIN_TYPES,
-    OVF_WRITABLE,
     Disk,
     Domain,
     DomainStatus,

@@ -23,7 +23,7 @@ from stream.wire.errors import WireError
 from . import __version__, config, diskcli, importer, localhash, report
 from .cache import Cache
 from .errors import EngineError, InvalidInput, NotFound
-from .model import DomainStatus, VmStatus
+from .model import VmStatus, parse_domain_status
 
 YES_NO = {"yes": True, "no": False}
 
@@ -166,10 +166,10 @@ def _vm(cache: Cache, cfg: config.Config, args: argparse.Namespace) -> int:
 
 def _domain(cache: Cache, args: argparse.Namespace) -> int:
     if args.action == "add":
-        cache.add_domain(args.uuid, args.type, args.location, DomainStatus.parse(args.status),
+        cache.add_domain(args.uuid, args.type, args.location, parse_domain_status(args.status),
                          args.host)
     elif args.action == "set-status":
-        cache.set_domain_status(args.uuid, DomainStatus.parse(args.status))
+        cache.set_domain_status(args.uuid, parse_domain_status(args.status))
     else:
         found, stores = cache.domains(), cache.stores()
         _out(args, [asdict(d) for d in found], lambda: report.domains(found, stores))

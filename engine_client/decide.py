@@ -25,8 +25,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from stream.wire.poolmap import OVF_WRITABLE
+
 from .model import (
-    OVF_WRITABLE,
     SNAPSHOT_OK,
     Disk,
     Domain,

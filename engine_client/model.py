@@ -6,6 +6,8 @@ import enum
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from stream.wire.poolmap import Status, domain_json
+
 from .errors import InvalidInput
 
 
@@ -45,33 +47,18 @@ class VmStatus(enum.IntEnum):
         return "".join(w.capitalize() for w in self.name.split("_"))
 
 
-class DomainStatus(enum.StrEnum):
-    """The engine's storage domain statuses, sent to hosts as they are."""
+#: The statuses the pool map carries (stream.wire.poolmap), by the engine's name.
+DomainStatus = Status
 
-    ACTIVE = "Active"
-    INACTIVE = "Inactive"
-    MAINTENANCE = "Maintenance"
-    PREPARING_FOR_MAINTENANCE = "PreparingForMaintenance"
-    ACTIVATING = "Activating"
-    DETACHING = "Detaching"
-    UNKNOWN = "Unknown"
-    LOCKED = "Locked"
 
-    @classmethod
-    def parse(cls, text: str) -> DomainStatus:
-        for s in cls:
-            if text.strip().lower() == s.value.lower():
-                return s
+def parse_domain_status(text: str) -> Status:
+    found = Status.lookup(text)
+    if found is None:
         raise InvalidInput(f"unknown domain status {text!r}; expected one of "
-                           + ", ".join(s.value for s in cls))
+                           + ", ".join(s.value for s in Status))
+    return found
 
 
-#: Statuses in which a host accepts OVF store writes: the engine refreshes
-#: the stores of a domain that is leaving, as oVirt's deactivate flow does.
-OVF_WRITABLE = frozenset({DomainStatus.ACTIVE, DomainStatus.PREPARING_FOR_MAINTENANCE,
-                          DomainStatus.DETACHING})
-
-DOMAIN_TYPES = ("file", "block")
 KINDS = ("vm", "template")
 SNAPSHOT_OK = "OK"
 SNAPSHOT_LOCKED = "LOCKED"
@@ -125,8 +112,7 @@ class Domain:
     status: DomainStatus
 
     def to_json(self) -> dict[str, object]:
-        loc: str | list[str] = self.location[0] if self.type == "file" else list(self.location)
-        return {"type": self.type, "location": loc, "status": str(self.status)}
+        return domain_json(self.type, self.location, self.status)
 
 
 @dataclass(frozen=True)

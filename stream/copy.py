@@ -25,7 +25,7 @@ from typing import Any, Protocol
 
 import aiohttp
 
-from volume.base import Volume
+from volume.base import Volume, read_exactly
 from volume.errors import ChecksumMismatch, InvalidRequest, VolumeError
 
 from . import checksum as checksum_mod
@@ -92,12 +92,7 @@ class LocalSource:
 
         def read(buf: mmap.mmap, offset: int, length: int) -> int:
             with memoryview(buf) as view:
-                got = 0
-                while got < length:
-                    n = src.readinto(offset + got, view[got:length])
-                    if not n:
-                        raise VolumeError(f"source ended at {offset + got}, before {span.end}")
-                    got += n
+                read_exactly(src, offset, view[:length], "source")
             return length
 
         def write(buf: mmap.mmap, offset: int, length: int) -> None:
@@ -228,32 +223,6 @@ class RemoteSource:
 async def zero(io: IO, dst: Volume, span: Span, punch: bool, step: int) -> None:
     for start in range(span.start, span.end, step):
         await io.run(dst.zero, start, min(step, span.end - start), punch)
-
-
-async def readback(io: IO, dst: Volume, spans: list[Span]) -> StreamingBlockHash:
-    h = StreamingBlockHash(ALGORITHM, BLOCK_SIZE)
-    buf = io.get_buffer()
-
-    def read(offset: int, length: int) -> None:
-        with memoryview(buf) as view:
-            got = 0
-            while got < length:
-                n = dst.readinto(offset + got, view[got:length])
-                if not n:
-                    raise VolumeError(f"destination ended at {offset + got}")
-                got += n
-            h.update(view[:length])
-
-    try:
-        for s in spans:
-            if s.zero:
-                h.zero(s.length)
-                continue
-            for start in range(s.start, s.end, io.buffer_size):
-                await io.run(read, start, min(io.buffer_size, s.end - start))
-    finally:
-        io.put_buffer(buf)
-    return h
 
 
 async def copy(io: IO, job: Job, source: Source, dst: Volume, *, punch: bool,

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from volume.base import Capabilities, Extent, Volume
+from volume.base import Capabilities, Extent, Volume, read_exactly
 from volume.errors import VolumeError
 
 from .io import IO
@@ -191,12 +191,7 @@ class Verifier:
 
         def read(offset: int, length: int) -> None:
             with memoryview(buf) as view:
-                got = 0
-                while got < length:
-                    n = dst.readinto(offset + got, view[got:length])
-                    if not n:
-                        raise VolumeError(f"destination ended at {offset + got}")
-                    got += n
+                read_exactly(dst, offset, view[:length], "destination")
                 back.update(view[:length])
 
         fut: asyncio.Future[None] | None = None

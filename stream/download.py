@@ -23,8 +23,7 @@ from typing import Protocol
 
 from aiohttp import web
 
-from volume.base import Volume
-from volume.errors import VolumeError
+from volume.base import Volume, read_exactly
 
 from .io import IO
 
@@ -95,15 +94,8 @@ async def send(
 
     def read(buf: mmap.mmap, offset: int, length: int) -> int:
         with memoryview(buf) as view:
-            got = 0
-            while got < length:
-                n = volume.readinto(offset + got, view[got:length])
-                if n == 0:
-                    raise VolumeError(
-                        f"image ended at {offset + got}, before the {end} bytes announced"
-                    )
-                got += n
-            return got
+            read_exactly(volume, offset, view[:length], "image")
+        return length
 
     pos = start
     sent = 0

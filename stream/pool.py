@@ -26,16 +26,9 @@ from typing import Any
 from volume.errors import Conflict, InvalidRequest, NotFound
 from volume.validate import check_uuid
 
+from .wire.poolmap import DOMAIN_TYPES, OVF_WRITABLE, Status, domain_json
 
-class Status(enum.StrEnum):
-    ACTIVE = "Active"
-    INACTIVE = "Inactive"
-    MAINTENANCE = "Maintenance"
-    PREPARING_FOR_MAINTENANCE = "PreparingForMaintenance"
-    ACTIVATING = "Activating"
-    DETACHING = "Detaching"
-    UNKNOWN = "Unknown"
-    LOCKED = "Locked"
+__all__ = ["ALLOWED", "DOMAIN_TYPES", "Access", "DomainEntry", "PoolMap", "Status"]
 
 
 class Access(enum.Enum):
@@ -46,13 +39,9 @@ class Access(enum.Enum):
 
 ALLOWED: dict[Access, frozenset[Status]] = {
     Access.WRITE: frozenset({Status.ACTIVE}),
-    Access.OVF_WRITE: frozenset(
-        {Status.ACTIVE, Status.PREPARING_FOR_MAINTENANCE, Status.DETACHING}
-    ),
+    Access.OVF_WRITE: OVF_WRITABLE,
     Access.READ: frozenset(Status),
 }
-
-DOMAIN_TYPES = ("file", "block")
 
 
 class StaleMap(Conflict):
@@ -77,8 +66,7 @@ class DomainEntry:
     status: Status
 
     def to_json(self) -> dict[str, Any]:
-        loc: str | list[str] = self.location[0] if self.type == "file" else list(self.location)
-        return {"type": self.type, "location": loc, "status": str(self.status)}
+        return domain_json(self.type, self.location, self.status)
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+from .errors import VolumeError
+
 
 @dataclass(frozen=True)
 class Capabilities:
@@ -89,3 +91,15 @@ class Volume(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+def read_exactly(volume: Volume, offset: int, view: memoryview, what: str = "volume") -> None:
+    """Fill ``view`` from ``offset``; VolumeError naming ``what`` if the
+    volume ends first (``readinto`` may return less than asked)."""
+    got = 0
+    while got < len(view):
+        n = volume.readinto(offset + got, view[got:])
+        if n == 0:
+            raise VolumeError(f"the {what} ended at {offset + got}, "
+                              f"before {offset + len(view)}")
+        got += n

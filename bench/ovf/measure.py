@@ -3,7 +3,6 @@ before and its peak during, and a child's peak RSS from wait4."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import time
@@ -13,7 +12,7 @@ from typing import Any
 
 from .. import BenchError
 from ..clients import _curl, curl_upload
-from ..procs import Meter, Proc, tree
+from ..procs import Meter, Proc, status_kib, tree
 from ..report import Row
 from ..workspace import file_digest
 
@@ -34,13 +33,7 @@ class MemRow(Row):
 
 def current_rss(pids: list[int]) -> int:
     """Sum of VmRSS over these processes, in bytes."""
-    total = 0
-    for pid in pids:
-        with contextlib.suppress(OSError), open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1]) * 1024
-    return total
+    return status_kib(pids, "VmRSS")
 
 
 class Metered:

@@ -6,14 +6,13 @@ Rows are the image bench's (``bench.report.Row``, its JSON by
 
 from __future__ import annotations
 
-import json
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .. import MiB
-from ..report import _fmt, _headline, row_json
+from ..report import _fmt, _headline, row_json, save
 from .measure import MemRow
 
 RESULTS, SUMMARY = "ovf-results.json", "ovf-summary.txt"
@@ -144,8 +143,4 @@ def table(results: dict[str, Any]) -> str:
 
 
 def write(out: Path, results: dict[str, Any]) -> str:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / RESULTS).write_text(json.dumps(results, indent=2) + "\n")
-    text = table(results)
-    (out / SUMMARY).write_text(text)
-    return text
+    return save(out, results, table(results), RESULTS, SUMMARY)

@@ -294,41 +294,8 @@ class TarStream:
         self._enter(_Body(REGULAR[0], name, self._offset, size, keep))
 
     def _whole_entries(self, view: memoryview, pos: int) -> int:
-        """Read plain entries whose header, data and padding all lie in
-        ``view`` from ``pos`` in one go, without the per-step states: the
-        common case, and most of the checking time of a large store.
-        Returns where it stopped; the steps take over from there (an
-        extension header, the end blocks, an entry cut by the chunk's end,
-        or anything wrong, which they then report)."""
-        end_of_view = len(view)
-        while end_of_view - pos >= BLOCK and self._pax is None and self._longname is None:
-            block = bytes(view[pos:pos + BLOCK])
-            if block[156:157] not in REGULAR or block == ZERO_BLOCK:
-                return pos
-            try:
-                raw = parse_header(block)
-            except ValueError:
-                return pos
-            data = pos + BLOCK
-            end = data + raw.size
-            pad = padding(raw.size)
-            if end + pad > end_of_view or bytes(view[end:end + pad]) != ZERO_BLOCK[:pad]:
-                return pos
-            offset = self._offset
-            self._offset += BLOCK
-            self._start_entry(raw, offset)  # checks; sets self._body
-            body = self._body
-            assert body is not None and body.hash is not None
-            body.hash.update(view[data:end])
-            if body.buf is not None:
-                body.buf += view[data:end]
-            self._offset += raw.size
-            self._left = 0
-            self._end_body()  # state: padding, or header when there is none
-            self._offset += pad
-            self._left = 0
-            self._state = _HEADER
-            pos = end + pad
+        """Where a subclass may read whole entries of ``view`` from ``pos`` in
+        one go (see tarread); returns where the steps take over."""
         return pos
 
     def _check_fits(self, offset: int, size: int, where: str) -> None:

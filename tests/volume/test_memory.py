@@ -7,8 +7,8 @@ import random
 import pytest
 
 from volume import MemoryVolume
-from volume.base import Extent
-from volume.errors import Forbidden
+from volume.base import Extent, read_exactly
+from volume.errors import Forbidden, VolumeError
 
 DATA, ZERO, HOLE = (False, False), (True, False), (True, True)
 
@@ -77,3 +77,12 @@ def test_readonly_refuses_writes() -> None:
 def test_capabilities_are_what_was_asked() -> None:
     caps = MemoryVolume(10, block_size=512, max_writers=2).capabilities
     assert (caps.block_size, caps.max_writers, caps.real_extents) == (512, 2, True)
+
+
+def test_read_exactly_fills_or_names_where_the_volume_ends() -> None:
+    vol = MemoryVolume(b"0123456789")
+    buf = bytearray(4)
+    read_exactly(vol, 3, memoryview(buf))
+    assert buf == b"3456"
+    with pytest.raises(VolumeError, match="the image ended at 10, before 12"):
+        read_exactly(vol, 8, memoryview(bytearray(4)), "image")
