@@ -196,7 +196,7 @@ class RemoteSource:
                     # The transit hash takes the bytes in order on the loop,
                     # so the writes may run write_depth at a time.
                     n = await upload.receive(
-                        resp.content.readany, self.io, dst, offset=start, limit=end,
+                        upload.pieces(resp.content), self.io, dst, offset=start, limit=end,
                         zstd=False, hasher=None, check=lambda: None,
                         idle_timeout=IDLE_TIMEOUT, inspect=transit.update,
                         depth=self.write_depth)

@@ -32,7 +32,7 @@ from __future__ import annotations
 import re
 import struct
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -114,13 +114,16 @@ def decode(data: bytes) -> tuple[CommitRecord | None, str | None]:
 
 @contextmanager
 def aligned_view(size: int) -> Iterator[memoryview]:
-    """A page-aligned buffer for direct I/O, unmapped on exit."""
+    """A page-aligned buffer for direct I/O, unmapped on exit (or, while
+    the traceback of an error raised through here still holds a slice of
+    it, with that last reference: closing would replace the error)."""
     buf = aligned_buffer(size)
     try:
         with memoryview(buf) as view:
             yield view
     finally:
-        buf.close()
+        with suppress(BufferError):
+            buf.close()
 
 
 def read(vol: Volume, size: int) -> tuple[CommitRecord | None, str | None]:

@@ -73,7 +73,7 @@ async def put(request: web.Request) -> web.Response:
                  length if length is not None else "chunked", zstd, flush)
         try:
             written = await upload.receive(
-                request.content.readany, io, volume,
+                upload.pieces(request.content), io, volume,
                 offset=offset, limit=ticket.size, zstd=zstd, hasher=hasher,
                 check=ticket.check, idle_timeout=ticket.inactivity_timeout,
                 depth=request.app[CONFIG].transfer.write_depth,

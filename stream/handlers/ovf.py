@@ -10,7 +10,7 @@ from volume.errors import InvalidRequest
 from volume.sd import StorageDomain
 from volume.validate import check_uuid
 
-from .. import download, ovf
+from .. import download, ovf, upload
 from ..auth import ENGINE
 from ..errors import UnsupportedEncoding
 from ..middleware import RESPONSE
@@ -39,7 +39,7 @@ async def _receive(request: web.Request, sd: str) -> ovf.Committed:
         raise UnsupportedEncoding(f"Content-Encoding {encoding!r} is not supported; use zstd")
     cfg = request.app[CONFIG]
     return await request.app[OVF_UPDATES].receive(
-        request.content.readany, request.app[IO_KEY], storage, zstd=encoding == "zstd",
+        upload.pieces(request.content), request.app[IO_KEY], storage, zstd=encoding == "zstd",
         idle_timeout=cfg.transfer.inactivity_timeout, buffer_size=cfg.ovf.buffer_size,
         depth=cfg.transfer.write_depth,
     )

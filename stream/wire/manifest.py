@@ -24,7 +24,7 @@ import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple, NoReturn
 
 from .errors import WireError
 
@@ -61,31 +61,46 @@ def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-@dataclass(frozen=True)
-class ManifestEntry:
-    """One entry after ``info.json``: its name, byte size and xxh3-128 hex digest.
-
-    Validated on construction (parsed or built): a name the tar may hold
-    after ``info.json``, a positive size (empty OVFs are refused by the
-    reader) and 32 lower-case hex digits.
-    """
-
+class _Entry(NamedTuple):
     name: str
     size: int
     digest: str
 
-    def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not (
-            is_ovf_name(self.name) or self.name == METADATA_NAME
-        ):
-            raise BadManifest(f"manifest entry name {self.name!r} is not <uuid>.ovf or "
-                              f"{METADATA_NAME}")
-        if not _is_int(self.size) or self.size <= 0:
-            raise BadManifest(f"manifest entry {self.name!r}: size {self.size!r} is not a "
-                              "positive integer")
-        if not isinstance(self.digest, str) or not _HEX128.fullmatch(self.digest):
-            raise BadManifest(f"manifest entry {self.name!r}: digest {self.digest!r} is not "
-                              "32 lower-case hex digits")
+
+class ManifestEntry(_Entry):
+    """One entry after ``info.json``: its name, byte size and xxh3-128 hex digest.
+
+    Validated on construction (parsed or built): a name the tar may hold
+    after ``info.json``, a positive size (empty OVFs are refused by the
+    reader) and 32 lower-case hex digits.  A tuple, because a store lists
+    10,000 of them and the daemon parses them on its event loop.
+    """
+
+    __slots__ = ()
+
+    def __new__(cls, name: str, size: int, digest: str) -> ManifestEntry:
+        if not _valid_entry(name, size, digest):
+            _refuse_entry(name, size, digest)
+        return tuple.__new__(cls, (name, size, digest))
+
+
+def _valid_entry(name: object, size: object, digest: object) -> bool:
+    # type() is: bool is an int subclass, and JSON true is not a size.
+    return (type(name) is str and (_OVF_NAME.fullmatch(name) is not None
+                                   or name == METADATA_NAME)
+            and type(size) is int and size > 0
+            and type(digest) is str and _HEX128.fullmatch(digest) is not None)
+
+
+def _refuse_entry(name: object, size: object, digest: object) -> NoReturn:
+    if not isinstance(name, str) or not (is_ovf_name(name) or name == METADATA_NAME):
+        raise BadManifest(f"manifest entry name {name!r} is not <uuid>.ovf or "
+                          f"{METADATA_NAME}")
+    if not _is_int(size) or size <= 0:  # type: ignore[operator]
+        raise BadManifest(f"manifest entry {name!r}: size {size!r} is not a "
+                          "positive integer")
+    raise BadManifest(f"manifest entry {name!r}: digest {digest!r} is not "
+                      "32 lower-case hex digits")
 
 
 @dataclass(frozen=True)
@@ -123,9 +138,15 @@ class Manifest:
         if not isinstance(entries, list):
             raise BadManifest("Manifest.entries is not a list")
         parsed = []
+        make = tuple.__new__
         for i, item in enumerate(entries):
-            e = _exact_keys(item, _ENTRY_KEYS, f"Manifest.entries[{i}]")
-            parsed.append(ManifestEntry(e["name"], e["size"], e["digest"]))
+            # Inline for the common case: this runs once per OVF of a store.
+            if type(item) is not dict or item.keys() != _ENTRY_KEYS:
+                _exact_keys(item, _ENTRY_KEYS, f"Manifest.entries[{i}]")
+            name, size, digest = item["name"], item["size"], item["digest"]
+            if not _valid_entry(name, size, digest):
+                _refuse_entry(name, size, digest)
+            parsed.append(make(ManifestEntry, (name, size, digest)))
         return cls(tuple(parsed), obj["algorithm"])
 
 

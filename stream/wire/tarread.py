@@ -23,6 +23,7 @@ Every refusal is a :class:`BadTar`, 422 (see there).
 from __future__ import annotations
 
 import re
+import zlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,6 +54,7 @@ _OVF_HEADER = re.compile(
     rb"([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\.ovf)\0"
     rb".{59}.{24}([0-7]{11})[\0 ].{12}([0-7]{6})\0 [0\0].{100}"
     rb"(?:ustar\x0000|ustar  \x00).{80}\0", re.DOTALL)
+_ZEROS = memoryview(ZERO_BLOCK)
 
 
 @dataclass(frozen=True)
@@ -155,39 +157,53 @@ class OvfTarReader(TarStream):
         size, new, fitting, zero padding, the digest).  Anything else, or
         anything wrong, is left to the general steps, which report it."""
         expected = self._expected
-        if expected is None:
+        if expected is None or self._pax is not None or self._longname is not None:
             return pos
         names, entries = self.names, self.entries
+        match, digest_of = _OVF_HEADER.match, xxhash.xxh3_128_hexdigest
         end_of_view = len(view)
-        while end_of_view - pos >= BLOCK and self._pax is None and self._longname is None:
-            block = bytes(view[pos:pos + BLOCK])
-            m = _OVF_HEADER.match(block)
+        offset, room = self._offset, self._max_total - EOF_SIZE
+        max_entries, name = self._max_entries, None
+        while end_of_view - pos >= BLOCK:
+            m = match(view, pos)
             if m is None:
                 break
-            name = m.group(1).decode("ascii")
+            raw_name, raw_size, raw_sum = m.groups()
+            name = raw_name.decode("ascii")
             listed = expected.get(name)
-            if listed is None or name in names or len(names) >= self._max_entries:
+            if listed is None or name in names or len(names) >= max_entries:
                 break
             # The checksum field counts as 8 spaces; it holds the digits, NUL, space.
-            if int(m.group(3), 8) != sum(block) - sum(m.group(3)) - 0x20 + 8 * 0x20:
+            if int(raw_sum, 8) != _block_sum(view, pos) - sum(raw_sum) + 7 * 0x20:
                 break  # or the signed sum of old writers: the steps tell
-            size = int(m.group(2), 8)
+            size = int(raw_size, 8)
             data = pos + BLOCK
             end = data + size
             pad = -size % BLOCK
             if size != listed.size or end + pad > end_of_view \
-                    or bytes(view[end:end + pad]) != ZERO_BLOCK[:pad] \
-                    or self._offset + BLOCK + size + pad + EOF_SIZE > self._max_total:
+                    or view[end:end + pad] != _ZEROS[:pad] \
+                    or offset + BLOCK + size + pad > room:
                 break
-            digest = xxhash.xxh3_128_hexdigest(view[data:end])
+            digest = digest_of(view[data:end])
             if digest != listed.digest:
                 break
             names.add(name)
-            entries.append(Entry(name, self._offset + BLOCK, size, digest))
-            self._last = repr(name)
-            self._offset += BLOCK + size + pad
+            entries.append(Entry(name, offset + BLOCK, size, digest))
+            offset += BLOCK + size + pad
             pos = end + pad
+        if offset != self._offset:
+            self._offset, self._last = offset, repr(entries[-1].name)
         return pos
+
+
+def _block_sum(view: memoryview, pos: int) -> int:
+    """The sum of the 512 bytes at ``pos``, as a tar checksum counts them.
+
+    Adler-32's low half is 1 + the byte sum modulo 65521; a 256-byte half
+    sums to at most 65280, so each half's is exact, at a sixth of the cost
+    of ``sum()`` over the block (this runs once per OVF of a store)."""
+    return (zlib.adler32(view[pos:pos + 256]) & 0xFFFF) \
+        + (zlib.adler32(view[pos + 256:pos + BLOCK]) & 0xFFFF) - 2
 
 
 def index(data: bytes | bytearray | memoryview) -> list[Entry]:

@@ -230,6 +230,7 @@ async def test_client_disconnect_mid_stream(client: Client, sd: str) -> None:
 async def test_storage_errors(client: Client, sd: str, err: int, status: int) -> None:
     good, _ = build_tar(sd)
     assert (await push(client, sd, good))[0] == 200
+    await client.get(f"/domains/{sd}/ovf-store/info")  # its copies are done
     tar2, _ = build_tar(sd, count=9)
     real = os.pwrite
 
@@ -242,6 +243,28 @@ async def test_storage_errors(client: Client, sd: str, err: int, status: int) ->
         code, body = await push(client, sd, tar2)
     assert code == status, body
     assert await served(client, sd) == (1, good)
+
+
+async def test_copy_errors_are_reported(client: Client, sd: str) -> None:
+    tar, _ = build_tar(sd)
+    real = os.pwrite
+    target: list[str] = []  # the first store written: the update's target
+
+    def failing(fd: int, data: Any, offset: int) -> int:
+        if len(data) > 4096:  # tar data, not a commit record
+            path = os.readlink(f"/proc/self/fd/{fd}")
+            target[:] = target or [path]
+            if path != target[0]:
+                raise OSError(errno.EIO, os.strerror(errno.EIO))
+        return real(fd, data, offset)
+
+    with mock.patch("os.pwrite", failing):
+        code, body = await push(client, sd, tar)
+        assert code == 200 and body["copies_pending"] == 1, body
+        info = await (await client.get(f"/domains/{sd}/ovf-store/info")).json()
+    assert len(info["copy_errors"]) == 1, info
+    assert "Input/output error" in info["copy_errors"][0], info
+    assert await served(client, sd) == (1, tar)
 
 
 async def test_status_gates_ovf_writes(client: Client, sd: str, domain_dir: Path) -> None:
