@@ -47,14 +47,19 @@ def one(c: sqlite3.Connection, sd_uuid: str) -> Store:
 #: ``decide.store_members`` in SQL: the cached OVFs a store of ``:sd``
 #: holds (an active non-shareable disk there, or no disk at all; never an
 #: external VM), with what ``decide.reports_status`` needs.
-#: test_cache.py checks both agree.  (The domain's disks are one uncorrelated
-#: IN list: an EXISTS on them per entity made SQLite scan them all each time.)
+#: test_cache.py checks both agree.  The entities are found from the
+#: domain's disks (and those without any) by rowid, then read in UUID order:
+#: a scan of every entity in UUID order read their rows at random, and
+#: took twice as long (10,000 VMs on 4 domains: 0.09-0.12 s, now 0.05).
 _MEMBERS = """
 SELECT e.uuid, b.size, e.ovf_digest, e.kind, e.status FROM entities e
 JOIN blobs b ON b.digest = e.ovf_digest
-WHERE e.origin IS NOT :external AND (
-    e.uuid IN (SELECT entity_uuid FROM disks WHERE sd_uuid = :sd AND active AND NOT shareable)
-    OR NOT EXISTS (SELECT 1 FROM disks d WHERE d.entity_uuid = e.uuid))
+WHERE e.origin IS NOT :external AND e.rowid IN (
+    SELECT x.rowid FROM disks d JOIN entities x ON x.uuid = d.entity_uuid
+    WHERE d.sd_uuid = :sd AND d.active AND NOT d.shareable
+    UNION ALL
+    SELECT x.rowid FROM entities x
+    WHERE NOT EXISTS (SELECT 1 FROM disks d WHERE d.entity_uuid = x.uuid))
 ORDER BY e.uuid
 """
 
