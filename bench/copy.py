@@ -25,6 +25,7 @@ from .copyreport import (
     COPY_DATA,
     COPY_SPARSE,
     DD_COPY,
+    DD_WRITE_READING,
     SHM_COPY,
     SHM_COPY_DATA,
     SHM_COPY_SPARSE,
@@ -111,7 +112,9 @@ def shm_fits(size: int, data: int) -> tuple[bool, str | None]:
 def make_rows(size: int, sparse: int, data: int, shm: bool) -> list[CopyRow]:
     dense, dense_data = f"{size // MiB} MiB dense", f"{data // MiB} MiB dense"
     sparse_what = f"{sparse // MiB} MiB, {data // MiB} MiB data"
-    rows = [CopyRow(DD_COPY, "dense", dense, size), CopyRow(UPLOAD, "dense", dense, size)]
+    rows = [CopyRow(DD_COPY, "dense", dense, size),
+            CopyRow(DD_WRITE_READING, "dense", dense, size),
+            CopyRow(UPLOAD, "dense", dense, size)]
     for where, names in [("shm", (SHM_COPY, SHM_COPY_DATA, SHM_COPY_SPARSE)),
                          ("disk", (COPY, COPY_DATA, COPY_SPARSE))]:
         if where == "shm" and not shm:

@@ -15,6 +15,8 @@ from .procs import Usage
 from .report import _fmt, _headline, _short, save
 
 DD_COPY = "limits/copy/dd"
+#: dd writing the image while another dd reads it from the same disk.
+DD_WRITE_READING = "limits/write-reading/dd"
 UPLOAD = "upload/dense/curl"
 COPY = "copy/dense/job"
 COPY_DATA = "copy/dense-data/job"
@@ -128,6 +130,12 @@ def ratios_json(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
             div(get(COPY_SPARSE, "seconds"), get(COPY_DATA, "seconds")),
             COPY_SPARSE, COPY_DATA, 1.25, "<=",
             "the same with the sources on the shared disk"),
+        "readback_ceiling_vs_upload": _ratio(
+            div(get(DD_WRITE_READING, "mb_s"), upload), DD_WRITE_READING, UPLOAD, None, ">=",
+            "informational: the most copy_vs_upload can be on this disk.  A verified copy "
+            "reads back what it writes, so the destination disk reads while it writes; this "
+            "is dd writing the image while another dd reads it, both O_DIRECT, against the "
+            "upload (which only writes)"),
         "copy_vs_disk_copy": _ratio(
             div(get(COPY, "mb_s"), get(DD_COPY, "mb_s")), COPY, DD_COPY, None, ">=",
             "informational: the same-disk copy job against dd copying the same image "

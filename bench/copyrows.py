@@ -18,6 +18,7 @@ copy job on the destination host that reads the source host's image URL.
 from __future__ import annotations
 
 import os
+import subprocess
 import uuid
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -27,8 +28,8 @@ import xxhash
 from . import MB, BenchError, MiB, log
 from .clients import curl_upload
 from .copyhosts import Host, Volume
-from .copyreport import CopyRow
-from .limits import dd
+from .copyreport import DD_WRITE_READING, CopyRow
+from .limits import BLOCK, dd
 from .procs import Meter, Usage
 from .runner import Mismatch
 from .workspace import CHUNK, Workspace, drop_cached, file_digest, remove, settled
@@ -189,6 +190,32 @@ def _dd_copy(row: CopyRow, dst: Host, image: Image, first: bool) -> Sample:
     return Sample(seconds, seconds, None, idle, idle)
 
 
+def _dd_write_reading(row: CopyRow, dst: Host, image: Image, ws: Workspace,
+                     first: bool) -> Sample:
+    """The ceiling of a copy that reads back what it writes, on this disk:
+    dd writes the image from /dev/shm into a new file while another dd
+    reads the image's on-disk copy, both O_DIRECT; the writer's seconds."""
+    dest = dst.images / f"dd-rw-{uuid.uuid4().hex[:8]}.img"
+    drop_cached(image.path)
+    reader = subprocess.Popen(
+        ["dd", f"bs={BLOCK}", "status=none", f"if={image.path}", "of=/dev/null",
+         "iflag=direct"], stderr=subprocess.PIPE)
+    try:
+        seconds = dd(f"if={ws.image}", f"of={dest}", "oflag=direct", "conv=fsync")
+        if first:
+            if file_digest(dest) != (image.size, image.digest):
+                raise Mismatch("dd's copy holds other bytes")
+            row.verified = True
+    finally:
+        _, err = reader.communicate()
+        with settled():
+            remove(dest)
+    if reader.returncode:
+        raise BenchError(f"the reading dd failed: {err.decode(errors='replace').strip()}")
+    idle = Usage(cpu_s=0.0, peak_rss=0)
+    return Sample(seconds, seconds, None, idle, idle)
+
+
 def _volume_round(row: CopyRow, src: Host, dst: Host, image: Image, ws: Workspace,
                   first: bool) -> Sample:
     """Upload or copy into a fresh destination volume, deleted after."""
@@ -209,8 +236,12 @@ def _volume_round(row: CopyRow, src: Host, dst: Host, image: Image, ws: Workspac
 def run_round(row: CopyRow, src: Host, dst: Host, image: Image, ws: Workspace,
               i: int, rounds: int) -> None:
     try:
-        sample = _dd_copy(row, dst, image, i == 0) if row.kind == "limits" else \
-            _volume_round(row, src, dst, image, ws, i == 0)
+        if row.name == DD_WRITE_READING:
+            sample = _dd_write_reading(row, dst, image, ws, i == 0)
+        elif row.kind == "limits":
+            sample = _dd_copy(row, dst, image, i == 0)
+        else:
+            sample = _volume_round(row, src, dst, image, ws, i == 0)
     except Exception as e:  # a failed row must not stop the others
         row.error = f"round {i + 1}: {e}" if isinstance(e, BenchError) else \
             f"round {i + 1}: {type(e).__name__}: {e}"

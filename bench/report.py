@@ -95,8 +95,20 @@ def ratios_json(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
         a, b = rows.get(r.row, {}).get("mb_s"), rows.get(r.base, {}).get("mb_s")
         value = a / b if a and b else None
         out[r.name] = {"row": r.row, "base": r.base, "target": r.target, "meaning": r.meaning,
-                       "value": value, "met": value >= r.target if value is not None else None}
+                       "value": value, "met": value >= r.target if value is not None else None,
+                       "ceiling": _ceiling(r, b, rows)}
     return out
+
+
+def _ceiling(r: Ratio, base: float | None, rows: dict[str, dict[str, Any]]) -> float | None:
+    """The most an upload ratio can be on this disk: an upload ends with
+    its data written, so at most at the O_DIRECT write limit measured in
+    the same run (write depth may pass dd's one write at a time a little).
+    None for downloads, or without both figures."""
+    disk = rows.get(DD_WRITE, {}).get("mb_s")
+    if "/upload/" not in r.row or not base or not disk:
+        return None
+    return float(disk / base)
 
 
 def results_json(facts: dict[str, Any], size: int, rounds: int, quick: bool,
@@ -153,8 +165,11 @@ def table(results: dict[str, Any]) -> str:
     lines += ["", "Targets (reported, never asserted):"]
     for name, r in results["ratios"].items():
         met = {True: "met", False: "MISSED", None: "n/a"}[r["met"]]
+        ceiling = r.get("ceiling")
+        beyond = "" if r["met"] is not False or ceiling is None or ceiling >= r["target"] else \
+            f"  (the disk's write limit is {ceiling:.2f}x the base: the target lies beyond it)"
         lines.append(f"  {name:<40} {_fmt(r['value'], 5, '.2f')} (target >= {r['target']:.2f})"
-                     f"  {met}")
+                     f"  {met}{beyond}")
     if results["errors"]:
         lines += ["", "Errors (full text in results.json):"]
         grouped: dict[str, list[str]] = {}
