@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import json
 import re
-from itertools import repeat
-from operator import itemgetter
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import repeat
+from operator import itemgetter
 from typing import Any, NamedTuple, NoReturn
 
 from .errors import WireError
@@ -173,7 +173,8 @@ def _valid_entries(entries: list[Any]) -> list[ManifestEntry] | None:
     if joined.count("\n") != len(names) - 1 or not _NAMES.fullmatch(joined):
         return None
     # tuple.__new__ straight from map: no Python frame per entry.
-    return list(map(tuple.__new__, repeat(ManifestEntry), zip(names, sizes, digests)))
+    return list(map(tuple.__new__, repeat(ManifestEntry),
+                    zip(names, sizes, digests, strict=True)))
 
 
 def _exact_keys(raw: object, keys: set[str], what: str) -> dict[str, Any]:
