@@ -21,7 +21,7 @@ from typing import Any
 
 from stream.wire.poolmap import DOMAIN_TYPES, OVF_WRITABLE
 
-from . import entities, phase, stores
+from . import entities, phase, pooldomains, stores
 from .entities import Imported, ImportItem
 from .errors import InvalidInput, NotFound
 from .model import (
@@ -138,6 +138,26 @@ class Cache:
                     # domain about to leave gets its stores refreshed first.
                     entities.mark(c, [old.uuid])
         return Domain(old.uuid, old.type, old.location, status)
+
+    def mark_outdated(self, sd_uuid: str) -> None:
+        """Have the next pass rewrite the domain's store (a flow's refresh)."""
+        with self._tx() as c:
+            entities.mark(c, [self._domain_row(c, sd_uuid).uuid])
+
+    def detach_refusal(self, sd_uuid: str) -> str | None:
+        """Why the domain cannot leave the pool with its VMs, or None."""
+        with self._tx(write=False) as c:
+            return pooldomains.detach_refusal(c, self._domain_row(c, sd_uuid).uuid)
+
+    def detach_domain(self, sd_uuid: str) -> list[str]:
+        """Take a domain out of the pool with its VMs; see ``pooldomains.detach``."""
+        with self._tx() as c:
+            return pooldomains.detach(c, self._domain_row(c, sd_uuid).uuid)
+
+    def hand_over_master(self, sd_uuid: str) -> str | None:
+        """Move the master role off a leaving domain; see ``pooldomains``."""
+        with self._tx() as c:
+            return pooldomains.hand_over_master(c, self._domain_row(c, sd_uuid).uuid)
 
     def _domain_row(self, c: sqlite3.Connection, sd_uuid: str) -> Domain:
         sd = canonical_uuid(sd_uuid, "storage domain")

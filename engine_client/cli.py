@@ -20,7 +20,7 @@ from typing import Any
 
 from stream.wire.errors import WireError
 
-from . import __version__, config, diskcli, importer, localhash, report
+from . import __version__, config, diskcli, flowcli, importer, localhash, report
 from .cache import Cache
 from .errors import EngineError, InvalidInput, NotFound
 from .model import VmStatus, parse_domain_status
@@ -95,6 +95,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("status")
     s = dom.add_parser("list", help="list storage domains")
     _json_flag(s)
+    flowcli.add_parsers(dom)
 
     host = sub.add_parser("host", help="hosts").add_subparsers(dest="action", required=True)
     s = host.add_parser("add", help="add a host (or change one)")
@@ -269,6 +270,8 @@ def _dispatch(cfg: config.Config, args: argparse.Namespace) -> int:
         if args.command == "vm":
             return _vm(cache, cfg, args)
         if args.command == "domain":
+            if args.action in flowcli.FLOWS:
+                return flowcli.run(cache, cfg, args)
             return _domain(cache, args)
         if args.command == "disk":
             return diskcli.run_disk(cache, cfg, args)

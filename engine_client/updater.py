@@ -130,13 +130,14 @@ class Updater:
 
     # -- one pass
 
-    async def run_once(self, retry_now: bool = False) -> PassReport:
-        """One pass; ``retry_now`` ignores the backoff of failed domains."""
+    async def run_once(self, retry_now: bool = False, only: str | None = None) -> PassReport:
+        """One pass; ``retry_now`` ignores the backoff of failed domains;
+        ``only`` pushes that domain's store alone (a flow refreshing it)."""
         async with self._pass_lock:
             report = PassReport(self._clock())
             start = time.monotonic()
             await self._entity_phase(report)
-            await self._domain_phase(report, retry_now)
+            await self._domain_phase(report, retry_now, only)
             report.seconds = round(time.monotonic() - start, 3)
             dropped = await asyncio.to_thread(self.cache.gc_blobs)
             log.info("OVF pass: %d entities processed, %d skipped, %d deletions, domains: %s; "
@@ -165,8 +166,10 @@ class Updater:
             after = selected[-1][0]
         report.deleted = await asyncio.to_thread(self.cache.process_deletions)
 
-    async def _domain_phase(self, report: PassReport, retry_now: bool) -> None:
-        stores = await asyncio.to_thread(self.cache.stores)
+    async def _domain_phase(self, report: PassReport, retry_now: bool,
+                            only: str | None = None) -> None:
+        stores = [s for s in await asyncio.to_thread(self.cache.stores)
+                  if only is None or s.sd_uuid == only]
         domains = {d.uuid: d for d in await asyncio.to_thread(self.cache.domains)}
         hosts = await asyncio.to_thread(self.cache.hosts)
         reports = await asyncio.to_thread(self.cache.host_reports)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -13,7 +14,10 @@ from aiohttp import web
 
 from engine_client.cache import Cache
 from engine_client.config import Config
+from engine_client.poolsync import PoolSync
 from tests.stream.daemon import Daemon
+
+from .clusters import Member
 
 
 @pytest.fixture
@@ -88,3 +92,26 @@ async def wrong_digest_url(aiohttp_server: Any) -> str:
     app.router.add_put("/domains/{sd}/ovf-store", put)
     server = await aiohttp_server(app, auto_decompress=False)
     return f"http://127.0.0.1:{server.port}"
+
+
+@pytest.fixture
+def cluster(cache: Cache, cfg: Config, daemons: Callable[[], Daemon]
+            ) -> Callable[[int], asyncio.Future[list[Member]]]:
+    """``await cluster(n)``: n daemons, each serving its own domain, maps pushed."""
+
+    async def make(n: int) -> list[Member]:
+        members = []
+        for i in range(n):
+            d = await asyncio.to_thread(daemons)
+            sd = Path(d.domain).name
+            cache.add_domain(sd, "file", [d.domain.rstrip("/")])
+            cache.add_host(f"h{i}", f"http://127.0.0.1:{d.port}", d.token, [sd])
+            members.append(Member(d, sd, f"h{i}"))
+        sync = PoolSync(cache, cfg)
+        try:
+            assert {r.state for r in await sync.sync_once()} == {"pushed"}
+        finally:
+            await sync.close()
+        return members
+
+    return lambda n: asyncio.ensure_future(make(n))

@@ -3,7 +3,6 @@ read back over their API and compared with the engine cache."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import subprocess
@@ -11,45 +10,20 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from pathlib import Path
 
-import aiohttp
 import pytest
 
 from engine_client.cache import Cache
 from engine_client.config import Config
-from engine_client.entities import ImportItem
 from engine_client.model import DomainStatus, VmStatus
 from engine_client.ovf import parse
 from engine_client.poolsync import PoolSync
 from engine_client.updater import Updater
-from stream.wire.tarread import OvfTarReader
 from tests.stream.daemon import Daemon, free_port
 
+from .clusters import Cluster, add, cached, get, stored
 from .ovfs import DiskSpec, vm_ovf, write
-
-
-@dataclass
-class Member:
-    daemon: Daemon
-    sd: str
-    host: str
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.daemon.port}"
-
-
-@dataclass
-class Store:
-    ovfs: dict[str, bytes]  # entity UUID -> OVF
-    vm_status: dict[str, int]
-    generation: int
-    digest: str
-
-
-Cluster = Callable[[int], "asyncio.Future[list[Member]]"]
 
 
 @pytest.fixture
@@ -57,61 +31,6 @@ async def updater(cache: Cache, cfg: Config) -> AsyncIterator[Updater]:
     u = Updater(cache, cfg)
     yield u
     await u.close()
-
-
-@pytest.fixture
-def cluster(cache: Cache, cfg: Config, daemons: Callable[[], Daemon]
-            ) -> Callable[[int], asyncio.Future[list[Member]]]:
-    """``await cluster(n)``: n daemons, each serving its own domain, maps pushed."""
-
-    async def make(n: int) -> list[Member]:
-        members = []
-        for i in range(n):
-            d = await asyncio.to_thread(daemons)
-            sd = Path(d.domain).name
-            cache.add_domain(sd, "file", [d.domain.rstrip("/")])
-            cache.add_host(f"h{i}", f"http://127.0.0.1:{d.port}", d.token, [sd])
-            members.append(Member(d, sd, f"h{i}"))
-        sync = PoolSync(cache, cfg)
-        try:
-            assert {r.state for r in await sync.sync_once()} == {"pushed"}
-        finally:
-            await sync.close()
-        return members
-
-    return lambda n: asyncio.ensure_future(make(n))
-
-
-async def get(m: Member, path: str) -> tuple[int, bytes, dict[str, str]]:
-    async with aiohttp.ClientSession() as s, s.get(
-            m.url + path, headers={"Authorization": f"Bearer {m.daemon.token}"}) as r:
-        return r.status, await r.read(), dict(r.headers)
-
-
-async def stored(m: Member) -> Store:
-    status, tar, headers = await get(m, f"/domains/{m.sd}/ovf-store")
-    assert status == 200, tar
-    reader = OvfTarReader(max_total=len(tar))
-    reader.feed(tar)
-    summary = reader.finish()
-    ovfs = {e.name[:-4]: tar[e.offset:e.offset + e.size] for e in summary.entries
-            if e.name.endswith(".ovf")}
-    assert headers["X-Ovf-Digest"] == f"xxh3_128:{summary.digest}"
-    return Store(ovfs, summary.vm_status, int(headers["X-Ovf-Generation"]), summary.digest)
-
-
-def add(cache: Cache, name: str, disks: list[DiskSpec], vm: str | None = None,
-        template: bool = False) -> str:
-    vm = vm or str(uuid.uuid4())
-    data = vm_ovf(vm, name, disks, template=template)
-    cache.import_entities([ImportItem(name, parse(data), data)])
-    return vm
-
-
-def cached(cache: Cache, vm: str) -> bytes:
-    data = cache.ovf(vm, cached=True)
-    assert data is not None
-    return data
 
 
 async def test_updates_through_changes(cache: Cache, updater: Updater, cluster: Cluster) -> None:

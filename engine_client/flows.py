@@ -1,0 +1,200 @@
+"""Storage domain flows in oVirt's order: maintenance, activation, detach.
+
+oVirt refreshes a leaving domain's OVF stores before it lets it go
+(``DeactivateStorageDomainWithOvfUpdateCommand``; ovirt-storage.md §1.1,
+§2.4), so that the domain alone carries its VMs' configurations:
+
+- **maintenance**: Active → ``PreparingForMaintenance`` (the map pushed:
+  hosts still take the domain's OVF writes) → its store refreshed →
+  ``Maintenance`` (map pushed).  A failed refresh puts the domain back
+  where it was and stops the flow, unless forced (oVirt's
+  ``forceMaintenance``, BZ 1321585).
+- **detach**: Maintenance → ``Detaching`` (map pushed) → refresh → out of
+  the pool with its VMs (``pooldomains.detach``; map pushed).  A failed
+  refresh puts it back in Maintenance, unless forced.
+- **activation**: Maintenance → ``Activating`` (map pushed) → ``Active``
+  (map pushed) → refresh, since the domain missed every change while it
+  was away.  A failed refresh leaves it Active with its store outdated,
+  for the updater to retry like any other.
+
+A master domain leaving hands the role to an Active domain first.  A
+flow cut short (the engine stopped) is resumed by running it again: each
+accepts the transitional status it leaves behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import aiohttp
+
+from .cache import Cache
+from .config import Config
+from .errors import EngineError, InvalidInput
+from .model import DomainStatus
+from .poolsync import HostReport, PoolSync
+from .updater import DomainReport, Updater
+
+log = logging.getLogger(__name__)
+
+S = DomainStatus
+#: Where each flow may start (the last of each: a cut-short run, resumed).
+STARTS = {
+    "maintenance": (S.ACTIVE, S.INACTIVE, S.UNKNOWN, S.PREPARING_FOR_MAINTENANCE),
+    "detach": (S.MAINTENANCE, S.DETACHING),
+    "activate": (S.MAINTENANCE, S.INACTIVE, S.UNKNOWN, S.ACTIVATING),
+}
+#: A refresh that lost to a change made meanwhile ("superseded") runs again
+#: this many times in all.
+REFRESH_TRIES = 3
+
+
+class FlowFailed(EngineError):
+    """The flow stopped; ``report`` says where the domain was left."""
+
+    def __init__(self, detail: str, report: FlowReport) -> None:
+        super().__init__(detail)
+        self.report = report
+
+
+@dataclass
+class FlowReport:
+    flow: str
+    sd_uuid: str
+    #: The domain's status at the end; None once detached.
+    status: str | None = None
+    ok: bool = False
+    forced: bool = False
+    steps: list[str] = field(default_factory=list)
+    refresh: DomainReport | None = None
+    #: VMs and templates that left the pool with a detached domain.
+    dropped: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Flows:
+    def __init__(self, cache: Cache, cfg: Config,
+                 session: aiohttp.ClientSession | None = None) -> None:
+        self.cache = cache
+        self._sync = PoolSync(cache, cfg, session)
+        self._updater = Updater(cache, cfg, session)
+
+    async def close(self) -> None:
+        await self._sync.close()
+        await self._updater.close()
+
+    async def maintenance(self, sd_uuid: str, force: bool = False) -> FlowReport:
+        report, start = await self._begin("maintenance", sd_uuid)
+        await self._hand_over_master(report)
+        await self._set(report, S.PREPARING_FOR_MAINTENANCE)
+        back = S.ACTIVE if start == S.PREPARING_FOR_MAINTENANCE else start
+        await self._refreshed_or_back(report, back, force)
+        await self._set(report, S.MAINTENANCE)
+        return self._done(report)
+
+    async def detach(self, sd_uuid: str, force: bool = False) -> FlowReport:
+        report, _ = await self._begin("detach", sd_uuid)
+        refusal = await asyncio.to_thread(self.cache.detach_refusal, report.sd_uuid)
+        if refusal is not None:
+            raise InvalidInput(refusal)
+        await self._hand_over_master(report)
+        await self._set(report, S.DETACHING)
+        await self._refreshed_or_back(report, S.MAINTENANCE, force)
+        report.dropped = await asyncio.to_thread(self.cache.detach_domain, report.sd_uuid)
+        report.status = None
+        report.steps.append(f"left the pool with {len(report.dropped)} VMs and templates; "
+                            + await self._push())
+        return self._done(report)
+
+    async def activate(self, sd_uuid: str) -> FlowReport:
+        report, _ = await self._begin("activate", sd_uuid)
+        await self._set(report, S.ACTIVATING)
+        await self._set(report, S.ACTIVE)
+        if not await self._refresh(report):
+            report.steps.append("its OVF store stays outdated; the updater retries it")
+        return self._done(report)
+
+    # -- steps
+
+    async def _begin(self, flow: str, sd_uuid: str) -> tuple[FlowReport, DomainStatus]:
+        domain = await asyncio.to_thread(self.cache.domain, sd_uuid)
+        if domain.status not in STARTS[flow]:
+            allowed = ", ".join(str(s) for s in STARTS[flow][:-1])
+            raise InvalidInput(f"storage domain {domain.uuid} is {domain.status}; {flow} "
+                               f"starts from {allowed}")
+        log.info("domain %s: %s flow from %s", domain.uuid, flow, domain.status)
+        return FlowReport(flow, domain.uuid, str(domain.status)), domain.status
+
+    async def _hand_over_master(self, report: FlowReport) -> None:
+        master = await asyncio.to_thread(self.cache.hand_over_master, report.sd_uuid)
+        if master is not None:
+            report.steps.append(f"master role handed over to domain {master}")
+
+    async def _set(self, report: FlowReport, status: DomainStatus) -> None:
+        await asyncio.to_thread(self.cache.set_domain_status, report.sd_uuid, status)
+        report.status = str(status)
+        report.steps.append(f"{status}; {await self._push()}")
+
+    async def _push(self) -> str:
+        """Push the map to every host; what happened, in words (a host that
+        missed it gets it from the pool sync later)."""
+        hosts = await self._sync.sync_once(force=True)
+        return _pushes(hosts)
+
+    async def _refresh(self, report: FlowReport) -> bool:
+        sd = report.sd_uuid
+        for _ in range(REFRESH_TRIES):
+            await asyncio.to_thread(self.cache.mark_outdated, sd)
+            result = await self._updater.run_once(retry_now=True, only=sd)
+            found = [d for d in result.domains if d.sd_uuid == sd]
+            report.refresh = found[0] if found else DomainReport(
+                sd, "failed", "the updater did not push it")
+            if report.refresh.outcome != "superseded":
+                break
+        refresh = report.refresh
+        assert refresh is not None
+        if refresh.outcome == "updated":
+            report.steps.append(f"OVF store refreshed on host {refresh.host}: generation "
+                                f"{refresh.generation}, {refresh.entities} OVFs")
+            return True
+        report.steps.append(f"OVF store refresh {refresh.outcome}: {refresh.detail}")
+        return False
+
+    async def _refreshed_or_back(self, report: FlowReport, back: DomainStatus,
+                                 force: bool) -> None:
+        if await self._refresh(report):
+            return
+        refresh = report.refresh
+        assert refresh is not None
+        if force:
+            report.forced = True
+            log.warning("domain %s: OVF store refresh failed (%s); going on, as forced",
+                        report.sd_uuid, refresh.detail)
+            return
+        await self._set(report, back)
+        raise FlowFailed(
+            f"storage domain {report.sd_uuid} stays {back}: refreshing its OVF store "
+            f"failed ({refresh.detail}); fix that, or use --force to go on without it",
+            report)
+
+    @staticmethod
+    def _done(report: FlowReport) -> FlowReport:
+        report.ok = True
+        log.info("domain %s: %s done (%s)", report.sd_uuid, report.flow,
+                 report.status or "detached")
+        return report
+
+
+def _pushes(hosts: Sequence[HostReport]) -> str:
+    if not hosts:
+        return "no host to push the map to"
+    done = [h.host for h in hosts if h.state == "pushed"]
+    missed = [f"{h.host} ({h.state}: {h.detail})" for h in hosts if h.state != "pushed"]
+    words = f"map pushed to {', '.join(done)}" if done else "map pushed to no host"
+    return words + (f"; not to {', '.join(missed)}" if missed else "")

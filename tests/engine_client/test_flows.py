@@ -1,0 +1,198 @@
+"""Maintenance, activation and detach against real ``sluice serve`` daemons:
+the order of the statuses the hosts are given, the OVF store refreshed in
+between (read back from the host), and a failed refresh stopping the flow
+unless forced."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+
+from engine_client import cli
+from engine_client.cache import Cache
+from engine_client.config import Config
+from engine_client.errors import InvalidInput, NotFound
+from engine_client.flows import FlowFailed, Flows
+from engine_client.model import DomainStatus
+from stream import ovf
+from stream.wire.tarread import index
+from tests.stream.daemon import Daemon, free_port
+from volume.base import read_exactly
+from volume.filedomain import open_file_domain
+
+from .clusters import Cluster, Member, add, stored
+from .ovfs import DiskSpec
+
+
+def host_status(m: Member) -> str | None:
+    """The domain's status in the map its host holds (None: not in it)."""
+    status, body = m.daemon.request("GET", "/pool")
+    assert status == 200, body
+    found = json.loads(body)["domains"].get(m.sd)
+    return None if found is None else str(found["status"])
+
+
+def on_storage(m: Member) -> set[str]:
+    """The entities in the domain's newest store, read from its directory
+    (the host no longer serves a detached domain)."""
+    state, vol = ovf.newest(open_file_domain(m.daemon.domain))
+    with closing(vol):
+        assert state.record is not None
+        data = bytearray(state.record.tar_length)
+        read_exactly(vol, 0, memoryview(data))
+    return {e.name[:-4] for e in index(data) if e.name.endswith(".ovf")}
+
+
+@pytest.fixture
+async def flows(cache: Cache, cfg: Config) -> AsyncIterator[Flows]:
+    f = Flows(cache, cfg)
+    yield f
+    await f.close()
+
+
+async def test_maintenance_refreshes_the_store_first(cache: Cache, flows: Flows,
+                                                     cluster: Cluster) -> None:
+    a, b = await cluster(2)
+    assert cache.pool().master_domain == a.sd
+    vm = add(cache, "vm1", [DiskSpec(a.sd)])
+    report = await flows.maintenance(a.sd)
+    assert report.ok and report.status == "Maintenance" and not report.forced
+    steps = report.steps
+    assert steps[0] == f"master role handed over to domain {b.sd}"
+    assert steps[1].startswith("PreparingForMaintenance; map pushed to ")
+    assert steps[2].startswith("OVF store refreshed on host h0")
+    assert steps[3].startswith("Maintenance; map pushed to ")
+    assert cache.pool().master_domain == b.sd
+    assert cache.domain(a.sd).status == DomainStatus.MAINTENANCE
+    assert host_status(a) == "Maintenance"
+    store = await stored(a)  # refreshed while the host still took writes
+    assert set(store.ovfs) == {vm}
+    assert report.refresh is not None and store.generation == report.refresh.generation
+
+
+async def test_a_failed_refresh_stops_unless_forced(cache: Cache, flows: Flows,
+                                                    cluster: Cluster) -> None:
+    (a,) = await cluster(1)
+    add(cache, "vm1", [DiskSpec(a.sd)])
+    # The host is down, as far as the engine can tell.
+    cache.add_host("h0", f"http://127.0.0.1:{free_port()}", a.daemon.token, [a.sd])
+    with pytest.raises(FlowFailed) as e:
+        await flows.maintenance(a.sd)
+    assert f"storage domain {a.sd} stays Active: refreshing its OVF store failed" in str(e.value)
+    assert "use --force" in str(e.value)
+    assert e.value.report.status == "Active" and not e.value.report.ok
+    assert cache.domain(a.sd).status == DomainStatus.ACTIVE
+    report = await flows.maintenance(a.sd, force=True)
+    assert report.ok and report.forced and report.status == "Maintenance"
+    assert report.refresh is not None and report.refresh.outcome == "failed"
+    assert cache.domain(a.sd).status == DomainStatus.MAINTENANCE
+
+
+async def test_activation_brings_the_store_up_to_date(cache: Cache, flows: Flows,
+                                                      cluster: Cluster) -> None:
+    (a,) = await cluster(1)
+    vm1 = add(cache, "vm1", [DiskSpec(a.sd)])
+    await flows.maintenance(a.sd)
+    vm2 = add(cache, "vm2", [DiskSpec(a.sd)])  # imported while the domain was away
+    with pytest.raises(InvalidInput, match="is Maintenance; maintenance starts from Active"):
+        await flows.maintenance(a.sd)
+    report = await flows.activate(a.sd)
+    assert report.ok and report.status == "Active"
+    assert [s.split(";")[0] for s in report.steps[:2]] == ["Activating", "Active"]
+    assert host_status(a) == "Active"
+    assert set((await stored(a)).ovfs) == {vm1, vm2}
+    with pytest.raises(InvalidInput, match="is Active; activate starts from Maintenance"):
+        await flows.activate(a.sd)
+
+
+async def test_detach_takes_the_domain_and_its_vms_out(cache: Cache, flows: Flows,
+                                                        cluster: Cluster) -> None:
+    a, b = await cluster(2)
+    alone = add(cache, "alone", [DiskSpec(a.sd)])
+    spread = add(cache, "spread", [DiskSpec(a.sd), DiskSpec(b.sd)])
+    stays = add(cache, "stays", [DiskSpec(b.sd)])
+    with pytest.raises(InvalidInput, match="is Active; detach starts from Maintenance"):
+        await flows.detach(a.sd)
+    await flows.maintenance(a.sd)
+    with pytest.raises(InvalidInput, match=f"1 VMs or templates have disks on it and on "
+                                           f"other domains \\(the first, {spread}"):
+        await flows.detach(a.sd)
+    assert cache.domain(a.sd).status == DomainStatus.MAINTENANCE  # refused before any step
+    (disk,) = [d.disk_uuid for d in cache.disks(spread) if d.sd_uuid == a.sd]
+    cache.set_disk(spread, disk, b.sd)
+    report = await flows.detach(a.sd)
+    assert report.ok and report.status is None and report.dropped == [alone]
+    assert report.steps[0].startswith("Detaching; ")
+    assert report.steps[-1].startswith("left the pool with 1 VMs and templates; map pushed")
+    assert {e.uuid for e in cache.entities()} == {spread, stays}
+    assert [d.uuid for d in cache.domains()] == [b.sd]
+    assert host_status(a) is None  # h0 got a map without it
+    # The domain alone carries what left with it: refreshed while Detaching.
+    assert on_storage(a) == {alone}  # spread moved its disk away before
+
+
+def test_cli_flows(tmp_path: Path) -> None:
+    d = Daemon(tmp_path / "host" / "data")
+    try:
+        sd = Path(d.domain).name
+        state = str(tmp_path / "engine")
+        base = ["--state-dir", state]
+        assert cli.main([*base, "host", "add", "h0", f"http://127.0.0.1:{d.port}",
+                         "--token", d.token]) == 0
+        assert cli.main([*base, "domain", "add", sd, "--type", "file", "--location",
+                         d.domain.rstrip("/"), "--host", "h0"]) == 0
+        assert cli.main([*base, "domain", "maintenance", sd]) == 0
+        assert cli.main([*base, "domain", "detach", "--json", sd]) == 0
+        assert cli.main([*base, "domain", "activate", sd]) == 2  # gone
+    finally:
+        d.stop()
+
+
+def test_cli_flow_failure_is_one_sentence(tmp_path: Path, capsys: pytest.CaptureFixture[str]
+                                          ) -> None:
+    state = str(tmp_path / "engine")
+    sd = "8f0c5c8e-7a36-4a5e-9d0b-2f1d0c4e9a11"
+    base = ["--state-dir", state]
+    assert cli.main([*base, "host", "add", "h0", f"http://127.0.0.1:{free_port()}",
+                     "--token", "t"]) == 0
+    assert cli.main([*base, "domain", "add", sd, "--type", "file", "--location",
+                     str(tmp_path), "--host", "h0"]) == 0
+    capsys.readouterr()
+    assert cli.main([*base, "domain", "maintenance", "--json", sd]) == 1
+    out, err = capsys.readouterr()
+    report = json.loads(out)
+    assert report["status"] == "Active" and report["ok"] is False
+    assert report["refresh"]["outcome"] == "failed"
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"sluice-engine: storage domain {sd} stays "
+                                                   "Active: refreshing its OVF store failed")
+
+
+def test_detach_in_the_cache(cache: Cache, add_domain: Callable[..., str]) -> None:
+    a, b, c = add_domain(), add_domain(), add_domain(status="Maintenance")
+    assert cache.pool().master_domain == a
+    vm = add(cache, "vm", [DiskSpec(b)])
+    cache.process_entities(cache.outdated_entities("", 100))
+    content = cache.store_content(b)
+    assert cache.store_pushed(content, 1, "0" * 32, 10240, "h0", 0.0)  # b lists vm
+    (disk,) = cache.disks(vm)
+    cache.set_disk(vm, disk.disk_uuid, a)  # not processed: b still lists it
+    assert not cache.store(b).outdated
+    version = cache.pool().map_version
+    assert cache.detach_domain(a) == [vm]
+    assert cache.entities() == []
+    assert cache.store(b).outdated  # the next pass takes vm out of b's store
+    assert not cache.store(b).stored
+    pool = cache.pool()
+    assert pool.master_domain == b and pool.map_version == version + 1  # Active before c
+    assert sorted(d.uuid for d in cache.domains()) == sorted([b, c])
+    with pytest.raises(NotFound):
+        cache.store(a)
+    cache.detach_domain(b)
+    assert cache.pool().master_domain == c  # no Active one left: any other
+    cache.detach_domain(c)
+    assert cache.pool().master_domain is None
