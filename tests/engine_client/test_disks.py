@@ -30,13 +30,14 @@ from engine_client.cache import Cache
 from engine_client.config import Config
 from engine_client.disks import Ctx, DiskError, copy_disk
 from engine_client.hostapi import Clients
+from engine_client.hostvol import get_job
 from engine_client.ovf import parse
 from engine_client.poolsync import PoolSync
 from engine_client.updater import Updater
 from engine_client.vms import NewDisk, create_vm
 from tests.stream.daemon import Daemon
 
-from .test_e2e import Member, stored
+from .clusters import Member, stored
 
 MiB = 1 << 20
 
@@ -235,6 +236,113 @@ async def test_block_domain_pairs(world: World, loop_device: Any) -> None:
     assert same_guest_data(w.tmp / "q.raw", "raw", w.tmp / "q-back.raw", "raw")
 
 
+#: The directions the tests above leave out: (from, to, move, format, sparse).
+PAIRS = [
+    ("F2", "F1", False, "raw", False),
+    ("F2", "F1", True, "qcow2", True),  # a qcow2 move across hosts
+    ("B", "F1", False, "raw", False),
+    ("B", "F1", True, "raw", True),
+    ("F2", "B", False, "raw", True),
+    ("F2", "B", True, "raw", False),
+    ("B", "F2", True, "raw", True),
+    ("F1", "B", True, "raw", False),
+]
+
+
+@pytest.mark.parametrize("frm,to,move,fmt,sparse", PAIRS, ids=[
+    f"{f}-{t}-{'move' if m else 'copy'}-{fmt}-{'sparse' if s else 'full'}"
+    for f, t, m, fmt, s in PAIRS])
+async def test_domain_pairs(world: World, loop_device: Any, frm: str, to: str, move: bool,
+                            fmt: str, sparse: bool) -> None:
+    w = world
+    sds = {"F1": w.f1, "F2": w.f2}
+    if "B" in (frm, to):
+        sds["B"] = await w.block_domain(loop_device)
+    src_sd, dst_sd = sds[frm], sds[to]
+    host, source_host = ("h1" if to == "F2" else "h0"), ("h1" if frm == "F2" else "h0")
+    raw = image(w.tmp / "p.raw", 6 * MiB, sparse)
+    vm, disk = await w.vm_with(qcow2(raw) if fmt == "qcow2" else raw, src_sd)
+    before = await w.download(disk, src_sd, w.tmp / "before.img")
+    summary = await copy_disk(w.ctx, disk, dst_sd, move=move)
+    assert (summary["state"], summary["host"], summary["format"]) == ("done", host, fmt)
+    assert summary["verified_with"] == "xxh3_128 block hash"
+    assert summary["checksum"] == before["checksum"]
+    started = [e for e in w.events if e["event"] == "started"][-1]
+    assert (started["host"], started["source_host"]) == (host, source_host)
+    job = await get_job(w.ctx.clients(w.cache.host(host)), summary["job"])
+    r = job["result"]
+    assert job["state"] == "done" and r["checksum"]["checksum"] == before["checksum"]
+    assert r["source_checksum"] == r["destination_checksum"] == r["checksum"]
+    after = await w.download(disk, dst_sd, w.tmp / "after.img")
+    assert after["checksum"] == before["checksum"]
+    assert (w.tmp / "after.img").read_bytes() == (w.tmp / "before.img").read_bytes()
+    assert same_guest_data(raw, "raw", w.tmp / "after.img", fmt)
+    (dst,) = await w.volumes(dst_sd, disk)
+    assert dst["legal"] and dst["format"] == fmt
+    left = await w.volumes(src_sd, disk)
+    assert summary["source_removed"] is move and len(left) == (0 if move else 1)
+    assert all(v["legal"] for v in left)
+    assert [d.sd_uuid for d in w.cache.disks(vm)] == [dst_sd]
+
+
+async def test_a_disk_with_snapshots_is_refused(world: World) -> None:
+    w = world
+    vm, disk = await w.vm_with(image(w.tmp / "s.raw", 4 * MiB, sparse=True), w.f1)
+    (base,) = await w.volumes(w.f1, disk)
+    status, body = w.a.request("POST", f"/domains/{w.f1}/volumes", {
+        "img_id": disk, "vol_id": str(uuid.uuid4()), "size": base["size"],
+        "format": "qcow2", "parent": base["vol_uuid"]})
+    assert status == 201, body
+    text = (f"disk {disk} has 2 volumes (snapshots) on {w.f1}; only disks of one volume "
+            "can be copied")
+    for move in (False, True):
+        with pytest.raises(DiskError) as e:
+            await copy_disk(w.ctx, disk, w.f2, move=move)
+        assert str(e.value) == text
+    rc, out, err = await asyncio.to_thread(finish, cli(w, "disk", "copy", disk, "--to", w.f2))
+    assert (rc, out, err) == (1, "", f"sluice-engine: {text}\n")
+    assert len(await w.volumes(w.f1, disk)) == 2
+    assert await w.volumes(w.f2, disk) == []  # no destination volume was even created
+    assert [d.sd_uuid for d in w.cache.disks(vm)] == [w.f1]
+
+
+async def test_vm_with_two_disks_across_ovf_stores(world: World, loop_device: Any) -> None:
+    w = world
+    blk = await w.block_domain(loop_device)
+    d1 = await w.upload(image(w.tmp / "1.raw", 2 * MiB, sparse=False), w.f1)
+    d2 = await w.upload(image(w.tmp / "2.raw", 4 * MiB, sparse=True), w.f1)
+    vm = str((await create_vm(w.ctx, "two", [], [(d1, w.f1), (d2, w.f1)]))["uuid"])
+    m1, m2, mb = Member(w.a, w.f1, "h0"), Member(w.b, w.f2, "h1"), Member(w.a, blk, "h0")
+
+    async def where() -> dict[str, dict[str, str | None] | None]:
+        """Each domain's stored OVF of the VM: disk -> the domain it names."""
+        out: dict[str, dict[str, str | None] | None] = {}
+        for m in (m1, m2, mb):
+            ovf = (await stored(m)).ovfs.get(vm)
+            out[m.sd] = None if ovf is None else {d.disk_uuid: d.sd_uuid
+                                                  for d in parse(ovf).disks}
+        return out
+
+    updater = Updater(w.cache, w.cfg)
+    try:
+        assert (await updater.run_once()).ok
+        assert await where() == {w.f1: {d1: w.f1, d2: w.f1}, w.f2: None, blk: None}
+        assert (await copy_disk(w.ctx, d1, w.f2, move=True))["source_removed"]
+        r = await updater.run_once()
+        assert {d.sd_uuid: d.outcome for d in r.domains} == {w.f1: "updated",
+                                                              w.f2: "updated"}
+        both = {d1: w.f2, d2: w.f1}
+        assert await where() == {w.f1: both, w.f2: both, blk: None}  # F1 keeps it: d2
+        assert (await copy_disk(w.ctx, d2, blk, move=True))["source_removed"]
+        r = await updater.run_once()  # F2 too: the VM's OVF there names d2's domain
+        assert {d.sd_uuid: d.outcome for d in r.domains} == {
+            w.f1: "updated", w.f2: "updated", blk: "updated"}
+        now = {d1: w.f2, d2: blk}
+        assert await where() == {w.f1: None, w.f2: now, blk: now}
+    finally:
+        await updater.close()
+
+
 async def test_vm_on_three_domains_and_from_template(world: World, loop_device: Any) -> None:
     w = world
     blk = await w.block_domain(loop_device)
@@ -364,9 +472,14 @@ async def test_checksum_difference_never_removes_the_source(world: World) -> Non
     relay.go.set()
     with pytest.raises(DiskError, match="checksum differs"):
         await task
-    assert len(await w.volumes(w.f1, disk)) == 1
     relay.kill()
     w.host_url("h0", w.a.port)
+    assert len(await w.volumes(w.f1, disk)) == 1
+    (dst,) = await w.volumes(w.f2, disk)
+    assert not dst["legal"]
+    started = next(e for e in w.events if e["event"] == "started")
+    job = await get_job(w.ctx.clients(w.cache.host("h1")), started["job"])
+    assert job["state"] == "failed" and "checksum differs" in job["error"]
     summary = await copy_disk(w.ctx, disk, w.f2, move=True)
     assert summary["source_removed"]
 
@@ -394,6 +507,11 @@ async def test_destination_fills_up(world: World) -> None:
                                             "untouched"):
             await copy_disk(w.ctx, disk, sd, move=True)
         assert len(await w.volumes(w.f1, disk)) == 1
+        (dst,) = await w.volumes(sd, disk)
+        assert not dst["legal"]
+        started = next(e for e in w.events if e["event"] == "started")
+        job = await get_job(w.ctx.clients(w.cache.host("h1")), started["job"])
+        assert (job["state"], job["error"]) == ("failed", "no space left on the storage")
         assert [d.sd_uuid for d in w.cache.disks(vm)] == [w.f1]
         subprocess.run(["mount", "-o", "remount,size=64m", str(mnt)], check=True)
         summary = await copy_disk(w.ctx, disk, sd, move=True)
@@ -436,8 +554,6 @@ async def test_ctrl_c_deletes_the_job_and_a_retry_finishes(world: World) -> None
     rc, _, err = await asyncio.to_thread(finish, p)
     assert rc == 1 and err.startswith("sluice-engine: canceled: the copy job was stopped")
     assert err.count("\n") == 1
-    from engine_client.hostvol import get_job
-
     job = await get_job(w.ctx.clients(w.cache.host("h1")), started["job"])
     assert job["state"] == "canceled" and job["bytes_done"] < 16 * MiB
     assert len(await w.volumes(w.f1, disk)) == 1
@@ -450,6 +566,32 @@ async def test_ctrl_c_deletes_the_job_and_a_retry_finishes(world: World) -> None
     summary = json.loads(out.splitlines()[-1])
     assert summary["state"] == "done" and summary["source_removed"]
     assert await w.volumes(w.f1, disk) == []
+
+
+async def test_cli_move_json_lines(world: World) -> None:
+    w = world
+    src = image(w.tmp / "j.raw", 6 * MiB, sparse=False)
+    vm, disk = await w.vm_with(src, w.f1)
+    rc, out, err = await asyncio.to_thread(finish, cli(w, "disk", "move", disk, "--to", w.f2,
+                                                       "--json"))
+    assert rc == 0, err
+    *events, summary = [json.loads(line) for line in out.splitlines()]
+    kinds = [e["event"] for e in events]
+    progress = [e for e in events if e["event"] == "progress"]
+    assert progress, kinds
+    done = [e["bytes_done"] for e in progress]
+    assert all(type(e["bytes_done"]) is type(e["bytes_total"]) is int for e in progress)
+    assert done == sorted(done) and done[-1] == progress[-1]["bytes_total"] == 6 * MiB
+    assert (kinds.index("started") < kinds.index("progress") < kinds.index("recorded")
+            < kinds.index("removed"))
+    assert (summary["action"], summary["state"], summary["to"]) == ("move", "done", w.f2)
+    assert summary["source_removed"] and summary["bytes_copied"] == 6 * MiB
+    assert summary["verified_with"] == "xxh3_128 block hash"
+    back = await w.download(disk, w.f2, w.tmp / "j2.raw")
+    assert back["checksum"] == summary["checksum"]
+    assert (w.tmp / "j2.raw").read_bytes() == src.read_bytes()
+    assert await w.volumes(w.f1, disk) == []
+    assert [d.sd_uuid for d in w.cache.disks(vm)] == [w.f2]
 
 
 async def test_cli_upload_download_and_errors(world: World) -> None:
