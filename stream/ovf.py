@@ -24,12 +24,13 @@ from volume.errors import Error, InvalidRequest, NotFound, OutOfRange
 from volume.fileobj import VolumeReader
 from volume.ovfstore import OvfStores, StoreState, Update
 from volume.region import RegionVolume
-from volume.sd import StorageDomain
+from volume.sd import StorageDomain, VolumeInfo
 
 from . import upload
 from .io import IO as IOExecutor
+from .wire.errors import WireError
 from .wire.manifest import is_ovf_name
-from .wire.tarread import OvfTarReader, Summary
+from .wire.tarread import BadTar, OvfTarReader, Summary
 
 log = logging.getLogger(__name__)
 
@@ -195,12 +196,48 @@ def newest(storage: StorageDomain) -> tuple[StoreState, Volume]:
     return found
 
 
+class _Census:
+    """Counts a store's entries from the bytes ``states`` hashes anyway."""
+
+    def __init__(self, size: int) -> None:
+        self._reader = OvfTarReader(max_total=size, ignore_trailing=True)
+        self._error: str | None = None
+
+    def feed(self, data: memoryview) -> None:
+        if self._error is None:
+            try:
+                self._reader.feed(data)
+            except BadTar as e:
+                self._error = e.detail
+
+    def counts(self) -> dict[str, Any]:
+        """``entries`` (tar members, as a PUT's answer counts them) and
+        ``ovfs``; None and why, for an archive the reader refuses (a store
+        another writer left, say)."""
+        try:
+            if self._error is None:
+                names = [e.name for e in self._reader.finish().entries]
+                return {"entries": len(names), "ovfs": sum(map(is_ovf_name, names))}
+        except WireError as e:
+            self._error = e.detail
+        return {"entries": None, "ovfs": None, "entries_error": self._error}
+
+
 def states(storage: StorageDomain) -> list[dict[str, Any]]:
+    """Every store as ``ovf-store/info`` lists it: its record, whether it is
+    valid and, for a valid one, how many entries and OVFs it holds."""
     stores = OvfStores.open(storage)
+    census: dict[int, _Census] = {}
+
+    def observe(info: VolumeInfo) -> Callable[[memoryview], None]:
+        census[id(info)] = found = _Census(info.size)
+        return found.feed
     try:
-        return [s.to_json() for s in stores.states()]
+        found = stores.states(observe=observe)
     finally:
         stores.close()
+    return [{**s.to_json(), **(census[id(s.volume)].counts() if s.valid else {})}
+            for s in found]
 
 
 def read_member(storage: StorageDomain, name: str) -> bytes:

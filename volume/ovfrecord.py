@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import re
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
@@ -162,9 +162,13 @@ def chunks(vol: Volume, length: int, buf: memoryview) -> Iterator[memoryview]:
         pos += n
 
 
-def tar_digest(vol: Volume, length: int, buf: memoryview) -> str:
-    """The xxh3-128 hex digest of ``[0, length)`` of ``vol``, read through ``buf``."""
+def tar_digest(vol: Volume, length: int, buf: memoryview,
+               observe: Callable[[memoryview], None] | None = None) -> str:
+    """The xxh3-128 hex digest of ``[0, length)`` of ``vol``, read through
+    ``buf``; ``observe`` sees each chunk too, in order."""
     h = xxhash.xxh3_128()
     for chunk in chunks(vol, length, buf):
         h.update(chunk)
+        if observe is not None:
+            observe(chunk)
     return h.hexdigest()

@@ -50,6 +50,7 @@ from __future__ import annotations
 import json
 import logging
 import uuid
+from collections.abc import Callable
 from contextlib import closing
 from dataclasses import dataclass
 from typing import Any
@@ -67,6 +68,9 @@ __all__ = ["DEFAULT_COUNT", "DEFAULT_SIZE", "RECORD_SIZE", "CommitRecord", "OvfS
            "StoreState", "Update", "ensure_stores"]
 
 log = logging.getLogger(__name__)
+
+#: Given a store, what sees its archive's bytes in order (see OvfStores.states).
+Observe = Callable[[VolumeInfo], Callable[[memoryview], None]]
 
 DEFAULT_COUNT = 2  # oVirt's StorageDomainOvfStoreCount
 MAX_COUNT = 16  # the engine's limit for that setting
@@ -158,9 +162,11 @@ def _age(state: StoreState) -> tuple[int, int, float, int]:
 
 
 def _verify(vol: Volume, sd_uuid: str, info: VolumeInfo, buf: memoryview,
-            trusted: bool) -> tuple[CommitRecord | None, str | None]:
+            trusted: bool, observe: Observe | None = None
+            ) -> tuple[CommitRecord | None, str | None]:
     """The store's record and, if it is not valid, why.  ``trusted``: a
-    record this process has read back its archive under needs no hashing."""
+    record this process has read back its archive under needs no hashing.
+    ``observe`` makes an observer of the archive's bytes as they are hashed."""
     record, error = ovfrecord.read(vol, info.size)
     if record is None:
         return None, error
@@ -170,7 +176,8 @@ def _verify(vol: Volume, sd_uuid: str, info: VolumeInfo, buf: memoryview,
         return record, "the archive length exceeds the store"
     if trusted and verified(sd_uuid, info, record):
         return record, None
-    if tar_digest(vol, record.tar_length, buf) != record.digest:
+    seen = observe(info) if observe is not None else None
+    if tar_digest(vol, record.tar_length, buf, seen) != record.digest:
         forget(sd_uuid, info)
         return record, "archive checksum mismatch"
     remember(sd_uuid, info, record)
@@ -216,17 +223,22 @@ class OvfStores:
         """The largest archive every store can hold (0 without stores)."""
         return min((record_offset(info.size) for info in self._stores), default=0)
 
-    def states(self, trusted: bool = False) -> list[StoreState]:
+    def states(self, trusted: bool = False, observe: Observe | None = None
+               ) -> list[StoreState]:
         """Every store, its record checked and its archive read back and hashed
-        (``trusted``: unless this process did so under the same record)."""
+        (``trusted``: unless this process did so under the same record).
+        ``observe(info)``, if given, returns what sees each archive's bytes
+        as they are hashed (a caller counting its entries); it implies
+        ``trusted=False``."""
         with aligned_view(CHUNK) as buf:
-            return [self._state(i, info, buf, trusted) for i, info in enumerate(self._stores)]
+            return [self._state(i, info, buf, trusted and observe is None, observe)
+                    for i, info in enumerate(self._stores)]
 
     def _state(self, index: int, info: VolumeInfo, buf: memoryview,
-               trusted: bool = False) -> StoreState:
+               trusted: bool = False, observe: Observe | None = None) -> StoreState:
         try:
             with closing(open_data(info, readonly=True)) as vol:
-                record, error = _verify(vol, self._sd_uuid, info, buf, trusted)
+                record, error = _verify(vol, self._sd_uuid, info, buf, trusted, observe)
         except Error as e:
             log.warning("cannot read OVF store sd=%s vol=%s: %s", self._sd_uuid, store_key(info), e)
             return StoreState(index, info, None, False, f"cannot read the store: {e}")

@@ -19,10 +19,12 @@ import xxhash
 import zstandard
 from aiohttp import web
 
+from stream import ovf
 from stream.app import make_app
 from stream.config import Config
 from stream.wire.manifest import java_date
 from stream.wire.tarplan import Member, ovf_store_plan, render
+from tests.volume.ovfstore_util import make_storage, open_stores, plant
 
 from .conftest import Client
 
@@ -110,6 +112,10 @@ async def test_round_trip_and_generations(client: Client, sd: str, tmp_path: Pat
     assert [s["valid"] for s in info["stores"]] == [True, True]
     assert {s["record"]["generation"] for s in info["stores"]} == {2}
     assert info["copy_errors"] == []  # info waited for the copies after the answer
+    for store in info["stores"]:  # counted from the archive read back
+        assert (store["entries"], store["ovfs"]) == (9, 7), store
+        assert store["record"]["tar_length"] == len(tar2) and store["size"] > len(tar2)
+        assert abs(store["record"]["committed_at"] - time.time()) < 60
     assert await served(client, sd) == (2, tar2)
 
 
@@ -310,3 +316,19 @@ async def test_engine_credential_required(aiohttp_client: Any, cfg: Config) -> N
     assert (await c.get(f"/domains/{sd}/ovf-store/info")).status == 401
     resp = await c.put(f"/domains/{sd}/ovf-store", data=tar, headers=auth)
     assert resp.status == 200, await resp.text()
+
+
+def test_info_counts_entries_of_valid_stores_only(tmp_path: Path) -> None:
+    storage = make_storage("file", tmp_path)
+    stores = open_stores(storage)
+    try:
+        good, bad = stores.stores
+        tar, _ = build_tar(storage.uuid, count=3)
+        plant(good, tar, 1)
+        plant(bad, b"not a tar archive".ljust(2048, b"\0"), 2)  # its record verifies
+    finally:
+        stores.close()
+    found = {s["vol_uuid"]: s for s in ovf.states(storage)}
+    assert (found[good.vol_uuid]["entries"], found[good.vol_uuid]["ovfs"]) == (5, 3)
+    assert found[bad.vol_uuid]["valid"] and found[bad.vol_uuid]["entries"] is None
+    assert "header at offset 0" in found[bad.vol_uuid]["entries_error"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 import threading
 import time
+from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
 
@@ -250,9 +251,10 @@ def test_begin_trusts_only_what_it_read_back(storage: StorageDomain,
     hashed: list[int] = []
     real = ovfrecord.tar_digest
 
-    def counting(vol: Volume, length: int, buf: memoryview) -> str:
+    def counting(vol: Volume, length: int, buf: memoryview,
+                 observe: Callable[[memoryview], None] | None = None) -> str:
         hashed.append(length)
-        return real(vol, length, buf)
+        return real(vol, length, buf, observe)
 
     monkeypatch.setattr(ovfstore, "tar_digest", counting)
     u = stores.begin()
