@@ -133,3 +133,36 @@ def test_pool_push_and_status(cli: Cli, daemons: Callable[[], Daemon]) -> None:
     assert h["state"] == "pushed" and h["reported_version"] == h["expected_version"]
     (h,) = cli.json("pool", "status")
     assert h["state"] == "in-sync" and h["domains"][sd]["status"] == "Active"
+
+
+def test_update_once_prints_the_pass(cli: Cli, tmp_path: Path,
+                                     daemons: Callable[[], Daemon]) -> None:
+    daemon = daemons()
+    sd = Path(daemon.domain).name
+    cli("domain", "add", sd, "--type", "file", "--location", daemon.domain.rstrip("/"))
+    cli("host", "add", "h1", f"http://127.0.0.1:{daemon.port}", "--token-file",
+        str(daemon.data_dir / "engine.token"), "--domain", sd)
+    vms = [str(uuid.uuid4()) for _ in range(2)]
+    for i, vm in enumerate(vms):
+        write(tmp_path / "in", vm, vm_ovf(vm, f"web{i}", [DiskSpec(sd)]))
+    cli("vm", "import", str(tmp_path / "in"))
+    r = cli("ovf", "update", "--once")
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith("entities: 2 processed, 0 skipped, 0 deletions; pass took ")
+    assert lines[1].split() == ["DOMAIN", "RESULT", "HOST", "GENERATION", "OVFS", "BYTES",
+                                "SENT", "ZSTD", "SECONDS", "DETAIL"]
+    (row,) = lines[2:]
+    domain, result, host, generation, ovfs, size, _sent, zstd, _seconds, detail = row.split()
+    assert (domain, result, host, generation, ovfs, zstd, detail) == (
+        sd, "updated", "h1", "1", "2", "yes", "-")
+    # What the daemon holds is what the table says.
+    status, body = daemon.request("GET", f"/domains/{sd}/ovf-store/info")
+    assert status == 200
+    valid = [s for s in json.loads(body)["stores"] if s["valid"]]
+    newest = max(valid, key=lambda s: s["record"]["generation"])
+    assert (newest["record"]["generation"], newest["record"]["tar_length"],
+            newest["ovfs"]) == (1, int(size), 2)
+    (s,) = cli.json("ovf", "status")
+    assert not s["outdated"] and s["generation"] == 1 and sorted(s["stored"]) == sorted(vms)
+    r = cli("ovf", "update", "--once")
+    assert r.stdout.splitlines()[1:] == ["domains: none outdated"]

@@ -1,8 +1,8 @@
 """The updater's pass and loop: entities, backoff and failing hosts.
 
 Hosts here are a port with nothing listening (down), a tiny aiohttp server
-answering a wrong digest and a server that never answers (injected
-failures).  Passes against real daemons are in test_e2e.py.
+answering a wrong digest, a server that never answers (injected failures)
+and a slow one that counts the pushes in flight.  Passes against real daemons are in test_e2e.py.
 """
 
 from __future__ import annotations
@@ -10,15 +10,20 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
+from unittest import mock
 
 import pytest
+import xxhash
+from aiohttp import web
 
 from engine_client.cache import Cache
 from engine_client.config import Config
 from engine_client.entities import ImportItem
 from engine_client.model import DomainStatus
 from engine_client.ovf import parse
+from engine_client.phase import Outcome
 from engine_client.updater import Updater
 from tests.stream.daemon import free_port
 
@@ -235,3 +240,80 @@ async def test_loop_runs_on_trigger_and_wakes_for_retries(cache: Cache, cfg: Con
     await updater.run_once()
     wake = updater._next_wakeup(cache.stores(), {d.uuid: d for d in cache.domains()})
     assert 25 < wake <= 30, "a due retry comes before the hourly interval"
+
+
+async def test_entity_phase_commits_a_chunk_per_transaction(
+        cache: Cache, cfg: Config, updater: Updater, add_domain: AddDomain) -> None:
+    cfg.updater.chunk_size = 3
+    sd = add_domain(status="Maintenance")  # the domain phase has nothing to push
+    vms = {add_vm(cache, f"vm{i}", [DiskSpec(sd)]) for i in range(7)}
+    chunks: list[list[str]] = []
+    real = cache.process_entities
+
+    def recording(selected: Sequence[tuple[str, int]]) -> list[Outcome]:
+        chunks.append([u for u, _ in selected])
+        return real(selected)
+
+    statements: list[str] = []
+    cache._conn.set_trace_callback(statements.append)
+    try:
+        with mock.patch.object(cache, "process_entities", recording):
+            r = await updater.run_once()
+    finally:
+        cache._conn.set_trace_callback(None)
+    assert r.processed_count == 7 and r.skipped_count == 0
+    assert [len(c) for c in chunks] == [3, 3, 1]
+    assert {u for c in chunks for u in c} == vms
+    # What SQLite ran: each chunk's entities updated in a write transaction
+    # of their own, one UPDATE per chunk.
+    updated: list[set[str]] = []
+    current: list[str] | None = None
+    for sql in statements:
+        if sql == "BEGIN IMMEDIATE":
+            current = []
+        elif sql == "COMMIT" and current is not None:
+            found = [s for s in current if s.startswith("UPDATE entities SET ovf_digest")]
+            if found:
+                (update,) = found
+                updated.append({u for u in vms if f"'{u}'" in update})
+            current = None
+        elif current is not None:
+            current.append(sql)
+    assert updated == [set(c) for c in chunks]
+
+
+async def test_concurrency_bounds_pushes_in_flight(cache: Cache, cfg: Config,
+                                                   updater: Updater, add_domain: AddDomain,
+                                                   aiohttp_server: Any) -> None:
+    cfg.updater.concurrency = 2
+    in_flight: list[int] = [0]
+    peak: list[int] = [0]
+    puts: list[str] = []
+
+    async def info(request: web.Request) -> web.Response:
+        return web.json_response({"server": "sluice", "features": ["ovf-store"]})
+
+    async def put(request: web.Request) -> web.Response:
+        in_flight[0] += 1
+        peak[0] = max(peak[0], in_flight[0])
+        try:
+            body = await request.read()
+            await asyncio.sleep(0.2)  # a slow disk: the others pile up meanwhile
+        finally:
+            in_flight[0] -= 1
+        puts.append(request.match_info["sd"])
+        return web.json_response({"generation": 1, "tar_length": len(body),
+                                  "digest": xxhash.xxh3_128_hexdigest(body)})
+
+    app = web.Application()
+    app.router.add_get("/info/", info)
+    app.router.add_put("/domains/{sd}/ovf-store", put)
+    server = await aiohttp_server(app)
+    sds = [add_domain() for _ in range(4)]
+    cache.add_host("h1", f"http://127.0.0.1:{server.port}", "t", sds)
+    for sd in sds:
+        add_vm(cache, f"on-{sd}", [DiskSpec(sd)])
+    r = await updater.run_once()
+    assert {d.sd_uuid: d.outcome for d in r.domains} == dict.fromkeys(sds, "updated")
+    assert sorted(puts) == sorted(sds)
+    assert peak[0] == 2, "two pushes at once, never more"

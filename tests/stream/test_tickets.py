@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 import uuid
 from pathlib import Path
 from typing import Any
@@ -12,8 +13,9 @@ from aiohttp import web
 
 from stream.app import make_app
 from stream.config import Config
+from tests.conftest import LoopDeviceFactory
 
-from .conftest import AddTicket, Client
+from .conftest import AddTicket, Client, MiB
 
 
 def ticket_json(path: Path | str, **fields: Any) -> dict[str, Any]:
@@ -137,3 +139,38 @@ async def test_engine_routes_need_the_engine_credential(
     resp = await c.get("/pool", headers={"Authorization": f"Bearer {token}"})
     assert resp.status == 200
     assert (await c.get("/info/")).status == 200  # public
+
+
+async def test_unregistered_block_device_is_refused(
+    client: Client, domain_dir: Path, loop_device: LoopDeviceFactory
+) -> None:
+    device = loop_device(4 * MiB)
+    # Inside the file domain, but pointing at the device: its real path
+    # (after symlinks) is the device; a device node made in the domain has
+    # a path inside it, and is still a block device no domain registered.
+    link = domain_dir / "disk.raw"
+    os.symlink(device, link)
+    node = domain_dir / "node.raw"
+    os.mknod(node, 0o600 | stat.S_IFBLK, os.stat(device).st_rdev)
+    for path in (device, link, node):
+        t = ticket_json(path, size=4 * MiB)
+        resp = await client.put(f"/tickets/{t['uuid']}", json=t)
+        assert resp.status == 403, (path, await resp.text())
+        assert await resp.text() == (
+            f"Invalid ticket: {path} is not inside a registered storage domain\n")
+        assert (await client.get(f"/tickets/{t['uuid']}")).status == 404
+    # Registered with a block domain, the same device is a valid ticket url.
+    block_sd, file_sd = str(uuid.uuid4()), domain_dir.parent.name
+    resp = await client.post("/domains", json={"uuid": block_sd, "type": "block",
+                                               "location": [device], "ovf_stores": 1,
+                                               "ovf_store_size": MiB})
+    assert resp.status == 201, await resp.text()
+    resp = await client.put("/pool", json={
+        "pool_id": str(uuid.uuid4()), "map_version": 1, "master_domain": file_sd,
+        "domains": {block_sd: {"type": "block", "location": [device], "status": "Active"},
+                    file_sd: {"type": "file", "location": str(domain_dir.parent),
+                              "status": "Active"}}})
+    assert resp.status == 200, await resp.text()
+    t = ticket_json(device, size=4 * MiB)
+    resp = await client.put(f"/tickets/{t['uuid']}", json=t)
+    assert resp.status == 200, await resp.text()

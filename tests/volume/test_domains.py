@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import uuid
 from pathlib import Path
 
@@ -146,6 +147,23 @@ def test_resolve_outside(file_sd: FileDomain, tmp_path: Path) -> None:
     link.symlink_to(outside)
     with pytest.raises(Forbidden):
         reg.resolve(str(link))
+
+
+def test_resolve_block_device_of_no_domain(file_sd: FileDomain,
+                                           loop_device: LoopDeviceFactory) -> None:
+    registered, stranger = loop_device(4 * MiB), loop_device(4 * MiB)
+    reg = DomainRegistry()
+    reg.attach(file_sd)
+    block = create_block_domain([registered], new_id())
+    reg.attach(block)
+    assert reg.resolve(registered)[0].uuid == block.uuid
+    # A node of the stranger made inside the file domain is no way in either.
+    node = os.path.join(file_sd.location[0], "images", "node.raw")
+    os.mknod(node, 0o600 | stat.S_IFBLK, os.stat(stranger).st_rdev)
+    for path in (stranger, node):
+        with pytest.raises(Forbidden, match=f"^Invalid ticket: {path} is not inside a "
+                                            "registered storage domain$"):
+            reg.resolve(path)
 
 
 def test_resolve_missing(file_sd: FileDomain) -> None:
