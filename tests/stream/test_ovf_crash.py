@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import random
 import threading
 import time
@@ -22,7 +23,8 @@ from volume.ovfstore import OvfStores
 from .daemon import Daemon
 from .test_ovf import build_tar
 
-TRIALS = 50
+#: daemon kills; `make crash-long` (SLUICE_CRASH_TRIALS=500) runs a longer series.
+TRIALS = int(os.environ.get("SLUICE_CRASH_TRIALS", "50"))
 
 
 def push_slowly(port: int, token: str, sd: str, tar: bytes, result: list[object]) -> None:

@@ -28,7 +28,8 @@ from volume.filedomain import open_file_domain
 from volume.ovfstore import OvfStores, ensure_stores
 from volume.sd import StorageDomain
 
-TRIALS = 26
+#: kills per domain kind; `make crash-long` (SLUICE_CRASH_TRIALS=500) runs a longer series.
+TRIALS = int(os.environ.get("SLUICE_CRASH_TRIALS", "26"))
 #: How long the first crasher runs; its updates measure how long one takes.
 WARM_UP = 0.5
 CRASHER = Path(__file__).with_name("ovfstore_crasher.py")
