@@ -96,7 +96,7 @@ def _with_ctx(cache: Cache, cfg: Config, progress: Progress,
 
 
 def run_disk(cache: Cache, cfg: Config, args: argparse.Namespace) -> int:
-    from .disks import copy_disk
+    from .diskmove import copy_disk
     from .progress import Progress
 
     a = args.action

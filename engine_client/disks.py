@@ -1,29 +1,25 @@
-"""Copy and move disks between storage domains (issue 6, the engine side).
+"""One verified volume copy between storage domains (issue 6, the engine side).
 
-A copy finds the disk's one volume, creates (or reuses) the destination
-volume with the same UUIDs, opens a read ticket on the source host when
-another host serves the destination, runs ``POST /jobs/copy`` there and
-checks how it ended: job ``done``, transit, source and destination
-checksums equal (or ``qemu-img compare`` for a format change), destination
-``legal``.  Only then is the new domain recorded in the cache (the next
-OVF pass rewrites both domains' stores).  A move then removes the source;
-the removal is journaled first, so one that fails is done by the next run.
-A failed or canceled copy leaves the source as it was and the destination
-marked incomplete; running the command again copies anew into it.
+A copy creates (or reuses) the destination volume with the same UUIDs,
+opens a read ticket on the source host when another host serves the
+destination, runs ``POST /jobs/copy`` there and checks how it ended: job
+``done``, transit, source and destination checksums equal (or ``qemu-img
+compare`` for a format change), destination ``legal``.  A failed or
+canceled copy leaves the source as it was and the destination marked
+incomplete; running the command again copies anew into it.  Whole disks
+(snapshots, the cache, a move's removal) are ``diskmove``'s.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from .cache import Cache
-from .errors import EngineError, HostError, InvalidInput, NotFound
+from .errors import EngineError, InvalidInput, NotFound
 from .hostapi import Clients, HostClient
 from .hostvol import (
     VolumeRef,
@@ -31,7 +27,6 @@ from .hostvol import (
     cancel_job,
     create_volume,
     delete_ticket,
-    delete_volume,
     get_job,
     get_volume,
     list_volumes,
@@ -43,7 +38,6 @@ from .ovf import canonical_uuid
 
 Report = Callable[[dict[str, Any]], None]
 ACTIVE_STATES = ("pending", "running", "verifying")
-JOURNAL = "pending-removals.json"
 
 
 class DiskError(EngineError):
@@ -169,10 +163,21 @@ async def transfer(ctx: Ctx, src_sd: str, image: str, dst: VolumeRef,
                    fmt: str | None = None, allocation: str | None = None) -> Copied:
     """Copy the one volume of ``image`` on ``src_sd`` into ``dst`` (created if
     missing, reused if it matches) and verify it; the cache is not touched."""
+    src = await source_volume(ctx.clients(serving(ctx.cache, src_sd)[0]), src_sd, image)
+    return await copy_volume(ctx, src_sd, image, src, dst, fmt, allocation)
+
+
+async def copy_volume(ctx: Ctx, src_sd: str, image: str, src: dict[str, Any], dst: VolumeRef,
+                      fmt: str | None = None, allocation: str | None = None, *,
+                      parent: str | None = None, chain: frozenset[str] = frozenset()
+                      ) -> Copied:
+    """Copy the source volume ``src`` (as listed by its host) into ``dst``;
+    ``parent``: the destination's parent volume (a snapshot chain, copied
+    base first); ``chain``: the other volumes of that chain, which the
+    destination may already hold."""
     if ctx.cache.domain(dst.sd_uuid).status != DomainStatus.ACTIVE:
         raise DiskError(f"storage domain {dst.sd_uuid} is not Active")
     src_hosts, dst_hosts = serving(ctx.cache, src_sd), serving(ctx.cache, dst.sd_uuid)
-    src = await source_volume(ctx.clients(src_hosts[0]), src_sd, image)
     source = VolumeRef(src_sd, image, str(src["vol_uuid"]))
     size, src_fmt = int(src["size"]), str(src["format"])
     target = _target_format(ctx, dst.sd_uuid, src_fmt, fmt)
@@ -182,14 +187,15 @@ async def transfer(ctx: Ctx, src_sd: str, image: str, dst: VolumeRef,
     old = await get_volume(dc, dst)
     reused = old is not None
     if old is None:
-        others = await list_volumes(dc, dst.sd_uuid, dst.img_uuid)
+        others = [v for v in await list_volumes(dc, dst.sd_uuid, dst.img_uuid)
+                  if v.get("vol_uuid") not in chain]
         if others:
             raise DiskError(f"storage domain {dst.sd_uuid} already holds other volumes of "
                             f"disk {dst.img_uuid}; remove them first")
         await create_volume(dc, dst, size, target, allocation or str(src["allocation"]),
-                            f"copy of {image} from {src_sd}")
+                            f"copy of {image} from {src_sd}", parent=parent)
         ctx.report({"event": "volume", "action": "created", **dst.to_json()})
-    elif (int(old["size"]), old["format"]) != (size, target):
+    elif (int(old["size"]), old["format"], old.get("parent")) != (size, target, parent):
         raise DiskError(f"storage domain {dst.sd_uuid} already holds volume {dst.vol_uuid} "
                         f"with another size or format; delete it first")
     url = None
@@ -218,80 +224,3 @@ async def transfer(ctx: Ctx, src_sd: str, image: str, dst: VolumeRef,
         raise DiskError(f"copy job {job['id']} ended but the destination volume is not legal")
     return Copied(source, dst, dst_host.name, str(job["id"]), target, checksum,
                   int(job["bytes_done"]), reused)
-
-
-# -- the journal of source volumes to remove
-
-
-def _journal(cache: Cache) -> str:
-    return os.path.join(cache.state_dir, JOURNAL)
-
-
-def _read_journal(cache: Cache) -> dict[str, dict[str, str]]:
-    try:
-        with open(_journal(cache)) as f:
-            data = json.load(f)
-    except FileNotFoundError:
-        return {}
-    except (OSError, ValueError) as e:
-        raise DiskError(f"cannot read {_journal(cache)}: {e}") from None
-    return data if isinstance(data, dict) else {}
-
-
-def _write_journal(cache: Cache, data: dict[str, dict[str, str]]) -> None:
-    path = _journal(cache)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-async def _remove_pending(ctx: Ctx, disk: str, current_sd: str) -> dict[str, str] | None:
-    """Remove the old volume a move left behind, never the one on ``current_sd``."""
-    entry = _read_journal(ctx.cache).get(disk)
-    if entry is None:
-        return None
-    ref = VolumeRef(entry["sd_id"], entry["img_id"], entry["vol_id"])
-    try:
-        if ref.sd_uuid != current_sd:  # else the disk went back there since: it is live
-            await delete_volume(ctx.clients(serving(ctx.cache, ref.sd_uuid)[0]), ref)
-            ctx.report({"event": "removed", **entry})
-    except HostError as e:
-        if e.status != 404:
-            raise DiskError(f"disk {disk} is on its new domain, but removing its old volume "
-                            f"on {ref.sd_uuid} failed ({e}); run the command again") from None
-    data = _read_journal(ctx.cache)
-    data.pop(disk, None)
-    _write_journal(ctx.cache, data)
-    return entry if ref.sd_uuid != current_sd else None
-
-
-async def copy_disk(ctx: Ctx, disk_uuid: str, dst_sd: str, *, move: bool,
-                    fmt: str | None = None, allocation: str | None = None) -> dict[str, Any]:
-    """``disk copy|move DISK --to DOMAIN``; answers a summary for ``--json``."""
-    src_sd, rows = locate(ctx.cache, disk_uuid)
-    disk = rows[0].disk_uuid
-    dst_sd = ctx.cache.domain(dst_sd).uuid
-    summary: dict[str, Any] = {"disk": disk, "action": "move" if move else "copy",
-                               "from": src_sd, "to": dst_sd, "state": "done"}
-    if src_sd == dst_sd:
-        removed = await _remove_pending(ctx, disk, dst_sd) if move else None
-        return {**summary, "already_there": True, "source_removed": removed is not None}
-    src = await source_volume(ctx.clients(serving(ctx.cache, src_sd)[0]), src_sd, disk)
-    dst = VolumeRef(dst_sd, disk, str(src["vol_uuid"]))
-    copied = await transfer(ctx, src_sd, disk, dst, fmt, allocation)
-    if move:
-        data = _read_journal(ctx.cache)
-        data[disk] = copied.source.to_json()
-        _write_journal(ctx.cache, data)
-    for row in rows:
-        ctx.cache.set_disk(row.entity_uuid, disk, dst_sd)
-    ctx.report({"event": "recorded", "disk": disk, "sd_id": dst_sd,
-                "entities": [r.entity_uuid for r in rows]})
-    # A copy that lands where an earlier move left an old volume makes it live.
-    removed = await _remove_pending(ctx, disk, dst_sd) if move or disk in _read_journal(
-        ctx.cache) else None
-    return {**summary, **copied.to_json(), "entities": [r.entity_uuid for r in rows],
-            "source_removed": removed is not None}

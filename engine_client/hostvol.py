@@ -61,10 +61,13 @@ async def get_volume(c: HostClient, ref: VolumeRef) -> dict[str, Any] | None:
 
 
 async def create_volume(c: HostClient, ref: VolumeRef, size: int, fmt: str,
-                        allocation: str, description: str = "") -> dict[str, Any]:
-    return await c._request("POST", f"/domains/{ref.sd_uuid}/volumes", json={
-        "img_id": ref.img_uuid, "vol_id": ref.vol_uuid, "size": size, "format": fmt,
-        "allocation": allocation, "description": description})
+                        allocation: str, description: str = "",
+                        parent: str | None = None) -> dict[str, Any]:
+    spec = {"img_id": ref.img_uuid, "vol_id": ref.vol_uuid, "size": size, "format": fmt,
+            "allocation": allocation, "description": description}
+    if parent is not None:
+        spec["parent"] = parent
+    return await c._request("POST", f"/domains/{ref.sd_uuid}/volumes", json=spec)
 
 
 async def delete_volume(c: HostClient, ref: VolumeRef) -> None:

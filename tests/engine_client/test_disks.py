@@ -28,7 +28,8 @@ import pytest
 from engine_client import transfers
 from engine_client.cache import Cache
 from engine_client.config import Config
-from engine_client.disks import Ctx, DiskError, copy_disk
+from engine_client.diskmove import copy_disk
+from engine_client.disks import Ctx, DiskError
 from engine_client.hostapi import Clients
 from engine_client.hostvol import get_job
 from engine_client.ovf import parse
@@ -285,24 +286,52 @@ async def test_domain_pairs(world: World, loop_device: Any, frm: str, to: str, m
     assert [d.sd_uuid for d in w.cache.disks(vm)] == [dst_sd]
 
 
-async def test_a_disk_with_snapshots_is_refused(world: World) -> None:
+async def test_a_disk_with_snapshots_moves_as_a_chain(world: World, loop_device: Any) -> None:
     w = world
     vm, disk = await w.vm_with(image(w.tmp / "s.raw", 4 * MiB, sparse=True), w.f1)
     (base,) = await w.volumes(w.f1, disk)
+    top = str(uuid.uuid4())
     status, body = w.a.request("POST", f"/domains/{w.f1}/volumes", {
-        "img_id": disk, "vol_id": str(uuid.uuid4()), "size": base["size"],
-        "format": "qcow2", "parent": base["vol_uuid"]})
+        "img_id": disk, "vol_id": top, "size": base["size"], "format": "qcow2",
+        "parent": base["vol_uuid"]})
     assert status == 201, body
-    text = (f"disk {disk} has 2 volumes (snapshots) on {w.f1}; only disks of one volume "
-            "can be copied")
-    for move in (False, True):
-        with pytest.raises(DiskError) as e:
-            await copy_disk(w.ctx, disk, w.f2, move=move)
-        assert str(e.value) == text
-    rc, out, err = await asyncio.to_thread(finish, cli(w, "disk", "copy", disk, "--to", w.f2))
-    assert (rc, out, err) == (1, "", f"sluice-engine: {text}\n")
-    assert len(await w.volumes(w.f1, disk)) == 2
-    assert await w.volumes(w.f2, disk) == []  # no destination volume was even created
+    top_path = json.loads(body)["path"]
+    # The snapshot's own data: a guest write after the snapshot was taken.
+    subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write -P 0x5a 1M 192k", top_path],
+                   check=True, capture_output=True)
+    # A block domain holds raw volumes without parents: refused, nothing made.
+    blk = await w.block_domain(loop_device)
+    with pytest.raises(DiskError, match=f"disk {disk} has 2 volumes \\(snapshots\\); storage "
+                                        f"domain {blk} is a block domain"):
+        await copy_disk(w.ctx, disk, blk, move=True)
+    assert await w.volumes(blk, disk) == []
+    rc, out, err = await asyncio.to_thread(finish, cli(w, "disk", "copy", disk, "--to", blk))
+    assert rc == 1 and out == "" and err.startswith(f"sluice-engine: disk {disk} has 2 volumes")
+    # To the other host's file domain: base then top, each verified.
+    copied = await copy_disk(w.ctx, disk, w.f2, move=False)
+    assert [v["destination"]["vol_id"] for v in copied["volumes"]] == [base["vol_uuid"], top]
+    assert all(v["verified_with"] == "xxh3_128 block hash" for v in copied["volumes"])
+    assert copied["bytes_copied"] == sum(v["bytes_copied"] for v in copied["volumes"])
+    dst = {v["vol_uuid"]: v for v in await w.volumes(w.f2, disk)}
+    assert dst[top]["parent"] == base["vol_uuid"] and dst[top]["format"] == "qcow2"
+    assert all(v["legal"] for v in dst.values())
+    # What a guest sees through each chain is the same, and the copy's top
+    # resolves its parent in its own domain.
+    compare = subprocess.run(["qemu-img", "compare", top_path, dst[top]["path"]],
+                             capture_output=True, text=True)
+    assert compare.returncode == 0, compare.stdout + compare.stderr
+    chain = json.loads(subprocess.run(
+        ["qemu-img", "info", "--backing-chain", "--output=json", dst[top]["path"]],
+        check=True, capture_output=True, text=True).stdout)
+    assert [c["filename"] for c in chain] == [dst[top]["path"], dst[base["vol_uuid"]]["path"]]
+    assert len(await w.volumes(w.f1, disk)) == 2  # a copy keeps the source
+    # And back by a move: into the volumes already there, then the source
+    # chain (on F2 now) removed, top first.
+    moved = await copy_disk(w.ctx, disk, w.f1, move=True)
+    assert moved["source_removed"] and moved["reused_destination"]
+    assert await w.volumes(w.f2, disk) == []
+    removed = [e["vol_id"] for e in w.events if e.get("event") == "removed"]
+    assert removed[-2:] == [top, base["vol_uuid"]]
     assert [d.sd_uuid for d in w.cache.disks(vm)] == [w.f1]
 
 
