@@ -144,6 +144,27 @@ async def test_local_copy_is_sparse_and_verified(
     assert await legal(client, dst)
 
 
+async def test_copy_over_old_data_zeroes_the_holes(
+    client: Client, two_file_domains: tuple[str, str]
+) -> None:
+    """A destination that held other data (a retry into it, a reused volume):
+    the source's holes are punched there, not left holding the old bytes."""
+    sa, sb = two_file_domains
+    src, dst = await new_volume(client, sa, SIZE), await new_volume(client, sb, SIZE)
+    await write_image(client, src, SIZE, DATA)
+    await write_image(client, dst, SIZE, {0: os.urandom(SIZE)})
+    path = (await (await client.get(f"/domains/{sb}/images/{dst['img_id']}/volumes/"
+                                    f"{dst['vol_id']}")).json())["path"]
+    assert os.stat(path).st_blocks * 512 >= SIZE  # fully allocated with old data
+    job = await wait(client, await start_copy(client, src, dst))
+    assert job["state"] == "done", job
+    r = job["result"]
+    assert r["checksum"] == r["source_checksum"] == r["destination_checksum"]
+    assert await read_image(client, dst, SIZE) == expected_image()
+    # The holes are holes again: about the source's data stays allocated.
+    assert os.stat(path).st_blocks * 512 <= sum(map(len, DATA.values())) + 2 * MiB
+
+
 async def test_copy_to_block_domain(
     client: Client, tmp_path: Path, loop_device: Any
 ) -> None:

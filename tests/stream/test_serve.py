@@ -247,9 +247,12 @@ def _get(port: int, path: str, context: ssl.SSLContext | None = None,
 
 
 def test_embedded_defaults(tmp_path: Path) -> None:
-    daemon = _show_config(cwd=tmp_path)["daemon"]
+    shown = _show_config(cwd=tmp_path)
+    daemon = shown["daemon"]
     assert (daemon["data_dir"], daemon["listen"], daemon["control_socket"]) == (
         "sluice-data", "127.0.0.1:54322", "")
+    # oVirt's OVF store layout: two stores of 128 MiB per domain.
+    assert (shown["ovf"]["stores"], shown["ovf"]["store_size"]) == (2, 128 << 20)
     # 54322 may be taken on this machine: only --listen is given, the rest
     # is the default, so the state goes to ./sluice-data of the working dir.
     port = free_port()
