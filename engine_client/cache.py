@@ -6,8 +6,9 @@ or threads of this one) can use the same cache at once.  The methods block:
 async code calls them through ``asyncio.to_thread``.
 
 The updater's side (processing entities, store contents, push results) is
-here too.  The SQL of entities and of stores is in ``entities`` and
-``stores``; the rules they apply are in ``decide``.
+here too.  The SQL of entities, of stores and of the pool's domains and
+hosts is in ``entities``, ``stores`` and ``pooldomains``; the rules they
+apply are in ``decide``.
 """
 
 from __future__ import annotations
@@ -19,11 +20,11 @@ import threading
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from stream.wire.poolmap import DOMAIN_TYPES, OVF_WRITABLE
+from stream.wire.poolmap import OVF_WRITABLE
 
 from . import entities, phase, pooldomains, stores
 from .entities import Imported, ImportItem
-from .errors import InvalidInput, NotFound
+from .errors import NotFound
 from .model import (
     Disk,
     Domain,
@@ -36,14 +37,8 @@ from .model import (
     Store,
     StoreContent,
 )
-from .ovf import canonical_uuid
 from .phase import Outcome
 from .schema import connect, transaction
-
-
-def _domain(row: sqlite3.Row) -> Domain:
-    return Domain(row["uuid"], row["type"], tuple(json.loads(row["location"])),
-                  DomainStatus(row["status"]))
 
 
 class Cache:
@@ -79,10 +74,6 @@ class Cache:
             row = c.execute("SELECT * FROM pool").fetchone()
         return Pool(row["pool_id"], row["map_version"], row["master_domain"])
 
-    @staticmethod
-    def _bump_map(c: sqlite3.Connection) -> None:
-        c.execute("UPDATE pool SET map_version = map_version + 1")
-
     def bump_map_version(self, above: int = 0) -> int:
         """Make the map version grow, past ``above`` too; returns the new one."""
         with self._tx() as c:
@@ -93,46 +84,22 @@ class Cache:
     def host_map(self, host: str) -> dict[str, Any]:
         """The map ``host`` must have: the pool with the domains it serves."""
         with self._tx(write=False) as c:
-            pool = c.execute("SELECT * FROM pool").fetchone()
-            rows = c.execute(
-                "SELECT d.* FROM domains d JOIN host_domains h ON h.sd_uuid = d.uuid "
-                "WHERE h.host = ? ORDER BY d.uuid", (host,)).fetchall()
-        domains = {r["uuid"]: _domain(r).to_json() for r in rows}
-        master = pool["master_domain"] if pool["master_domain"] in domains else None
-        return {"pool_id": pool["pool_id"], "map_version": pool["map_version"],
-                "master_domain": master, "domains": domains}
+            return pooldomains.host_map(c, host)
 
     # -- domains and hosts
 
     def add_domain(self, sd_uuid: str, type: str, location: Sequence[str],
                    status: DomainStatus = DomainStatus.ACTIVE,
                    hosts: Sequence[str] = ()) -> Domain:
-        sd = canonical_uuid(sd_uuid, "storage domain")
-        if type not in DOMAIN_TYPES:
-            raise InvalidInput(f"a domain's type is 'file' or 'block', not {type!r}")
-        if not location or not all(p.startswith("/") for p in location):
-            raise InvalidInput(f"domain {sd}: the location must be absolute paths")
-        if type == "file" and len(location) != 1:
-            raise InvalidInput(f"domain {sd}: a file domain has exactly one directory")
         with self._tx() as c:
-            if c.execute("SELECT 1 FROM domains WHERE uuid = ?", (sd,)).fetchone():
-                raise InvalidInput(f"storage domain {sd} already exists")
-            c.execute("INSERT INTO domains VALUES (?, ?, ?, ?)",
-                      (sd, type, json.dumps(list(location)), str(status)))
-            c.execute("INSERT INTO ovf_stores (sd_uuid) VALUES (?)", (sd,))
-            for h in hosts:
-                self._require_host(c, h)
-                c.execute("INSERT INTO host_domains VALUES (?, ?)", (h, sd))
-            c.execute("UPDATE pool SET master_domain = ? WHERE master_domain IS NULL", (sd,))
-            self._bump_map(c)
-        return Domain(sd, type, tuple(location), status)
+            return pooldomains.add_domain(c, sd_uuid, type, location, status, hosts)
 
     def set_domain_status(self, sd_uuid: str, status: DomainStatus) -> Domain:
         with self._tx() as c:
             old = self._domain_row(c, sd_uuid)
             if old.status != status:
                 c.execute("UPDATE domains SET status = ? WHERE uuid = ?", (str(status), old.uuid))
-                self._bump_map(c)
+                pooldomains.bump_map(c)
                 if status in OVF_WRITABLE:
                     # Diskless entities belong to every Active domain, and a
                     # domain about to leave gets its stores refreshed first.
@@ -159,13 +126,9 @@ class Cache:
         with self._tx() as c:
             return pooldomains.hand_over_master(c, self._domain_row(c, sd_uuid).uuid)
 
-    def _domain_row(self, c: sqlite3.Connection, sd_uuid: str) -> Domain:
-        sd = canonical_uuid(sd_uuid, "storage domain")
-        row = c.execute("SELECT * FROM domains WHERE uuid = ?", (sd,)).fetchone()
-        if row is None:
-            raise NotFound(f"storage domain {sd} is not known; add it with "
-                           "'sluice-engine domain add'")
-        return _domain(row)
+    @staticmethod
+    def _domain_row(c: sqlite3.Connection, sd_uuid: str) -> Domain:
+        return pooldomains.domain_row(c, sd_uuid)
 
     def domain(self, sd_uuid: str) -> Domain:
         with self._tx(write=False) as c:
@@ -173,31 +136,13 @@ class Cache:
 
     def domains(self) -> list[Domain]:
         with self._tx(write=False) as c:
-            return [_domain(r) for r in c.execute("SELECT * FROM domains ORDER BY uuid")]
-
-    @staticmethod
-    def _require_host(c: sqlite3.Connection, name: str) -> None:
-        if not c.execute("SELECT 1 FROM hosts WHERE name = ?", (name,)).fetchone():
-            raise NotFound(f"host {name!r} is not known; add it with 'sluice-engine host add'")
+            return [pooldomains.domain(r)
+                    for r in c.execute("SELECT * FROM domains ORDER BY uuid")]
 
     def add_host(self, name: str, url: str, token: str, domains: Sequence[str] = ()) -> Host:
         """Add a host, or change an existing one's URL, token and domains."""
-        if not name or not name.isprintable() or " " in name:
-            raise InvalidInput(f"a host name is one printable word, not {name!r}")
-        if not url.startswith(("http://", "https://")):
-            raise InvalidInput(f"host {name}: the URL must be http:// or https://, not {url!r}")
-        if not token.strip():
-            raise InvalidInput(f"host {name}: the engine token is empty")
         with self._tx() as c:
-            sds = [self._domain_row(c, sd).uuid for sd in domains]
-            c.execute("INSERT INTO hosts VALUES (?, ?, ?) ON CONFLICT (name) DO UPDATE "
-                      "SET url = excluded.url, token = excluded.token",
-                      (name, url.rstrip("/"), token.strip()))
-            c.execute("DELETE FROM host_domains WHERE host = ?", (name,))
-            c.executemany("INSERT OR IGNORE INTO host_domains VALUES (?, ?)",
-                          [(name, sd) for sd in sds])
-            self._bump_map(c)
-        return Host(name, url.rstrip("/"), token.strip(), tuple(sorted(set(sds))))
+            return pooldomains.add_host(c, name, url, token, domains)
 
     def hosts(self) -> list[Host]:
         with self._tx(write=False) as c:
@@ -245,26 +190,12 @@ class Cache:
 
     def host_sync(self, host: str) -> HostSync:
         with self._tx(write=False) as c:
-            r = c.execute("SELECT * FROM host_sync WHERE host = ?", (host,)).fetchone()
-        if r is None:
-            return HostSync(host, None, None, None, None, None, None)
-        return HostSync(host, r["pushed_version"], r["last_push"], r["last_resend"],
-                        r["last_error"], json.loads(r["stats"]) if r["stats"] else None,
-                        r["stats_time"])
+            return pooldomains.host_sync(c, host)
 
     def record_sync(self, host: str, **fields: Any) -> None:
         """Update some of ``HostSync``'s fields of ``host`` (stats as a dict)."""
-        if "stats" in fields and fields["stats"] is not None:
-            fields["stats"] = json.dumps(fields["stats"])
-        allowed = {"pushed_version", "last_push", "last_resend", "last_error", "stats",
-                   "stats_time"}
-        if not fields or set(fields) - allowed:
-            raise ValueError(f"bad host_sync fields {sorted(fields)}")
-        names = sorted(fields)
         with self._tx() as c:
-            c.execute("INSERT OR IGNORE INTO host_sync (host) VALUES (?)", (host,))
-            c.execute(f"UPDATE host_sync SET {', '.join(n + ' = ?' for n in names)} "
-                      "WHERE host = ?", [fields[n] for n in names] + [host])
+            pooldomains.record_sync(c, host, fields)
 
     def host_reports(self) -> dict[str, dict[str, Any]]:
         """Each host's last ``GET /stats`` answer, for choosing where to push."""

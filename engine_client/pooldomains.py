@@ -1,5 +1,5 @@
-"""A domain leaving the pool, in the cache: the SQL of a detach and of
-moving the master role.
+"""The pool in the cache: its domains and hosts, the map a host must hold,
+the pool sync's records, and a domain leaving (detach, the master role).
 
 Like ``entities`` and ``stores``, every function takes the connection of
 an open transaction; ``Cache`` runs each in one.  oVirt's detach removes
@@ -12,11 +12,127 @@ refuses it.
 
 from __future__ import annotations
 
+import json
 import sqlite3
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from stream.wire.poolmap import DOMAIN_TYPES
 
 from . import entities
-from .errors import InvalidInput
-from .model import DomainStatus
+from .errors import InvalidInput, NotFound
+from .model import Domain, DomainStatus, Host, HostSync
+from .ovf import canonical_uuid
+
+
+def bump_map(c: sqlite3.Connection) -> None:
+    c.execute("UPDATE pool SET map_version = map_version + 1")
+
+
+# -- domains and hosts
+
+def domain(row: sqlite3.Row) -> Domain:
+    return Domain(row["uuid"], row["type"], tuple(json.loads(row["location"])),
+                  DomainStatus(row["status"]))
+
+
+def domain_row(c: sqlite3.Connection, sd_uuid: str) -> Domain:
+    sd = canonical_uuid(sd_uuid, "storage domain")
+    row = c.execute("SELECT * FROM domains WHERE uuid = ?", (sd,)).fetchone()
+    if row is None:
+        raise NotFound(f"storage domain {sd} is not known; add it with "
+                       "'sluice-engine domain add'")
+    return domain(row)
+
+
+def _require_host(c: sqlite3.Connection, name: str) -> None:
+    if not c.execute("SELECT 1 FROM hosts WHERE name = ?", (name,)).fetchone():
+        raise NotFound(f"host {name!r} is not known; add it with 'sluice-engine host add'")
+
+
+def add_domain(c: sqlite3.Connection, sd_uuid: str, type: str, location: Sequence[str],
+               status: DomainStatus, hosts: Sequence[str]) -> Domain:
+    sd = canonical_uuid(sd_uuid, "storage domain")
+    if type not in DOMAIN_TYPES:
+        raise InvalidInput(f"a domain's type is 'file' or 'block', not {type!r}")
+    if not location or not all(p.startswith("/") for p in location):
+        raise InvalidInput(f"domain {sd}: the location must be absolute paths")
+    if type == "file" and len(location) != 1:
+        raise InvalidInput(f"domain {sd}: a file domain has exactly one directory")
+    if c.execute("SELECT 1 FROM domains WHERE uuid = ?", (sd,)).fetchone():
+        raise InvalidInput(f"storage domain {sd} already exists")
+    c.execute("INSERT INTO domains VALUES (?, ?, ?, ?)",
+              (sd, type, json.dumps(list(location)), str(status)))
+    c.execute("INSERT INTO ovf_stores (sd_uuid) VALUES (?)", (sd,))
+    for h in hosts:
+        _require_host(c, h)
+        c.execute("INSERT INTO host_domains VALUES (?, ?)", (h, sd))
+    c.execute("UPDATE pool SET master_domain = ? WHERE master_domain IS NULL", (sd,))
+    bump_map(c)
+    return Domain(sd, type, tuple(location), status)
+
+
+def add_host(c: sqlite3.Connection, name: str, url: str, token: str,
+             domains: Sequence[str]) -> Host:
+    """Add a host, or change an existing one's URL, token and domains."""
+    if not name or not name.isprintable() or " " in name:
+        raise InvalidInput(f"a host name is one printable word, not {name!r}")
+    if not url.startswith(("http://", "https://")):
+        raise InvalidInput(f"host {name}: the URL must be http:// or https://, not {url!r}")
+    if not token.strip():
+        raise InvalidInput(f"host {name}: the engine token is empty")
+    sds = [domain_row(c, sd).uuid for sd in domains]
+    c.execute("INSERT INTO hosts VALUES (?, ?, ?) ON CONFLICT (name) DO UPDATE "
+              "SET url = excluded.url, token = excluded.token",
+              (name, url.rstrip("/"), token.strip()))
+    c.execute("DELETE FROM host_domains WHERE host = ?", (name,))
+    c.executemany("INSERT OR IGNORE INTO host_domains VALUES (?, ?)",
+                  [(name, sd) for sd in sds])
+    bump_map(c)
+    return Host(name, url.rstrip("/"), token.strip(), tuple(sorted(set(sds))))
+
+
+def host_map(c: sqlite3.Connection, host: str) -> dict[str, Any]:
+    """The map ``host`` must have: the pool with the domains it serves."""
+    pool = c.execute("SELECT * FROM pool").fetchone()
+    rows = c.execute(
+        "SELECT d.* FROM domains d JOIN host_domains h ON h.sd_uuid = d.uuid "
+        "WHERE h.host = ? ORDER BY d.uuid", (host,)).fetchall()
+    domains = {r["uuid"]: domain(r).to_json() for r in rows}
+    master = pool["master_domain"] if pool["master_domain"] in domains else None
+    return {"pool_id": pool["pool_id"], "map_version": pool["map_version"],
+            "master_domain": master, "domains": domains}
+
+
+# -- the pool sync's records
+
+_SYNC_FIELDS = {"pushed_version", "last_push", "last_resend", "last_error", "stats",
+                "stats_time"}
+
+
+def host_sync(c: sqlite3.Connection, host: str) -> HostSync:
+    r = c.execute("SELECT * FROM host_sync WHERE host = ?", (host,)).fetchone()
+    if r is None:
+        return HostSync(host, None, None, None, None, None, None)
+    return HostSync(host, r["pushed_version"], r["last_push"], r["last_resend"],
+                    r["last_error"], json.loads(r["stats"]) if r["stats"] else None,
+                    r["stats_time"])
+
+
+def record_sync(c: sqlite3.Connection, host: str, fields: Mapping[str, Any]) -> None:
+    """Update some of ``HostSync``'s fields of ``host`` (stats as a dict)."""
+    values = dict(fields)
+    if values.get("stats") is not None:
+        values["stats"] = json.dumps(values["stats"])
+    if not values or set(values) - _SYNC_FIELDS:
+        raise ValueError(f"bad host_sync fields {sorted(values)}")
+    names = sorted(values)
+    c.execute("INSERT OR IGNORE INTO host_sync (host) VALUES (?)", (host,))
+    c.execute(f"UPDATE host_sync SET {', '.join(n + ' = ?' for n in names)} "
+              "WHERE host = ?", [values[n] for n in names] + [host])
+
+
+# -- a domain leaving
 
 
 def _entities_on(c: sqlite3.Connection, sd: str) -> list[str]:
@@ -65,7 +181,7 @@ def detach(c: sqlite3.Connection, sd: str) -> list[str]:
     master = c.execute("SELECT master_domain FROM pool").fetchone()[0]
     if master == sd:
         c.execute("UPDATE pool SET master_domain = ?", (next_master(c, sd),))
-    c.execute("UPDATE pool SET map_version = map_version + 1")
+    bump_map(c)
     return dropped
 
 
