@@ -16,6 +16,7 @@ from . import MB, MiB
 
 DD_WRITE = "limits/write/odirect/dd"
 DD_READ = "limits/read/odirect/dd"
+DD_BUFFERED = "limits/write/buffered/dd"
 
 
 @dataclass
@@ -101,14 +102,19 @@ def ratios_json(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 
 def _ceiling(r: Ratio, base: float | None, rows: dict[str, dict[str, Any]]) -> float | None:
-    """The most an upload ratio can be on this disk: an upload ends with
-    its data written, so at most at the O_DIRECT write limit measured in
-    the same run (write depth may pass dd's one write at a time a little).
-    None for downloads, or without both figures."""
-    disk = rows.get(DD_WRITE, {}).get("mb_s")
-    if "/upload/" not in r.row or not base or not disk:
+    """The most a ratio can be on this machine, from a limit measured in
+    the same run: an upload ends with its data written, so at most at the
+    O_DIRECT write limit (write depth may pass dd's one write at a time a
+    little); ``curl -o`` writes its download through the page cache, so at
+    most at the buffered write limit.  None where no such bound applies
+    (curl-null, imageio's client) or without both figures."""
+    if "/upload/" in r.row:
+        limit = rows.get(DD_WRITE, {}).get("mb_s")
+    elif r.row.endswith("/download/http/curl") or r.row.endswith("/download/tls/curl"):
+        limit = rows.get(DD_BUFFERED, {}).get("mb_s")
+    else:
         return None
-    return float(disk / base)
+    return float(limit / base) if limit and base else None
 
 
 def results_json(facts: dict[str, Any], size: int, rounds: int, quick: bool,
@@ -166,8 +172,10 @@ def table(results: dict[str, Any]) -> str:
     for name, r in results["ratios"].items():
         met = {True: "met", False: "MISSED", None: "n/a"}[r["met"]]
         ceiling = r.get("ceiling")
-        beyond = "" if r["met"] is not False or ceiling is None or ceiling >= r["target"] else \
-            f"  (the disk's write limit is {ceiling:.2f}x the base: the target lies beyond it)"
+        beyond = ""
+        if r["met"] is False and ceiling is not None and ceiling < r["target"]:
+            beyond = (f"  (this machine's limit for the row is {ceiling:.2f}x the base: "
+                      "the target lies beyond it)")
         lines.append(f"  {name:<40} {_fmt(r['value'], 5, '.2f')} (target >= {r['target']:.2f})"
                      f"  {met}{beyond}")
     if results["errors"]:
