@@ -55,7 +55,8 @@ async def source_chain(c: HostClient, sd_uuid: str, image: str) -> list[dict[str
 
 
 async def copy_chain(ctx: Ctx, src_sd: str, image: str, chain: Sequence[dict[str, Any]],
-                     dst_sd: str, fmt: str | None) -> list[Copied]:
+                     dst_sd: str, fmt: str | None, allocation: str | None = None
+                     ) -> list[Copied]:
     """Copy every volume of ``chain`` (base first) to ``dst_sd``, each verified."""
     if ctx.cache.domain(dst_sd).type == "block":
         raise DiskError(f"disk {image} has {len(chain)} volumes (snapshots); storage domain "
@@ -64,6 +65,9 @@ async def copy_chain(ctx: Ctx, src_sd: str, image: str, chain: Sequence[dict[str
     if fmt is not None and any(str(v["format"]) != fmt for v in chain):
         raise DiskError(f"disk {image} has {len(chain)} volumes (snapshots); a chain is "
                         "copied in its own formats, without --format")
+    if allocation is not None and any(str(v["allocation"]) != allocation for v in chain):
+        raise DiskError(f"disk {image} has {len(chain)} volumes (snapshots); a chain is "
+                        "copied with its own allocation, without --allocation")
     serving(ctx.cache, dst_sd)  # a clear error before anything is created
     names = frozenset(str(v["vol_uuid"]) for v in chain)
     copied: list[Copied] = []

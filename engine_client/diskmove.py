@@ -67,6 +67,7 @@ async def _remove_pending(ctx: Ctx, disk: str, current_sd: str) -> dict[str, Any
                     raise DiskError(f"disk {disk} is on its new domain, but removing its old "
                                     f"volume {vol} on {ref.sd_uuid} failed ({e}); run the "
                                     "command again") from None
+                continue  # gone already (a run cut short after removing it)
             ctx.report({"event": "removed", **ref.to_json()})
     data = _read_journal(ctx.cache)
     data.pop(disk, None)
@@ -90,7 +91,7 @@ async def copy_disk(ctx: Ctx, disk_uuid: str, dst_sd: str, *, move: bool,
         dst = VolumeRef(dst_sd, disk, str(chain[0]["vol_uuid"]))
         done = [await transfer(ctx, src_sd, disk, dst, fmt, allocation)]
     else:
-        done = await copy_chain(ctx, src_sd, disk, chain, dst_sd, fmt)
+        done = await copy_chain(ctx, src_sd, disk, chain, dst_sd, fmt, allocation)
     if move:
         data = _read_journal(ctx.cache)
         top = done[-1].source

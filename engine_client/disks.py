@@ -197,7 +197,7 @@ async def copy_volume(ctx: Ctx, src_sd: str, image: str, src: dict[str, Any], ds
         ctx.report({"event": "volume", "action": "created", **dst.to_json()})
     elif (int(old["size"]), old["format"], old.get("parent")) != (size, target, parent):
         raise DiskError(f"storage domain {dst.sd_uuid} already holds volume {dst.vol_uuid} "
-                        f"with another size or format; delete it first")
+                        f"with another size, format or parent; delete it first")
     url = None
     if src_host == dst_host:
         spec: dict[str, Any] = source.to_json()

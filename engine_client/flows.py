@@ -17,7 +17,8 @@ oVirt refreshes a leaving domain's OVF stores before it lets it go
   was away.  A failed refresh leaves it Active with its store outdated,
   for the updater to retry like any other.
 
-A master domain leaving hands the role to an Active domain first.  A
+A master domain going to maintenance hands the role to an Active domain
+once its refresh is done (a detached one, as it leaves the pool).  A
 flow cut short (the engine stopped) is resumed by running it again: each
 accepts the transitional status it leaves behind.
 """
@@ -91,10 +92,10 @@ class Flows:
 
     async def maintenance(self, sd_uuid: str, force: bool = False) -> FlowReport:
         report, start = await self._begin("maintenance", sd_uuid)
-        await self._hand_over_master(report)
         await self._set(report, S.PREPARING_FOR_MAINTENANCE)
         back = S.ACTIVE if start == S.PREPARING_FOR_MAINTENANCE else start
         await self._refreshed_or_back(report, back, force)
+        await self._hand_over_master(report)  # as oVirt: once it is really leaving
         await self._set(report, S.MAINTENANCE)
         return self._done(report)
 
@@ -103,10 +104,13 @@ class Flows:
         refusal = await asyncio.to_thread(self.cache.detach_refusal, report.sd_uuid)
         if refusal is not None:
             raise InvalidInput(refusal)
-        await self._hand_over_master(report)
         await self._set(report, S.DETACHING)
         await self._refreshed_or_back(report, S.MAINTENANCE, force)
-        report.dropped = await asyncio.to_thread(self.cache.detach_domain, report.sd_uuid)
+        try:  # the master role, if it had it, goes with the detach itself
+            report.dropped = await asyncio.to_thread(self.cache.detach_domain, report.sd_uuid)
+        except InvalidInput as e:  # a VM got a disk elsewhere meanwhile
+            await self._set(report, S.MAINTENANCE)
+            raise FlowFailed(f"{e}; it stays Maintenance", report) from None
         report.status = None
         report.steps.append(f"left the pool with {len(report.dropped)} VMs and templates; "
                             + await self._push())
@@ -153,8 +157,7 @@ class Flows:
             await asyncio.to_thread(self.cache.mark_outdated, sd)
             result = await self._updater.run_once(retry_now=True, only=sd)
             found = [d for d in result.domains if d.sd_uuid == sd]
-            report.refresh = found[0] if found else DomainReport(
-                sd, "failed", "the updater did not push it")
+            report.refresh = found[0] if found else await self._pushed_meanwhile(sd)
             if report.refresh.outcome != "superseded":
                 break
         refresh = report.refresh
@@ -165,6 +168,17 @@ class Flows:
             return True
         report.steps.append(f"OVF store refresh {refresh.outcome}: {refresh.detail}")
         return False
+
+    async def _pushed_meanwhile(self, sd: str) -> DomainReport:
+        """No report of the domain in the flow's pass: another updater (the
+        engine's running loop) pushed the store in between.  Only a push of
+        content read after the flow's mark clears ``outdated`` (see
+        ``stores.pushed``), so a store no longer outdated is refreshed."""
+        store = await asyncio.to_thread(self.cache.store, sd)
+        if store.outdated:
+            return DomainReport(sd, "failed", "the updater did not push it")
+        return DomainReport(sd, "updated", "by another pass", store.host, store.generation,
+                            store.tar_length, store.digest, len(store.stored))
 
     async def _refreshed_or_back(self, report: FlowReport, back: DomainStatus,
                                  force: bool) -> None:

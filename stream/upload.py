@@ -44,8 +44,9 @@ def pieces(content: aiohttp.StreamReader) -> Reader:
     ``readany`` joins every piece queued since the last call into one new
     ``bytes``: a second copy of the body exactly when the loop is busiest
     (an OVF store being checked).  ``readchunk`` hands them over one by
-    one; the empty pieces it returns at HTTP chunk ends are skipped, and
-    ``b""`` is the end of the body.
+    one (for a chunked body, up to the next HTTP chunk end, which may
+    still join pieces); the empty pieces it returns at chunk ends are
+    skipped, and ``b""`` is the end of the body.
     """
     async def read() -> bytes:
         while True:

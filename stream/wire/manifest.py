@@ -39,8 +39,9 @@ _OVF_NAME = re.compile(_UUID + r"\.ovf")
 _UUID_RE = re.compile(_UUID)
 _HEX128 = re.compile(r"[0-9a-f]{32}")
 _HEX = re.compile(r"[0-9a-f]*")
-#: Entry names, one per line: a line is <uuid>.ovf or metadata.json.
-_NAMES = re.compile(rf"(?:(?:{_UUID}\.ovf|metadata\.json)(?:\n|\Z))*")
+#: Entry names, one per line (at least one): each <uuid>.ovf or metadata.json.
+_NAME = rf"(?:{_UUID}\.ovf|metadata\.json)"
+_NAMES = re.compile(rf"{_NAME}(?:\n{_NAME})*")
 _ENTRY_KEYS = {"name", "size", "digest"}
 _MANIFEST_KEYS = {"algorithm", "entries"}
 

@@ -154,7 +154,7 @@ class OvfTarReader(TarStream):
         """The OVFs of a manifest, read whole from ``view`` in one loop: the
         bulk of a store, so its checks are done inline here (the header's
         checksum and fields, a flat ``<uuid>.ovf`` name listed with this
-        size, new, fitting, zero padding, the digest).  Anything else, or
+        size, new, within the entry limit, fitting, zero padding, the digest).  Anything else, or
         anything wrong, is left to the general steps, which report it."""
         expected = self._expected
         if expected is None or self._pax is not None or self._longname is not None:
@@ -163,7 +163,7 @@ class OvfTarReader(TarStream):
         match, digest_of = _OVF_HEADER.match, xxhash.xxh3_128_hexdigest
         end_of_view = len(view)
         offset, room = self._offset, self._max_total - EOF_SIZE
-        max_entries, name = self._max_entries, None
+        max_entries, max_size = self._max_entries, self._max_entry_size
         while end_of_view - pos >= BLOCK:
             m = match(view, pos)
             if m is None:
@@ -180,7 +180,7 @@ class OvfTarReader(TarStream):
             data = pos + BLOCK
             end = data + size
             pad = -size % BLOCK
-            if size != listed.size or end + pad > end_of_view \
+            if size != listed.size or size > max_size or end + pad > end_of_view \
                     or view[end:end + pad] != _ZEROS[:pad] \
                     or offset + BLOCK + size + pad > room:
                 break

@@ -18,6 +18,7 @@ from engine_client.config import Config
 from engine_client.errors import InvalidInput, NotFound
 from engine_client.flows import FlowFailed, Flows
 from engine_client.model import DomainStatus
+from engine_client.updater import PassReport, Updater
 from stream import ovf
 from stream.wire.tarread import index
 from tests.stream.daemon import Daemon, free_port
@@ -62,9 +63,9 @@ async def test_maintenance_refreshes_the_store_first(cache: Cache, flows: Flows,
     report = await flows.maintenance(a.sd)
     assert report.ok and report.status == "Maintenance" and not report.forced
     steps = report.steps
-    assert steps[0] == f"master role handed over to domain {b.sd}"
-    assert steps[1].startswith("PreparingForMaintenance; map pushed to ")
-    assert steps[2].startswith("OVF store refreshed on host h0")
+    assert steps[0].startswith("PreparingForMaintenance; map pushed to ")
+    assert steps[1].startswith("OVF store refreshed on host h0")
+    assert steps[2] == f"master role handed over to domain {b.sd}"
     assert steps[3].startswith("Maintenance; map pushed to ")
     assert cache.pool().master_domain == b.sd
     assert cache.domain(a.sd).status == DomainStatus.MAINTENANCE
@@ -76,20 +77,46 @@ async def test_maintenance_refreshes_the_store_first(cache: Cache, flows: Flows,
 
 async def test_a_failed_refresh_stops_unless_forced(cache: Cache, flows: Flows,
                                                     cluster: Cluster) -> None:
-    (a,) = await cluster(1)
+    a, b = await cluster(2)
     add(cache, "vm1", [DiskSpec(a.sd)])
     # The host is down, as far as the engine can tell.
     cache.add_host("h0", f"http://127.0.0.1:{free_port()}", a.daemon.token, [a.sd])
     with pytest.raises(FlowFailed) as e:
         await flows.maintenance(a.sd)
+    assert cache.pool().master_domain == a.sd  # it never left
     assert f"storage domain {a.sd} stays Active: refreshing its OVF store failed" in str(e.value)
     assert "use --force" in str(e.value)
     assert e.value.report.status == "Active" and not e.value.report.ok
     assert cache.domain(a.sd).status == DomainStatus.ACTIVE
     report = await flows.maintenance(a.sd, force=True)
     assert report.ok and report.forced and report.status == "Maintenance"
+    assert cache.pool().master_domain == b.sd
     assert report.refresh is not None and report.refresh.outcome == "failed"
     assert cache.domain(a.sd).status == DomainStatus.MAINTENANCE
+
+
+async def test_a_pass_of_the_running_updater_counts_as_the_refresh(
+        cache: Cache, cfg: Config, flows: Flows, cluster: Cluster,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`sluice-engine run`'s own pass may push the store between the flow's
+    mark and the flow's pass, which then has nothing left to push."""
+    (a,) = await cluster(1)
+    vm = add(cache, "vm1", [DiskSpec(a.sd)])
+    running = Updater(cache, cfg)
+    own = flows._updater.run_once
+
+    async def after_the_other(retry_now: bool = False, only: str | None = None) -> PassReport:
+        await running.run_once()
+        return await own(retry_now=retry_now, only=only)
+    monkeypatch.setattr(flows._updater, "run_once", after_the_other)
+    try:
+        report = await flows.maintenance(a.sd)
+    finally:
+        await running.close()
+    assert report.ok and report.status == "Maintenance"
+    assert report.refresh is not None and report.refresh.detail == "by another pass"
+    assert report.refresh.outcome == "updated" and report.refresh.host == "h0"
+    assert set((await stored(a)).ovfs) == {vm}
 
 
 async def test_activation_brings_the_store_up_to_date(cache: Cache, flows: Flows,

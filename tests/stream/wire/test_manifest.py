@@ -107,8 +107,16 @@ GOOD_ENTRY = {"name": f"{VM}.ovf", "size": 1, "digest": DIGEST}
                  id="name-path"),
     pytest.param({"algorithm": "xxh3_128", "entries": [GOOD_ENTRY, GOOD_ENTRY]},
                  id="name-twice"),
+    pytest.param({"algorithm": "xxh3_128", "entries": [{**GOOD_ENTRY, "name": ""}]},
+                 id="name-empty"),
+    pytest.param({"algorithm": "xxh3_128", "entries": [GOOD_ENTRY, {**GOOD_ENTRY, "name": ""}]},
+                 id="name-empty-last"),
+    pytest.param({"algorithm": "xxh3_128",
+                  "entries": [{**GOOD_ENTRY, "name": f"{VM}.ovf\n{VM}.ovf"}]},
+                 id="name-two-lines"),
 ])
 def test_manifest_malformed(manifest: Any) -> None:
+    """The same refusals whether the entries are checked in bulk or one by one."""
     with pytest.raises(BadManifest):
         parse_info(info_with(manifest))
 

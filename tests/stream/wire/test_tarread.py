@@ -386,6 +386,16 @@ def test_oversized_entry() -> None:
 
 
 
+def test_oversized_entry_read_whole() -> None:
+    """The fast path over whole entries applies the entry limit too."""
+    files = {ovf(): OVF * 9}
+    data = manifest_store(files, files)
+    size = len(OVF * 9)
+    for step in (len(data), 512):
+        refused(data, f"{size} bytes exceed the limit of {size - 1}", step=step,
+                max_entry_size=size - 1)
+
+
 def test_oversized_info_json() -> None:
     refused(store({}), "exceed the limit of 100", max_meta=100)
 
