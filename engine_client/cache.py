@@ -167,8 +167,8 @@ class Cache:
             return stores.one(c, sd_uuid)
 
     def store_content(self, sd_uuid: str) -> StoreContent:
-        """What the store of ``sd_uuid`` must hold now (one consistent read)."""
-        with self._tx(write=False) as c:
+        """What the store of ``sd_uuid`` must hold now, for a push (see stores)."""
+        with self._tx() as c:
             return stores.content(c, sd_uuid)
 
     def read_blobs(self, digests: Sequence[str]) -> dict[str, bytes]:

@@ -45,7 +45,7 @@ def _parser() -> argparse.ArgumentParser:
                        "computes it")
     c.add_argument("file")
     c.add_argument("--algorithm", default="blake2b", help="blake2b (default) or xxh3_128")
-    c.add_argument("--block-size", type=int, default=4 << 20)
+    c.add_argument("--block-size", type=_positive, default=4 << 20)
 
     vm = sub.add_parser("vm", help="VMs and templates").add_subparsers(dest="action",
                                                                          required=True)
@@ -133,6 +133,16 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    return value
+
+
 def _out(args: argparse.Namespace, data: Any, text: Callable[[], str]) -> None:
     print(json.dumps(data, indent=2, sort_keys=True) if getattr(args, "json", False)
           else text())
@@ -187,6 +197,9 @@ def _host(cache: Cache, args: argparse.Namespace) -> int:
             except OSError as e:
                 raise InvalidInput(f"cannot read the token file {args.token_file}: "
                                    f"{e.strerror}") from None
+            except UnicodeDecodeError:
+                raise InvalidInput(f"the token file {args.token_file} is not text; give "
+                                   "the host's engine.token") from None
         cache.add_host(args.name, args.url, token, args.domain)
     else:
         hosts = cache.hosts()
@@ -310,3 +323,6 @@ def main(argv: list[str] | None = None) -> int:
     except sqlite3.Error as e:
         print(f"sluice-engine: the engine cache failed: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("sluice-engine: interrupted", file=sys.stderr)
+        return 130

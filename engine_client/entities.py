@@ -153,8 +153,11 @@ def import_items(c: sqlite3.Connection, items: Sequence[ImportItem],
                       "source_digest = ? WHERE uuid = ?",
                       (ovf.name, ovf.kind, ovf.origin, generation, digest, ovf.uuid))
         c.execute("DELETE FROM disks WHERE entity_uuid = ?", (ovf.uuid,))
-        c.executemany("INSERT INTO disks VALUES (?, ?, ?, ?, 1, ?)", [
+        # Active and locked are the engine's state, not the OVF's: a disk
+        # imported again keeps them (an inactive one stays out of stores).
+        c.executemany("INSERT INTO disks VALUES (?, ?, ?, ?, ?, ?)", [
             (ovf.uuid, d.disk_uuid, placed[d.disk_uuid], d.shareable,
+             old_disks[d.disk_uuid].active if d.disk_uuid in old_disks else True,
              d.disk_uuid in old_disks and old_disks[d.disk_uuid].locked) for d in ovf.disks])
         old_snaps = {s.uuid: s.status for s in snapshots(c, ovf.uuid)}
         c.execute("DELETE FROM snapshots WHERE entity_uuid = ?", (ovf.uuid,))

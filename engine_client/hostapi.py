@@ -27,6 +27,20 @@ log = logging.getLogger(__name__)
 MAX_ANSWER = 4 << 20
 
 
+async def _read_answer(content: aiohttp.StreamReader) -> bytes:
+    """The whole answer, up to MAX_ANSWER bytes (``read(n)`` returns what
+    has arrived, which may be less)."""
+    parts: list[bytes] = []
+    total = 0
+    while total < MAX_ANSWER:
+        part = await content.read(MAX_ANSWER - total)
+        if not part:
+            break
+        parts.append(part)
+        total += len(part)
+    return b"".join(parts)
+
+
 def make_session(http: HttpConfig) -> aiohttp.ClientSession:
     """One session for all hosts; each request sets its own timeouts."""
     ctx: ssl.SSLContext | bool = True
@@ -76,7 +90,7 @@ class HostClient:
         try:
             async with self._session.request(method, url, headers=headers,
                                              timeout=self._timeout(timeout), **kwargs) as resp:
-                body = await resp.content.read(MAX_ANSWER)
+                body = await _read_answer(resp.content)
                 status = resp.status
         except aiohttp.ClientConnectorError as e:
             raise HostError(self.host.name, f"{what}: cannot connect to {self.host.url}: "

@@ -188,7 +188,8 @@ def _put(client: Client, f: Any, start: int, end: int, progress: Progress) -> No
 def download(client: Client, path: str, progress: Progress = lambda n: None) -> Result:
     extents = client.json("GET", "/extents?context=zero")
     size = extents[-1]["start"] + extents[-1]["length"] if extents else 0
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+    # Truncated first: the zero extents are never written, so no old byte may stay.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         os.ftruncate(fd, size)
         data_bytes = 0

@@ -112,7 +112,10 @@ def process(c: sqlite3.Connection, selected: Sequence[tuple[str, int]]) -> list[
 def process_deletions(c: sqlite3.Connection) -> list[tuple[str, list[str]]]:
     done = []
     for r in c.execute("SELECT * FROM deletions ORDER BY entity_uuid").fetchall():
-        sds = json.loads(r["domains"])
+        # And the stores listing it now: a push that carried it may have
+        # landed since the deletion.
+        sds = sorted({*json.loads(r["domains"]), *(s for (s,) in c.execute(
+            "SELECT sd_uuid FROM store_entities WHERE entity_uuid = ?", (r["entity_uuid"],)))})
         entities.mark(c, sds)
         done.append((r["entity_uuid"], sds))
     c.execute("DELETE FROM deletions")

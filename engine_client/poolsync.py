@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -199,5 +200,8 @@ class PoolSync:
 
     async def run_forever(self) -> None:
         while True:
-            await self.sync_once()
+            try:
+                await self.sync_once()
+            except sqlite3.Error:  # the next round may do; the loop must not die
+                log.exception("pool sync failed in the engine cache")
             await asyncio.sleep(self.cfg.pool.sync_interval)

@@ -50,6 +50,12 @@ class CacheCorrupt(EngineError):
     """An OVF read back from the cache is not what the plan promised."""
 
 
+class ContentChanged(EngineError):
+    """An OVF the plan named left the cache during the push: its entity got
+    a newer one (and another process dropped the old, unused blob).  The
+    store was marked meanwhile; the next pass pushes what it holds now."""
+
+
 @dataclass(frozen=True)
 class PushResult:
     sd_uuid: str
@@ -85,7 +91,7 @@ class TarStream:
         self.sent = 0  # bytes handed to the connection
         #: Why the stream stopped, if it did: aiohttp reports it only as a
         #: failed send.
-        self.error: CacheCorrupt | None = None
+        self.error: CacheCorrupt | ContentChanged | None = None
 
     @property
     def digest(self) -> str:
@@ -102,9 +108,13 @@ class TarStream:
             self._fetched = index + len(wanted)
             self._blobs = await self._fetch(list(dict.fromkeys(m[2] for m in wanted)))
         data = self._blobs.get(digest)
-        if data is None or len(data) != size or xxhash.xxh3_128_hexdigest(data) != digest:
-            self.error = CacheCorrupt(f"the cached OVF {uuid}.ovf (digest {digest}) is missing "
-                                      "or changed in the cache; nothing was marked updated")
+        if data is None:
+            self.error = ContentChanged(f"the cached OVF {uuid}.ovf (digest {digest}) was "
+                                        "replaced in the cache while it was pushed")
+            raise self.error
+        if len(data) != size or xxhash.xxh3_128_hexdigest(data) != digest:
+            self.error = CacheCorrupt(f"the cached OVF {uuid}.ovf (digest {digest}) changed "
+                                      "in the cache; nothing was marked updated")
             raise self.error
         return data
 

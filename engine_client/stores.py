@@ -64,6 +64,11 @@ ORDER BY e.uuid
 """
 
 
+def _exists(c: sqlite3.Connection, sd_uuid: str) -> bool:
+    return c.execute("SELECT 1 FROM ovf_stores WHERE sd_uuid = ?", (sd_uuid,)).fetchone() \
+        is not None
+
+
 def _seq(c: sqlite3.Connection, sd_uuid: str) -> tuple[int, bool]:
     row = c.execute("SELECT outdated_seq, outdated FROM ovf_stores WHERE sd_uuid = ?",
                     (sd_uuid,)).fetchone()
@@ -73,10 +78,14 @@ def _seq(c: sqlite3.Connection, sd_uuid: str) -> tuple[int, bool]:
 
 
 def content(c: sqlite3.Connection, sd_uuid: str) -> StoreContent:
-    """What the store of ``sd_uuid`` must hold now, with its mark sequence.
+    """What the store of ``sd_uuid`` must hold now, with its mark sequence,
+    for a push about to start.
 
     Read row by row into named tuples: about 250 bytes an OVF, where whole
-    entities and their disks took ten times that.
+    entities and their disks took ten times that.  The members count as
+    possibly on storage from now on (the push may land whatever happens to
+    the engine): an entity deleted while it is pushed then has this domain
+    rewritten too.
     """
     seq, _ = _seq(c, sd_uuid)
     members = []
@@ -88,6 +97,8 @@ def content(c: sqlite3.Connection, sd_uuid: str) -> StoreContent:
         members.append(Member(uuid, size, digest))
         if decide.reports_status(kind, vm_status):
             status[uuid] = vm_status
+    c.executemany("INSERT OR IGNORE INTO store_entities VALUES (?, ?)",
+                  [(sd_uuid, m.uuid) for m in members])
     return StoreContent(sd_uuid, seq, tuple(members), status)
 
 
@@ -105,6 +116,12 @@ def pushed(c: sqlite3.Connection, content: StoreContent, generation: int, digest
     the host holds what was pushed, not what the store needs now.
     """
     sd = content.sd_uuid
+    if not _exists(c, sd):  # the domain left the pool (a detach) during the push
+        return False
+    (known,) = c.execute("SELECT generation FROM ovf_stores WHERE sd_uuid = ?", (sd,)).fetchone()
+    if known is not None and generation < known:
+        # Two pushes answered out of order: the newer one is on storage.
+        return not _seq(c, sd)[1]
     c.execute("UPDATE ovf_stores SET generation = ?, last_updated = ?, digest = ?, "
               "tar_length = ?, host = ?, failures = 0, next_attempt = 0, last_error = NULL, "
               "outdated = CASE WHEN outdated_seq = ? THEN 0 ELSE 1 END WHERE sd_uuid = ?",
@@ -122,6 +139,8 @@ def failed(c: sqlite3.Connection, content: StoreContent, error: str, retry_at: f
     may have written the store before its answer got lost, and a later change
     of any of them must mark this domain.
     """
+    if not _exists(c, content.sd_uuid):  # the domain left the pool meanwhile
+        return
     c.execute("UPDATE ovf_stores SET failures = failures + 1, next_attempt = ?, "
               "last_error = ? WHERE sd_uuid = ?", (retry_at, error, content.sd_uuid))
     c.executemany("INSERT OR IGNORE INTO store_entities VALUES (?, ?)",

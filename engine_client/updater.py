@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -38,7 +39,7 @@ from .errors import EngineError, HostError
 from .hostapi import Clients, HostClient
 from .model import Domain, Host, Store, StoreContent
 from .phase import Outcome
-from .push import CacheCorrupt, PushResult, push_store
+from .push import CacheCorrupt, ContentChanged, PushResult, push_store
 
 log = logging.getLogger(__name__)
 
@@ -222,6 +223,10 @@ class Updater:
                         client, content, self._fetch, self._clock(),
                         await self._zstd(client, features), self.cfg.updater.fetch_batch,
                         self.cfg.http.chunk_size)
+                except ContentChanged as e:  # marked meanwhile: the next pass pushes
+                    log.info("OVF store of domain %s not pushed: %s", sd, e)
+                    return DomainReport(sd, "superseded", f"{e}; stays outdated",
+                                        seconds=round(time.monotonic() - start, 3))
                 except (HostError, CacheCorrupt) as e:
                     log.warning("OVF store of domain %s not pushed: %s", sd, e)
                     errors.append(str(e))
@@ -256,10 +261,13 @@ class Updater:
     # -- the loop
 
     def _next_wakeup(self, stores: Sequence[Store], domains: dict[str, Domain]) -> float:
+        """Seconds to the next pass: the interval, or sooner for an outdated
+        store that may be pushed then (a retry that fell due while a long
+        pass ran, or a mark made after it, is due now)."""
         now = self._clock()
-        due = [s.next_attempt - now for s in stores
-               if s.outdated and s.next_attempt > now
-               and decide.pushable(domains.get(s.sd_uuid), s, s.next_attempt, False) is None]
+        due = [max(0.0, s.next_attempt - now) for s in stores
+               if s.outdated and decide.pushable(domains.get(s.sd_uuid), s,
+                                                 max(now, s.next_attempt), False) is None]
         return max(1.0, min([self.cfg.updater.interval, *due]))
 
     async def run_forever(self) -> None:
@@ -270,6 +278,8 @@ class Updater:
                 await self.run_once()
             except EngineError as e:
                 log.error("OVF update pass failed: %s", e)
+            except sqlite3.Error:  # a detach meanwhile, a full disk: the next pass may do
+                log.exception("OVF update pass failed in the engine cache")
             stores = await asyncio.to_thread(self.cache.stores)
             domains = {d.uuid: d for d in await asyncio.to_thread(self.cache.domains)}
             delay = self._next_wakeup(stores, domains)

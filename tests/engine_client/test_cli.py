@@ -96,6 +96,15 @@ def test_bad_input_messages(cli: Cli, tmp_path: Path) -> None:
     assert "'not-a-uuid' is not a UUID" in r.stderr
     r = cli("host", "add", "h1", "http://x", "--token-file", str(tmp_path / "none"), rc=2)
     assert "cannot read the token file" in r.stderr
+    (tmp_path / "binary.token").write_bytes(b"\xff\xfe\x00token")
+    r = cli("host", "add", "h1", "http://x", "--token-file", str(tmp_path / "binary.token"),
+            rc=2)
+    assert "is not text; give the host's engine.token" in r.stderr
+    (tmp_path / "disk.raw").write_bytes(b"\0" * 4096)
+    r = subprocess.run([sys.executable, "-m", "engine_client", "checksum", "--block-size", "0",
+                        str(tmp_path / "disk.raw")], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "'0' is not a positive whole number" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
     r = cli("domain", "set-status", unknown, "Active", rc=2)
     assert "is not known; add it with 'sluice-engine domain add'" in r.stderr
     (tmp_path / "bad.toml").write_text("[updater]\nintervall = 3\n")

@@ -654,3 +654,14 @@ async def test_cli_upload_download_and_errors(world: World) -> None:
         rc, out, err = await asyncio.to_thread(finish, cli(w, *args))
         assert (rc, err.count("\n")) == (code, 1) and text in err, (args, rc, err)
     assert len(await w.volumes(w.f1, up["disk"])) == 1  # nothing moved by a failed command
+
+
+async def test_download_over_an_old_file(world: World) -> None:
+    """An old file at the path: its bytes must not survive in the holes."""
+    w = world
+    src = image(w.tmp / "src.raw", 8 * MiB, sparse=True)
+    disk = await w.upload(src, w.f1)
+    dest = w.tmp / "dest.raw"
+    dest.write_bytes(os.urandom(12 * MiB))  # longer, and data where the image has holes
+    await w.download(disk, w.f1, dest)
+    assert dest.read_bytes() == src.read_bytes()

@@ -19,7 +19,13 @@ from engine_client.errors import HostError
 from engine_client.hostapi import HostClient, make_session
 from engine_client.model import Host, StoreContent, VmStatus
 from engine_client.ovf import parse
-from engine_client.push import CacheCorrupt, TarStream, plan_store, push_store
+from engine_client.push import (
+    CacheCorrupt,
+    ContentChanged,
+    TarStream,
+    plan_store,
+    push_store,
+)
 from stream.wire.tarread import OvfTarReader
 
 from .ovfs import DiskSpec, vm_ovf
@@ -103,12 +109,26 @@ async def test_changed_blob_is_refused(cache: Cache, cfg: Config,
         return {d: b"x" * 10 for d in digests}
 
     stream = TarStream(plan_store(content, NOW), wrong, 10, 1 << 20, False)
-    with pytest.raises(CacheCorrupt, match="is missing or changed in the cache"):
+    with pytest.raises(CacheCorrupt, match="changed in the cache; nothing was marked updated"):
         await collect(stream)
     async with make_session(cfg.http) as session:  # the same error, not a failed send
         client = HostClient(Host("h1", wrong_digest_url, "t", ()), session, cfg.http)
-        with pytest.raises(CacheCorrupt, match="is missing or changed in the cache"):
+        with pytest.raises(CacheCorrupt, match="changed in the cache; nothing was marked updated"):
             await push_store(client, content, wrong, NOW, False, 10, 1 << 20)
+
+
+async def test_blob_gone_meanwhile_is_a_content_change(
+        cache: Cache, add_domain: Callable[..., str]) -> None:
+    """Another process's pass replaced an OVF and dropped the old blob: not
+    corruption, the store was marked and the next pass pushes it."""
+    content = fill(cache, add_domain(), 2)
+
+    async def gone(digests: Sequence[str]) -> dict[str, bytes]:
+        return {}
+
+    stream = TarStream(plan_store(content, NOW), gone, 10, 1 << 20, False)
+    with pytest.raises(ContentChanged, match="was replaced in the cache while it was pushed"):
+        await collect(stream)
 
 
 @pytest.mark.parametrize("zstd", [False, True], ids=["plain", "zstd"])
