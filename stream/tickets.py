@@ -128,6 +128,15 @@ class Ticket:
     def touch(self) -> None:
         self.expires = time.monotonic() + self.timeout
 
+    def renew(self, new: Ticket) -> None:
+        """Take the fields of ``new``, a re-add of this ticket for the same
+        path (vdsm does it on retries), keeping what is running: transfers
+        in flight, the open volume, the counters."""
+        for name in ("size", "ops", "timeout", "url", "inactivity_timeout", "sparse", "dirty",
+                     "transfer_id", "filename", "volume_info"):
+            setattr(self, name, getattr(new, name))
+        self.touch()
+
     def may(self, op: str) -> bool:
         return op in self.ops or (op == "read" and "write" in self.ops)
 

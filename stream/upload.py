@@ -73,9 +73,11 @@ class _Sink:
     """
 
     def __init__(
-        self, volume: Volume, offset: int, limit: int, hasher: Any, out: mmap.mmap | None
+        self, volume: Volume, offset: int, limit: int, hasher: Any, out: mmap.mmap | None,
+        check: Callable[[], None] = lambda: None,
     ) -> None:
         self.volume = volume
+        self.check = check
         self.pos = offset
         self.limit = limit
         self.hasher = hasher
@@ -93,6 +95,9 @@ class _Sink:
         """Write a whole decoded piece at the current position."""
         if self.pos + len(view) > self.limit:
             raise _too_big(self.pos, self.limit)
+        # Per piece, not only per staging buffer: one buffer of zstd may
+        # decode to the whole ticket, and a cancel must stop it.
+        self.check()
         if self.hasher is not None:
             self.hasher.update(view)
         self.volume.write(self.pos, view)
@@ -154,7 +159,7 @@ async def receive(
     if zstd or hasher is not None:
         depth = 1
     out = io.get_buffer(buffer_size) if zstd else None
-    sink = _Sink(volume, offset, limit, hasher, out)
+    sink = _Sink(volume, offset, limit, hasher, out, check)
     decoder = (
         zstandard.ZstdDecompressor().stream_writer(
             sink,  # type: ignore[arg-type]  # it only needs write()

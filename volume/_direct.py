@@ -164,6 +164,9 @@ class AlignedIO:
         self._closed = False
 
     def close(self) -> None:
+        # Late I/O through a closed volume fails (EBADF) instead of reaching
+        # whatever file reuses the descriptor number.
+        self.fd = -1
         with self._pool_guard:
             self._closed = True
             buffers, self._free = self._free, []

@@ -74,6 +74,7 @@ class FdVolume:
         if self._fd < 0:
             return
         self._io.close()
+        self._fallocate.close()
         os.close(self._fd)
         log.debug("closed %s volume fd=%d", self.kind, self._fd)
         self._fd = -1

@@ -57,6 +57,11 @@ class Fallocate:
         self._fd = fd
         self._unsupported: set[int] = set()
 
+    def close(self) -> None:
+        """Forget the descriptor: a late call fails (EBADF) instead of reaching
+        whatever file reuses its number."""
+        self._fd = -1
+
     def supports(self, mode: int) -> bool:
         """False once ``mode`` has failed with EOPNOTSUPP."""
         return mode not in self._unsupported

@@ -91,10 +91,15 @@ class FileVolume(FdVolume):
         if length == 0:
             return
         with oserrors("zero"):
-            # Growing the file must not race a read-modify-write that briefly
-            # extends the last block and truncates it back (AlignedIO._rmw):
-            # a size seen during that window is up to a block too large.
-            if offset + length + self._io.block_size > os.fstat(self._fd).st_size:
+            # Under the read-modify-write lock (AlignedIO._rmw) when the range
+            # shares a block with other bytes: a write to the rest of that
+            # block reads it before the zero and writes the old bytes back
+            # after.  And when growing the file: an RMW briefly extends the
+            # last block and truncates it back, so a size seen during that
+            # window is up to a block too large.
+            bs = self._io.block_size
+            end = offset + length
+            if (bs > 1 and (offset % bs or end % bs)) or end + bs > os.fstat(self._fd).st_size:
                 with self._io.lock:
                     self._zero(offset, length, punch)
             else:

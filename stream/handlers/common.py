@@ -33,7 +33,10 @@ async def read_json(request: web.Request) -> dict[str, Any]:
     """Read a small JSON object body (bounded, never a data stream)."""
     if request.content_length is not None and request.content_length > MAX_JSON:
         raise BodyTooLarge(f"JSON body larger than {MAX_JSON} bytes")
-    raw = await request.content.read(MAX_JSON + 1)
+    # read(n) returns what has arrived; a body may come in several packets.
+    raw = b""
+    while len(raw) <= MAX_JSON and (part := await request.content.read(MAX_JSON + 1 - len(raw))):
+        raw += part
     if len(raw) > MAX_JSON:
         raise BodyTooLarge(f"JSON body larger than {MAX_JSON} bytes")
     try:

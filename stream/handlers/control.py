@@ -49,9 +49,12 @@ async def put_ticket(request: web.Request) -> web.Response:
     )
     old = request.app[AUTH].add(ticket)
     if old is not None:
-        if old.path == ticket.path:
-            # Re-adding the same ticket (vdsm does on retries): keep the open volume.
-            ticket.volume, old.volume = old.volume, None
+        if old.path == ticket.path and not old.canceled:
+            # Re-adding the same ticket (vdsm does on retries): the one in
+            # use stays, with its transfers and open volume, renewed.
+            old.renew(ticket)
+            request.app[AUTH].add(old)
+            ticket = old
         else:
             await old.cancel(cfg.transfer.remove_timeout)
             await _close(request, old)

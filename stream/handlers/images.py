@@ -95,7 +95,8 @@ async def put(request: web.Request) -> web.Response:
     return _ok(request)
 
 
-@routes.get("/images/{ticket_id}")
+# No HEAD: aiohttp would run GET and send the image as its body (imageio: 405).
+@routes.get("/images/{ticket_id}", allow_head=False)
 async def get(request: web.Request) -> web.StreamResponse:
     ticket = _authorize(request, "read")
     io = request.app[IO_KEY]
@@ -200,8 +201,8 @@ async def options(request: web.Request) -> web.Response:
     ticket = _authorize(request, "read")
     ticket.touch()
     io = request.app[IO_KEY]
-    volume = await ticket_volume(io, ticket)
-    caps = volume.capabilities
+    async with ticket.operation():  # a DELETE meanwhile waits, then closes what it opened
+        caps = (await ticket_volume(io, ticket)).capabilities
     writable = ticket.may("write")
     body: dict[str, Any] = {
         "features": features if writable else ["checksum", "extents"],
