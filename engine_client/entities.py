@@ -18,7 +18,7 @@ import xxhash
 
 from .errors import InvalidInput, NotFound
 from .model import SNAPSHOT_LOCKED, SNAPSHOT_OK, Disk, Entity, Snapshot, VmStatus
-from .ovf import Ovf, canonical_uuid, set_storage_ids
+from .ovf import Ovf, canonical_uuid, set_shareable, set_storage_ids
 
 SELECT = ("SELECT e.*, b.size AS ovf_size FROM entities e "
            "LEFT JOIN blobs b ON b.digest = e.ovf_digest")
@@ -186,9 +186,13 @@ def set_disk(c: sqlite3.Connection, entity_uuid: str, disk_uuid: str, sd: str | 
                old.active if active is None else active, old.locked)
     if new == old:
         return old
+    source = blob(c, e.source_digest)
     if new_sd != old.sd_uuid:
         _require_domain(c, new_sd, f"disk {disk} of {e.kind} {e.name}")
-        source = set_storage_ids(blob(c, e.source_digest), {disk: new_sd}, f"OVF of {e.uuid}")
+        source = set_storage_ids(source, {disk: new_sd}, f"OVF of {e.uuid}")
+    if new.shareable != old.shareable:  # the stores' OVF must say it too
+        source = set_shareable(source, disk, new.shareable, f"OVF of {e.uuid}")
+    if new_sd != old.sd_uuid or new.shareable != old.shareable:
         c.execute("UPDATE entities SET source_digest = ? WHERE uuid = ?",
                   (_put_blob(c, source), e.uuid))
     c.execute("UPDATE disks SET sd_uuid = ?, shareable = ?, active = ? "

@@ -25,6 +25,7 @@ entity can happen.
 
 from __future__ import annotations
 
+import re
 import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator, Mapping
@@ -242,6 +243,60 @@ def parse(data: bytes, source: str = "OVF") -> Ovf:
 def _tag_end(data: bytes, at: int) -> int:
     """Offset just past the tag that starts at ``at``."""
     return data.index(b">", at) + 1
+
+
+def _start_tag_end(data: bytes, at: int) -> int:
+    """Offset just past the start tag at ``at``; a ``>`` inside a quoted
+    attribute value does not end it."""
+    quote = 0
+    for i in range(at + 1, len(data)):
+        c = data[i]
+        if quote:
+            quote = 0 if c == quote else quote
+        elif c in b"\"'":
+            quote = c
+        elif c == ord(">"):
+            return i + 1
+    raise ValueError("unterminated tag")
+
+
+_SHAREABLE = re.compile(rb"""(\s)((?:[\w.-]+:)?shareable\s*=\s*)("[^"]*"|'[^']*')""")
+_DISK_ID = re.compile(rb"""\s([\w.-]+:)?diskId\s*=""")
+
+
+def set_shareable(data: bytes, disk_uuid: str, shareable: bool, source: str = "OVF") -> bytes:
+    """``data`` with the ``shareable`` attribute of the disk's ``<Disk>`` in
+    the DiskSection set; unchanged when the OVF has no such element.  Only
+    that attribute's text changes (or it is added after ``diskId``)."""
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise OvfError(f"{source}: only UTF-8 OVFs can have their disks changed")
+    image = next((d.image_uuid for d in parse(data, source).disks
+                  if d.disk_uuid == disk_uuid), None)
+    doc = _build(data, source)
+    found = None
+    for section in _sections(doc.root, "DiskSection_Type"):
+        for d in _children(section, "Disk"):
+            if (_attr(d, "diskId") or "").strip().lower() == image:
+                found = d
+    if image is None or found is None:
+        return data
+    start = doc.spans[id(found)][0]
+    end = _start_tag_end(data, start)
+    tag = data[start:end]
+    value = b'"true"' if shareable else b'"false"'
+    m = _SHAREABLE.search(tag)
+    if m is not None:
+        tag = tag[:m.start(3)] + value + tag[m.end(3):]
+    else:
+        named = _DISK_ID.search(tag)
+        prefix = named.group(1) if named is not None and named.group(1) else b""
+        at = len(tag) - (2 if tag.endswith(b"/>") else 1)
+        tag = tag[:at].rstrip() + b" " + prefix + b"shareable=" + value + tag[at:]
+    data = data[:start] + tag + data[end:]
+    if next(d.shareable for d in parse(data, source).disks if d.disk_uuid == disk_uuid) \
+            != shareable:
+        raise OvfError(f"{source}: cannot rewrite the shareable flag of disk {disk_uuid}")
+    return data
 
 
 def set_storage_ids(data: bytes, domains: Mapping[str, str], source: str = "OVF") -> bytes:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from engine_client.ovf import OvfError, parse, set_storage_ids
+from engine_client.ovf import OvfError, parse, set_shareable, set_storage_ids
 
 from .ovfs import DiskSpec, vm_ovf
 
@@ -110,6 +110,23 @@ def test_move_disk_without_storage_id() -> None:
     d = DiskSpec(None)  # no element at all
     moved = set_storage_ids(vm_ovf(str(uuid.uuid4()), "x", [d]), {d.disk: sd})
     assert parse(moved).disks[0].sd_uuid == sd
+
+
+def test_shareable_changes_only_its_attribute() -> None:
+    sd = str(uuid.uuid4())
+    disks = [DiskSpec(sd), DiskSpec(sd)]
+    data = vm_ovf(str(uuid.uuid4()), "x", disks)
+    changed = set_shareable(data, disks[1].disk, True)
+    assert [d.shareable for d in parse(changed).disks] == [False, True]
+    # One attribute value, false -> true, and nothing else.
+    at = next(i for i, (a, b) in enumerate(zip(data, changed, strict=False)) if a != b)
+    assert changed[at - 11:at + 5] == b'shareable="true"'
+    assert data[:at] + b'true"' + data[at + 6:] == changed
+    assert set_shareable(changed, disks[1].disk, False) == data
+    # The OVF of engine 4.1, its Disk element as that engine wrote it.
+    old = (DATA / "vm-4.1.ovf").read_bytes()
+    flag = not parse(old).disks[0].shareable
+    assert parse(set_shareable(old, DISK_41, flag)).disks[0].shareable is flag
 
 
 def test_move_nothing_is_identity() -> None:

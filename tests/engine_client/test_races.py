@@ -126,3 +126,15 @@ async def test_an_answer_in_several_pieces_is_read_whole() -> None:
         await clients.close()
         await runner.cleanup()
     assert len(body) > 64 << 10 and answer["domains"] == domains
+
+
+def test_set_disk_shareable_reaches_the_ovf(cache: Cache, add_domain: AddDomain) -> None:
+    sd = add_domain()
+    vm = add_vm(cache, "vm", [DiskSpec(sd), DiskSpec(sd)])
+    disks = [d.disk_uuid for d in cache.disks(vm)]
+    cache.set_disk(vm, disks[0], shareable=True)
+    process(cache)
+    ovf = cache.ovf(vm, cached=True)
+    assert ovf is not None
+    flags = {d.disk_uuid: d.shareable for d in parse(ovf).disks}
+    assert flags == {disks[0]: True, disks[1]: False}
