@@ -11,7 +11,6 @@ a `file://` ticket, as an engine would hand another host's image URL.
 from __future__ import annotations
 
 import http.client
-import json
 import shutil
 import time
 import uuid
@@ -23,7 +22,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from . import MB, BenchError
-from .peers.base import control
+from .peers.base import control, exchange
 from .peers.sluice import serve
 from .procs import Proc
 from .workspace import SHM, Workspace
@@ -84,17 +83,9 @@ class Host:
         url = urlsplit(self.base_url)
         conn = http.client.HTTPConnection(url.hostname or "127.0.0.1", url.port,
                                           timeout=120 + size / MIN_RATE)
-        try:
-            conn.request("GET", f"/images/{ticket}/checksum?algorithm=xxh3_128")
-            resp = conn.getresponse()
-            text = resp.read().decode(errors="replace")
-        except OSError as e:
-            raise BenchError(f"{self.name}: checksum: {e}") from e
-        finally:
-            conn.close()
-        if resp.status != 200:
-            raise BenchError(f"{self.name}: checksum: {resp.status} {text.strip()[:300]}")
-        return str(json.loads(text)["checksum"])
+        answer = exchange(conn, "GET", f"/images/{ticket}/checksum?algorithm=xxh3_128", None,
+                          f"{self.name}: checksum")
+        return str(answer["checksum"])
 
     def new_volume(self, size: int) -> Volume:
         img, vol = str(uuid.uuid4()), str(uuid.uuid4())

@@ -12,7 +12,7 @@ from typing import Any
 
 from . import MB, MiB
 from .procs import Usage
-from .report import _fmt, _headline, _short, save
+from .report import _fmt, _headline, _short, check_word, save
 
 DD_COPY = "limits/copy/dd"
 #: dd writing the image while another dd reads it from the same disk.
@@ -169,7 +169,7 @@ def table(results: dict[str, Any]) -> str:
         f"{'cpu s/GB src':>12} {'dst':>5} {'RSS MiB src':>11} {'dst':>5}  check",
     ]
     for r in results["rows"]:
-        check = "ERROR" if r["error"] else {True: "ok", False: "BAD", None: "-"}[r["verified"]]
+        check = check_word(r)
         rss = [r[k] / MiB if r[k] else None for k in ("src_peak_rss", "dst_peak_rss")]
         lines.append(
             f"{r['name']:<23} {r['what']:<28} {_fmt(r['seconds'], 7, '.2f')} "

@@ -31,7 +31,7 @@ from .copyhosts import Host, Volume
 from .copyreport import DD_WRITE_READING, CopyRow
 from .limits import BLOCK, dd
 from .procs import Meter, Usage
-from .runner import Mismatch
+from .runner import Mismatch, round_failed
 from .workspace import CHUNK, Workspace, drop_cached, file_digest, remove, settled
 
 
@@ -242,12 +242,8 @@ def run_round(row: CopyRow, src: Host, dst: Host, image: Image, ws: Workspace,
             sample = _dd_copy(row, dst, image, i == 0)
         else:
             sample = _volume_round(row, src, dst, image, ws, i == 0)
-    except Exception as e:  # a failed row must not stop the others
-        row.error = f"round {i + 1}: {e}" if isinstance(e, BenchError) else \
-            f"round {i + 1}: {type(e).__name__}: {e}"
-        if isinstance(e, Mismatch):
-            row.verified = False
-        log(f"{row.name}: ERROR {row.error}")
+    except Exception as e:
+        round_failed(row, i, e)
         return
     row.add(sample.seconds, sample.wall, sample.verify_s, sample.src, sample.dst)
     extra = f", verifying {sample.verify_s:.2f} s" if sample.verify_s is not None else ""

@@ -142,6 +142,11 @@ def _short(version: str | None) -> str:
     return next((w for w in words if w[:1].isdigit()), version)
 
 
+def check_word(row: dict[str, Any]) -> str:
+    """A row's check column: ERROR, or whether its result was verified."""
+    return "ERROR" if row["error"] else {True: "ok", False: "BAD", None: "-"}[row["verified"]]
+
+
 def _headline(err: str) -> str:
     """First line of an error, plus its last (a log tail's exception)."""
     lines = [line.strip() for line in err.strip().splitlines() if line.strip()] or ["?"]
@@ -165,7 +170,7 @@ def table(results: dict[str, Any]) -> str:
     for r in rows:
         rel = r["mb_s"] / dd if r["mb_s"] and dd else None
         rss = r["peak_rss"] / MiB if r["peak_rss"] else None
-        check = "ERROR" if r["error"] else {True: "ok", False: "BAD", None: "-"}[r["verified"]]
+        check = check_word(r)
         lines.append(f"{r['name']:<42} {_fmt(r['mb_s'], 8, '.1f')} {_fmt(rel, 9, '.2f')} "
                      f"{_fmt(r['cpu_s_per_gb'], 8, '.2f')} {_fmt(rss, 8, '.0f')}  {check}")
     lines += ["", "Targets (reported, never asserted):"]

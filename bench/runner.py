@@ -17,6 +17,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import Protocol
 
 from . import MB, BenchError, log
 from .clients import DISCARDING, DOWNLOADERS, UPLOADERS
@@ -66,6 +67,24 @@ def finish(trial: Trial) -> None:
             stack.callback(fn)
 
 
+class FailingRow(Protocol):
+    @property
+    def name(self) -> str: ...
+
+    error: str | None
+    verified: bool | None
+
+
+def round_failed(row: FailingRow, i: int, e: Exception) -> None:
+    """Record a round's failure on its row (a failed row must not stop the
+    others): the bench's own errors as they are, others with their type."""
+    row.error = f"round {i + 1}: {e}" if isinstance(e, BenchError) else \
+        f"round {i + 1}: {type(e).__name__}: {e}"
+    if isinstance(e, Mismatch):
+        row.verified = False
+    log(f"{row.name}: ERROR {row.error}")
+
+
 def run_round(job: Job, ws: Workspace, i: int, rounds: int) -> None:
     row = job.row
     try:
@@ -80,12 +99,8 @@ def run_round(job: Job, ws: Workspace, i: int, rounds: int) -> None:
                 row.verified = True
         finally:
             finish(trial)
-    except Exception as e:  # a failed row must not stop the others
-        row.error = f"round {i + 1}: {e}" if isinstance(e, BenchError) else \
-            f"round {i + 1}: {type(e).__name__}: {e}"
-        if isinstance(e, Mismatch):
-            row.verified = False
-        log(f"{row.name}: ERROR {row.error}")
+    except Exception as e:
+        round_failed(row, i, e)
         return
     row.seconds.append(seconds)
     row.cpu_s.append(usage.cpu_s)

@@ -17,7 +17,8 @@ from xml.sax.saxutils import escape, quoteattr
 
 BLANK = "00000000-0000-0000-0000-000000000000"
 GiB = 1 << 30
-_NS = " ".join([
+#: The namespaces oVirt's OVFs declare on their Envelope.
+NAMESPACES = " ".join([
     'xmlns:ovf="http://schemas.dmtf.org/ovf/envelope/1/"',
     'xmlns:rasd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/'
     'CIM_ResourceAllocationSettingData"',
@@ -102,7 +103,7 @@ def write(spec: OvfSpec, pool_id: str = BLANK, now: float | None = None) -> byte
     disks = [d if d.alias else replace(d, alias=f"{spec.name}_Disk{i + 1}")
              for i, d in enumerate(spec.disks)]
     return f"""<?xml version="1.0" encoding="UTF-8"?>
-<ovf:Envelope {_NS} ovf:version="4.5.0.0">
+<ovf:Envelope {NAMESPACES} ovf:version="4.5.0.0">
   <References>{"".join(_file(d) for d in disks)}</References>
   <Section xsi:type="ovf:NetworkSection_Type"><Info>List of networks</Info></Section>
   <Section xsi:type="ovf:DiskSection_Type"><Info>List of Virtual Disks</Info>{

@@ -64,3 +64,19 @@ def loop_device(
         res = subprocess.run(["losetup", "--detach", device], capture_output=True, text=True)
         if res.returncode != 0:
             log.error("cannot detach %s: %s", device, res.stderr.strip())
+
+
+@pytest.fixture
+def tiny_fs(tmp_path: Path) -> Iterator[Path]:
+    """A real 4 MiB tmpfs (it fills up: ENOSPC), unmounted at teardown;
+    skips the test when mounting is not permitted."""
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"mounting a 4 MiB tmpfs needs root: {r.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import MiB
-from ..report import _fmt, _headline, row_json, save
+from ..report import _fmt, _headline, check_word, row_json, save
 from .measure import MemRow
 
 RESULTS, SUMMARY = "ovf-results.json", "ovf-summary.txt"
@@ -121,7 +121,7 @@ def table(results: dict[str, Any]) -> str:
     lines += ["", f"{'row':<40} {'MB':>7} {'MB/s':>7} {'s':>6} {'cpu s/GB':>8} "
                   f"{'RSS MiB':>7} {'+RSS':>5} {'eng RSS':>7}  check"]
     for r in results["rows"]:
-        check = "ERROR" if r["error"] else {True: "ok", False: "BAD", None: "-"}[r["verified"]]
+        check = check_word(r)
         secs = statistics.median(r["rounds_seconds"]) if r["rounds_seconds"] else None
         lines.append(
             f"{r['name']:<40} {_fmt(r['bytes'] / 1e6 if r['bytes'] else None, 7, '.1f')} "

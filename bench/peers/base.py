@@ -73,11 +73,17 @@ class UnixHTTPConnection(http.client.HTTPConnection):
 
 def control(sock: Path, method: str, path: str, body: dict[str, Any] | None = None,
             timeout: float | None = None) -> Any:
-    """One request to an imageio-style control API: its JSON answer, or None
-    when the body is empty; BenchError unless it is 2xx."""
+    """One request to an imageio-style control API (see :func:`exchange`)."""
     conn = UnixHTTPConnection(sock)
     if timeout is not None:
         conn.timeout = timeout
+    return exchange(conn, method, path, body, f"control {method} {path}")
+
+
+def exchange(conn: http.client.HTTPConnection, method: str, path: str,
+             body: dict[str, Any] | None, what: str) -> Any:
+    """One request on ``conn``, closed after: its JSON answer, None when the
+    body is empty; BenchError, naming ``what``, unless it is 2xx."""
     try:
         data = json.dumps(body).encode() if body is not None else None
         headers = {"Content-Type": "application/json"} if data is not None else {}
@@ -85,11 +91,11 @@ def control(sock: Path, method: str, path: str, body: dict[str, Any] | None = No
         resp = conn.getresponse()
         text = resp.read().decode(errors="replace")
     except OSError as e:
-        raise BenchError(f"control {method} {path}: {e}") from e
+        raise BenchError(f"{what}: {e}") from e
     finally:
         conn.close()
     if not 200 <= resp.status < 300:
-        raise BenchError(f"control {method} {path}: {resp.status} {text.strip()[:500]}")
+        raise BenchError(f"{what}: {resp.status} {text.strip()[:500]}")
     if not text.strip():
         return None
     try:

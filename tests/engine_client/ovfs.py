@@ -8,15 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-BLANK = "00000000-0000-0000-0000-000000000000"
-NAMESPACES = " ".join([
-    'xmlns:ovf="http://schemas.dmtf.org/ovf/envelope/1/"',
-    'xmlns:rasd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/'
-    'CIM_ResourceAllocationSettingData"',
-    'xmlns:vssd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/'
-    'CIM_VirtualSystemSettingData"',
-    'xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"',
-])
+from engine_client.ovfwriter import BLANK, NAMESPACES
 
 
 @dataclass

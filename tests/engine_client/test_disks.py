@@ -36,6 +36,7 @@ from engine_client.ovf import parse
 from engine_client.poolsync import PoolSync
 from engine_client.updater import Updater
 from engine_client.vms import NewDisk, create_vm
+from tests.relay import TcpRelay
 from tests.stream.daemon import Daemon
 
 from .clusters import Member, stored
@@ -402,51 +403,26 @@ async def test_vm_on_three_domains_and_from_template(world: World, loop_device: 
     assert tpl["uuid"] in (await stored(m1)).ovfs
 
 
-class Relay:
-    """TCP to a daemon; ``stall`` holds each connection after ``limit`` bytes
-    downstream until ``release``; ``kill`` drops everything (a host gone)."""
+class Relay(TcpRelay):
+    """TCP to a daemon; while ``stalling`` is set, each connection is held
+    after ``limit`` bytes downstream until ``go``; ``kill`` drops everything
+    (a host gone)."""
 
     def __init__(self, port: int, limit: int) -> None:
-        self.target, self.limit = port, limit
+        self.limit = limit
         self.stalling = threading.Event()
         self.go = threading.Event()
         self.stalled = threading.Event()
-        self.socks: list[socket.socket] = []
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__(port)
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.sock.accept()
-                upstream = socket.create_connection(("127.0.0.1", self.target))
-            except OSError:
-                return
-            self.socks += [client, upstream]
-            threading.Thread(target=self._pipe, args=(client, upstream, False),
-                             daemon=True).start()
-            threading.Thread(target=self._pipe, args=(upstream, client, True),
-                             daemon=True).start()
-
-    def _pipe(self, src: socket.socket, dst: socket.socket, down: bool) -> None:
-        moved = 0
-        try:
-            while data := src.recv(1 << 16):
-                if down and moved + len(data) > self.limit and self.stalling.is_set():
-                    self.stalled.set()
-                    self.go.wait()
-                dst.sendall(data)
-                moved += len(data)
-        except OSError:
-            pass
-        for s in (src, dst):
-            with contextlib.suppress(OSError):
-                s.shutdown(socket.SHUT_RDWR)
-            s.close()
+    def _chunk(self, conn: int, down: bool, moved: int, size: int) -> bool:
+        if down and moved + size > self.limit and self.stalling.is_set():
+            self.stalled.set()
+            self.go.wait()
+        return True
 
     def kill(self) -> None:
-        self.sock.close()
+        self.close()
         for s in self.socks:
             with contextlib.suppress(OSError):
                 s.shutdown(socket.SHUT_RDWR)
@@ -513,14 +489,8 @@ async def test_checksum_difference_never_removes_the_source(world: World) -> Non
     assert summary["source_removed"]
 
 
-async def test_destination_fills_up(world: World) -> None:
-    w = world
-    mnt = w.tmp / "tiny"
-    mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)],
-                       capture_output=True, text=True)
-    if r.returncode:
-        pytest.skip(f"mounting a tmpfs needs root: {r.stderr.strip()}")
+async def test_destination_fills_up(tiny_fs: Path, world: World) -> None:
+    w, mnt = world, tiny_fs  # the mount outlives the daemons (fixture order)
     try:
         sd = "71a70000-0000-4000-8000-000000000001"
         status, body = w.b.request("POST", "/domains", {
@@ -549,7 +519,6 @@ async def test_destination_fills_up(world: World) -> None:
         assert (w.tmp / "big2.raw").read_bytes() == src.read_bytes()
     finally:
         await asyncio.to_thread(w.b.stop)  # let go of the mount before unmounting
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def cli(w: World, *args: str, **kw: Any) -> subprocess.Popen[str]:

@@ -3,16 +3,14 @@ cuts the connection once (an injected network fault)."""
 
 from __future__ import annotations
 
-import contextlib
 import os
-import socket
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from engine_client.imagetransfer import Client, TransferError, download, upload
+from tests.relay import TcpRelay
 from tests.stream.daemon import Daemon
 
 MiB = 1 << 20
@@ -34,48 +32,15 @@ def sparse_image(path: Path, size: int) -> bytes:
     return path.read_bytes()
 
 
-class CuttingRelay:
+class CuttingRelay(TcpRelay):
     """Forwards TCP to the daemon; the first connection dies after ``cut`` bytes upstream."""
 
     def __init__(self, port: int, cut: int) -> None:
-        self.target, self.cut, self.cuts = port, cut, 0
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
+        self.cut = cut
+        super().__init__(port)
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.sock.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(("127.0.0.1", self.target))
-            limit = self.cut if self.cuts == 0 else None
-            if limit is not None:
-                self.cuts += 1
-            threading.Thread(target=self._pipe, args=(client, upstream, limit),
-                             daemon=True).start()
-            threading.Thread(target=self._pipe, args=(upstream, client, None),
-                             daemon=True).start()
-
-    @staticmethod
-    def _pipe(src: socket.socket, dst: socket.socket, limit: int | None) -> None:
-        moved = 0
-        try:
-            while data := src.recv(1 << 16):
-                dst.sendall(data)
-                moved += len(data)
-                if limit is not None and moved >= limit:
-                    break
-        except OSError:
-            pass
-        for s in (src, dst):
-            with contextlib.suppress(OSError):
-                s.shutdown(socket.SHUT_RDWR)
-            s.close()
-
-    def close(self) -> None:
-        self.sock.close()
+    def _chunk(self, conn: int, down: bool, moved: int, size: int) -> bool:
+        return down or conn > 0 or moved < self.cut
 
 
 def test_upload_then_download(daemon: Daemon, tmp_path: Path) -> None:

@@ -407,24 +407,15 @@ async def test_cancel(client: Client, two_file_domains: tuple[str, str], faulty:
     assert not await legal(client, dst)  # the destination is marked incomplete
 
 
-async def test_destination_fills_up(client: Client, tmp_path: Path, faulty: Any) -> None:
-    mnt = tmp_path / "tiny"
-    mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)],
-                       capture_output=True, text=True)
-    if r.returncode:
-        pytest.skip(f"mounting a tmpfs needs root: {r.stderr.strip()}")
-    try:
-        sd = await add_domain(client, mnt, ovf_stores=1, ovf_store_size=MiB)
-        await set_pool(client, {sd: ("file", str(mnt))})
-        data = os.urandom(8 * MiB)
-        dst = await new_volume(client, sd, len(data))  # sparse: fits until written
-        job = await wait(client, await start_copy(client, {"url": await faulty(
-            FaultySource(data))}, dst))
-        assert job["state"] == "failed"
-        assert job["error"] == "no space left on the storage"
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
+async def test_destination_fills_up(client: Client, tiny_fs: Path, faulty: Any) -> None:
+    sd = await add_domain(client, tiny_fs, ovf_stores=1, ovf_store_size=MiB)
+    await set_pool(client, {sd: ("file", str(tiny_fs))})
+    data = os.urandom(8 * MiB)
+    dst = await new_volume(client, sd, len(data))  # sparse: fits until written
+    job = await wait(client, await start_copy(client, {"url": await faulty(
+        FaultySource(data))}, dst))
+    assert job["state"] == "failed"
+    assert job["error"] == "no space left on the storage"
 
 
 async def test_bad_copy_requests(client: Client, two_file_domains: tuple[str, str]) -> None:

@@ -38,6 +38,14 @@ def ovf_xml(vm: str, n: int) -> bytes:
             f"</ovf:Envelope>").encode() + b" " * (n % 700)
 
 
+def add_info(t: tarfile.TarFile, sd: str) -> None:
+    """A minimal ``info.json`` (no manifest) as a tar's first entry."""
+    info = tarfile.TarInfo("info.json")
+    data = b'{"Last Updated": "x", "Storage Domains": [{"uuid": "' + sd.encode() + b'"}]}'
+    info.size = len(data)
+    t.addfile(info, io.BytesIO(data))
+
+
 def build_tar(
     sd: str, count: int = 5, *, with_manifest: bool = True
 ) -> tuple[bytes, dict[str, bytes]]:
@@ -153,10 +161,7 @@ def evil_tar(kind: str, sd: str) -> bytes:
         return good[:i] + b"<Name>vm-X" + good[i + 10 :]
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as t:
-        info = tarfile.TarInfo("info.json")
-        data = b'{"Last Updated": "x", "Storage Domains": [{"uuid": "' + sd.encode() + b'"}]}'
-        info.size = len(data)
-        t.addfile(info, io.BytesIO(data))
+        add_info(t, sd)
         ti = tarfile.TarInfo(f"{uuid.uuid4()}.ovf")
         if kind == "dotdot":
             ti.name = f"../{uuid.uuid4()}.ovf"
@@ -231,10 +236,7 @@ async def test_oversized_stream(aiohttp_client: Any, aiohttp_server: Any, cfg: C
     # store's capacity is 1 MiB less its 4 KiB commit record).
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as t:
-        info = tarfile.TarInfo("info.json")
-        data = b'{"Last Updated": "x", "Storage Domains": [{"uuid": "' + sd.encode() + b'"}]}'
-        info.size = len(data)
-        t.addfile(info, io.BytesIO(data))
+        add_info(t, sd)
         t.addfile(big, io.BytesIO(os.urandom(big.size)))
     code, body = await push(client, sd, buf.getvalue()[: 64 * 1024])
     assert (code, body) == (422, {
