@@ -8,19 +8,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import logging
-import signal
 import sqlite3
 import sys
-from collections.abc import Awaitable, Callable
 from dataclasses import asdict
-from typing import Any
 
 from stream.wire.errors import WireError
 
-from . import __version__, config, diskcli, flowcli, importer, localhash, report
+from . import __version__, config, diskcli, flowcli, importer, localhash, loopcli, report
 from .cache import Cache
 from .errors import EngineError, InvalidInput, NotFound
 from .model import VmStatus, parse_domain_status
@@ -143,19 +139,14 @@ def _positive(text: str) -> int:
     return value
 
 
-def _out(args: argparse.Namespace, data: Any, text: Callable[[], str]) -> None:
-    print(json.dumps(data, indent=2, sort_keys=True) if getattr(args, "json", False)
-          else text())
-
-
 def _vm(cache: Cache, cfg: config.Config, args: argparse.Namespace) -> int:
     a = args.action
     if a == "import":
         done = importer.import_dir(cache, args.directory, cfg.max_ovf_size, args.domain,
                                    importer.parse_disk_domains(args.disk_domain))
-        _out(args, [asdict(i) for i in done], lambda: report.imported(done))
+        report.out(args, [asdict(i) for i in done], lambda: report.imported(done))
     elif a == "list":
-        _out(args, [asdict(e) for e in cache.entities()], lambda: report.entities(cache))
+        report.out(args, [asdict(e) for e in cache.entities()], lambda: report.entities(cache))
     elif a == "ovf":
         data = cache.ovf(args.vm, cached=args.cached)
         if data is None:
@@ -183,7 +174,7 @@ def _domain(cache: Cache, args: argparse.Namespace) -> int:
         cache.set_domain_status(args.uuid, parse_domain_status(args.status))
     else:
         found, stores = cache.domains(), cache.stores()
-        _out(args, [asdict(d) for d in found], lambda: report.domains(found, stores))
+        report.out(args, [asdict(d) for d in found], lambda: report.domains(found, stores))
     return 0
 
 
@@ -204,78 +195,9 @@ def _host(cache: Cache, args: argparse.Namespace) -> int:
     else:
         hosts = cache.hosts()
         data = [{"name": h.name, "url": h.url, "domains": list(h.domains)} for h in hosts]
-        _out(args, data, lambda: report.table(
+        report.out(args, data, lambda: report.table(
             ["name", "url", "domains"], [(h.name, h.url, ",".join(h.domains)) for h in hosts]))
     return 0
-
-
-async def _ovf(cache: Cache, cfg: config.Config, args: argparse.Namespace) -> int:
-    if args.action == "status":
-        stores = cache.stores()
-        _out(args, [{**asdict(s), "stored": sorted(s.stored)} for s in stores],
-             lambda: report.stores(stores))
-        return 0
-    from .updater import Updater  # aiohttp: only for commands that talk to hosts
-
-    updater = Updater(cache, cfg)
-    try:
-        if not args.once:
-            await _until_stopped(updater.run_forever(), updater.trigger)
-            return 0
-        result = await updater.run_once(retry_now=args.retry_now)
-    finally:
-        await updater.close()
-    _out(args, result.to_json(), lambda: report.update_pass(result))
-    return 0 if result.ok else 1
-
-
-async def _pool(cache: Cache, cfg: config.Config, args: argparse.Namespace) -> int:
-    from .poolsync import PoolSync
-
-    sync = PoolSync(cache, cfg)
-    try:
-        if args.action == "sync":
-            await _until_stopped(sync.run_forever())
-            return 0
-        if args.action == "push":
-            hosts = await sync.sync_once(force=True, only=args.host)
-        else:
-            hosts = await sync.status(only=args.host)
-    finally:
-        await sync.close()
-    _out(args, [asdict(h) for h in hosts], lambda: report.pool(hosts))
-    bad = ("failed", "unreachable", "out-of-sync", "waiting")
-    return 1 if any(h.state in bad for h in hosts) else 0
-
-
-async def _run(cache: Cache, cfg: config.Config) -> int:
-    from .poolsync import PoolSync
-    from .updater import Updater
-
-    updater, sync = Updater(cache, cfg), PoolSync(cache, cfg)
-
-    async def both() -> None:
-        await asyncio.gather(updater.run_forever(), sync.run_forever())
-
-    try:
-        await _until_stopped(both(), updater.trigger)
-    finally:
-        await updater.close()
-        await sync.close()
-    return 0
-
-
-async def _until_stopped(work: Awaitable[None], on_usr1: Callable[[], None] | None = None
-                         ) -> None:
-    """Run ``work`` until SIGTERM or SIGINT; SIGUSR1 calls ``on_usr1``."""
-    loop = asyncio.get_running_loop()
-    task = asyncio.ensure_future(work)
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, task.cancel)
-    if on_usr1 is not None:
-        loop.add_signal_handler(signal.SIGUSR1, on_usr1)
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
 
 
 def _dispatch(cfg: config.Config, args: argparse.Namespace) -> int:
@@ -291,10 +213,10 @@ def _dispatch(cfg: config.Config, args: argparse.Namespace) -> int:
         if args.command == "host":
             return _host(cache, args)
         if args.command == "ovf":
-            return asyncio.run(_ovf(cache, cfg, args))
+            return asyncio.run(loopcli.ovf(cache, cfg, args))
         if args.command == "pool":
-            return asyncio.run(_pool(cache, cfg, args))
-        return asyncio.run(_run(cache, cfg))
+            return asyncio.run(loopcli.pool(cache, cfg, args))
+        return asyncio.run(loopcli.run(cache, cfg))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,7 +18,8 @@ import xxhash
 
 from .errors import InvalidInput, NotFound
 from .model import SNAPSHOT_LOCKED, SNAPSHOT_OK, Disk, Entity, Snapshot, VmStatus
-from .ovf import Ovf, canonical_uuid, set_shareable, set_storage_ids
+from .ovf import Ovf, canonical_uuid
+from .ovfedit import set_shareable, set_storage_ids
 
 SELECT = ("SELECT e.*, b.size AS ovf_size FROM entities e "
            "LEFT JOIN blobs b ON b.digest = e.ovf_digest")

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
+import json
 import time
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from .cache import Cache
 from .entities import Imported
@@ -13,6 +15,12 @@ from .model import Domain, Store, VmStatus
 if TYPE_CHECKING:  # they import aiohttp: slow for commands that need no network
     from .poolsync import HostReport
     from .updater import PassReport
+
+
+def out(args: argparse.Namespace, data: Any, text: Callable[[], str]) -> None:
+    """Print ``data`` as JSON with ``--json``, else the table ``text()`` makes."""
+    print(json.dumps(data, indent=2, sort_keys=True) if getattr(args, "json", False)
+          else text())
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:

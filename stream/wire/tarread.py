@@ -38,8 +38,9 @@ from .manifest import (
     parse_info,
     parse_metadata,
 )
+from .tarbody import Entry
 from .tarheader import BLOCK, EOF_SIZE, ZERO_BLOCK
-from .tarstream import BadTar, Entry, TarStream
+from .tarstream import BadTar, TarStream
 
 __all__ = ["BadTar", "Entry", "OvfTarReader", "Summary", "index"]
 

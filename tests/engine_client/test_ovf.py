@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from engine_client.ovf import OvfError, parse, set_shareable, set_storage_ids
+from engine_client.ovf import OvfError, parse
+from engine_client.ovfedit import set_shareable, set_storage_ids
 
 from .ovfs import DiskSpec, vm_ovf
 
