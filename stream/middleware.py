@@ -59,7 +59,10 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     except web.HTTPException as e:
         if e.status < 400:
             raise
-        return error_response(request, e.status, e.reason.lower().replace(" ", "-"), e.reason)
+        resp = error_response(request, e.status, e.reason.lower().replace(" ", "-"), e.reason)
+        if "Allow" in e.headers:  # 405: RFC 9110 §15.5.6 requires it
+            resp.headers["Allow"] = e.headers["Allow"]
+        return resp
     except (Error, WireError) as e:
         started = request.get(RESPONSE)
         if started is not None and started.prepared:

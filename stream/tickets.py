@@ -8,13 +8,14 @@ URL.  Tickets live in memory only; a restarted daemon knows none.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
 import time
 import urllib.parse
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from volume.base import Volume
 from volume.errors import Conflict, Forbidden, InvalidRequest, NotFound
@@ -40,6 +41,20 @@ _FIELDS: dict[str, tuple[type, bool]] = {
     "dirty": (bool, False),
 }
 _OPS = ("read", "write")
+#: Timeouts are seconds added to monotonic time, a float: 2**32 s (136
+#: years) is plenty and keeps the sum exact; 10**400 would overflow it.
+MAX_TIMEOUT = 2**32
+
+
+def check_timeout(name: str, value: Any) -> int:
+    """``value`` if it is a valid timeout in seconds, else InvalidRequest."""
+    if not isinstance(value, int) or isinstance(value, bool) \
+            or not 0 <= value <= MAX_TIMEOUT:
+        raise InvalidRequest(
+            f"Invalid value for {name!r}: {value!r}, expecting an integer "
+            f"between 0 and {MAX_TIMEOUT}"
+        )
+    return value
 
 
 def parse_ticket(body: Any, default_inactivity: int) -> dict[str, Any]:
@@ -60,9 +75,14 @@ def parse_ticket(body: Any, default_inactivity: int) -> dict[str, Any]:
                 f"Invalid ticket: Invalid value for {name!r}: {value!r} is not {kind.__name__}"
             )
         clean[name] = value
-    for name in ("size", "timeout", "inactivity_timeout"):
-        if clean.get(name, 0) < 0:
-            raise InvalidRequest(f"Invalid ticket: Invalid value for {name!r}: must be >= 0")
+    if clean["size"] < 0:
+        raise InvalidRequest("Invalid ticket: Invalid value for 'size': must be >= 0")
+    for name in ("timeout", "inactivity_timeout"):
+        if name in clean:
+            try:
+                check_timeout(name, clean[name])
+            except InvalidRequest as e:
+                raise InvalidRequest(f"Invalid ticket: {e}") from None
     ops = clean["ops"]
     if not ops or any(op not in _OPS for op in ops):
         raise InvalidRequest(f"Invalid ticket: Invalid value for 'ops': {ops!r}")
@@ -92,6 +112,35 @@ def parse_ticket(body: Any, default_inactivity: int) -> dict[str, Any]:
     return clean
 
 
+class Connection(Protocol):
+    """An HTTP connection (aiohttp's protocol): closed once ``transport`` is None."""
+
+    @property
+    def transport(self) -> asyncio.BaseTransport | None: ...
+
+
+class RangeSet:
+    """Disjoint byte ranges ``[start, end)``; adding merges what overlaps or touches."""
+
+    def __init__(self) -> None:
+        self._starts: list[int] = []
+        self._ends: list[int] = []
+
+    def add(self, start: int, end: int) -> None:
+        if start >= end:
+            return
+        first = bisect.bisect_left(self._ends, start)  # the first ending at or after start
+        last = bisect.bisect_right(self._starts, end)  # past the last starting at or before end
+        if first < last:
+            start = min(start, self._starts[first])
+            end = max(end, self._ends[last - 1])
+        self._starts[first:last] = [start]
+        self._ends[first:last] = [end]
+
+    def total(self) -> int:
+        return sum(self._ends) - sum(self._starts)
+
+
 @dataclass(eq=False)
 class Ticket:
     uuid: str
@@ -110,9 +159,13 @@ class Ticket:
     volume_info: VolumeInfo | None = None
     volume: Volume | None = None
     expires: float = 0.0
+    #: When the last operation completed (monotonic): idle_time counts from it.
+    accessed: float = 0.0
     canceled: bool = False
-    transferred: int = 0
-    connections: int = 0
+    #: Bytes completed operations covered, merged, as imageio counts them.
+    transferred: RangeSet = field(default_factory=RangeSet)
+    #: Connections that used this ticket; closed ones are dropped when counted.
+    _connections: set[Connection] = field(default_factory=set)
     _ongoing: int = 0
     _idle: asyncio.Event = field(default_factory=asyncio.Event)
     open_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -126,7 +179,25 @@ class Ticket:
         return self.transfer_id or f"ticket/{self.uuid[:18]}"
 
     def touch(self) -> None:
-        self.expires = time.monotonic() + self.timeout
+        """Re-arm the expiry and mark activity (after an operation, on OPTIONS)."""
+        self.accessed = time.monotonic()
+        self.expires = self.accessed + self.timeout
+
+    def extend(self, timeout: int) -> None:
+        """Expire ``timeout`` seconds from now, as imageio's PATCH does: the
+        ticket's own timeout (re-armed after each operation) and its idle
+        time stay."""
+        self.expires = time.monotonic() + timeout
+
+    def attach(self, conn: Connection) -> None:
+        """Count ``conn`` among the ticket's connections while it is open."""
+        if conn not in self._connections:
+            self._connections = {c for c in self._connections if c.transport is not None}
+            self._connections.add(conn)
+
+    @property
+    def connections(self) -> int:
+        return sum(1 for c in self._connections if c.transport is not None)
 
     def renew(self, new: Ticket) -> None:
         """Take the fields of ``new``, a re-add of this ticket for the same
@@ -185,10 +256,10 @@ class Ticket:
             "canceled": self.canceled,
             "connections": self.connections,
             "expires": int(self.expires),
-            "idle_time": 0 if self._ongoing else int(now - (self.expires - self.timeout)),
+            "idle_time": 0 if self._ongoing else int(now - self.accessed),
         }
         if len(self.ops) == 1:
-            d["transferred"] = self.transferred
+            d["transferred"] = self.transferred.total()
         if self.volume_info is not None:
             info = self.volume_info
             d.update(sd_id=info.sd_uuid, img_id=info.img_uuid, vol_id=info.vol_uuid)

@@ -43,6 +43,9 @@ async def read_json(request: web.Request) -> dict[str, Any]:
         msg = json.loads(raw)
     except ValueError as e:
         raise InvalidRequest(f"Invalid JSON message: {e}") from None
+    except RecursionError:
+        # "[[[[..." nested deeper than the parser recurses; fits in MAX_JSON.
+        raise InvalidRequest("Invalid JSON message: nested too deeply") from None
     if not isinstance(msg, dict):
         raise InvalidRequest("Invalid JSON message: expecting an object")
     return msg

@@ -15,7 +15,7 @@ from volume.validate import check_uuid
 from ..auth import ENGINE
 from ..pool import Access
 from ..state import AUTH, CONFIG, IO_KEY, POOL
-from ..tickets import Ticket, parse_ticket
+from ..tickets import Ticket, check_timeout, parse_ticket
 from .common import read_json
 
 log = logging.getLogger(__name__)
@@ -73,11 +73,9 @@ async def get_ticket(request: web.Request) -> web.Response:
 async def patch_ticket(request: web.Request) -> web.Response:
     ticket = request.app[AUTH].get(request.match_info["ticket_id"])
     msg = await read_json(request)
-    timeout = msg.get("timeout")
-    if not isinstance(timeout, int) or isinstance(timeout, bool) or timeout < 0:
-        raise InvalidRequest(f"Invalid value for 'timeout': {timeout!r}")
-    ticket.timeout = timeout
-    ticket.touch()
+    if "timeout" not in msg:
+        raise InvalidRequest("Missing required value for 'timeout'")
+    ticket.extend(check_timeout("timeout", msg["timeout"]))
     return web.Response(status=200)
 
 

@@ -35,6 +35,7 @@ routes = web.RouteTableDef()
 def _authorize(request: web.Request, op: str) -> Ticket:
     ticket = request.app[AUTH].authorize(request.match_info["ticket_id"], op)
     transfer_id.set(ticket.log_id)
+    ticket.attach(request.protocol)
     return ticket
 
 
@@ -86,7 +87,7 @@ async def put(request: web.Request) -> web.Response:
             ) from None
         if flush:
             await io.run(volume.flush)
-        ticket.transferred += written
+        ticket.transferred.add(offset, offset + written)
     if expected and hasher is not None and hasher.hexdigest() != expected:
         raise ChecksumMismatch(
             f"xxh3_128 of the received data is {hasher.hexdigest()}, "
@@ -126,9 +127,8 @@ async def get(request: web.Request) -> web.StreamResponse:
         await resp.prepare(request)
         if r.length:
             with download.ResponseSink(request, resp) as sink:
-                ticket.transferred += await download.send(
-                    sink, io, volume, r.start, r.end, ticket.check
-                )
+                sent = await download.send(sink, io, volume, r.start, r.end, ticket.check)
+                ticket.transferred.add(r.start, r.start + sent)
         await resp.write_eof()
     return resp
 
@@ -137,7 +137,9 @@ async def get(request: web.Request) -> web.StreamResponse:
 async def patch(request: web.Request) -> web.Response:
     ticket = _authorize(request, "write")
     msg = await read_json(request)
-    op = msg.get("op")
+    if "op" not in msg:
+        raise InvalidRequest("Missing required value for 'op'")
+    op = msg["op"]
     if op not in ("zero", "flush"):
         raise InvalidRequest(
             f"Unsupported value {op!r} for 'op', expecting one of ['flush', 'zero']"
@@ -161,6 +163,7 @@ async def patch(request: web.Request) -> web.Response:
         await _zero(request, ticket, volume, offset, size)
         if flush:
             await io.run(volume.flush)
+        ticket.transferred.add(offset, offset + size)
     return _ok(request)
 
 
@@ -206,8 +209,9 @@ async def options(request: web.Request) -> web.Response:
     writable = ticket.may("write")
     body: dict[str, Any] = {
         "features": features if writable else ["checksum", "extents"],
+        # The backend's, whatever the ticket allows (imageio does the same).
         "max_readers": caps.max_readers,
-        "max_writers": caps.max_writers if writable else 0,
+        "max_writers": caps.max_writers,
     }
     allow = "OPTIONS,GET,PUT,PATCH" if writable else "OPTIONS,GET"
     return web.json_response(body, headers={"Allow": allow})

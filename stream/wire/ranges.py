@@ -44,8 +44,11 @@ def parse_range(header: str, size: int) -> ByteRange:
     m = _RANGE.match(value)
     if m is None:
         raise BadRange(f"invalid Range header: {header!r}", size)
-    first = int(m.group(1))
-    last = int(m.group(2)) if m.group(2) else size - 1
+    try:
+        first = int(m.group(1))
+        last = int(m.group(2)) if m.group(2) else size - 1
+    except ValueError:  # more digits than int() converts
+        raise BadRange(f"invalid Range header: {header[:100]!r}", size) from None
     if first > last:
         raise BadRange(f"invalid range {first}-{last}: first byte after last", size)
     if first >= size:
@@ -71,11 +74,14 @@ def parse_content_range(header: str) -> ContentRange:
     m = _CONTENT_RANGE.match(header.strip())
     if m is None:
         raise BadContentRange(f"invalid Content-Range header: {header!r}")
-    first = int(m.group(1))
-    end = None if m.group(2) == "*" else int(m.group(2)) + 1
+    try:
+        first = int(m.group(1))
+        end = None if m.group(2) == "*" else int(m.group(2)) + 1
+        complete = None if m.group(3) == "*" else int(m.group(3))
+    except ValueError:  # more digits than int() converts
+        raise BadContentRange(f"invalid Content-Range header: {header[:100]!r}") from None
     if end is not None and end <= first:
         raise BadContentRange(f"invalid Content-Range {header!r}: first byte after last")
-    complete = None if m.group(3) == "*" else int(m.group(3))
     return ContentRange(first, end, complete)
 
 
