@@ -135,7 +135,7 @@ def _transfer(cache: Cache, cfg: Config, args: argparse.Namespace,
     progress.emit({"event": "ticket", "host": opened.host, **opened.ref.to_json()})
     try:
         return transfers.run(opened, args.file, upload, progress.bytes(opened.size),
-                             cfg.http.ca_file or None)
+                             cfg.http.ca_file or None, total=progress.set_total)
     except KeyboardInterrupt:
         again = f" with --disk {opened.ref.img_uuid}" if upload else ""
         raise EngineError(f"interrupted; run the command again{again} to finish it") from None

@@ -5,7 +5,7 @@ The copy itself is ``disks.transfer`` for a disk of one volume and
 verified before the new domain is recorded in the cache (the next OVF
 pass rewrites both domains' stores).  A move then removes the source
 volumes, top first; the removal is journaled before the cache changes, so
-one that fails is done by the next run of the command.
+one that fails is done by the next copy or move of the disk.
 """
 
 from __future__ import annotations
@@ -86,6 +86,10 @@ async def copy_disk(ctx: Ctx, disk_uuid: str, dst_sd: str, *, move: bool,
     if src_sd == dst_sd:
         removed = await _remove_pending(ctx, disk, dst_sd) if move else None
         return {**summary, "already_there": True, "source_removed": removed is not None}
+    # First what an earlier move left: its entry names another domain than
+    # src_sd (removed now, before this move's entry replaces it), or src_sd
+    # itself (that move died before recording: the disk lives there).
+    await _remove_pending(ctx, disk, src_sd)
     chain = await source_chain(ctx.clients(serving(ctx.cache, src_sd)[0]), src_sd, disk)
     if len(chain) == 1:
         dst = VolumeRef(dst_sd, disk, str(chain[0]["vol_uuid"]))

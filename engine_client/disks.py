@@ -186,12 +186,14 @@ async def copy_volume(ctx: Ctx, src_sd: str, image: str, src: dict[str, Any], ds
     sc, dc = ctx.clients(src_host), ctx.clients(dst_host)
     old = await get_volume(dc, dst)
     reused = old is not None
+    # Even beside a volume to reuse: a stale snapshot left on top of it would
+    # hide the copied data from the guest.
+    others = [v for v in await list_volumes(dc, dst.sd_uuid, dst.img_uuid)
+              if v.get("vol_uuid") not in chain | {dst.vol_uuid}]
+    if others:
+        raise DiskError(f"storage domain {dst.sd_uuid} already holds other volumes of "
+                        f"disk {dst.img_uuid}; remove them first")
     if old is None:
-        others = [v for v in await list_volumes(dc, dst.sd_uuid, dst.img_uuid)
-                  if v.get("vol_uuid") not in chain]
-        if others:
-            raise DiskError(f"storage domain {dst.sd_uuid} already holds other volumes of "
-                            f"disk {dst.img_uuid}; remove them first")
         await create_volume(dc, dst, size, target, allocation or str(src["allocation"]),
                             f"copy of {image} from {src_sd}", parent=parent)
         ctx.report({"event": "volume", "action": "created", **dst.to_json()})

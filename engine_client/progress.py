@@ -72,6 +72,12 @@ class Progress:
 
         return moved
 
+    def set_total(self, total: int) -> None:
+        """The bytes a transfer will move, once it knows them (its data: a
+        sparse image's holes, a qcow2 file's unused tail never travel)."""
+        self._total = total
+        self.position(self._done, total, "transferring")
+
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()

@@ -106,14 +106,16 @@ async def close(ctx: Ctx, opened: Opened) -> None:
 
 
 def run(opened: Opened, path: str, upload: bool, progress: Callable[[int], None],
-        cafile: str | None) -> dict[str, Any]:
-    """Move the bytes (blocking); TransferError becomes DiskError."""
+        cafile: str | None, total: Callable[[int], None] = lambda n: None
+        ) -> dict[str, Any]:
+    """Move the bytes (blocking); TransferError becomes DiskError.  ``total``
+    gets the bytes of data to move, before ``progress`` counts them."""
     try:
         with imagetransfer.Client(opened.url, cafile=cafile) as client:
             if upload:
-                result = imagetransfer.upload(path, client, progress)
+                result = imagetransfer.upload(path, client, progress, total)
             else:
-                result = imagetransfer.download(client, path, progress)
+                result = imagetransfer.download(client, path, progress, total)
     except imagetransfer.TransferError as e:
         verb = "upload" if upload else "download"
         raise DiskError(f"the {verb} failed: {e}") from None

@@ -1,6 +1,6 @@
 """A TCP relay to a local daemon, in threads, for tests that break the
 network on purpose: a subclass decides per chunk (``_chunk``) whether it
-goes on, waits or ends the connection."""
+goes on, waits or ends the connection, or (``_forward``) what of it goes on."""
 
 from __future__ import annotations
 
@@ -21,6 +21,12 @@ class TcpRelay:
         """Before ``size`` more bytes after ``moved`` of connection ``conn``
         (0 first), downstream or not; False ends the connection."""
         return True
+
+    def _forward(self, conn: int, down: bool, moved: int, data: bytes) -> tuple[bytes, bool]:
+        """What of ``data`` to pass on, and whether the connection goes on
+        after it; by default all of it or nothing, as ``_chunk`` says."""
+        go_on = self._chunk(conn, down, moved, len(data))
+        return (data if go_on else b""), go_on
 
     def close(self) -> None:
         """Accept no more connections."""
@@ -44,10 +50,11 @@ class TcpRelay:
         moved = 0
         try:
             while data := src.recv(1 << 16):
-                if not self._chunk(conn, down, moved, len(data)):
-                    break
+                data, go_on = self._forward(conn, down, moved, data)
                 dst.sendall(data)
                 moved += len(data)
+                if not go_on:
+                    break
         except OSError:
             pass
         for s in (src, dst):

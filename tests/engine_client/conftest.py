@@ -55,6 +55,13 @@ def add_domain(cache: Cache, tmp_path: Path) -> Callable[..., str]:
     return add
 
 
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    d = Daemon(tmp_path_factory.mktemp("host") / "data")
+    yield d
+    d.stop()
+
+
 @pytest.fixture
 def daemons(tmp_path: Path) -> Iterator[Callable[[], Daemon]]:
     """Start real ``sluice serve`` daemons: ``daemons() -> Daemon``; stopped at teardown."""

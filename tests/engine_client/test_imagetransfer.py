@@ -4,7 +4,6 @@ cuts the connection once (an injected network fault)."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,13 +13,6 @@ from tests.relay import TcpRelay
 from tests.stream.daemon import Daemon
 
 MiB = 1 << 20
-
-
-@pytest.fixture(scope="module")
-def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
-    d = Daemon(tmp_path_factory.mktemp("host") / "data")
-    yield d
-    d.stop()
 
 
 def sparse_image(path: Path, size: int) -> bytes:
