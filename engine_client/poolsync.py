@@ -30,6 +30,8 @@ from typing import Any
 
 import aiohttp
 
+from stream.wire.poolmap import MAX_MAP_VERSION
+
 from .cache import Cache
 from .config import Config
 from .errors import HostError
@@ -50,6 +52,19 @@ class HostReport:
     state: str = "in-sync"
     detail: str | None = None
     domains: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def check_stats(host: str, stats: dict[str, Any]) -> dict[str, Any]:
+    """``stats`` if it has the shape of a ``GET /stats`` answer; HostError if not
+    (not a Sluice host, or a broken one: one such host must not stop the sync)."""
+    domains = stats.get("domains")
+    if (not isinstance(stats.get("pool_id"), str)
+            or type(stats.get("map_version")) is not int
+            or not isinstance(domains, dict)
+            or not all(isinstance(d, dict) for d in domains.values())):
+        raise HostError(host, f"GET /stats answered a malformed report: {str(stats)[:200]}",
+                        code="bad-answer")
+    return stats
 
 
 def storage_errors(expected: Mapping[str, Any], stats: Mapping[str, Any]) -> dict[str, str]:
@@ -103,7 +118,7 @@ class PoolSync:
         expected = await asyncio.to_thread(self.cache.host_map, host.name)
         report = HostReport(host.name, host.url, expected["map_version"])
         try:
-            stats = await self._client(host).stats()
+            stats = check_stats(host.name, await self._client(host).stats())
         except HostError as e:
             report.state, report.detail = "unreachable", e.detail
             return report
@@ -128,7 +143,7 @@ class PoolSync:
         report = HostReport(host.name, host.url, expected["map_version"])
         state = await asyncio.to_thread(self.cache.host_sync, host.name)
         try:
-            stats = await client.stats()
+            stats = check_stats(host.name, await client.stats())
         except HostError as e:
             # Not recorded as last_error, which is about pushes: a host back
             # from a restart must get its map at once.
@@ -170,7 +185,8 @@ class PoolSync:
             return await client.put_pool(expected), expected
         except HostError as e:
             newer = e.body.get("map_version")
-            if e.code != "stale-map" or not isinstance(newer, int):
+            if (e.code != "stale-map" or type(newer) is not int
+                    or not 0 <= newer < MAX_MAP_VERSION):
                 raise
         log.warning("host %s holds map version %d, newer than the engine's; moving past it",
                     name, newer)

@@ -17,6 +17,7 @@ hash too.  Zero ranges are trusted from the zero operation's success.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import mmap
 import ssl
@@ -174,13 +175,18 @@ class RemoteSource:
                 if resp.status != 200:
                     raise SourceError(f"source answered {resp.status} for {path or 'GET'}: "
                                       f"{(await resp.text())[:200].strip()}")
-                return await resp.json()
+                body = await resp.read()
         except aiohttp.ClientError as e:
             raise SourceError(f"source host unreachable: {e}") from None
+        try:
+            return json.loads(body)
+        except ValueError:
+            raise SourceError(f"source answered {path} with something else than JSON: "
+                              f"{body[:100]!r}") from None
 
     async def spans(self) -> list[Span]:
         extents = await self._get("/extents", params={"context": "zero"})
-        spans = [Span(int(e["start"]), int(e["length"]), bool(e["zero"])) for e in extents]
+        spans = _spans(extents)
         self.size = spans[-1].end if spans else 0
         return merge(spans, self.size)
 
@@ -211,13 +217,32 @@ class RemoteSource:
         # while it also serves the transfer: allow for a slow one.
         timeout = aiohttp.ClientTimeout(total=None, connect=10,
                                         sock_read=IDLE_TIMEOUT + self.size / CHECKSUM_MIN_RATE)
-        result: dict[str, Any] = await self._get(
+        result = await self._get(
             "/checksum", params={"algorithm": ALGORITHM, "block_size": str(BLOCK_SIZE)},
             timeout=timeout)
+        if not isinstance(result, dict) or not isinstance(result.get("checksum"), str):
+            raise SourceError(f"source answered /checksum without a checksum: "
+                              f"{str(result)[:100]}")
         return result
 
     async def close(self) -> None:
         await self._session.close()
+
+
+def _spans(extents: Any) -> list[Span]:
+    """A source's ``/extents`` answer: extents that tile the image from 0."""
+    spans: list[Span] = []
+    for e in extents if isinstance(extents, list) else [extents]:
+        if not isinstance(e, dict):
+            raise SourceError(f"source answered /extents with {str(extents)[:100]}")
+        start, length, zero = e.get("start"), e.get("length"), e.get("zero")
+        end = spans[-1].end if spans else 0
+        if (type(start) is not int or type(length) is not int or type(zero) is not bool
+                or start != end or length <= 0):
+            raise SourceError(f"source answered /extents with a bad extent at offset {end}: "
+                              f"{str(e)[:100]}")
+        spans.append(Span(start, length, zero))
+    return spans
 
 
 async def zero(io: IO, dst: Volume, span: Span, punch: bool, step: int) -> None:

@@ -2,7 +2,9 @@
 
 A job runs as one asyncio task; ``GET /jobs/{id}`` reads its progress and
 ``DELETE /jobs/{id}`` cancels it.  Finished jobs stay visible for a while so
-the engine can read how they ended.
+the engine can read how they ended.  At most ``MAX_RUNNING`` jobs run at
+once (each holds several I/O buffers); the others wait ``pending``.  Two
+active jobs never write the same volume.
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ log = logging.getLogger(__name__)
 
 #: Finished jobs are forgotten after this long (the engine polls far more often).
 KEEP_FINISHED = 3600.0
+#: Jobs running at once; more wait their turn.  A copy keeps about four
+#: buffers and two I/O workers busy.
+MAX_RUNNING = 4
 
 
 @dataclass(eq=False)
@@ -34,7 +39,13 @@ class Job:
     finished: float | None = None
     error: str | None = None
     result: dict[str, Any] = field(default_factory=dict)
+    #: The volumes the job writes and reads, (sd, img, vol): an active job
+    #: writing a volume excludes any other active job using it.
+    writes: tuple[str, str, str] | None = None
+    reads: tuple[str, str, str] | None = None
     task: asyncio.Task[None] | None = None
+    #: Why the job was stopped from outside (see stop), if it was.
+    stopped: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         elapsed = (self.finished or time.monotonic()) - self.started
@@ -50,28 +61,50 @@ class Job:
     def active(self) -> bool:
         return self.state in ("pending", "running", "verifying")
 
+    def stop(self, reason: str) -> None:
+        """Fail the job, saying why: what it uses went away (not a cancel
+        by request)."""
+        if self.task is not None and not self.task.done() and self.stopped is None:
+            self.stopped = reason
+            self.task.cancel()
+
 
 class Jobs:
-    def __init__(self) -> None:
+    def __init__(self, max_running: int = MAX_RUNNING) -> None:
         self._jobs: dict[str, Job] = {}
+        self._slots = asyncio.Semaphore(max_running)
 
     def start(self, job: Job, run: Callable[[Job], Awaitable[None]]) -> Job:
         self._expire()
         old = self._jobs.get(job.id)
         if old is not None and old.active:
             raise Conflict(f"job {job.id} is still {old.state}")
+        for other in self._jobs.values():
+            if not other.active:
+                continue
+            for mine, theirs in ((job.writes, other.writes), (job.writes, other.reads),
+                                 (job.reads, other.writes)):
+                if mine is not None and mine == theirs:
+                    raise Conflict(f"volume {'/'.join(mine)} is in use by job {other.id}, "
+                                   f"still {other.state}")
         self._jobs[job.id] = job
         job.task = asyncio.create_task(self._run(job, run), name=f"job-{job.id}")
         return job
 
     async def _run(self, job: Job, run: Callable[[Job], Awaitable[None]]) -> None:
-        job.state = "running"
         try:
-            await run(job)
+            async with self._slots:
+                job.state = "running"
+                job.started = time.monotonic()
+                await run(job)
             job.state = "done"
         except asyncio.CancelledError:
-            job.state = "canceled"
-            job.error = "canceled by request"
+            if job.stopped is not None:
+                job.state, job.error = "failed", job.stopped
+                log.warning("job %s failed: %s", job.id, job.stopped)
+            else:
+                job.state = "canceled"
+                job.error = "canceled by request"
         except Error as e:
             job.state, job.error = "failed", e.detail
             log.warning("job %s failed: %s", job.id, e.detail)

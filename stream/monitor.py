@@ -65,17 +65,31 @@ class Monitor:
         self.interval = interval
         self.timeout = timeout
         self.health: dict[str, Health] = {}
+        #: The storage (type, location) each health result is about.
+        self._checked: dict[str, tuple[str, tuple[str, ...]]] = {}
         self._executor = ThreadPoolExecutor(4, thread_name_prefix="monitor")
         self._wake = asyncio.Event()
         self._pool: PoolMap | None = None
 
     def update(self, pool: PoolMap) -> None:
-        """A new map is in force: forget dropped domains, check now."""
+        """A new map is in force: forget dropped or moved domains, check now.
+
+        A domain whose storage moved (another directory or other devices)
+        is unchecked until its new location is: the old one's health says
+        nothing about it.
+        """
         self._pool = pool
         for sd in list(self.health):
-            if sd not in pool.domains:
+            if not self._current(pool, sd, self._checked[sd]):
                 del self.health[sd]
+                del self._checked[sd]
         self._wake.set()
+
+    @staticmethod
+    def _current(pool: PoolMap | None, sd: str, storage: tuple[str, tuple[str, ...]]) -> bool:
+        """Whether ``storage`` (type, location) is still where ``sd`` is."""
+        entry = pool.domains.get(sd) if pool is not None else None
+        return entry is not None and (entry.type, entry.location) == storage
 
     async def check_all(self) -> None:
         pool = self._pool
@@ -93,8 +107,10 @@ class Monitor:
                            f"check did not finish in {self.timeout} s")
             if not h.reachable:
                 log.warning("domain %s unreachable: %s", entry.uuid, h.error)
-            if self._pool is not None and entry.uuid in self._pool.domains:
+            storage = (entry.type, entry.location)
+            if self._current(self._pool, entry.uuid, storage):
                 self.health[entry.uuid] = h
+                self._checked[entry.uuid] = storage
 
         await asyncio.gather(*(one(e) for e in pool.domains.values()))
 

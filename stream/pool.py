@@ -26,7 +26,7 @@ from typing import Any
 from volume.errors import Conflict, InvalidRequest, NotFound
 from volume.validate import check_uuid
 
-from .wire.poolmap import DOMAIN_TYPES, OVF_WRITABLE, Status, domain_json
+from .wire.poolmap import DOMAIN_TYPES, MAX_MAP_VERSION, OVF_WRITABLE, Status, domain_json
 
 __all__ = ["ALLOWED", "DOMAIN_TYPES", "Access", "DomainEntry", "PoolMap", "Status"]
 
@@ -105,8 +105,10 @@ def parse(body: Any) -> PoolMap:
         raise InvalidRequest(f"unknown pool map fields: {', '.join(sorted(unknown))}")
     pool_id = check_uuid(body.get("pool_id"), "pool_id")
     version = body.get("map_version")
-    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-        raise InvalidRequest(f"map_version must be an integer >= 1, not {version!r}")
+    if (not isinstance(version, int) or isinstance(version, bool)
+            or not 1 <= version <= MAX_MAP_VERSION):
+        raise InvalidRequest(
+            f"map_version must be an integer from 1 to {MAX_MAP_VERSION}, not {version!r}")
     domains_json = body.get("domains")
     if not isinstance(domains_json, dict):
         raise InvalidRequest("domains must be an object of {uuid: {type, location, status}}")
@@ -130,7 +132,8 @@ def parse(body: Any) -> PoolMap:
             ) from None
         loc = d.get("location")
         locs = (loc,) if isinstance(loc, str) else tuple(loc) if isinstance(loc, list) else ()
-        if not locs or not all(isinstance(p, str) and p.startswith("/") for p in locs):
+        if not locs or not all(isinstance(p, str) and p.startswith("/") and "\0" not in p
+                               for p in locs):
             raise InvalidRequest(f"domain {sd}: location must be an absolute path (or a list)")
         if dtype == "file" and len(locs) != 1:
             raise InvalidRequest(f"domain {sd}: a file domain has exactly one directory")

@@ -3,7 +3,8 @@
 Holds the map (in memory only), the domain registry derived from it (where
 ticket paths may point), and the monitor's view of each domain.  Applying a
 map that makes open tickets illegal cancels them: a write ticket on a domain
-that left ``Active``, any ticket on a domain that left the map.
+that left ``Active``, any ticket on a domain that left the map.  Other users
+of domains (copy jobs) :meth:`~PoolManager.watch` the map to do the same.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from volume.domains import Domain, DomainRegistry
@@ -43,6 +45,7 @@ class PoolManager:
         self._remove_timeout = remove_timeout
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._watchers: set[Callable[[PoolMap], None]] = set()
         self.current = PoolMap(pool_id="", map_version=0, master_domain=None)
         self.registry = DomainRegistry()
 
@@ -75,7 +78,15 @@ class PoolManager:
                 reason = self._illegal(ticket, new)
                 if reason:
                     self._cancel(ticket, reason)
+            for watcher in list(self._watchers):
+                watcher(new)
             return True
+
+    def watch(self, watcher: Callable[[PoolMap], None]) -> Callable[[], None]:
+        """Call ``watcher`` with every map put in force from now on, until
+        the returned function is called."""
+        self._watchers.add(watcher)
+        return lambda: self._watchers.discard(watcher)
 
     def _install(self, pool: PoolMap) -> None:
         registry = DomainRegistry()

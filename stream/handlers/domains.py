@@ -8,7 +8,7 @@ looking up work on any domain in the map.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeGuard
 
 from aiohttp import web
 
@@ -42,14 +42,20 @@ def _format(msg: dict[str, Any]) -> StorageDomain:
     sd = check_uuid(msg.get("uuid"), "storage domain")
     kind, location = msg.get("type"), msg.get("location")
     if kind == "file":
-        if not isinstance(location, str):
-            raise InvalidRequest("a file domain's location is one directory path")
+        if not _is_path(location):
+            raise InvalidRequest("a file domain's location is one absolute directory path")
         return create_file_domain(location, sd)
     if kind == "block":
-        if not isinstance(location, list) or not all(isinstance(p, str) for p in location):
-            raise InvalidRequest("a block domain's location is a list of device paths")
+        if not isinstance(location, list) or not all(map(_is_path, location)):
+            raise InvalidRequest("a block domain's location is a list of absolute device "
+                                 "paths")
         return create_block_domain(location, sd)
     raise InvalidRequest(f"domain type must be 'file' or 'block', not {kind!r}")
+
+
+def _is_path(value: object) -> TypeGuard[str]:
+    """An absolute path, as the pool map takes it (never the daemon's cwd)."""
+    return isinstance(value, str) and value.startswith("/") and "\0" not in value
 
 
 @routes.post("/domains", name=ENGINE + "create-domain")

@@ -8,7 +8,7 @@ from typing import Any
 
 from aiohttp import web
 
-from volume.errors import InvalidRequest
+from volume.errors import Conflict, Error, InvalidRequest
 from volume.sd import VolumeInfo, open_data
 from volume.validate import check_uuid
 
@@ -16,7 +16,7 @@ from .. import convert
 from ..auth import ENGINE
 from ..copy import LocalSource, RemoteSource, Source, copy
 from ..jobs import Job
-from ..pool import Access
+from ..pool import Access, PoolMap
 from ..state import CONFIG, IO_KEY, JOBS, POOL
 from .common import read_json
 
@@ -36,8 +36,18 @@ async def _volume(request: web.Request, spec: Any, access: Access, what: str) ->
 def _ssl(spec: dict[str, Any]) -> ssl.SSLContext | bool:
     if spec.get("insecure") is True:
         return False
-    ctx = ssl.create_default_context(cafile=spec.get("cafile") or None)
-    return ctx
+    cafile = spec.get("cafile") or None
+    if cafile is not None and not isinstance(cafile, str):
+        raise InvalidRequest(f"source cafile must be a file name, not {cafile!r}")
+    try:
+        return ssl.create_default_context(cafile=cafile)
+    except OSError as e:  # missing, unreadable, or not PEM (ssl.SSLError)
+        raise InvalidRequest(f"source cafile {cafile} cannot be used: "
+                             f"{e.strerror or e}") from None
+
+
+def _key(info: VolumeInfo) -> tuple[str, str, str]:
+    return info.sd_uuid, info.img_uuid, info.vol_uuid
 
 
 @routes.post("/jobs/copy", name=ENGINE + "copy")
@@ -59,9 +69,30 @@ async def start_copy(request: web.Request) -> web.Response:
         ctx = _ssl(spec)
     else:
         src_info = await _volume(request, spec, Access.READ, "source")
+        if _key(src_info) == _key(dst):
+            raise InvalidRequest("the source and the destination are the same volume")
+        if not src_info.legal:
+            raise Conflict(f"source volume {'/'.join(_key(src_info))} is incomplete (a copy "
+                           "into it failed or is running)")
+        if src_info.size > dst.size:
+            raise InvalidRequest(f"the destination ({dst.size} bytes) is smaller than the "
+                                 f"source ({src_info.size} bytes)")
     described = {"source": spec, "destination": msg.get("destination")}
 
-    storage = await io.run(request.app[POOL].registry.storage, dst.sd_uuid)
+    mgr = request.app[POOL]
+    storage = await io.run(mgr.registry.storage, dst.sd_uuid)
+
+    def check_map(pool: PoolMap) -> None:
+        """The job's domains must keep allowing it (raises if not)."""
+        pool.check(dst.sd_uuid, Access.WRITE)
+        if src_info is not None:
+            pool.check(src_info.sd_uuid, Access.READ)
+
+    def map_changed(pool: PoolMap) -> None:
+        try:
+            check_map(pool)
+        except Error as e:
+            job.stop(f"the pool map changed: {e.detail}")
 
     async def run(job: Job) -> None:
         # Incomplete until verified: a failed or canceled copy leaves it so.
@@ -91,7 +122,12 @@ async def start_copy(request: web.Request) -> web.Response:
                 await source.close()
             await io.run(volume.close)
 
-    job = request.app[JOBS].start(Job(job_id, "copy", described), run)
+    check_map(mgr.current)  # it may have changed while we looked the volumes up
+    job = request.app[JOBS].start(Job(job_id, "copy", described, writes=_key(dst),
+                                     reads=_key(src_info) if src_info else None), run)
+    unwatch = mgr.watch(map_changed)
+    assert job.task is not None
+    job.task.add_done_callback(lambda _: unwatch())
     return web.json_response(job.to_json(), status=201)
 
 

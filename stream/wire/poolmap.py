@@ -35,6 +35,10 @@ OVF_WRITABLE = frozenset({Status.ACTIVE, Status.PREPARING_FOR_MAINTENANCE, Statu
 
 DOMAIN_TYPES = ("file", "block")
 
+#: The largest map version: the engine keeps it in a signed 64-bit integer
+#: (SQLite's, Java's long), so a host must never hold a bigger one.
+MAX_MAP_VERSION = 2**63 - 1
+
 
 def domain_json(type: str, location: Sequence[str], status: Status) -> dict[str, Any]:
     """One domain of the map: a file domain's location is its directory, a
