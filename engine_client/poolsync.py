@@ -161,7 +161,9 @@ class PoolSync:
         interval = self.cfg.pool.error_resend_interval
         if reason is None and errors:
             if state.last_resend is not None and now - state.last_resend < interval:
-                report.detail = "storage errors: " + "; ".join(errors.values())
+                report.state = "out-of-sync"  # as status() says; resent after the interval
+                report.detail = ("storage errors: " + "; ".join(errors.values())
+                                 + f"; the map is sent again at most every {interval:g} s")
                 return report
             reason = "storage error on " + "; ".join(f"domain {sd}: {e}"
                                                      for sd, e in errors.items())

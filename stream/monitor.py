@@ -14,6 +14,7 @@ import contextlib
 import logging
 import os
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -113,6 +114,19 @@ class Monitor:
                 self._checked[entry.uuid] = storage
 
         await asyncio.gather(*(one(e) for e in pool.domains.values()))
+
+    async def run_check(self, check: Callable[[PoolMap], None], pool: PoolMap) -> None:
+        """``check(pool)`` (blocking) in the monitor's executor; a check that
+        does not finish in time is given up on (and may go on in its
+        thread): the storage it waits for is what the monitor reports."""
+        loop = asyncio.get_running_loop()
+        try:
+            await asyncio.wait_for(loop.run_in_executor(self._executor, check, pool),
+                                   self.timeout)
+        except TimeoutError:
+            log.warning("checking the locations of map version %d took over %s s; "
+                        "applying it, the monitor reports what is unreachable",
+                        pool.map_version, self.timeout)
 
     async def run(self) -> None:
         while True:

@@ -68,7 +68,7 @@ class PoolManager:
         async with self._lock:
             if not decide(self.current, new):
                 return False
-            await self._io.run(check_locations, new)
+            await self.monitor.run_check(check_locations, new)
             old = self.current
             self._install(new)
             log.info("pool %s: map version %d -> %d: %s", new.pool_id, old.map_version,

@@ -67,8 +67,6 @@ async def test_version_must_grow(client: Client, sd: tuple[str, str]) -> None:
                  "malformed UUID", id="malformed-uuid"),
     pytest.param(lambda m: next(iter(m["domains"].values())).update(status="Sleepy"),
                  "unknown status 'Sleepy'", id="unknown-status"),
-    pytest.param(lambda m: next(iter(m["domains"].values())).update(location="/nonexistent"),
-                 "cannot be used", id="missing-location"),
     pytest.param(lambda m: next(iter(m["domains"].values())).update(location="/etc/hostname"),
                  "is not a directory", id="location-not-dir"),
     pytest.param(lambda m: next(iter(m["domains"].values())).update(type="block"),
@@ -185,3 +183,28 @@ async def test_stats_report_health_and_version(client: Client, sd: tuple[str, st
     d = stats["domains"][sd[0]]
     assert d["reachable"] is True and d["total"] > 0 and 0 <= d["free"] <= d["total"]
     assert d["latency"] >= 0 and d["last_check"] > 0
+
+
+async def test_an_unreachable_location_is_applied_and_reported(
+    client: Client, sd: tuple[str, str], tmp_path: Path
+) -> None:
+    """A map may be what tells the host that a domain whose storage is gone
+    is Inactive: it must apply.  The monitor then reports the domain
+    unreachable, and I/O on it is refused with that reason."""
+    gone = str(uuid.uuid4())
+    status, body = await put_pool(client, pool_map(4, {
+        sd[0]: (sd[1], "Active"), gone: (str(tmp_path / "unmounted"), "Active")}))
+    assert status == 200, body
+    app = client.app
+    assert app is not None
+    from stream.state import POOL
+
+    await app[POOL].monitor.check_all()
+    stats = await (await client.get("/stats")).json()
+    assert stats["map_version"] == 4
+    assert stats["domains"][gone]["reachable"] is False
+    assert "No such file" in stats["domains"][gone]["error"]
+    assert stats["domains"][sd[0]]["reachable"] is True
+    resp = await client.get(f"/domains/{gone}/volumes")
+    assert resp.status == 409
+    assert "unreachable" in (await resp.json())["detail"]
