@@ -13,10 +13,13 @@ checksum must equal the local file's, or the transfer fails.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
 import ssl
+import stat
+import tempfile
 import time
 import urllib.parse
 from collections.abc import Callable
@@ -258,26 +261,54 @@ def _put(client: Client, f: Any, start: int, end: int, progress: Progress) -> No
 
 def download(client: Client, path: str, progress: Progress = lambda n: None,
              total: Progress = lambda n: None) -> Result:
-    """``progress`` and ``total`` as for ``upload``."""
+    """``progress`` and ``total`` as for ``upload``.
+
+    The image goes into a new file next to ``path`` and replaces it only
+    once its checksum matches the host's: a download that fails leaves
+    whatever ``path`` held (the last good copy) as it was.
+    """
     extents = client.json("GET", "/extents?context=zero")
     size = extents[-1]["start"] + extents[-1]["length"] if extents else 0
     total(sum(e["length"] for e in extents if not e["zero"]))
-    # Truncated first: the zero extents are never written, so no old byte may stay.
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    target = os.path.abspath(path)
     try:
-        os.ftruncate(fd, size)
-        data_bytes = 0
-        for e in extents:
-            if e["zero"]:
-                continue  # a hole in a new sparse file reads as zeros
-            start, end = e["start"], e["start"] + e["length"]
-            data_bytes += end - start
-            for s in range(start, end, MAX_REQUEST):
-                _get(client, fd, s, min(s + MAX_REQUEST, end), progress)
+        mode = stat.S_IMODE(os.stat(target).st_mode)
+    except FileNotFoundError:
+        mode = 0o644
+    fd, part = tempfile.mkstemp(dir=os.path.dirname(target),
+                                prefix=f".{os.path.basename(target)}.", suffix=".part")
+    try:
+        try:
+            os.fchmod(fd, mode)
+            # A new file: the zero extents are never written, holes read as zeros.
+            os.ftruncate(fd, size)
+            data_bytes = 0
+            for ext in extents:
+                if ext["zero"]:
+                    continue
+                start, end = ext["start"], ext["start"] + ext["length"]
+                data_bytes += end - start
+                for s in range(start, end, MAX_REQUEST):
+                    _get(client, fd, s, min(s + MAX_REQUEST, end), progress)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        result = _verify(client, part, size, data_bytes)
+        os.rename(part, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(part)
+        raise
+    _fsync_dir(os.path.dirname(target))
+    return result
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
         os.fsync(fd)
     finally:
         os.close(fd)
-    return _verify(client, path, size, data_bytes)
 
 
 def _get(client: Client, fd: int, start: int, end: int, progress: Progress) -> None:

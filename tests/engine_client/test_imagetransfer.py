@@ -119,3 +119,38 @@ def test_bad_url_and_unreachable_host(tmp_path: Path) -> None:
     with pytest.raises(TransferError, match="connection failed"), \
             Client("http://127.0.0.1:9/images/t", retries=1) as c:
         upload(str(src), c)
+
+
+class DeadAfterRelay(TcpRelay):
+    """Every answer from the daemon dies after ``cut`` bytes: the download
+    can never finish, whatever it retries."""
+
+    def __init__(self, port: int, cut: int) -> None:
+        self.cut = cut
+        super().__init__(port)
+
+    def _chunk(self, conn: int, down: bool, moved: int, size: int) -> bool:
+        return not down or moved + size <= self.cut
+
+
+def test_a_failed_download_keeps_the_old_file(daemon: Daemon, tmp_path: Path) -> None:
+    image = daemon.images / "keep.raw"
+    image.write_bytes(os.urandom(8 * MiB))
+    url = daemon.add_ticket(image, ops=["read"])
+    old = tmp_path / "disk.raw"
+    old.write_bytes(b"the last good copy")
+    old.chmod(0o600)
+    relay = DeadAfterRelay(daemon.port, cut=MiB)
+    try:
+        relayed = url.replace(f":{daemon.port}/", f":{relay.port}/")
+        with Client(relayed, retries=2) as c, pytest.raises(TransferError, match="3 times"):
+            download(c, str(old))
+    finally:
+        relay.close()
+    assert old.read_bytes() == b"the last good copy"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["disk.raw"]  # no .part left
+    with Client(url) as c:  # and a download that succeeds replaces it, mode kept
+        download(c, str(old))
+    assert old.read_bytes() == image.read_bytes()
+    assert old.stat().st_mode & 0o777 == 0o600
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["disk.raw"]
