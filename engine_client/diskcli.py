@@ -25,6 +25,7 @@ if TYPE_CHECKING:  # aiohttp and tqdm: imported only by the commands that need t
 T = TypeVar("T")
 CANCELED = ("canceled: the copy job was stopped on its host; the source is untouched and "
             "the destination is marked incomplete, so running the command again copies anew")
+OPEN_CANCELED = "canceled before any byte moved; nothing was left on the host"
 
 
 def add_disk_parsers(sub: Any) -> None:
@@ -116,7 +117,8 @@ def run_disk(cache: Cache, cfg: Config, args: argparse.Namespace) -> int:
                     f"({summary['data_bytes']} bytes of data), checksum {summary['checksum']}")
     except asyncio.CancelledError:
         progress.close()
-        print(f"sluice-engine: {CANCELED}", file=sys.stderr)
+        print(f"sluice-engine: {CANCELED if a in ('copy', 'move') else OPEN_CANCELED}",
+              file=sys.stderr)
         return 1
     finally:
         progress.close()

@@ -11,6 +11,7 @@ resume into the volume an interrupted run created.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import struct
@@ -27,6 +28,7 @@ from .hostvol import (
     add_ticket,
     create_volume,
     delete_ticket,
+    delete_volume,
     list_volumes,
     ticket_size,
 )
@@ -80,12 +82,18 @@ async def open_upload(ctx: Ctx, path: str, sd_uuid: str, disk: str | None) -> Op
                             "upload into a new disk instead")
         ref = VolumeRef(sd, img, str(v["vol_uuid"]))
         allocation = str(v["allocation"])
-    else:
-        ref = VolumeRef(sd, img, str(uuid.uuid4()))
-        allocation = "sparse"
-        await create_volume(c, ref, virtual, fmt, allocation, f"upload of {os.path.basename(path)}")
+        url = await add_ticket(c, ref, size, ["write"], sparse=allocation == "sparse")
+        return Opened(ref, url, host.name, size, fmt)
+    ref = VolumeRef(sd, img, str(uuid.uuid4()))
+    await create_volume(c, ref, virtual, fmt, "sparse", f"upload of {os.path.basename(path)}")
+    try:
         ctx.report({"event": "volume", "action": "created", **ref.to_json()})
-    url = await add_ticket(c, ref, size, ["write"], sparse=allocation == "sparse")
+        url = await add_ticket(c, ref, size, ["write"], sparse=True)
+    except BaseException:  # a Ctrl-C too: nothing was written, leave nothing behind
+        with contextlib.suppress(EngineError):
+            await asyncio.shield(delete_volume(c, ref))
+        ctx.report({"event": "volume", "action": "removed", **ref.to_json()})
+        raise
     return Opened(ref, url, host.name, size, fmt)
 
 

@@ -367,3 +367,27 @@ async def test_the_checksum_of_a_big_image_may_take_longer_than_other_answers(
     result = await asyncio.to_thread(run)
     assert result.checksum == expected["checksum"]
     assert len(calls) == 3  # one for _verify, then the short one and its retry
+
+
+async def test_an_upload_canceled_while_opening_leaves_no_volume(
+        cluster: Cluster, cfg: Config, ctx: tuple[Ctx, list[dict[str, Any]]],
+        tmp_path: Path) -> None:
+    """Ctrl-C lands after the volume is created, before its ticket: the empty
+    volume is removed, not left for the user to find."""
+    (m,) = await cluster(1)
+    c, events = ctx
+    local = sparse_file(tmp_path / "up.raw", 8 * MiB)
+    task: asyncio.Task[transfers.Opened] | None = None
+
+    def report(event: dict[str, Any]) -> None:
+        events.append(event)
+        if event.get("action") == "created" and task is not None:
+            task.cancel()  # delivered at the next await: the ticket request
+
+    c.report = report
+    task = asyncio.ensure_future(transfers.open_upload(c, str(local), m.sd, None))
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    created = next(e for e in events if e.get("action") == "created")
+    assert any(e.get("action") == "removed" for e in events)
+    assert await volumes(c, m, created["img_id"]) == []
