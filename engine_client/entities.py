@@ -218,8 +218,10 @@ def set_locked(c: sqlite3.Connection, entity_uuid: str, locked: bool,
                         (SNAPSHOT_LOCKED if locked else SNAPSHOT_OK, e.uuid, s))
         what = f"snapshot {s}"
     else:
-        status = VmStatus.IMAGE_LOCKED if locked else VmStatus.DOWN
-        c.execute("UPDATE entities SET status = ? WHERE uuid = ?", (int(status), e.uuid))
+        # Unlocking ends ImageLocked (as oVirt, Down); any other status stays.
+        if locked or e.status == VmStatus.IMAGE_LOCKED:
+            status = VmStatus.IMAGE_LOCKED if locked else VmStatus.DOWN
+            c.execute("UPDATE entities SET status = ? WHERE uuid = ?", (int(status), e.uuid))
         return
     if cur.rowcount == 0:
         raise NotFound(f"{e.kind} {e.name} ({e.uuid}) has no {what}")

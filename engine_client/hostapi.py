@@ -110,7 +110,8 @@ class HostClient:
                 detail = f"{answer.get('error')}: {answer.get('detail', '')}".rstrip(": ")
                 code = str(answer["error"])
             else:
-                detail, code = body[:200].decode(errors="replace").strip(), "error"
+                detail, code = body[:200].decode(errors="replace"), "error"
+            detail = " ".join(detail.split())  # a proxy's HTML page: one line in messages
             raise HostError(self.host.name, f"{what} answered {status} {detail}",
                             status=status, code=code,
                             body=answer if isinstance(answer, dict) else None)

@@ -8,12 +8,22 @@ on an unknown domain) imports nothing and names the file.
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Mapping
 
 from .cache import Cache
 from .entities import Imported, ImportItem
 from .errors import InvalidInput
 from .ovf import canonical_uuid, parse
+
+
+def _read(path: str, limit: int) -> bytes:
+    """Up to ``limit`` bytes of a regular file.  Opened without blocking: a
+    FIFO named ``*.ovf`` would otherwise hang the import until a writer came."""
+    with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise InvalidInput(f"{path} is not a regular file")
+        return f.read(limit)
 
 
 def read_dir(directory: str, max_size: int) -> list[ImportItem]:
@@ -29,8 +39,7 @@ def read_dir(directory: str, max_size: int) -> list[ImportItem]:
     for name in names:
         path = os.path.join(directory, name)
         try:
-            with open(path, "rb") as f:
-                data = f.read(max_size + 1)
+            data = _read(path, max_size + 1)
         except OSError as e:
             raise InvalidInput(f"cannot read {path}: {e.strerror}") from None
         if len(data) > max_size:

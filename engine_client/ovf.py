@@ -160,12 +160,13 @@ def content_of(doc: Doc, source: str) -> ET.Element:
     if _local(doc.root.tag) != "Envelope":
         raise OvfError(f"{source} is not an OVF: its root element is "
                        f"<{_local(doc.root.tag)}>, not <Envelope>")
-    content = next(children(doc.root, "Content"), None)
-    if content is None:
-        content = next(children(doc.root, "VirtualSystem"), None)
-    if content is None:
+    found = [*children(doc.root, "Content"), *children(doc.root, "VirtualSystem")]
+    if not found:
         raise OvfError(f"{source} has no <Content> (virtual system) element")
-    return content
+    if len(found) > 1:  # the others would be dropped without a word
+        raise OvfError(f"{source} has {len(found)} <Content> (virtual system) elements; "
+                       "an OVF file describes one VM or template")
+    return found[0]
 
 
 def disk_items(content: ET.Element) -> Iterator[ET.Element]:

@@ -44,6 +44,13 @@ def _start_tag_end(data: bytes, at: int) -> int:
     raise ValueError("unterminated tag")
 
 
+def _require_utf8(data: bytes, source: str, what: str) -> None:
+    """Edits are UTF-8 bytes: refuse UTF-16, with a BOM or without one (then
+    its first character, ``<``, comes with a zero byte)."""
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")) or b"\0" in data[:4]:
+        raise OvfError(f"{source}: only UTF-8 OVFs can have their disks {what}")
+
+
 _SHAREABLE = re.compile(rb"""(\s)((?:[\w.-]+:)?shareable\s*=\s*)("[^"]*"|'[^']*')""")
 _DISK_ID = re.compile(rb"""\s([\w.-]+:)?diskId\s*=""")
 
@@ -52,8 +59,7 @@ def set_shareable(data: bytes, disk_uuid: str, shareable: bool, source: str = "O
     """``data`` with the ``shareable`` attribute of the disk's ``<Disk>`` in
     the DiskSection set; unchanged when the OVF has no such element.  Only
     that attribute's text changes (or it is added after ``diskId``)."""
-    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
-        raise OvfError(f"{source}: only UTF-8 OVFs can have their disks changed")
+    _require_utf8(data, source, "changed")
     image = next((d.image_uuid for d in parse(data, source).disks
                   if d.disk_uuid == disk_uuid), None)
     doc = build_doc(data, source)
@@ -90,8 +96,7 @@ def set_storage_ids(data: bytes, domains: Mapping[str, str], source: str = "OVF"
     those elements changes (or one is added after ``HostResource``), so the
     rest of the document stays byte for byte what the engine wrote.
     """
-    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
-        raise OvfError(f"{source}: only UTF-8 OVFs can have their disks moved")
+    _require_utf8(data, source, "moved")
     doc = build_doc(data, source)
     edits: list[tuple[int, int, bytes]] = []
     for item in disk_items(content_of(doc, source)):
@@ -103,12 +108,13 @@ def set_storage_ids(data: bytes, domains: Mapping[str, str], source: str = "OVF"
         storage = next(children(item, "StorageId"), None)
         if storage is not None:
             start, end = doc.spans[id(storage)]
-            content = _tag_end(data, start)
+            content = _start_tag_end(data, start)
             if data[content - 2:content] != b"/>":
                 edits.append((content, end, sd.encode()))
                 continue
-            tag = data[start + 1:content - 2].strip()  # <rasd:StorageId/>
-            edits.append((start, content, b"<%s>%s</%s>" % (tag, sd.encode(), tag)))
+            tag = data[start + 1:content - 2].rstrip()  # <rasd:StorageId .../>
+            edits.append((start, content, b"<%s>%s</%s>" % (tag, sd.encode(),
+                                                             tag.split()[0])))
             continue
         start, end = doc.spans[id(host)]
         prefix = data[start + 1:_tag_end(data, start) - 1].split()[0].rpartition(b":")[0]

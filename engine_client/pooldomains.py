@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import urllib.parse
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -72,6 +73,20 @@ def add_domain(c: sqlite3.Connection, sd_uuid: str, type: str, location: Sequenc
     return Domain(sd, type, tuple(location), status)
 
 
+def _check_url(name: str, url: str) -> None:
+    """Refuse a URL the engine routes cannot be appended to: no host, a bad
+    port, or a path, query or fragment (``/info/`` is added to it as it is)."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        ok = bool(parts.hostname) and (parts.port is None or parts.port > 0)
+    except ValueError:  # a bad port or IPv6 address
+        ok = False
+    if not ok or parts.path not in ("", "/") or parts.query or parts.fragment \
+            or "@" in parts.netloc or not url.isprintable() or " " in url:
+        raise InvalidInput(f"host {name}: the URL must be http(s)://ADDRESS[:PORT] with no "
+                           f"path, like http://127.0.0.1:54322, not {url!r}")
+
+
 def add_host(c: sqlite3.Connection, name: str, url: str, token: str,
              domains: Sequence[str]) -> Host:
     """Add a host, or change an existing one's URL, token and domains."""
@@ -79,6 +94,7 @@ def add_host(c: sqlite3.Connection, name: str, url: str, token: str,
         raise InvalidInput(f"a host name is one printable word, not {name!r}")
     if not url.startswith(("http://", "https://")):
         raise InvalidInput(f"host {name}: the URL must be http:// or https://, not {url!r}")
+    _check_url(name, url)
     if not token.strip():
         raise InvalidInput(f"host {name}: the engine token is empty")
     sds = [domain_row(c, sd).uuid for sd in domains]

@@ -178,7 +178,11 @@ def transaction(conn: sqlite3.Connection, write: bool = True) -> Iterator[sqlite
     conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
     try:
         yield conn
+        conn.execute("COMMIT")
     except BaseException:
-        conn.execute("ROLLBACK")
+        # SQLite may have rolled back already (a full disk, an I/O error):
+        # a second ROLLBACK would hide that error behind its own.  A failed
+        # COMMIT, though, can leave the transaction open.
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
         raise
-    conn.execute("COMMIT")
