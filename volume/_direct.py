@@ -97,11 +97,12 @@ def split(offset: int, length: int, block_size: int) -> list[tuple[int, int, boo
 
     At most three parts: an unaligned head within one block, a run of whole
     blocks (``whole_blocks=True``), and an unaligned tail within one block.
+    An empty range has no parts: no block is read-modify-written for it.
     """
     end = offset + length
     parts = []
     pos = offset
-    if pos % block_size:
+    if pos % block_size and pos < end:
         head_end = min(end, pos - pos % block_size + block_size)
         parts.append((pos, head_end - pos, False))
         pos = head_end

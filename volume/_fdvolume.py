@@ -73,11 +73,15 @@ class FdVolume:
     def close(self) -> None:
         if self._fd < 0:
             return
+        # Forget the descriptor before closing it: close(2) releases it even
+        # when it fails (EIO from NFS), so a second close() must not close
+        # the number again, by then perhaps another file's.
+        fd, self._fd = self._fd, -1
         self._io.close()
         self._fallocate.close()
-        os.close(self._fd)
-        log.debug("closed %s volume fd=%d", self.kind, self._fd)
-        self._fd = -1
+        with oserrors("close"):
+            os.close(fd)
+        log.debug("closed %s volume fd=%d", self.kind, fd)
 
     def _check_write(self, offset: int, length: int, what: str) -> None:
         """Refuse a write or zero the volume cannot take, before any I/O."""

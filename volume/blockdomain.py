@@ -259,12 +259,32 @@ class BlockDomain(BaseDomain):
                       key=lambda v: (v.img_uuid, v.vol_uuid))
 
     def lookup(self, img_uuid: str, vol_uuid: str) -> VolumeInfo:
-        return self._info(self._find(self._load()[1], img_uuid, vol_uuid))
+        table = self._load()[1]
+        entry = self._find(table, img_uuid, vol_uuid)
+        self._check_fit([entry])
+        return self._info(entry)
+
+    def _check_fit(self, entries: list[dict[str, Any]]) -> None:
+        """VolumeError if a volume of ``entries`` ends past its device: the
+        device shrank (an LV reduced, a LUN remapped) under the volume."""
+        sizes: dict[int, int] = {}
+        with oserrors("read device size"):
+            for dev in sorted({e["dev"] for e in entries}):
+                with _device(self._devices[dev]) as fd:
+                    sizes[dev] = _linux.device_size(fd)
+        for e in entries:
+            if e["offset"] + e["size"] > sizes[e["dev"]]:
+                log.error("volume %s/%s of sd=%s ends at %d, past the end of device %s "
+                          "(%d bytes)", e["img_uuid"], e["vol_uuid"], self._uuid,
+                          e["offset"] + e["size"], self._devices[e["dev"]], sizes[e["dev"]])
+                raise VolumeError(f"device {e['dev']} of storage domain {self._uuid} shrank: "
+                                  f"volume {e['img_uuid']}/{e['vol_uuid']} no longer fits")
 
     def space(self) -> Space:
         total = sum(end - AREA for end in self._sizes())
         used = sum(e["extent"] for e in self._load()[1]["volumes"])
-        return Space(total, total - used)
+        # Volumes past the end of a device that shrank count as used too.
+        return Space(total, max(0, total - used))
 
     def check(self) -> None:
         try:
@@ -275,7 +295,7 @@ class BlockDomain(BaseDomain):
                         or label.get("index") != index:
                     raise VolumeError(f"device {index} of storage domain {self._uuid} "
                                       "lost its label")
-            self._load()
+            self._check_fit(self._load()[1]["volumes"])
         except OSError as e:
             log.warning("domain check failed sd=%s: %s", self._uuid, e)
             raise VolumeError(f"storage domain {self._uuid} is unreachable") from e

@@ -39,8 +39,10 @@ def atomic_write(path: str, data: bytes, mode: int = 0o644) -> None:
             view = view[n:]
         os.fchmod(fd, mode)
         os.fsync(fd)
-        os.close(fd)
-        fd = -1
+        # Forgotten first: close(2) releases the descriptor even when it
+        # fails, so the cleanup below must not close that number again.
+        fd, closing = -1, fd
+        os.close(closing)
         os.rename(tmp, path)
         tmp = ""
         fsync_dir(directory)

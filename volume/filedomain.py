@@ -148,11 +148,14 @@ class FileDomain(BaseDomain):
                 remove_durable(data)
             try:
                 self._make_data(info, backing)
+                self._write_meta(info, READY)
             except BaseException:
+                # Not left for the next create of this UUID: the engine may
+                # never make one, and the data may hold the space that a
+                # failed metadata write lacked.
                 with contextlib.suppress(OSError):
                     remove_durable(data)
                 raise
-            self._write_meta(info, READY)
         log.info("created volume sd=%s img=%s vol=%s size=%d format=%s allocation=%s",
                  self._uuid, info.img_uuid, info.vol_uuid, info.size, info.format,
                  info.allocation)
@@ -209,7 +212,15 @@ class FileDomain(BaseDomain):
             fd = os.open(info.path, os.O_WRONLY)
             try:
                 if info.format == Format.RAW:
-                    self._grow_raw(fd, info.size, size, prealloc)
+                    old = os.fstat(fd).st_size
+                    try:
+                        self._grow_raw(fd, info.size, size, prealloc)
+                    except BaseException:
+                        # A fallocate that runs out of space keeps the blocks
+                        # it got and the size they reach (ext4): give them back.
+                        with contextlib.suppress(OSError):
+                            os.ftruncate(fd, old)
+                        raise
                 os.fsync(fd)
             finally:
                 os.close(fd)
@@ -235,7 +246,19 @@ class FileDomain(BaseDomain):
                 if children:
                     raise Conflict(f"Volume {info.img_uuid}/{info.vol_uuid} is the parent "
                                    f"of {', '.join(children)}")
-                self._write_meta(info, DELETING)
+                try:
+                    self._write_meta(info, DELETING)
+                except OSError as e:
+                    if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                        raise
+                    # The mark is a new file and the domain is full: free the
+                    # data first.  A crash before the mark leaves metadata
+                    # without data, which lookup refuses and deleting again
+                    # finishes.
+                    log.warning("domain full, removing the data of %s/%s before marking "
+                                "it deleted", info.img_uuid, info.vol_uuid)
+                    remove_durable(info.path)
+                    self._write_meta(info, DELETING)
             self._purge(info)
         log.info("deleted volume sd=%s img=%s vol=%s", self._uuid, info.img_uuid,
                  info.vol_uuid)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import weakref
 from dataclasses import asdict, dataclass
 from enum import StrEnum
 from typing import Any, ClassVar, Protocol
@@ -200,11 +201,28 @@ class StorageDomain(Protocol):
         ...
 
 
+# One lock per domain UUID while any object of the domain holds it.  The
+# pool manager opens new domain objects on every map change while requests
+# on the old ones still run, so a lock per object would let two of them
+# read the same volume table and commit over each other.
+_locks: weakref.WeakValueDictionary[str, threading.Lock] = weakref.WeakValueDictionary()
+_locks_guard = threading.Lock()
+
+
+def _domain_lock(sd_uuid: str) -> threading.Lock:
+    with _locks_guard:
+        lock = _locks.get(sd_uuid)
+        if lock is None:
+            lock = _locks[sd_uuid] = threading.Lock()
+        return lock
+
+
 class BaseDomain:
     """What the domain types share: identity, location, and a lock.
 
-    The lock only orders this process's threads; across hosts, one host
-    changes a domain at a time (the engine's SPM role).
+    The lock is shared by every object of the domain in this process, and
+    only orders this process's threads; across hosts, one host changes a
+    domain at a time (the engine's SPM role).
     """
 
     type: ClassVar[str]
@@ -212,7 +230,7 @@ class BaseDomain:
     def __init__(self, sd_uuid: str, location: tuple[str, ...]) -> None:
         self._uuid = sd_uuid
         self._location = location
-        self._lock = threading.Lock()
+        self._lock = _domain_lock(sd_uuid)
 
     @property
     def uuid(self) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -59,3 +60,26 @@ def fallocate_without(*modes: int) -> tuple[list[int], Callable[[int, int, int, 
         real(fd, mode, offset, length)
 
     return calls, fake
+
+
+@pytest.fixture
+def small_ext4(tmp_path: Path) -> Iterator[Path]:
+    """A real 32 MiB ext4 (on a loop mount), which fills up and which, unlike
+    tmpfs, keeps what a failed fallocate allocated; unmounted at teardown.
+    Skips the test when mkfs or mounting is not possible."""
+    image, mnt = tmp_path / "ext4.img", tmp_path / "ext4"
+    mnt.mkdir()
+    with open(image, "wb") as f:
+        f.truncate(32 << 20)
+    for cmd in (["mkfs.ext4", "-q", "-F", str(image)],
+                ["mount", "-o", "loop", str(image), str(mnt)]):
+        try:
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            pytest.skip(f"cannot make an ext4 filesystem: {e}")
+        if r.returncode != 0:
+            pytest.skip(f"cannot make an ext4 filesystem: {r.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)
