@@ -27,9 +27,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .blockdomain import open_block_domain
-from .durable import makedirs_durable
+from .durable import TMP_PREFIX, makedirs_durable
 from .errors import Forbidden, InvalidRequest, NotFound
-from .filedomain import DOMAIN_FILE, create_file_domain, open_file_domain
+from .filedomain import (
+    DOMAIN_FILE,
+    IMAGES,
+    META_SUFFIX,
+    create_file_domain,
+    open_file_domain,
+)
 from .sd import StorageDomain, VolumeInfo
 from .validate import check_uuid
 
@@ -152,10 +158,22 @@ class DomainRegistry:
                 if any(os.path.realpath(dev) == real for dev in d.devices):
                     return d, real
             elif d.type == "file":
-                root = os.path.realpath(d.path)
-                if real.startswith(root + os.sep):
+                images = os.path.join(os.path.realpath(d.path), IMAGES)
+                if real.startswith(images + os.sep):
+                    if _is_metadata(real):
+                        raise Forbidden(f"Invalid ticket: {path} is metadata of storage "
+                                        f"domain {d.uuid}, not an image")
                     return d, real
-        raise Forbidden(f"Invalid ticket: {path} is not inside a registered storage domain")
+        where = "" if stat.S_ISBLK(st.st_mode) else f" (under its {IMAGES}/ directory)"
+        raise Forbidden(f"Invalid ticket: {path} is not inside a registered storage "
+                        f"domain{where}")
+
+
+def _is_metadata(path: str) -> bool:
+    """A volume's metadata file, or a file being written in its place: a
+    ticket to one would let a transfer rewrite what the domain believes."""
+    name = os.path.basename(path)
+    return name.endswith(META_SUFFIX) or name.startswith(TMP_PREFIX)
 
 
 def load_or_create_default(data_dir: str) -> Domain:

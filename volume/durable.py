@@ -19,6 +19,9 @@ log = logging.getLogger(__name__)
 
 _ZEROS = bytes(1 << 20)
 
+#: Files being written by atomic_write start so (and are never an image).
+TMP_PREFIX = ".tmp-"
+
 
 def fsync_dir(path: str) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
@@ -31,7 +34,7 @@ def fsync_dir(path: str) -> None:
 def atomic_write(path: str, data: bytes, mode: int = 0o644) -> None:
     """Replace ``path`` with ``data`` durably and atomically."""
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".part")
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=TMP_PREFIX, suffix=".part")
     try:
         view = memoryview(data)
         while view:

@@ -18,7 +18,8 @@ async def test_upload_past_free_space_is_507(client: Client, tiny_fs: Path) -> N
         "domains": {sd: {"type": "file", "location": str(tiny_fs), "status": "Active"}},
     })
     assert resp.status == 200, await resp.text()
-    target = tiny_fs / "disk.raw"
+    (tiny_fs / "images").mkdir()
+    target = tiny_fs / "images" / "disk.raw"
     target.write_bytes(b"")
     size = 16 * MiB
     ticket: dict[str, Any] = {"uuid": str(uuid.uuid4()), "size": size, "ops": ["write"],

@@ -149,6 +149,22 @@ def test_resolve_outside(file_sd: FileDomain, tmp_path: Path) -> None:
         reg.resolve(str(link))
 
 
+def test_resolve_refuses_the_domains_metadata(file_sd: FileDomain) -> None:
+    """A ticket is for an image: never the domain's own metadata, which a
+    transfer could otherwise rewrite under the domain."""
+    reg = DomainRegistry()
+    reg.attach(file_sd)
+    info = file_sd.create_volume(new_id(), new_id(), MiB)
+    root = Path(file_sd.location[0])
+    partial = Path(info.path).parent / ".tmp-abc.part"
+    partial.write_bytes(b"")
+    for path, why in ((info.path + ".meta", "is metadata"), (str(partial), "is metadata"),
+                      (str(root / "domain.json"), "under its images/")):
+        with pytest.raises(Forbidden, match=why):
+            reg.resolve(path)
+    assert reg.resolve(info.path)[1] == os.path.realpath(info.path)
+
+
 def test_resolve_block_device_of_no_domain(file_sd: FileDomain,
                                            loop_device: LoopDeviceFactory) -> None:
     registered, stranger = loop_device(4 * MiB), loop_device(4 * MiB)
