@@ -51,8 +51,12 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         run(cfg)
+    except Error as e:
+        print(f"sluice: cannot start: {e}", file=sys.stderr)
+        return 2 if isinstance(e, config.InvalidConfig) else 1
     except OSError as e:
-        print(f"sluice: cannot start: {e.strerror or e}", file=sys.stderr)
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"sluice: cannot start: {where}{e.strerror or e}", file=sys.stderr)
         return 1
     return 0
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -40,13 +40,48 @@ log = logging.getLogger(__name__)
 RUNNER_KWARGS: dict[str, Any] = {"auto_decompress": False, "read_bufsize": 1 << 20}
 
 
+class Inflight:
+    """The requests being handled, so that a shutdown lets them finish.
+
+    aiohttp's own graceful shutdown stops reading every connection at once,
+    so an upload in flight waits for the rest of its body until the
+    shutdown timeout, and fails; the server waits on :meth:`idle` first.
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @web.middleware
+    async def middleware(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        self.count += 1
+        self._idle.clear()
+        try:
+            return await handler(request)
+        finally:
+            self.count -= 1
+            if not self.count:
+                self._idle.set()
+
+    async def idle(self) -> None:
+        await self._idle.wait()
+
+
+INFLIGHT = web.AppKey("inflight", Inflight)
+
+
 def make_app(cfg: Config, *, trust_tcp: bool = False) -> web.Application:
     """Build the application.  Tests pass ``trust_tcp=True`` to reach the
     engine routes through the aiohttp test client's TCP socket without a
     credential; the guard itself has its own tests."""
     tokens: list[str] = []
     guard = access_guard(lambda: tokens[0], bool(cfg.engine.ca), trust_tcp)
-    app = web.Application(middlewares=[errors, guard])
+    inflight = Inflight()
+    app = web.Application(middlewares=[inflight.middleware, errors, guard])
+    app[INFLIGHT] = inflight
     app[TOKEN] = tokens
     app[CONFIG] = cfg
     app[AUTH] = Authorizer()

@@ -17,6 +17,7 @@ import logging
 import os
 import secrets
 import socket
+import stat
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
@@ -45,6 +46,11 @@ def load_or_create_token(data_dir: str) -> str:
     try:
         with open(path) as f:
             token = f.read().strip()
+            mode = stat.S_IMODE(os.fstat(f.fileno()).st_mode)
+            if token and mode & 0o077:
+                # Whoever reads it may call every engine route on the data port.
+                os.fchmod(f.fileno(), 0o600)
+                log.warning("%s was mode %04o, readable by others: made it 0600", path, mode)
         if token:
             return token
     except FileNotFoundError:

@@ -16,9 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from volume import ovfstore
 from volume.errors import InvalidRequest
+from volume.validate import check_uuid
 
 MiB = 1 << 20
+#: What ``daemon.log_level`` may name (any case).
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 class InvalidConfig(InvalidRequest):
@@ -137,19 +141,38 @@ class Config:
         return self.data_path / "control.sock"
 
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+        """The effective config, the engine token masked: this output gets
+        pasted into bug reports."""
+        shown = dataclasses.asdict(self)
+        if self.engine.token:
+            shown["engine"]["token"] = "(set)"
+        return json.dumps(shown, indent=2, sort_keys=True)
 
 
-def _section(cls: type[Any], data: dict[str, Any], name: str) -> Any:
-    known = {f.name: f for f in dataclasses.fields(cls)}
+def _required(f: dataclasses.Field[Any]) -> bool:
+    return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+
+
+def _section(cls: type[Any], data: Any, name: str) -> Any:
+    if not isinstance(data, dict):
+        raise InvalidConfig(f"{name} must be a table, not {data!r}")
+    fields = dataclasses.fields(cls)
+    for f in fields:
+        if _required(f) and f.name not in data:
+            raise InvalidConfig(f"option {name}.{f.name} is required")
+    # The option types, from the defaults; the required options (a domain's
+    # uuid) are strings.
+    sample = cls(**{f.name: "" for f in fields if _required(f)})
     for key, value in data.items():
-        if key not in known:
+        if key not in {f.name for f in fields}:
             raise InvalidConfig(f"unknown option {name}.{key}")
-        expected = type(getattr(cls(), key)) if key != "uuid" else str
+        expected = type(getattr(sample, key))
         if not isinstance(value, expected) or isinstance(value, bool) != (expected is bool):
             raise InvalidConfig(
                 f"option {name}.{key} must be {expected.__name__}, not {value!r}"
             )
+        if isinstance(value, list) and not all(isinstance(v, str) for v in value):
+            raise InvalidConfig(f"option {name}.{key} must be a list of strings, not {value!r}")
     return cls(**data)
 
 
@@ -170,9 +193,7 @@ def parse(data: dict[str, Any]) -> Config:
         elif key == "domains":
             if not isinstance(value, list):
                 raise InvalidConfig("domains must be an array of tables")
-            cfg.domains = [
-                DomainConfig(**_section(DomainConfig, d, "domains").__dict__) for d in value
-            ]
+            cfg.domains = [_section(DomainConfig, d, "domains") for d in value]
         else:
             raise InvalidConfig(f"unknown section {key!r}")
     validate(cfg)
@@ -187,18 +208,51 @@ def validate(cfg: Config) -> None:
         raise InvalidConfig("transfer.write_depth must be 1 to 8")
     if t.io_workers < 1:
         raise InvalidConfig("transfer.io_workers must be at least 1")
+    if t.pool_buffers < 0:
+        raise InvalidConfig("transfer.pool_buffers must be at least 0")
+    if t.max_zero_step < 1 * MiB or t.max_zero_step % (1 * MiB):
+        raise InvalidConfig("transfer.max_zero_step must be a whole number of MiB, at least 1")
+    for name, value, least in [
+        ("transfer.inactivity_timeout", t.inactivity_timeout, 1),
+        ("transfer.remove_timeout", t.remove_timeout, 0),
+        ("monitor.interval", cfg.monitor.interval, 1),
+        ("monitor.timeout", cfg.monitor.timeout, 1),
+    ]:
+        if value < least:
+            raise InvalidConfig(f"{name} must be at least {least} seconds, not {value}")
+    if cfg.daemon.log_level.upper() not in LOG_LEVELS:
+        raise InvalidConfig(f"daemon.log_level must be one of {', '.join(LOG_LEVELS)}, "
+                            f"not {cfg.daemon.log_level!r}")
     if bool(cfg.daemon.cert) != bool(cfg.daemon.key):
         raise InvalidConfig("daemon.cert and daemon.key must be given together")
+    if cfg.engine.ca and not cfg.daemon.cert:
+        raise InvalidConfig("engine.ca needs TLS on the data port: set daemon.cert and daemon.key")
+    if cfg.engine.token != cfg.engine.token.strip():
+        raise InvalidConfig("engine.token must not begin or end with white space")
     _host, sep, port = cfg.daemon.listen.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
         raise InvalidConfig(f"daemon.listen must be HOST:PORT, not {cfg.daemon.listen!r}")
     if not 1 <= cfg.ovf.stores <= 16:
         raise InvalidConfig("ovf.stores must be between 1 and 16")
+    if cfg.ovf.store_size < ovfstore.MIN_SIZE or cfg.ovf.store_size % ovfstore.RECORD_SIZE:
+        raise InvalidConfig(f"ovf.store_size must be a multiple of {ovfstore.RECORD_SIZE} "
+                            f"bytes, at least {ovfstore.MIN_SIZE}")
     if cfg.ovf.buffer_size < 1 * MiB or cfg.ovf.buffer_size % (1 * MiB):
         raise InvalidConfig("ovf.buffer_size must be a whole number of MiB, at least 1")
     for d in cfg.domains:
+        try:
+            d.uuid = check_uuid(d.uuid, "domains.uuid")
+        except InvalidRequest as e:
+            raise InvalidConfig(e.detail) from None
         if d.type not in ("file", "block"):
             raise InvalidConfig(f"domain {d.uuid}: type must be 'file' or 'block'")
+        where = [d.path] if d.type == "file" else d.devices
+        if not where or not all(os.path.isabs(p) for p in where):
+            raise InvalidConfig(f"domain {d.uuid}: a {d.type} domain needs "
+                                + ("an absolute path" if d.type == "file"
+                                   else "absolute device paths"))
+    if len({d.uuid for d in cfg.domains}) != len(cfg.domains):
+        raise InvalidConfig("domains: a uuid is listed twice")
 
 
 def load(path: str | None, overrides: dict[str, Any] | None = None) -> Config:
@@ -214,5 +268,8 @@ def load(path: str | None, overrides: dict[str, Any] | None = None) -> Config:
             raise InvalidConfig(f"config {path} is not valid TOML: {e}") from e
     for dotted, value in (overrides or {}).items():
         section, _, key = dotted.partition(".")
-        data.setdefault(section, {})[key] = value
+        table = data.setdefault(section, {})
+        if not isinstance(table, dict):
+            raise InvalidConfig(f"{section} must be a table, not {table!r}")
+        table[key] = value
     return parse(data)

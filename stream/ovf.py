@@ -242,6 +242,8 @@ def states(storage: StorageDomain) -> list[dict[str, Any]]:
 
 def read_member(storage: StorageDomain, name: str) -> bytes:
     """One member of the newest store, found by walking tar headers."""
+    # A UUID in any case names the same entity; stores hold canonical names.
+    name = name.lower()
     if not is_ovf_name(name):
         raise InvalidRequest(f"{name!r} is not an OVF name (<uuid>.ovf)")
     state, volume = newest(storage)

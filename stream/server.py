@@ -4,53 +4,101 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import signal
+import socket
 import ssl
+import stat
 
 import uvloop
 from aiohttp import web
 
 from volume.durable import makedirs_durable
 
-from .app import RUNNER_KWARGS, make_app
-from .config import Config
+from .app import INFLIGHT, RUNNER_KWARGS, make_app
+from .config import Config, InvalidConfig
 
 log = logging.getLogger(__name__)
 
 #: imageio's listen backlog: "10 transfers x 4 connections".
 BACKLOG = 40
+#: How long a SIGTERM waits for requests in flight (aiohttp's own shutdown
+#: timeout; systemd's default stop timeout, 90 s, leaves room for cleanup).
+DRAIN_TIMEOUT = 60
 
 
 def tls_context(cert: str, key: str, engine_ca: str = "") -> ssl.SSLContext:
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_cert_chain(cert, key)
+    try:
+        ctx.load_cert_chain(cert, key)
+    except OSError as e:  # ssl.SSLError included
+        raise InvalidConfig(f"cannot load TLS certificate {cert} and key {key}: "
+                            f"{e.strerror or e}") from None
     if engine_ca:
         # Image clients have no certificate; the engine presents one.
         ctx.verify_mode = ssl.CERT_OPTIONAL
-        ctx.load_verify_locations(engine_ca)
+        try:
+            ctx.load_verify_locations(engine_ca)
+        except OSError as e:
+            raise InvalidConfig(f"cannot load engine CA {engine_ca}: {e.strerror or e}") from None
     return ctx
 
 
-async def serve(cfg: Config, ready: asyncio.Event | None = None) -> None:
+def claim_socket(path: str) -> None:
+    """Remove a stale control socket, left by a daemon that crashed.
+
+    Anything else at ``path`` stays: a socket a running daemon listens on,
+    or a file that is not a socket at all (a mistyped option).
+    """
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise FileExistsError(errno.EEXIST, "exists and is not a socket", path)
+    with socket.socket(socket.AF_UNIX) as probe:
+        probe.settimeout(5)
+        try:
+            probe.connect(path)
+        except ConnectionRefusedError:
+            os.unlink(path)  # nobody listens on it
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            pass  # a full backlog, say: someone listens
+    raise OSError(errno.EADDRINUSE, "another daemon listens on this control socket", path)
+
+
+def bind_control(path: str) -> socket.socket:
+    """The control socket, bound and given mode 0660 before it listens: a
+    client connected in between would keep what the umask let it have."""
+    sock = socket.socket(socket.AF_UNIX)
+    try:
+        sock.bind(path)
+        os.chmod(path, 0o660)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+async def serve(cfg: Config, ctx: ssl.SSLContext | None,
+                ready: asyncio.Event | None = None) -> None:
     app = make_app(cfg)
     runner = web.AppRunner(app, access_log=None, handle_signals=False, **RUNNER_KWARGS)
     await runner.setup()
     host, _, port = cfg.daemon.listen.rpartition(":")
     host = host.strip("[]")
-    ctx = (
-        tls_context(cfg.daemon.cert, cfg.daemon.key, cfg.engine.ca) if cfg.daemon.cert else None
-    )
     data = web.TCPSite(runner, host, int(port), ssl_context=ctx, backlog=BACKLOG,
                        reuse_address=True)
     sock_path = str(cfg.control_socket_path)
-    control = web.UnixSite(runner, sock_path)
     try:
         await data.start()
-        await control.start()
-        os.chmod(sock_path, 0o660)
+        await web.SockSite(runner, bind_control(sock_path)).start()
         log.info("serving data on %s://%s, control on %s",
                  "https" if ctx else "http", cfg.daemon.listen, sock_path)
         stop = asyncio.Event()
@@ -60,7 +108,18 @@ async def serve(cfg: Config, ready: asyncio.Event | None = None) -> None:
         if ready is not None:
             ready.set()
         await stop.wait()
-        log.info("shutting down")
+        stop.clear()
+        inflight = app[INFLIGHT]
+        log.info("shutting down: %d requests to finish", inflight.count)
+        for site in list(runner.sites):
+            await site.stop()  # new connections are refused from here on
+        # Until they are done, the drain times out, or a second signal comes.
+        drained = asyncio.ensure_future(inflight.idle())
+        interrupt = asyncio.ensure_future(stop.wait())
+        await asyncio.wait([drained, interrupt], timeout=DRAIN_TIMEOUT,
+                           return_when=asyncio.FIRST_COMPLETED)
+        drained.cancel()
+        interrupt.cancel()
     finally:
         await runner.cleanup()
 
@@ -71,10 +130,12 @@ def _remove_socket(path: str) -> None:
 
 
 def run(cfg: Config) -> None:
+    d = cfg.daemon
+    ctx = tls_context(d.cert, d.key, cfg.engine.ca) if d.cert else None
     makedirs_durable(str(cfg.data_path))
     sock_path = str(cfg.control_socket_path)
-    _remove_socket(sock_path)  # stale, from a previous run
+    claim_socket(sock_path)
     try:
-        uvloop.run(serve(cfg))
+        uvloop.run(serve(cfg, ctx))
     finally:
         _remove_socket(sock_path)

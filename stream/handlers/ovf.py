@@ -65,8 +65,9 @@ async def get_store(request: web.Request) -> web.StreamResponse:
         resp.headers["X-Ovf-Digest"] = f"xxh3_128:{state.record.digest}"
         request[RESPONSE] = resp
         await resp.prepare(request)
-        with download.ResponseSink(request, resp) as sink:
-            await download.send(sink, io, volume, 0, state.record.tar_length, lambda: None)
+        if request.method != "HEAD":  # whose answer has no body to send
+            with download.ResponseSink(request, resp) as sink:
+                await download.send(sink, io, volume, 0, state.record.tar_length, lambda: None)
         await resp.write_eof()
         return resp
     finally:
