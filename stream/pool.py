@@ -6,8 +6,9 @@ memory only and acts on it alone.  Unlike vdsm, which only ever hears
 gates I/O by them:
 
 - new image writes and write tickets: only on ``Active``;
-- OVF store writes: also on ``PreparingForMaintenance`` and ``Detaching``,
-  because the engine refreshes the stores just before a domain leaves;
+- OVF store writes: also on ``PreparingForMaintenance``, ``Detaching`` and
+  ``Locked``, because the engine refreshes the stores just before a domain
+  leaves (oVirt's own maintenance flow locks the domain for it);
 - reads: on any domain in the map whose storage is reachable.
 
 ``map_version`` must grow.  Re-sending the map in force is harmless; an

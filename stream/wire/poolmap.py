@@ -31,7 +31,11 @@ class Status(enum.StrEnum):
 
 #: Statuses in which a host takes OVF store writes: the engine refreshes the
 #: stores of a domain that is leaving, as oVirt's deactivate flow does.
-OVF_WRITABLE = frozenset({Status.ACTIVE, Status.PREPARING_FOR_MAINTENANCE, Status.DETACHING})
+#: oVirt's maintenance flow (DeactivateStorageDomainWithOvfUpdateCommand)
+#: sets the domain Locked, refreshes its OVF stores, then deactivates it;
+#: Sluice's engine uses PreparingForMaintenance and Detaching for that.
+OVF_WRITABLE = frozenset({Status.ACTIVE, Status.PREPARING_FOR_MAINTENANCE, Status.DETACHING,
+                          Status.LOCKED})
 
 DOMAIN_TYPES = ("file", "block")
 

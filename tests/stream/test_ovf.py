@@ -310,7 +310,8 @@ async def test_status_gates_ovf_writes(client: Client, sd: str, domain_dir: Path
     loc = str(domain_dir.parent)
     pool = str(uuid.uuid4())
     for version, status, ok in [(1, "PreparingForMaintenance", True), (2, "Maintenance", False),
-                                (3, "Detaching", True), (4, "Activating", False)]:
+                                (3, "Detaching", True), (4, "Activating", False),
+                                (5, "Locked", True), (6, "Inactive", False)]:
         resp = await client.put("/pool", json={
             "pool_id": pool, "map_version": version, "master_domain": sd,
             "domains": {sd: {"type": "file", "location": loc, "status": status}}})

@@ -119,9 +119,10 @@ OTHER = ["Inactive", "Unknown", "Locked"]
 
 #: What the issue allows, written out rather than read from stream.pool:
 #: image writes only on Active; OVF store writes also while the domain is
-#: leaving (its stores are refreshed just before); reads on any status.
+#: leaving (its stores are refreshed just before; oVirt's maintenance flow
+#: locks the domain for that); reads on any status.
 WRITES = {"Active"}
-OVF_WRITES = {"Active", "PreparingForMaintenance", "Detaching"}
+OVF_WRITES = {"Active", "PreparingForMaintenance", "Detaching", "Locked"}
 
 
 @pytest.mark.parametrize("flow", [MAINTENANCE, ACTIVATION, DETACH, OTHER],
