@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import fcntl
 import logging
 import os
 import signal
@@ -129,13 +130,42 @@ def _remove_socket(path: str) -> None:
         os.unlink(path)
 
 
+def lock_data_dir(data_dir: str) -> int:
+    """Hold ``<data_dir>/daemon.lock`` for the daemon's life (the returned fd).
+
+    Two daemons on one data directory would write the same domain and
+    OVF stores with no order between them; the second one is refused,
+    whatever control socket it was given.  The kernel drops the lock
+    when the process dies, so a crash leaves nothing to clean up.
+    """
+    path = os.path.join(data_dir, "daemon.lock")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise OSError(errno.EBUSY, f"another sluice serve (pid {holder}) uses this data "
+                      "directory", data_dir) from None
+    except BaseException:
+        os.close(fd)
+        raise
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
 def run(cfg: Config) -> None:
     d = cfg.daemon
     ctx = tls_context(d.cert, d.key, cfg.engine.ca) if d.cert else None
     makedirs_durable(str(cfg.data_path))
-    sock_path = str(cfg.control_socket_path)
-    claim_socket(sock_path)
+    lock = lock_data_dir(str(cfg.data_path))
     try:
-        uvloop.run(serve(cfg, ctx))
+        sock_path = str(cfg.control_socket_path)
+        claim_socket(sock_path)
+        try:
+            uvloop.run(serve(cfg, ctx))
+        finally:
+            _remove_socket(sock_path)
     finally:
-        _remove_socket(sock_path)
+        os.close(lock)

@@ -159,17 +159,36 @@ def _pool(control: str) -> int:
 
 
 def test_a_running_daemons_control_socket_is_kept(tmp_path: Path) -> None:
-    """A second ``sluice serve`` on the same data directory removed the
-    first one's control socket as "stale" (and again on its way out)."""
+    """A second ``sluice serve`` given the first one's control socket removed
+    it as "stale" (and again on its way out)."""
     first = Daemon(tmp_path / "data")
     try:
-        r = sluice("--data-dir", str(tmp_path / "data"),
-                   "--listen", f"127.0.0.1:{free_port()}", cwd=tmp_path)
+        r = sluice("--data-dir", str(tmp_path / "data2"), "--control-socket",
+                   str(first.control), "--listen", f"127.0.0.1:{free_port()}", cwd=tmp_path)
         assert r.returncode == 1
         assert "another daemon listens on this control socket" in r.stderr
         assert _pool(first.control) == 200
     finally:
         first.stop()
+
+
+def test_a_second_daemon_on_one_data_dir_is_refused(tmp_path: Path) -> None:
+    """With its own control socket a second daemon used to start on the
+    same data directory, and both wrote the same domain and OVF stores."""
+    first = Daemon(tmp_path / "data")
+    try:
+        r = sluice("--data-dir", str(tmp_path / "data"), "--listen",
+                   f"127.0.0.1:{free_port()}", "--control-socket", str(tmp_path / "other.sock"),
+                   cwd=tmp_path)
+        assert r.returncode == 1
+        assert f"another sluice serve (pid {first.proc.pid}) uses this data directory" \
+            in r.stderr
+        assert not (tmp_path / "other.sock").exists()
+        assert _pool(first.control) == 200
+    finally:
+        first.stop()
+    again = Daemon(tmp_path / "data")  # the lock went with the first daemon
+    again.stop()
 
 
 def test_a_stale_control_socket_is_replaced(tmp_path: Path) -> None:
