@@ -84,7 +84,8 @@ def row_json(row: Row, size: int) -> dict[str, Any]:
         "rounds_mb_s": [size / s / MB for s in row.seconds],
         "rounds_seconds": row.seconds,
         "cpu_s": cpu, "rounds_cpu_s": row.cpu_s,
-        "cpu_s_per_gb": cpu / (size / 1e9) if cpu is not None and row.peer != "limits" else None,
+        "cpu_s_per_gb": cpu / (size / 1e9) if cpu is not None and size and row.peer != "limits"
+        else None,
         "peak_rss": row.peak_rss or None,
         "verified": row.verified, "error": row.error,
     }

@@ -75,11 +75,15 @@ class FailingRow(Protocol):
     verified: bool | None
 
 
+def describe(e: Exception) -> str:
+    """An error for the report: the bench's own as they are, others with their type."""
+    return str(e) if isinstance(e, BenchError) else f"{type(e).__name__}: {e}"
+
+
 def round_failed(row: FailingRow, i: int, e: Exception) -> None:
     """Record a round's failure on its row (a failed row must not stop the
-    others): the bench's own errors as they are, others with their type."""
-    row.error = f"round {i + 1}: {e}" if isinstance(e, BenchError) else \
-        f"round {i + 1}: {type(e).__name__}: {e}"
+    others)."""
+    row.error = f"round {i + 1}: {describe(e)}"
     if isinstance(e, Mismatch):
         row.verified = False
     log(f"{row.name}: ERROR {row.error}")

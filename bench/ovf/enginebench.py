@@ -3,7 +3,8 @@ with 20 KiB OVFs on 4 file domains of one local daemon.
 
 Each size gets a fresh engine cache (filled in this process through the
 cache API, as `vm import` would), and the pass runs in a child process:
-its wall time and its peak RSS (ru_maxrss from wait4) are the figures.
+its wall time and its peak RSS (its VmHWM, see measure.wait_child) are the
+figures, kept only once every domain's store checks out.
 The engine uses its default config (zstd when the host lists it, 4 domains
 at once).  Then every domain's committed store is read back (GET
 /domains/{sd}/ovf-store, checked against the cache and the daemon's record)
@@ -17,6 +18,7 @@ import http.client
 import re
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +30,11 @@ from engine_client.ovf import parse
 
 from .. import MB, BenchError, MiB, log
 from ..procs import Proc
+from ..runner import describe
 from ..workspace import SHM, remove, settled
 from . import OVF_SIZE, ovfgen
 from .daemon import Daemon
-from .measure import ChildResult, MemRow, Metered, check_image, image_put, wait_child
+from .measure import ChildResult, MemRow, Metered, Reading, check_image, image_put, wait_child
 
 DOMAINS = 4
 IMPORT_BATCH = 500
@@ -60,22 +63,37 @@ def fill_cache(state: Path, d: Daemon, count: int) -> None:
             cache.import_entities(items)
 
 
-def run_pass(state: Path, work: Path, d: Daemon, row: MemRow) -> ChildResult:
+@dataclass(frozen=True)
+class Pass:
+    """One engine pass as it ended, before its stores are checked."""
+
+    child: ChildResult
+    #: The daemon's figures over the pass.
+    daemon: Reading
+    #: The pass's own duration, as the engine logs it.
+    seconds: float
+
+    def record(self, row: MemRow) -> None:
+        self.daemon.record(row)
+        if self.child.max_rss:
+            row.client_rss.append(self.child.max_rss)
+        row.extra["pass_seconds"] = self.seconds
+
+
+def run_pass(state: Path, work: Path, d: Daemon) -> Pass:
     argv = [*engine_command(), "--state-dir", str(state), "ovf", "update", "--once"]
     metered = Metered(d.proc)
     start = time.monotonic()
     proc = Proc("sluice-engine", argv, work / "engine" / f"{state.name}.log")
     done = wait_child(proc, start, PASS_TIMEOUT)
+    reading = metered.done(done.seconds)
     if done.status != 0:
         raise BenchError(f"sluice-engine ovf update --once exited with {done.status}:\n"
                          f"{proc.log_tail()}")
-    metered.record(row, done.seconds)
-    row.client_rss.append(done.max_rss)
     found = re.search(r"pass took ([0-9.]+) s", proc.log.read_text(errors="replace"))
     if found is None:
         raise BenchError(f"sluice-engine logged no pass duration:\n{proc.log_tail()}")
-    row.extra["pass_seconds"] = float(found.group(1))
-    return done
+    return Pass(done, reading, float(found.group(1)))
 
 
 def fetch_stores(state: Path, d: Daemon, dest: Path) -> tuple[int, str, dict[str, Any]]:
@@ -119,36 +137,40 @@ def run_size(d: Daemon, work: Path, count: int) -> tuple[MemRow, MemRow]:
     engine = MemRow("engine", f"ovf-pass-{count}vm", "http", "sluice-engine")
     image = MemRow("sluice", f"upload-{count}vm", "http", "curl")
     try:
-        start = time.monotonic()
-        fill_cache(state, d, count)
-        log(f"engine: cache of {count} VMs on {DOMAINS} domains filled in "
-            f"{time.monotonic() - start:.1f} s")
-        with settled():
-            done = run_pass(state, work, d, engine)
-        size, digest, per_domain = fetch_stores(state, d, tar)
+        try:
+            start = time.monotonic()
+            fill_cache(state, d, count)
+            log(f"engine: cache of {count} VMs on {DOMAINS} domains filled in "
+                f"{time.monotonic() - start:.1f} s")
+            with settled():
+                done = run_pass(state, work, d)
+            size, digest, per_domain = fetch_stores(state, d, tar)
+        except Exception as e:
+            engine.error = image.error = f"{engine.name}: {describe(e)}"
+            log(f"ERROR {engine.error}")
+            return engine, image
+        done.record(engine)  # only a pass whose stores check out counts
         engine.size = image.size = size
         engine.verified = True
-        engine.extra.update({"vms": count, "domains": per_domain, "engine_cpu_s": done.cpu_s})
-        log(f"{engine.name}: {done.seconds:.2f} s for {size / MB:.1f} MB, engine peak RSS "
-            f"{done.max_rss / MiB:.1f} MiB, daemon RSS +{engine.rss_growth[-1] / MiB:.1f} MiB")
-    except BenchError as e:
-        engine.error = image.error = f"{engine.name}: {e}"
-        log(f"ERROR {engine.error}")
-        remove(tar)
-        return engine, image
-    try:
-        with settled(), d.image_ticket(size) as (url, path):
-            metered = Metered(d.proc)
-            seconds = image_put(tar, url, size)
-            metered.record(image, seconds)
-            check_image(path, size, digest)
+        engine.extra.update({"vms": count, "domains": per_domain,
+                             "engine_cpu_s": done.child.cpu_s})
+        log(f"{engine.name}: {done.child.seconds:.2f} s for {size / MB:.1f} MB, engine peak "
+            f"RSS {done.child.max_rss / MiB:.1f} MiB, daemon RSS "
+            f"+{engine.rss_growth[-1] / MiB:.1f} MiB")
+        try:
+            with settled(), d.image_ticket(size) as (url, path):
+                metered = Metered(d.proc)
+                reading = metered.done(image_put(tar, url, size))
+                check_image(path, size, digest)
+            reading.record(image)
             image.verified = True
-        log(f"{image.name}: {seconds:.2f} s, {size / seconds / MB:.1f} MB/s")
-    except BenchError as e:
-        image.error = str(e)
-        log(f"{image.name}: ERROR {e}")
+            log(f"{image.name}: {reading.seconds:.2f} s, "
+                f"{size / reading.seconds / MB:.1f} MB/s")
+        except Exception as e:
+            image.error = describe(e)
+            log(f"{image.name}: ERROR {image.error}")
     finally:
-        remove(tar)
+        remove(tar)  # also on Ctrl-C: it is in /dev/shm
     return engine, image
 
 

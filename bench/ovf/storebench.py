@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from .. import MB, BenchError, MiB, log
+from ..runner import describe, round_failed
 from ..workspace import SHM, remove, settled
 from . import OVF_SIZE, ovfgen
 from .daemon import Daemon
@@ -37,11 +38,10 @@ def _put_store(d: Daemon, tar: Path, size: int, digest: str, work: Path,
     if not header.exists():
         header.write_text(d.auth_header() + "\n")
         header.chmod(0o600)
-    metered = Metered(d.proc) if row is not None else None
+    metered = Metered(d.proc)
     seconds, answer = put_json(tar, f"{d.url}/domains/{d.sd}/ovf-store", size, header,
                                work / "answer.json")
-    if metered is not None and row is not None:
-        metered.record(row, seconds)
+    reading = metered.done(seconds)
     if (answer.get("tar_length"), answer.get("digest")) != (size, digest):
         raise BenchError(f"the daemon committed {answer}, sent {size} bytes with {digest}")
     newest = d.newest_store(d.sd)
@@ -50,6 +50,7 @@ def _put_store(d: Daemon, tar: Path, size: int, digest: str, work: Path,
         raise BenchError(f"ovf-store/info has {newest} as the newest store, "
                          f"committed {answer}")
     if row is not None:
+        reading.record(row)
         row.verified = True
         row.extra = {"generation": answer["generation"], "entries": answer.get("entries"),
                      "copies_pending": answer.get("copies_pending")}
@@ -57,13 +58,12 @@ def _put_store(d: Daemon, tar: Path, size: int, digest: str, work: Path,
 
 def _put_image(d: Daemon, tar: Path, size: int, digest: str, row: MemRow | None) -> None:
     with d.image_ticket(size) as (url, path):
-        metered = Metered(d.proc) if row is not None else None
-        seconds = image_put(tar, url, size)
-        if metered is not None and row is not None:
-            metered.record(row, seconds)
+        metered = Metered(d.proc)
+        reading = metered.done(image_put(tar, url, size))
         check_image(path, size, digest)
-        if row is not None:
-            row.verified = True
+    if row is not None:
+        reading.record(row)
+        row.verified = True
 
 
 def _make_tar(path: Path, sd: str, count: int, seed: str) -> tuple[int, str]:
@@ -72,7 +72,8 @@ def _make_tar(path: Path, sd: str, count: int, seed: str) -> tuple[int, str]:
 
 
 def run(d: Daemon, work: Path, count: int, rounds: int) -> tuple[list[MemRow], dict[str, int]]:
-    """The store rows; a failing row records its error and skips its later rounds."""
+    """The store rows; a failing row records its error and skips its later
+    rounds, whatever the error: the report is worth more than any one row."""
     tar = SHM / f"{work.name}-store.tar"
     warm = SHM / f"{work.name}-warmup.tar"
     try:
@@ -85,9 +86,9 @@ def run(d: Daemon, work: Path, count: int, rounds: int) -> tuple[list[MemRow], d
         try:  # the daemon's first OVF and image requests: imports, buffers, threads
             _put_store(d, warm, wsize, wdigest, work, None)
             _put_image(d, warm, wsize, wdigest, None)
-        except BenchError as e:
+        except Exception as e:
             for row in rows:
-                row.error = f"warm-up: {e}"
+                row.error = f"warm-up: {describe(e)}"
         for i in range(rounds):
             for row in rows:
                 if row.error is not None:
@@ -98,9 +99,8 @@ def run(d: Daemon, work: Path, count: int, rounds: int) -> tuple[list[MemRow], d
                             _put_store(d, tar, size, digest, work, row)
                         else:
                             _put_image(d, tar, size, digest, row)
-                except BenchError as e:
-                    row.error = f"round {i + 1}: {e}"
-                    log(f"{row.name}: ERROR {row.error}")
+                except Exception as e:
+                    round_failed(row, i, e)
                     continue
                 log(f"{row.name} round {i + 1}/{rounds}: {size / row.seconds[-1] / MB:.1f} "
                     f"MB/s, daemon RSS +{row.rss_growth[-1] / MiB:.1f} MiB "
