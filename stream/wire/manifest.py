@@ -20,6 +20,7 @@ Unknown keys *outside* the manifest are kept, as oVirt may add some.
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -198,11 +199,19 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999: it would be written back as Infinity
+        raise ValueError(f"{text} is not a finite number")
+    return value
+
+
 def _load_object(data: bytes | bytearray | memoryview, what: str) -> dict[str, Any]:
-    """Strict JSON: UTF-8 only, no duplicate keys, no NaN/Infinity, an object."""
+    """Strict JSON: UTF-8 only, no duplicate keys, no NaN/Infinity (nor a
+    number too large for a float), an object."""
     try:
         obj = json.loads(bytes(data).decode("utf-8"), object_pairs_hook=_no_duplicates,
-                         parse_constant=_no_constant)
+                         parse_constant=_no_constant, parse_float=_finite)
     except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError
         raise BadManifest(f"{what} is not valid JSON: {e}") from None
     if not isinstance(obj, dict):
@@ -277,7 +286,11 @@ def parse_info(data: bytes | bytearray | memoryview) -> tuple[dict[str, Any], Ma
 
 
 def build_metadata(vm_status: Mapping[str, int]) -> bytes:
-    """``metadata.json``: ``{"VM Status": {vm_uuid: VMStatus int}}``."""
+    """``metadata.json``: ``{"VM Status": {vm_uuid: VMStatus int}}``.
+
+    Checked as :func:`parse_metadata` checks it (``BadManifest``): a store
+    the reader would refuse is never planned."""
+    _check_vm_status(vm_status)
     return _dumps({"VM Status": dict(vm_status)})
 
 
@@ -287,11 +300,15 @@ def parse_metadata(data: bytes | bytearray | memoryview) -> dict[str, int]:
     status = obj.get("VM Status")
     if not isinstance(status, dict):
         raise BadManifest(f'{METADATA_NAME}: "VM Status" is missing or not an object')
+    _check_vm_status(status)
+    return status
+
+
+def _check_vm_status(status: Mapping[Any, Any]) -> None:
     for vm, value in status.items():
-        if not _UUID_RE.fullmatch(vm) or not _is_int(value):
+        if not isinstance(vm, str) or not _UUID_RE.fullmatch(vm) or not _is_int(value):
             raise BadManifest(f'{METADATA_NAME}: "VM Status" entry {vm!r}: {value!r} is not '
                               "a canonical UUID mapped to an integer")
-    return status
 
 
 def java_date(ts: float) -> str:

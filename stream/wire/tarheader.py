@@ -26,7 +26,15 @@ GNU_LONGNAME = b"L"
 
 _POSIX_MAGIC = b"ustar\x0000"
 _GNU_MAGIC = b"ustar  \x00"
-_OCTAL = re.compile(rb" *([0-7]+) *")
+#: A number field as tarfile, GNU tar and commons-compress (the engine's
+#: reader) all read it: leading spaces, octal digits, then only NULs and
+#: spaces.  tarfile ignores what follows a NUL but commons-compress refuses it.
+_OCTAL = re.compile(rb" *([0-7]+)[ \0]*")
+#: The same, possibly empty (zero): GNU tar leaves devmajor/devminor all NULs.
+_OCTAL_OR_EMPTY = re.compile(rb" *[0-7]*[ \0]*")
+#: The number fields a reader parses besides size and checksum: (what, start, end).
+_OTHER_NUMBERS = (("mode", 100, 108), ("uid", 108, 116), ("gid", 116, 124),
+                  ("mtime", 136, 148), ("devmajor", 329, 337), ("devminor", 337, 345))
 _DECIMAL = re.compile(rb"[0-9]+")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _SIGNED = struct.Struct("148b8x356b")
@@ -97,10 +105,20 @@ def _cstr(field: bytes) -> bytes:
 def _number(field: bytes, what: str) -> int:
     if field[0] == 0x80:  # GNU base-256, positive (sizes of 8 GiB and more)
         return int.from_bytes(field[1:], "big")
-    m = _OCTAL.fullmatch(_cstr(field))
+    m = _OCTAL.fullmatch(field)
     if m is None:
         raise ValueError(f"malformed {what} field {field!r}")
     return int(m.group(1), 8)
+
+
+def _check_numbers(block: bytes) -> None:
+    """Refuse a header whose other number fields tarfile could not read (it
+    would take the header for the end of the archive) nor the engine."""
+    for what, start, end in _OTHER_NUMBERS:
+        field = block[start:end]
+        # Base-256 (0x80 positive, 0xff negative: GNU tar's large or negative values).
+        if field[0] not in (0x80, 0xFF) and _OCTAL_OR_EMPTY.fullmatch(field) is None:
+            raise ValueError(f"malformed {what} field {field!r}")
 
 
 def _check_sum(block: bytes) -> None:
@@ -117,11 +135,13 @@ def parse_header(block: bytes) -> RawHeader:
     magic = block[257:265]
     if magic not in (_POSIX_MAGIC, _GNU_MAGIC):
         raise ValueError(f"not a ustar, PAX or GNU header (magic {magic!r})")
+    _check_numbers(block)
     name = _cstr(block[0:100])
-    if magic == _POSIX_MAGIC:
-        prefix = _cstr(block[345:500])
-        if prefix:
-            name = prefix + b"/" + name
+    # tarfile joins the prefix whatever the magic (GNU headers keep atime and
+    # ctime there): read the name as it does, so a path is refused as a path.
+    prefix = _cstr(block[345:500])
+    if prefix:
+        name = prefix + b"/" + name
     return RawHeader(name, block[156:157], _number(block[124:136], "size"))
 
 
@@ -174,4 +194,6 @@ def parse_longname(body: bytes) -> bytes:
     name, _, rest = body.partition(b"\0")
     if rest.strip(b"\0"):
         raise ValueError("GNU long name has data after its NUL")
+    if not name:  # tarfile would read an entry called ""
+        raise ValueError("GNU long name is empty")
     return name

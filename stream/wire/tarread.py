@@ -48,13 +48,14 @@ KiB = 1 << 10
 MiB = 1 << 20
 _JSON_NAMES = (INFO_NAME, METADATA_NAME)
 #: The usual header of an OVF: the name field exactly a canonical
-#: ``<uuid>.ovf``, the size 11 octal digits, the checksum 6 and NUL space (as
-#: tarfile and GNU tar write them), a regular file, ustar magic, no prefix.
-#: Any other header goes through tarheader.parse_header.
+#: ``<uuid>.ovf``, mode, uid, gid, size and mtime in octal digits, the
+#: checksum 6 and NUL space, a regular file, ustar magic, devmajor, devminor
+#: and prefix NULs (as tarfile and GNU tar write them).  Any other header
+#: goes through tarheader.parse_header, which accepts all these too.
 _OVF_HEADER = re.compile(
     rb"([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\.ovf)\0"
-    rb".{59}.{24}([0-7]{11})[\0 ].{12}([0-7]{6})\0 [0\0].{100}"
-    rb"(?:ustar\x0000|ustar  \x00).{80}\0", re.DOTALL)
+    rb".{59}[0-7]{7}[\0 ][0-7]{7}[\0 ][0-7]{7}[\0 ]([0-7]{11})[\0 ][0-7]{11}[\0 ]"
+    rb"([0-7]{6})\0 [0\0].{100}(?:ustar\x0000|ustar  \x00).{64}\0{17}", re.DOTALL)
 _ZEROS = memoryview(ZERO_BLOCK)
 
 

@@ -168,7 +168,8 @@ class TarStream:
     def _padding_step(self, view: memoryview) -> int:
         chunk = view[: self._left]
         if not is_zero(chunk):
-            self._fail(f"non-zero padding after {self._last} at offset {self._offset}")
+            at = self._offset + next(i for i, b in enumerate(chunk) if b)
+            self._fail(f"non-zero padding after {self._last} at offset {at}")
         self._left -= len(chunk)
         self._offset += len(chunk)
         if not self._left:
