@@ -142,7 +142,8 @@ class HostClient:
     async def put_ovf_store(self, sd_uuid: str, body: AsyncIterable[bytes],
                             length: int | None, zstd: bool) -> dict[str, Any]:
         """Stream a store's tar; ``length`` None sends it chunked."""
-        headers = {"Content-Type": "application/x-tar"}
+        # Our tars always carry a manifest: the host refuses one without.
+        headers = {"Content-Type": "application/x-tar", "X-Ovf-Manifest": "required"}
         if length is not None:
             headers["Content-Length"] = str(length)
         if zstd:

@@ -129,7 +129,7 @@ class Updates:
 
     async def receive(
         self, read: Reader, io: IOExecutor, storage: StorageDomain, *, zstd: bool,
-        idle_timeout: float, buffer_size: int, depth: int = 1,
+        idle_timeout: float, buffer_size: int, depth: int = 1, require_manifest: bool = False,
     ) -> Committed:
         lock = self.lock(storage.uuid)
         await lock.acquire()
@@ -139,7 +139,7 @@ class Updates:
             try:
                 summary = await _stream(read, io, storage, stores, update, zstd=zstd,
                                         idle_timeout=idle_timeout, buffer_size=buffer_size,
-                                        depth=depth)
+                                        depth=depth, require_manifest=require_manifest)
                 record = await io.run(update.seal, summary.tar_length, summary.digest,
                                       read_back=False)
             except BaseException:
@@ -158,7 +158,7 @@ class Updates:
 
 async def _stream(
     read: Reader, io: IOExecutor, storage: StorageDomain, stores: OvfStores, update: Update,
-    *, zstd: bool, idle_timeout: float, buffer_size: int, depth: int,
+    *, zstd: bool, idle_timeout: float, buffer_size: int, depth: int, require_manifest: bool,
 ) -> Summary:
     """The body into the target, checked as it goes; the reader's summary.
 
@@ -166,7 +166,7 @@ async def _stream(
     the worker (upload's ``inspect``); a zstd one only exists decoded in
     the worker, so there the target volume checks what it is given.
     """
-    reader = OvfTarReader(max_total=stores.capacity)
+    reader = OvfTarReader(max_total=stores.capacity, require_manifest=require_manifest)
     with ThreadPoolExecutor(1, thread_name_prefix="ovf-check") as checker:
         target = _CheckedVolume(update.volume, reader, checker) if zstd else update.volume
         try:

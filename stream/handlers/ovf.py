@@ -32,6 +32,11 @@ async def _storage(request: web.Request, sd: str, access: Access) -> StorageDoma
     return await request.app[IO_KEY].run(mgr.registry.storage, sd)
 
 
+#: A Sluice engine sends ``X-Ovf-Manifest: required``: its tars always carry
+#: a manifest, and one damaged byte in its key must not turn the checks off.
+MANIFEST_HEADER = "X-Ovf-Manifest"
+
+
 async def _receive(request: web.Request, sd: str) -> ovf.Committed:
     storage = await _storage(request, sd, Access.OVF_WRITE)
     encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
@@ -42,6 +47,7 @@ async def _receive(request: web.Request, sd: str) -> ovf.Committed:
         upload.pieces(request.content), request.app[IO_KEY], storage, zstd=encoding == "zstd",
         idle_timeout=cfg.transfer.inactivity_timeout, buffer_size=cfg.ovf.buffer_size,
         depth=cfg.transfer.write_depth,
+        require_manifest=request.headers.get(MANIFEST_HEADER, "").strip().lower() == "required",
     )
 
 

@@ -85,7 +85,8 @@ class OvfTarReader(TarStream):
     long-name body, ``max_meta`` ``info.json`` and ``metadata.json`` (kept
     in memory to be parsed).  ``ignore_trailing``: bytes after the end
     blocks are not looked at (reading a store volume, whose tail may hold
-    an older tar); otherwise they must be zeros.
+    an older tar); otherwise they must be zeros.  ``require_manifest``:
+    ``info.json`` must carry a manifest (a Sluice sender says it sent one).
     """
 
     def __init__(
@@ -97,9 +98,11 @@ class OvfTarReader(TarStream):
         max_pax: int = 64 * KiB,
         max_meta: int = 16 * MiB,
         ignore_trailing: bool = False,
+        require_manifest: bool = False,
     ) -> None:
         super().__init__(max_total=max_total, max_entries=max_entries, max_pax=max_pax,
                          ignore_trailing=ignore_trailing)
+        self._require_manifest = require_manifest
         self._max_entry_size = max_entry_size
         self._max_meta = max_meta
         self._info: dict[str, Any] = {}
@@ -146,6 +149,10 @@ class OvfTarReader(TarStream):
                 raise ValueError(f"digest {entry.digest}, the manifest says {listed.digest}")
         if entry.name == INFO_NAME:
             self._info, self._manifest = parse_info(data)
+            if self._manifest is None and self._require_manifest:
+                # One damaged byte in its key would otherwise turn every
+                # digest check off: the sender says it sent a manifest.
+                raise ValueError("no Manifest, and the sender requires one")
             if self._manifest is not None:
                 self._expected = self._manifest.by_name()
         elif entry.name == METADATA_NAME:

@@ -88,6 +88,9 @@ async def wrong_digest_url(aiohttp_server: Any) -> str:
         return web.json_response({"server": "sluice", "features": ["ovf-store", "zstd"]})
 
     async def put(request: web.Request) -> web.Response:
+        if request.headers.get("X-Ovf-Manifest") != "required":  # our tars carry one
+            return web.json_response({"error": "bad-request", "detail": "no X-Ovf-Manifest"},
+                                     status=400)
         body = await request.read()
         if request.headers.get("Content-Encoding") == "zstd":
             body = zstandard.ZstdDecompressor().decompressobj().decompress(body)

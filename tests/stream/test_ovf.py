@@ -366,3 +366,21 @@ def test_info_counts_entries_of_valid_stores_only(tmp_path: Path) -> None:
     assert (found[good.vol_uuid]["entries"], found[good.vol_uuid]["ovfs"]) == (5, 3)
     assert found[bad.vol_uuid]["valid"] and found[bad.vol_uuid]["entries"] is None
     assert "header at offset 0" in found[bad.vol_uuid]["entries_error"]
+
+
+async def test_a_sender_requiring_a_manifest_gets_it_checked(client: Client, sd: str) -> None:
+    """One damaged byte in info.json's "Manifest" key made the store read as
+    an oVirt one without a manifest, and no OVF digest was checked.  A
+    sender that sends X-Ovf-Manifest: required (Sluice's engine) is
+    refused then; one that does not (an unchanged engine) is not."""
+    good, _ = build_tar(sd)
+    status, body = await push(client, sd, good, **{"X-Ovf-Manifest": "required"})
+    assert status == 200, body
+    at = good.index(b'"Manifest"')
+    damaged = good[:at] + b'"Manifext"' + good[at + len(b'"Manifest"'):]
+    status, body = await push(client, sd, damaged, **{"X-Ovf-Manifest": "required"})
+    assert status == 422 and "no Manifest, and the sender requires one" in body["detail"]
+    assert (await served(client, sd))[1] == good  # nothing committed
+    plain, _ = build_tar(sd, with_manifest=False)
+    status, body = await push(client, sd, plain)
+    assert status == 200, body
