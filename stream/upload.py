@@ -31,7 +31,7 @@ from volume.base import Volume
 from volume.errors import InvalidRequest, OutOfRange
 
 from .io import IO
-from .wire.zstdframe import FrameTracker
+from .wire.zstdframe import BadZstd, FrameTracker
 
 log = logging.getLogger(__name__)
 
@@ -46,17 +46,25 @@ def pieces(content: aiohttp.StreamReader) -> Reader:
     (an OVF store being checked).  ``readchunk`` hands them over one by
     one (for a chunked body, up to the next HTTP chunk end, which may
     still join pieces); the empty pieces it returns at chunk ends are
-    skipped, and ``b""`` is the end of the body.
+    skipped, and ``b""`` is the end of the body.  A body without bytes is
+    aiohttp's one shared ``EMPTY_PAYLOAD``: once any request has read its
+    end, it answers ``(b"", True)`` forever, without awaiting anything.
     """
     async def read() -> bytes:
         while True:
             data, chunk_end = await content.readchunk()
-            if data or not chunk_end:
+            if data or not chunk_end or content.at_eof():
                 return data
     return read
 
 #: Decompressed output handed to the sink per call; bounds memory per stream.
 ZSTD_WRITE_SIZE = 1 << 20
+
+#: The largest zstd window a frame may ask for.  The decoder allocates it
+#: whatever the body's size: libzstd's default limit (128 MiB) let a 1 MiB
+#: body hold 128 MiB per upload.  8 MiB is the limit of the HTTP ``zstd``
+#: content coding (RFC 9659 §3); zstd levels up to 19 stay within it.
+ZSTD_MAX_WINDOW = 8 << 20
 
 
 def _too_big(offset: int, limit: int) -> OutOfRange:
@@ -161,7 +169,7 @@ async def receive(
     out = io.get_buffer(buffer_size) if zstd else None
     sink = _Sink(volume, offset, limit, hasher, out, check)
     decoder = (
-        zstandard.ZstdDecompressor().stream_writer(
+        zstandard.ZstdDecompressor(max_window_size=ZSTD_MAX_WINDOW).stream_writer(
             sink,  # type: ignore[arg-type]  # it only needs write()
             write_size=ZSTD_WRITE_SIZE,
         )
@@ -177,16 +185,30 @@ async def receive(
     def job(buf: mmap.mmap, start: int, end: int, at: int) -> None:
         with memoryview(buf) as view:
             if decoder is not None:
-                decoder.write(view[start:end])
+                try:
+                    decoder.write(view[start:end])
+                except zstandard.ZstdError as e:  # the client's bytes, not our fault
+                    raise BadZstd(f"invalid zstd body: {e}") from None
             elif depth == 1:
                 sink.put(view[start:end])
             else:
                 volume.write(at, view[start:end])
 
+    async def oldest() -> mmap.mmap:
+        # A cancel (the idle timeout) while waiting here must leave the job
+        # in ``inflight``, and its future uncancelled, so that ``finally``
+        # waits for the worker before the buffer goes back to the pool.
+        done, buf = inflight[0]
+        await asyncio.shield(done)
+        inflight.popleft()
+        return buf
+
     cur = bufs[0]
     view = memoryview(cur)
     try:
-        head = fill = 0 if zstd else sink._head
+        # A plain body starts at buffer index == offset modulo the volume's
+        # alignment, so every full buffer goes to disk aligned (no bounce).
+        head = fill = 0 if zstd else offset % max(volume.capabilities.block_size, 1)
         received = 0
         at = offset  # where the next full buffer goes (plain bodies)
         async with asyncio.timeout(idle_timeout) as deadline:
@@ -215,9 +237,7 @@ async def receive(
                         if inspect is not None:
                             await _inspect(inspect, view[head:fill])
                         if len(inflight) >= depth:
-                            done, buf = inflight.popleft()
-                            await done
-                            free.append(buf)
+                            free.append(await oldest())
                         inflight.append((io.submit(job, cur, head, fill, at), cur))
                         at += fill - head
                         if not free:
@@ -231,17 +251,17 @@ async def receive(
             await _inspect(inspect, view[head:fill])
         view.release()
         while inflight:
-            done, buf = inflight.popleft()
-            await done
-            free.append(buf)
+            free.append(await oldest())
         if fill > head:
             check()
-            await io.run(job, cur, head, fill, at)
+            inflight.append((io.submit(job, cur, head, fill, at), cur))
+            await oldest()
             at += fill - head
-        if decoder is not None and frames is not None:
+        if decoder is not None and frames is not None and out is not None:
             if not frames.complete:
                 raise InvalidRequest("zstd stream ends in the middle of a frame")
-            await io.run(sink.drain)
+            inflight.append((io.submit(sink.drain), out))
+            await oldest()
         return (at if depth > 1 else sink.pos) - offset
     finally:
         view.release()

@@ -65,6 +65,15 @@ async def put(request: web.Request) -> web.Response:
             raise InvalidRequest(
                 f"Content-Range covers {cr.end - cr.start} bytes but the body has {length}"
             )
+    # Chunked and zstd bodies tell their length only at their end: a
+    # Content-Range end bounds them, so none lands past the declared range.
+    limit = ticket.size
+    if cr is not None and cr.end is not None:
+        if cr.end > ticket.size:
+            raise OutOfRange(
+                f"Requested range {cr.start}-{cr.end} is past the ticket size", ticket.size
+            )
+        limit = cr.end
     expected = parse_x_checksum(request.headers.get("X-Checksum"))
     hasher = xxhash.xxh3_128() if expected else None
     io = request.app[IO_KEY]
@@ -75,7 +84,7 @@ async def put(request: web.Request) -> web.Response:
         try:
             written = await upload.receive(
                 upload.pieces(request.content), io, volume,
-                offset=offset, limit=ticket.size, zstd=zstd, hasher=hasher,
+                offset=offset, limit=limit, zstd=zstd, hasher=hasher,
                 check=ticket.check, idle_timeout=ticket.inactivity_timeout,
                 depth=request.app[CONFIG].transfer.write_depth,
             )
@@ -85,6 +94,16 @@ async def put(request: web.Request) -> web.Response:
             raise PartialContent(
                 f"No data received for {ticket.inactivity_timeout} seconds"
             ) from None
+        except OutOfRange as e:
+            if limit == ticket.size or e.size != limit:
+                raise
+            raise InvalidRequest(
+                f"Content-Range covers {limit - offset} bytes but the body has more"
+            ) from None
+        if cr is not None and cr.end is not None and written != cr.end - cr.start:
+            raise InvalidRequest(
+                f"Content-Range covers {cr.end - cr.start} bytes but the body has {written}"
+            )
         if flush:
             await io.run(volume.flush)
         ticket.transferred.add(offset, offset + written)
