@@ -46,13 +46,13 @@ _OPS = ("read", "write")
 MAX_TIMEOUT = 2**32
 
 
-def check_timeout(name: str, value: Any) -> int:
+def check_timeout(name: str, value: Any, least: int = 0) -> int:
     """``value`` if it is a valid timeout in seconds, else InvalidRequest."""
     if not isinstance(value, int) or isinstance(value, bool) \
-            or not 0 <= value <= MAX_TIMEOUT:
+            or not least <= value <= MAX_TIMEOUT:
         raise InvalidRequest(
             f"Invalid value for {name!r}: {value!r}, expecting an integer "
-            f"between 0 and {MAX_TIMEOUT}"
+            f"between {least} and {MAX_TIMEOUT}"
         )
     return value
 
@@ -80,7 +80,8 @@ def parse_ticket(body: Any, default_inactivity: int) -> dict[str, Any]:
     for name in ("timeout", "inactivity_timeout"):
         if name in clean:
             try:
-                check_timeout(name, clean[name])
+                # An inactivity timeout of 0 would fail every transfer at once.
+                check_timeout(name, clean[name], 1 if name == "inactivity_timeout" else 0)
             except InvalidRequest as e:
                 raise InvalidRequest(f"Invalid ticket: {e}") from None
     ops = clean["ops"]

@@ -84,6 +84,16 @@ async def test_huge_ticket_timeouts_are_refused(
     assert (await client.get(f"/tickets/t-{name}")).status == 404
 
 
+async def test_a_zero_inactivity_timeout_is_refused(client: Client, image: Any) -> None:
+    """0 s without data fails every upload at once ("no data for 0 s")."""
+    path = image(data=b"a" * 4096)
+    ticket = {"uuid": "t-idle0", "size": 4096, "ops": ["read", "write"],
+              "url": f"file://{path}", "timeout": 300, "inactivity_timeout": 0}
+    resp = await client.put("/tickets/t-idle0", json=ticket)
+    assert resp.status == 400
+    assert "between 1 and" in await resp.text()
+
+
 async def test_huge_extend_is_refused_and_leaves_the_ticket_usable(
     client: Client, image: Any, add_ticket: AddTicket
 ) -> None:
