@@ -85,9 +85,10 @@ class ResponseSink:
 
 async def send(
     sink: Sink, io: IO, volume: Volume, start: int, end: int, check: Callable[[], None],
-    depth: int = 2,
+    depth: int = 2, progress: Callable[[int], None] | None = None,
 ) -> int:
-    """Send ``[start, end)`` of ``volume`` to ``sink``; return bytes sent."""
+    """Send ``[start, end)`` of ``volume`` to ``sink``; return bytes sent.
+    ``progress`` gets the bytes sent so far after each buffer."""
     step = io.buffer_size
     free = [io.get_buffer() for _ in range(depth)]
     inflight: deque[tuple[asyncio.Future[int], mmap.mmap]] = deque()
@@ -117,6 +118,8 @@ async def send(
             check()
             await sink.write(memoryview(buf)[:n])
             sent += n
+            if progress is not None:
+                progress(sent)
             if not sink.holding():
                 free.append(buf)
             elif pos < end:

@@ -12,8 +12,8 @@ import bisect
 import logging
 import time
 import urllib.parse
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -138,8 +138,16 @@ class RangeSet:
         self._starts[first:last] = [start]
         self._ends[first:last] = [end]
 
-    def total(self) -> int:
-        return sum(self._ends) - sum(self._starts)
+    def total(self, extra: Iterable[tuple[int, int]] = ()) -> int:
+        """Bytes covered, with the ``extra`` ranges merged in (not kept)."""
+        extra = list(extra)
+        if not extra:
+            return sum(self._ends) - sum(self._starts)
+        merged = RangeSet()
+        merged._starts, merged._ends = list(self._starts), list(self._ends)
+        for start, end in extra:
+            merged.add(start, end)
+        return merged.total()
 
 
 @dataclass(eq=False)
@@ -165,6 +173,10 @@ class Ticket:
     canceled: bool = False
     #: Bytes completed operations covered, merged, as imageio counts them.
     transferred: RangeSet = field(default_factory=RangeSet)
+    #: What each running read or write has moved so far, by request: counted
+    #: in ``transferred`` too, as imageio does (the engine polls it for its
+    #: progress bar, and one upload may be a single request).
+    moving: dict[object, tuple[int, int]] = field(default_factory=dict)
     #: Connections that used this ticket; closed ones are dropped when counted.
     _connections: set[Connection] = field(default_factory=set)
     _ongoing: int = 0
@@ -189,6 +201,19 @@ class Ticket:
         ticket's own timeout (re-armed after each operation) and its idle
         time stay."""
         self.expires = time.monotonic() + timeout
+
+    @contextmanager
+    def moving_from(self, start: int) -> Iterator[Callable[[int], None]]:
+        """A progress callback for a read or write from ``start``: the bytes
+        it has moved count in ``transferred`` until it ends."""
+        key = object()
+
+        def moved(n: int) -> None:
+            self.moving[key] = (start, start + n)
+        try:
+            yield moved
+        finally:
+            self.moving.pop(key, None)
 
     def attach(self, conn: Connection) -> None:
         """Count ``conn`` among the ticket's connections while it is open."""
@@ -260,7 +285,7 @@ class Ticket:
             "idle_time": 0 if self._ongoing else int(now - self.accessed),
         }
         if len(self.ops) == 1:
-            d["transferred"] = self.transferred.total()
+            d["transferred"] = self.transferred.total(self.moving.values())
         if self.volume_info is not None:
             info = self.volume_info
             d.update(sd_id=info.sd_uuid, img_id=info.img_uuid, vol_id=info.vol_uuid)

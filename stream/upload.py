@@ -149,6 +149,7 @@ async def receive(
     buffer_size: int = 0,
     depth: int = 1,
     inspect: Callable[[memoryview], None] | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> int:
     """Stream a request body into ``volume`` at ``offset``; return bytes written.
 
@@ -160,7 +161,9 @@ async def receive(
     queue depth 2 outrun one at a time); only for plain bodies without a
     ``hasher``, which both need the bytes in order.  ``inspect`` sees each
     buffer of a plain body on the event loop before it is written (see
-    :func:`_inspect`); it may raise to refuse the body.
+    :func:`_inspect`); it may raise to refuse the body.  ``progress`` is
+    called on the loop with the bytes written so far (decoded bytes for
+    zstd) each time a buffer's write ends.
     """
     if zstd and inspect is not None:
         raise ValueError("inspect sees plain bodies only; check zstd ones in the volume")
@@ -179,7 +182,7 @@ async def receive(
     frames = FrameTracker() if zstd else None
     bufs = [io.get_buffer(buffer_size)]  # every buffer this upload holds
     free: list[mmap.mmap] = []
-    inflight: deque[tuple[asyncio.Future[None], mmap.mmap]] = deque()
+    inflight: deque[tuple[asyncio.Future[None], mmap.mmap, int]] = deque()
     loop = asyncio.get_running_loop()
 
     def job(buf: mmap.mmap, start: int, end: int, at: int) -> None:
@@ -198,9 +201,11 @@ async def receive(
         # A cancel (the idle timeout) while waiting here must leave the job
         # in ``inflight``, and its future uncancelled, so that ``finally``
         # waits for the worker before the buffer goes back to the pool.
-        done, buf = inflight[0]
+        done, buf, end = inflight[0]
         await asyncio.shield(done)
         inflight.popleft()
+        if progress is not None:  # jobs end in order: all before ``end`` is written
+            progress((sink.pos if depth == 1 else end) - offset)
         return buf
 
     cur = bufs[0]
@@ -238,7 +243,8 @@ async def receive(
                             await _inspect(inspect, view[head:fill])
                         if len(inflight) >= depth:
                             free.append(await oldest())
-                        inflight.append((io.submit(job, cur, head, fill, at), cur))
+                        end = at + fill - head
+                        inflight.append((io.submit(job, cur, head, fill, at), cur, end))
                         at += fill - head
                         if not free:
                             free.append(io.get_buffer(buffer_size))
@@ -254,18 +260,19 @@ async def receive(
             free.append(await oldest())
         if fill > head:
             check()
-            inflight.append((io.submit(job, cur, head, fill, at), cur))
+            end = at + fill - head
+            inflight.append((io.submit(job, cur, head, fill, at), cur, end))
             await oldest()
             at += fill - head
         if decoder is not None and frames is not None and out is not None:
             if not frames.complete:
                 raise InvalidRequest("zstd stream ends in the middle of a frame")
-            inflight.append((io.submit(sink.drain), out))
+            inflight.append((io.submit(sink.drain), out, at))
             await oldest()
         return (at if depth > 1 else sink.pos) - offset
     finally:
         view.release()
-        for done, _ in inflight:
+        for done, _, _ in inflight:
             # A worker may still be using a buffer: never hand it back early.
             await asyncio.shield(_settle(done))
         for b in bufs:

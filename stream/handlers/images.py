@@ -82,12 +82,14 @@ async def put(request: web.Request) -> web.Response:
         log.info("WRITE offset=%d size=%s zstd=%s flush=%s", offset,
                  length if length is not None else "chunked", zstd, flush)
         try:
-            written = await upload.receive(
-                upload.pieces(request.content), io, volume,
-                offset=offset, limit=limit, zstd=zstd, hasher=hasher,
-                check=ticket.check, idle_timeout=ticket.inactivity_timeout,
-                depth=request.app[CONFIG].transfer.write_depth,
-            )
+            with ticket.moving_from(offset) as moved:
+                written = await upload.receive(
+                    upload.pieces(request.content), io, volume,
+                    offset=offset, limit=limit, zstd=zstd, hasher=hasher,
+                    check=ticket.check, idle_timeout=ticket.inactivity_timeout,
+                    depth=request.app[CONFIG].transfer.write_depth, progress=moved,
+                )
+                ticket.transferred.add(offset, offset + written)  # written, flushed or not
         except (HttpProcessingError, ConnectionError) as e:
             raise PartialContent(f"The client sent an incomplete body: {e}") from e
         except TimeoutError:
@@ -106,7 +108,6 @@ async def put(request: web.Request) -> web.Response:
             )
         if flush:
             await io.run(volume.flush)
-        ticket.transferred.add(offset, offset + written)
     if expected and hasher is not None and hasher.hexdigest() != expected:
         raise ChecksumMismatch(
             f"xxh3_128 of the received data is {hasher.hexdigest()}, "
@@ -146,7 +147,9 @@ async def get(request: web.Request) -> web.StreamResponse:
         await resp.prepare(request)
         if r.length:
             with download.ResponseSink(request, resp) as sink:
-                sent = await download.send(sink, io, volume, r.start, r.end, ticket.check)
+                with ticket.moving_from(r.start) as moved:
+                    sent = await download.send(sink, io, volume, r.start, r.end, ticket.check,
+                                               progress=moved)
                 ticket.transferred.add(r.start, r.start + sent)
         await resp.write_eof()
     return resp

@@ -11,6 +11,8 @@ from typing import Any
 import aiohttp
 import pytest
 
+from stream.state import CONFIG
+
 from .conftest import AddTicket, Client, MiB
 
 #: Past Python's 4300-digit limit on int(str): int() raises ValueError.
@@ -208,3 +210,32 @@ async def test_method_not_allowed_names_the_allowed_ones(
     assert resp.status == 405
     # RFC 9110 §15.5.6: a 405 carries Allow.
     assert {"GET", "PUT", "PATCH", "OPTIONS"} <= set(resp.headers["Allow"].split(","))
+
+
+async def test_transferred_counts_a_request_in_progress(
+    client: Client, image: Any, add_ticket: AddTicket
+) -> None:
+    """imageio's transferred includes running operations: the engine polls it
+    for its progress bar, and a whole upload may be one request."""
+    app = client.app
+    assert app is not None
+    step = app[CONFIG].transfer.buffer_size
+    size = 4 * step
+    ticket = await add_ticket(image(size), ops=["write"])
+    _, writer = await asyncio.open_connection(client.host, client.port)
+    writer.write(f"PUT /images/{ticket} HTTP/1.1\r\nHost: x\r\n"
+                 f"Content-Length: {size}\r\n\r\n".encode())
+    writer.write(b"\x01" * (3 * step))
+    await writer.drain()
+    async with asyncio.timeout(10):  # the first buffers reach the disk
+        while not (info := await _info(client, ticket))["transferred"]:
+            await asyncio.sleep(0.01)
+    assert info["active"] is True
+    assert 0 < info["transferred"] < size
+    writer.write(b"\x01" * step)
+    await writer.drain()
+    async with asyncio.timeout(10):
+        while (info := await _info(client, ticket))["active"]:
+            await asyncio.sleep(0.01)
+    assert info["transferred"] == size
+    writer.close()
