@@ -1,8 +1,9 @@
 """The daemon's one aiohttp application.
 
 It is served on two listeners: the data port (TCP, TLS when configured) and
-the control socket (unix, mode 0660).  Control routes answer only on the
-control socket; on the data port they do not exist (404).
+the control socket (unix, mode 0660).  Control and engine routes answer on
+the control socket (its file mode decides who connects) and on the data
+port only with the engine's credential (401 otherwise; see auth).
 """
 
 from __future__ import annotations

@@ -79,7 +79,8 @@ class TransferConfig:
     #: matches imageio's advertised max_readers.
     io_workers: int = 8
     #: imageio's default.  Its PR #15 lowered it and broke backups of huge
-    #: disks (clients idle while /extents runs), so never go below 60 s.
+    #: disks (clients idle while /extents runs): 1 s is allowed, but going
+    #: below 60 s is asking for that.
     inactivity_timeout: int = 60
     #: How long DELETE /tickets waits for ongoing operations before 409.
     remove_timeout: int = 60
