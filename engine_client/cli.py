@@ -1,7 +1,8 @@
 """``sluice-engine``: feed the engine cache, push OVF stores and pool maps.
 
 Exit status: 0 done; 1 something failed on the way (a host down, a push
-refused: the summary says which); 2 bad input (one sentence on stderr).
+refused: the summary says which); 2 bad input (one sentence on stderr);
+130 stopped by Ctrl-C.
 """
 
 from __future__ import annotations
@@ -11,9 +12,11 @@ import asyncio
 import json
 import logging
 import sqlite3
+import ssl
 import sys
 from dataclasses import asdict
 
+from stream.wire.blkhash import validate_block_size
 from stream.wire.errors import WireError
 
 from . import __version__, config, diskcli, flowcli, importer, localhash, loopcli, report
@@ -41,7 +44,8 @@ def _parser() -> argparse.ArgumentParser:
                        "computes it")
     c.add_argument("file")
     c.add_argument("--algorithm", default="blake2b", help="blake2b (default) or xxh3_128")
-    c.add_argument("--block-size", type=_positive, default=4 << 20)
+    c.add_argument("--block-size", type=_positive, default=4 << 20,
+                   help="1 MiB to 16 MiB, a multiple of 4096 (default 4 MiB)")
 
     vm = sub.add_parser("vm", help="VMs and templates").add_subparsers(dest="action",
                                                                          required=True)
@@ -139,6 +143,21 @@ def _positive(text: str) -> int:
     return value
 
 
+def _config(args: argparse.Namespace) -> config.Config:
+    try:
+        cfg = config.load(args.config, args.state_dir)
+    except UnicodeDecodeError:
+        raise InvalidInput(f"config file {args.config} is not UTF-8 text") from None
+    if cfg.http.ca_file:  # checked now: every command that talks to hosts loads it
+        try:
+            ssl.create_default_context(cafile=cfg.http.ca_file)
+        except OSError as e:
+            why = "it is not a PEM CA bundle" if isinstance(e, ssl.SSLError) else e.strerror
+            raise InvalidInput(f"config option http.ca_file: cannot load {cfg.http.ca_file}: "
+                               f"{why}") from None
+    return cfg
+
+
 def _vm(cache: Cache, cfg: config.Config, args: argparse.Namespace) -> int:
     a = args.action
     if a == "import":
@@ -228,6 +247,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s [%(name)s] %(message)s")
     try:
         if args.command == "checksum":
+            validate_block_size(args.block_size)  # the daemon's range; no huge buffer
             try:
                 result = localhash.checksum(args.file, args.algorithm, args.block_size)
             except OSError as e:
@@ -235,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
                 return 1
             print(json.dumps(result))
             return 0
-        return _dispatch(config.load(args.config, args.state_dir), args)
+        return _dispatch(_config(args), args)
     except (InvalidInput, NotFound, WireError) as e:
         print(f"sluice-engine: {e}", file=sys.stderr)
         return 2

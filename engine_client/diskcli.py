@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from .cache import Cache
 from .config import Config
 from .errors import EngineError
+from .ovf import canonical_uuid
 
 if TYPE_CHECKING:  # aiohttp and tqdm: imported only by the commands that need them
     from .disks import Ctx
@@ -131,8 +132,9 @@ def _transfer(cache: Cache, cfg: Config, args: argparse.Namespace,
     from . import transfers
 
     upload = args.action == "upload"
+    resume = canonical_uuid(args.disk, "disk") if upload and args.disk else None
     opened = _with_ctx(cache, cfg, progress, lambda ctx: (
-        transfers.open_upload(ctx, args.file, args.domain, args.disk) if upload
+        transfers.open_upload(ctx, args.file, args.domain, resume) if upload
         else transfers.open_download(ctx, args.disk, args.domain)))
     progress.emit({"event": "ticket", "host": opened.host, **opened.ref.to_json()})
     try:

@@ -30,8 +30,7 @@ async def ovf(cache: Cache, cfg: config.Config, args: argparse.Namespace) -> int
     updater = Updater(cache, cfg)
     try:
         if not args.once:
-            await _until_stopped(updater.run_forever(), updater.trigger)
-            return 0
+            return await _until_stopped(updater.run_forever(), updater.trigger)
         result = await updater.run_once(retry_now=args.retry_now)
     finally:
         await updater.close()
@@ -45,8 +44,7 @@ async def pool(cache: Cache, cfg: config.Config, args: argparse.Namespace) -> in
     sync = PoolSync(cache, cfg)
     try:
         if args.action == "sync":
-            await _until_stopped(sync.run_forever())
-            return 0
+            return await _until_stopped(sync.run_forever())
         if args.action == "push":
             hosts = await sync.sync_once(force=True, only=args.host)
         else:
@@ -68,21 +66,28 @@ async def run(cache: Cache, cfg: config.Config) -> int:
         await asyncio.gather(updater.run_forever(), sync.run_forever())
 
     try:
-        await _until_stopped(both(), updater.trigger)
+        return await _until_stopped(both(), updater.trigger)
     finally:
         await updater.close()
         await sync.close()
-    return 0
 
 
 async def _until_stopped(work: Awaitable[None], on_usr1: Callable[[], None] | None = None
-                         ) -> None:
-    """Run ``work`` until SIGTERM or SIGINT; SIGUSR1 calls ``on_usr1``."""
+                         ) -> int:
+    """Run ``work`` until SIGTERM (exit status 0) or SIGINT (Ctrl-C: 130);
+    SIGUSR1 calls ``on_usr1``."""
     loop = asyncio.get_running_loop()
     task = asyncio.ensure_future(work)
+    stopped_by: list[signal.Signals] = []
+
+    def stop(sig: signal.Signals) -> None:
+        stopped_by.append(sig)
+        task.cancel()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, task.cancel)
+        loop.add_signal_handler(sig, stop, sig)
     if on_usr1 is not None:
         loop.add_signal_handler(signal.SIGUSR1, on_usr1)
     with contextlib.suppress(asyncio.CancelledError):
         await task
+    return 130 if signal.SIGINT in stopped_by else 0
