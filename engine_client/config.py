@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import tomllib
 from dataclasses import dataclass, field
 from typing import Any
@@ -127,11 +128,11 @@ def validate(cfg: Config) -> None:
         "pool.sync_interval": cfg.pool.sync_interval, "max_ovf_size": cfg.max_ovf_size,
     }
     for name, value in positive.items():
-        if value <= 0:
+        if not math.isfinite(value) or value <= 0:  # TOML has nan and inf
             raise InvalidInput(f"config option {name} must be positive, not {value}")
-    if u.backoff_max < u.backoff_base:
+    if not math.isfinite(u.backoff_max) or u.backoff_max < u.backoff_base:
         raise InvalidInput("updater.backoff_max must not be below updater.backoff_base")
-    if not 0 <= u.jitter < 1:
+    if not 0 <= u.jitter < 1:  # nan fails this too
         raise InvalidInput("updater.jitter must be in [0, 1)")
 
 

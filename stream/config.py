@@ -230,6 +230,8 @@ def validate(cfg: Config) -> None:
         raise InvalidConfig("engine.ca needs TLS on the data port: set daemon.cert and daemon.key")
     if cfg.engine.token != cfg.engine.token.strip():
         raise InvalidConfig("engine.token must not begin or end with white space")
+    if not cfg.daemon.data_dir.strip():
+        raise InvalidConfig("daemon.data_dir must name a directory (it is empty)")
     _host, sep, port = cfg.daemon.listen.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
         raise InvalidConfig(f"daemon.listen must be HOST:PORT, not {cfg.daemon.listen!r}")

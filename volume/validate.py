@@ -41,9 +41,14 @@ def parse_enum(cls: type[E], value: object, what: str) -> E:
     raise InvalidRequest(f"{what} must be one of {choices}, not {value!r}")
 
 
+#: The largest volume: an off_t, what a file or a device offset can be.
+MAX_SIZE = 2**63 - 1
+
+
 def check_size(size: object) -> int:
-    if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
-        raise InvalidRequest(f"volume size must be a positive integer, not {size!r}")
+    if not isinstance(size, int) or isinstance(size, bool) or not 0 < size <= MAX_SIZE:
+        raise InvalidRequest(f"volume size must be a positive integer up to {MAX_SIZE}, "
+                             f"not {size!r}")
     return size
 
 

@@ -41,6 +41,11 @@ def test_file_and_override(tmp_path: Path) -> None:
     pytest.param("[updater]\nbackoff_max = 1\n", "must not be below updater.backoff_base",
                  id="backoff"),
     pytest.param("[updater\n", "is not valid TOML", id="syntax"),
+    pytest.param("[http]\nrequest_timeout = inf\n", "http.request_timeout must be positive",
+                 id="inf"),  # TOML has inf and nan: a traceback at the first request
+    pytest.param("[http]\nconnect_timeout = nan\n", "http.connect_timeout must be positive",
+                 id="nan"),
+    pytest.param("[updater]\nbackoff_max = inf\n", "must not be below", id="inf-backoff"),
 ])
 def test_bad_config(tmp_path: Path, text: str, message: str) -> None:
     path = tmp_path / "engine.toml"

@@ -103,6 +103,7 @@ def test_bad_config_is_one_sentence(
     ("ovf", "store_size", MiB + 1),
     ("engine", "token", "secret\n"),  # never matches the stripped header
     ("engine", "ca", "/etc/pki/engine-ca.pem"),  # without TLS: silently no effect
+    ("daemon", "data_dir", ""),  # silently the current directory
 ])
 def test_values_out_of_range_are_refused(section: str, key: str, value: Any) -> None:
     with pytest.raises(InvalidConfig, match=rf"{section}\.{key}"):

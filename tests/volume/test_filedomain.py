@@ -153,6 +153,7 @@ def test_create_exists(sd: FileDomain) -> None:
     pytest.param({"size": 0}, "positive integer", id="zero-size"),
     pytest.param({"size": -1}, "positive integer", id="negative-size"),
     pytest.param({"size": True}, "positive integer", id="bool-size"),
+    pytest.param({"size": 10**30}, "positive integer up to", id="huge-size"),  # was a 500
     pytest.param({"format": "vmdk"}, "format must be one of raw, qcow2", id="format"),
     pytest.param({"allocation": "thin"}, "allocation must be one of", id="allocation"),
     pytest.param({"content": "PICTURES"}, "content type must be one of", id="content"),
