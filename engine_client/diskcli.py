@@ -133,6 +133,8 @@ def _transfer(cache: Cache, cfg: Config, args: argparse.Namespace,
 
     upload = args.action == "upload"
     resume = canonical_uuid(args.disk, "disk") if upload and args.disk else None
+    if not upload:
+        transfers.check_target(args.file)
     opened = _with_ctx(cache, cfg, progress, lambda ctx: (
         transfers.open_upload(ctx, args.file, args.domain, resume) if upload
         else transfers.open_download(ctx, args.disk, args.domain)))

@@ -142,6 +142,10 @@ def _migrate(conn: sqlite3.Connection, path: str) -> None:
 
 def connect(state_dir: str) -> sqlite3.Connection:
     """Open (creating if needed) the cache in ``state_dir``, migrated."""
+    if not state_dir:
+        raise CacheError("the state directory is empty; give --state-dir a directory")
+    if os.path.exists(state_dir) and not os.path.isdir(state_dir):
+        raise CacheError(f"the state directory {state_dir} is not a directory")
     try:
         os.makedirs(state_dir, mode=0o700, exist_ok=True)
     except OSError as e:

@@ -67,6 +67,8 @@ def local_format(path: str) -> tuple[str, int, int]:
 
 async def open_upload(ctx: Ctx, path: str, sd_uuid: str, disk: str | None) -> Opened:
     fmt, virtual, size = local_format(path)
+    if size == 0:
+        raise InvalidInput(f"{path} is empty: there is no disk to upload")
     sd = ctx.cache.domain(sd_uuid).uuid
     if fmt == "qcow2" and ctx.cache.domain(sd).type == "block":
         raise InvalidInput(f"{path} is qcow2 and {sd} is a block domain (raw only); "
@@ -95,6 +97,18 @@ async def open_upload(ctx: Ctx, path: str, sd_uuid: str, disk: str | None) -> Op
         ctx.report({"event": "volume", "action": "removed", **ref.to_json()})
         raise
     return Opened(ref, url, host.name, size, fmt)
+
+
+def check_target(path: str) -> None:
+    """InvalidInput unless a download can be written at ``path`` (checked
+    before a ticket is opened on a host for it)."""
+    where = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise InvalidInput(f"{path} is a directory; give the file to download into")
+    if not os.path.isdir(where):
+        raise InvalidInput(f"cannot download into {path}: {where} is not a directory")
+    if not os.access(where, os.W_OK | os.X_OK):
+        raise InvalidInput(f"cannot download into {path}: {where} is not writable")
 
 
 async def open_download(ctx: Ctx, disk: str, sd_uuid: str | None) -> Opened:

@@ -79,7 +79,10 @@ def bind_control(path: str) -> socket.socket:
     client connected in between would keep what the umask let it have."""
     sock = socket.socket(socket.AF_UNIX)
     try:
-        sock.bind(path)
+        try:
+            sock.bind(path)
+        except OSError as e:  # bind() names no file in its error
+            raise OSError(e.errno, e.strerror, path) from None
         os.chmod(path, 0o660)
     except BaseException:
         sock.close()

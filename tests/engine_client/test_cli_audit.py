@@ -115,3 +115,28 @@ def test_stopping_a_loop(tmp_path: Path, command: tuple[str, ...], sig: signal.S
             p.kill()
     assert p.returncode == rc, err
     assert "Traceback" not in err
+
+
+def test_bad_download_targets_are_refused_before_the_host(tmp_path: Path) -> None:
+    """Checked locally, before a ticket is opened on a host (here a down one)."""
+    state = tmp_path / "engine"
+    sd = host_down(state, tmp_path)
+    disk = str(uuid.uuid4())
+    for target, words in ((tmp_path / "no" / "such" / "x.raw", "is not a directory"),
+                          (tmp_path, "is a directory")):
+        r = run(state, "disk", "download", disk, str(target), "--domain", sd)
+        assert words in one_sentence(r, 2)
+
+
+def test_an_empty_file_is_no_disk_to_upload(tmp_path: Path) -> None:
+    state = tmp_path / "engine"
+    sd = host_down(state, tmp_path)
+    (tmp_path / "empty.raw").write_bytes(b"")
+    r = run(state, "disk", "upload", str(tmp_path / "empty.raw"), "--domain", sd)
+    assert "is empty: there is no disk to upload" in one_sentence(r, 2)
+
+
+def test_a_state_dir_that_is_a_file(tmp_path: Path) -> None:
+    (tmp_path / "state").write_text("")
+    r = run(tmp_path / "state", "vm", "list")
+    assert "is not a directory" in one_sentence(r, 1)

@@ -192,6 +192,14 @@ def test_a_second_daemon_on_one_data_dir_is_refused(tmp_path: Path) -> None:
     again.stop()
 
 
+def test_a_control_socket_in_a_missing_directory_is_named(tmp_path: Path) -> None:
+    where = tmp_path / "no" / "such" / "control.sock"
+    r = sluice("--data-dir", str(tmp_path / "data"), "--listen", f"127.0.0.1:{free_port()}",
+               "--control-socket", str(where), cwd=tmp_path)
+    assert r.returncode == 1
+    assert f"cannot start: {where}: No such file or directory" in r.stderr
+
+
 def test_a_stale_control_socket_is_replaced(tmp_path: Path) -> None:
     """The other side of the test above (it passed before the fix too): a
     crashed daemon's socket, which nobody listens on, is still replaced."""
