@@ -189,9 +189,11 @@ class Updater:
                 continue
             order = decide.host_order(store.sd_uuid, hosts, reports)
             jobs.append(self._push_domain(store, order, limit, features))
-        report.domains += await asyncio.gather(*jobs)
-        for task in features.values():
-            task.cancel()
+        try:
+            report.domains += await asyncio.gather(*jobs)
+        finally:
+            for task in features.values():
+                task.cancel()
 
     async def _zstd(self, client: HostClient, features: dict[str, asyncio.Task[bool]]) -> bool:
         if not self.cfg.http.zstd:
@@ -200,7 +202,12 @@ class Updater:
         if name not in features:  # one GET /info/ per host and pass
             async def ask() -> bool:
                 return "zstd" in await client.features()
-            features[name] = asyncio.ensure_future(ask())
+            task = features[name] = asyncio.ensure_future(ask())
+            # Shared by the host's domains: one of them may be canceled (the
+            # pass stopped) before the answer, and no one else may wait for
+            # it; its error is theirs, never "Task exception was never
+            # retrieved" with a traceback at exit.
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())
         return await asyncio.shield(features[name])
 
     async def _fetch(self, digests: Sequence[str]) -> dict[str, bytes]:
