@@ -12,7 +12,6 @@ import asyncio
 import json
 import logging
 import sqlite3
-import ssl
 import sys
 from dataclasses import asdict
 
@@ -143,21 +142,6 @@ def _positive(text: str) -> int:
     return value
 
 
-def _config(args: argparse.Namespace) -> config.Config:
-    try:
-        cfg = config.load(args.config, args.state_dir)
-    except UnicodeDecodeError:
-        raise InvalidInput(f"config file {args.config} is not UTF-8 text") from None
-    if cfg.http.ca_file:  # checked now: every command that talks to hosts loads it
-        try:
-            ssl.create_default_context(cafile=cfg.http.ca_file)
-        except OSError as e:
-            why = "it is not a PEM CA bundle" if isinstance(e, ssl.SSLError) else e.strerror
-            raise InvalidInput(f"config option http.ca_file: cannot load {cfg.http.ca_file}: "
-                               f"{why}") from None
-    return cfg
-
-
 def _vm(cache: Cache, cfg: config.Config, args: argparse.Namespace) -> int:
     a = args.action
     if a == "import":
@@ -255,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
                 return 1
             print(json.dumps(result))
             return 0
-        return _dispatch(_config(args), args)
+        return _dispatch(config.load(args.config, args.state_dir), args)
     except (InvalidInput, NotFound, WireError) as e:
         print(f"sluice-engine: {e}", file=sys.stderr)
         return 2

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import ssl
 import tomllib
 from dataclasses import dataclass, field
 from typing import Any
@@ -134,6 +135,13 @@ def validate(cfg: Config) -> None:
         raise InvalidInput("updater.backoff_max must not be below updater.backoff_base")
     if not 0 <= u.jitter < 1:  # nan fails this too
         raise InvalidInput("updater.jitter must be in [0, 1)")
+    if cfg.http.ca_file:  # now, not as a traceback in the first command that loads it
+        try:
+            ssl.create_default_context(cafile=cfg.http.ca_file)
+        except OSError as e:
+            why = "it is not a PEM CA bundle" if isinstance(e, ssl.SSLError) else e.strerror
+            raise InvalidInput(f"config option http.ca_file: cannot load {cfg.http.ca_file}: "
+                               f"{why}") from None
 
 
 def load(path: str | None = None, state_dir: str | None = None) -> Config:
@@ -147,6 +155,8 @@ def load(path: str | None = None, state_dir: str | None = None) -> Config:
             raise InvalidInput(f"cannot read config file {path}: {e.strerror}") from None
         except tomllib.TOMLDecodeError as e:
             raise InvalidInput(f"config file {path} is not valid TOML: {e}") from None
+        except UnicodeDecodeError:
+            raise InvalidInput(f"config file {path} is not UTF-8 text") from None
         _fill(cfg, data, "")
     if state_dir is not None:
         cfg.state_dir = state_dir

@@ -129,13 +129,10 @@ class Client:
         body = json.dumps(msg).encode() if msg is not None else None
         headers = {"Content-Type": "application/json"} if body else {}
 
-        def op() -> bytes:
-            # The body is read inside the retry: a cut after the headers is a cut too.
-            data = self._checked(self.request(method, suffix, body, headers, timeout)).read()
-            if self._conn is not None and self._conn.sock is not None:
-                self._conn.sock.settimeout(self._timeout)
-            return data
-        data = self._retry(op)
+        # The body is read inside the retry: a cut after the headers is a cut
+        # too.  (Each request sets the socket's timeout, so a long one ends here.)
+        data = self._retry(lambda: self._checked(
+            self.request(method, suffix, body, headers, timeout)).read())
         try:
             return json.loads(data) if data else None
         except ValueError:

@@ -43,9 +43,6 @@ def main(argv: list[str] | None = None) -> int:
     except Error as e:
         print(f"sluice: {e}", file=sys.stderr)
         return 2
-    except UnicodeDecodeError:
-        print(f"sluice: config {args.config} is not UTF-8 text", file=sys.stderr)
-        return 2
     if args.show_config:
         print(cfg.to_json())
         return 0

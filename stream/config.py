@@ -269,6 +269,8 @@ def load(path: str | None, overrides: dict[str, Any] | None = None) -> Config:
             raise InvalidConfig(f"cannot read config {path}: {os.strerror(e.errno or 0)}") from e
         except tomllib.TOMLDecodeError as e:
             raise InvalidConfig(f"config {path} is not valid TOML: {e}") from e
+        except UnicodeDecodeError:
+            raise InvalidConfig(f"config {path} is not UTF-8 text") from None
     for dotted, value in (overrides or {}).items():
         section, _, key = dotted.partition(".")
         table = data.setdefault(section, {})

@@ -141,13 +141,12 @@ class RangeSet:
     def total(self, extra: Iterable[tuple[int, int]] = ()) -> int:
         """Bytes covered, with the ``extra`` ranges merged in (not kept)."""
         extra = list(extra)
-        if not extra:
-            return sum(self._ends) - sum(self._starts)
-        merged = RangeSet()
-        merged._starts, merged._ends = list(self._starts), list(self._ends)
-        for start, end in extra:
-            merged.add(start, end)
-        return merged.total()
+        if extra:
+            merged = RangeSet()
+            for start, end in [*zip(self._starts, self._ends, strict=True), *extra]:
+                merged.add(start, end)
+            return merged.total()
+        return sum(self._ends) - sum(self._starts)
 
 
 @dataclass(eq=False)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+from typing import Self
 
 
 class TcpRelay:
@@ -31,6 +32,16 @@ class TcpRelay:
     def close(self) -> None:
         """Accept no more connections."""
         self.sock.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def via(self, url: str) -> str:
+        """``url`` of the daemon, through this relay."""
+        return url.replace(f":{self.target}/", f":{self.port}/", 1)
 
     def _accept(self) -> None:
         conn = 0

@@ -65,14 +65,9 @@ def test_upload_resumes_after_a_broken_connection(daemon: Daemon, tmp_path: Path
     target = daemon.images / "resume.raw"
     target.write_bytes(b"")
     url = daemon.add_ticket(target, size=size)
-    relay = CuttingRelay(daemon.port, cut=5 * MiB)
-    try:
-        relayed = url.replace(f":{daemon.port}/", f":{relay.port}/")
-        progress: list[int] = []
-        with Client(relayed) as c:
-            result = upload(str(src), c, progress.append)
-    finally:
-        relay.close()
+    progress: list[int] = []
+    with CuttingRelay(daemon.port, cut=5 * MiB) as relay, Client(relay.via(url)) as c:
+        result = upload(str(src), c, progress.append)
     assert result.retries == 1
     assert sum(progress) == size  # progress taken back for the broken attempt
     assert target.read_bytes() == data
@@ -84,13 +79,10 @@ def test_download_resumes_after_a_broken_connection(daemon: Daemon, tmp_path: Pa
     data = os.urandom(size)
     image.write_bytes(data)
     url = daemon.add_ticket(image, ops=["read"])
-    relay = CuttingRelay(daemon.port, cut=1)  # the first request never completes
-    try:
-        back = tmp_path / "dl.raw"
-        with Client(url.replace(f":{daemon.port}/", f":{relay.port}/")) as c:
-            result = download(c, str(back))
-    finally:
-        relay.close()
+    back = tmp_path / "dl.raw"
+    # The first request never completes.
+    with CuttingRelay(daemon.port, cut=1) as relay, Client(relay.via(url)) as c:
+        result = download(c, str(back))
     assert result.retries >= 1
     assert back.read_bytes() == data
 
@@ -140,13 +132,10 @@ def test_a_failed_download_keeps_the_old_file(daemon: Daemon, tmp_path: Path) ->
     old = tmp_path / "disk.raw"
     old.write_bytes(b"the last good copy")
     old.chmod(0o600)
-    relay = DeadAfterRelay(daemon.port, cut=MiB)
-    try:
-        relayed = url.replace(f":{daemon.port}/", f":{relay.port}/")
-        with Client(relayed, retries=2) as c, pytest.raises(TransferError, match="3 times"):
-            download(c, str(old))
-    finally:
-        relay.close()
+    with DeadAfterRelay(daemon.port, cut=MiB) as relay, \
+            Client(relay.via(url), retries=2) as c, \
+            pytest.raises(TransferError, match="3 times"):
+        download(c, str(old))
     assert old.read_bytes() == b"the last good copy"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["disk.raw"]  # no .part left
     with Client(url) as c:  # and a download that succeeds replaces it, mode kept

@@ -130,13 +130,9 @@ def test_a_cut_inside_a_json_answer_is_retried(daemon: Daemon, tmp_path: Path,
     data = os.urandom(3 * MiB)
     image.write_bytes(data)
     url = daemon.add_ticket(image, ops=["read"])
-    relay = HeadersOnlyRelay(daemon.port, marker)
-    try:
-        back = tmp_path / "back.raw"
-        with Client(url.replace(f":{daemon.port}/", f":{relay.port}/")) as c:
-            result = download(c, str(back))
-    finally:
-        relay.close()
+    back = tmp_path / "back.raw"
+    with HeadersOnlyRelay(daemon.port, marker) as relay, Client(relay.via(url)) as c:
+        result = download(c, str(back))
     assert relay.cut.is_set()
     assert result.retries == 1
     assert back.read_bytes() == data
