@@ -28,7 +28,7 @@ from . import _linux, blockmeta
 from ._oserror import oserrors
 from .blockmeta import AREA
 from .errors import Conflict, InvalidRequest, NoSpace, VolumeError
-from .sd import Allocation, BaseDomain, Format, MiB, Space, VolumeInfo
+from .sd import Allocation, BaseDomain, Format, MiB, Space, VolumeInfo, check_resizable
 from .validate import check_block_device, check_size, check_uuid
 
 log = logging.getLogger(__name__)
@@ -215,6 +215,7 @@ class BlockDomain(BaseDomain):
         with self._lock:
             generation, table = self._load()
             entry = self._find(table, img_uuid, vol_uuid)
+            check_resizable(self._info(entry))
             if size < entry["size"]:
                 raise InvalidRequest(f"volume size {entry['size']} cannot shrink to {size}")
             extent = _round_up(size)

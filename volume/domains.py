@@ -6,10 +6,14 @@ A ticket names its volume either by path or by UUIDs:
 
 - a path is accepted only when its real path (after symlinks) lies inside
   a file domain's directory or is one of a domain's registered devices
-  (:meth:`DomainRegistry.resolve`);
+  (:meth:`DomainRegistry.resolve`), a device for reading only: it holds
+  the domain's label, volume table, OVF stores and every volume;
 - ``(sd_uuid, img_uuid, vol_uuid)`` is looked up in the domain's own
   metadata (:meth:`DomainRegistry.volume`), which also says where the
   bytes are (:func:`volume.sd.open_data` opens them).
+
+Either way, a transfer never writes an OVF store (:func:`volume.sd.check_write_target`):
+only the store update protocol does, which keeps the last good one.
 
 The registry opens each domain's storage (:data:`OPENERS`, by type) the
 first time a volume is looked up, not when the domain is added: a domain
@@ -36,7 +40,7 @@ from .filedomain import (
     create_file_domain,
     open_file_domain,
 )
-from .sd import StorageDomain, VolumeInfo
+from .sd import StorageDomain, VolumeInfo, check_write_target
 from .validate import check_uuid
 
 log = logging.getLogger(__name__)
@@ -139,10 +143,11 @@ class DomainRegistry:
         vol_uuid = check_uuid(vol_uuid, "volume")
         return self.storage(sd_uuid).lookup(img_uuid, vol_uuid)
 
-    def resolve(self, path: str) -> tuple[Domain, str]:
-        """Return (domain, real path) for a ticket path, or refuse it.
+    def resolve(self, path: str, write: bool = False) -> tuple[Domain, str]:
+        """Return (domain, real path) for a ticket path, or refuse it; ``write``:
+        the ticket allows writing (see :func:`volume.sd.check_write_target`).
 
-        Blocking (realpath and stat): run it in the I/O executor.
+        Blocking (realpath, stat, a volume's metadata): run it in the I/O executor.
         """
         real = os.path.realpath(path)
         try:
@@ -156,6 +161,12 @@ class DomainRegistry:
         for d in self.all():
             if stat.S_ISBLK(st.st_mode):
                 if any(os.path.realpath(dev) == real for dev in d.devices):
+                    if write:
+                        raise Forbidden(
+                            f"Invalid ticket: {path} is a device of block storage domain "
+                            f"{d.uuid}, which holds its label, volume table and OVF stores; "
+                            "a ticket may only read it: name a volume by sd_id, img_id "
+                            "and vol_id to write one")
                     return d, real
             elif d.type == "file":
                 images = os.path.join(os.path.realpath(d.path), IMAGES)
@@ -163,10 +174,24 @@ class DomainRegistry:
                     if _is_metadata(real):
                         raise Forbidden(f"Invalid ticket: {path} is metadata of storage "
                                         f"domain {d.uuid}, not an image")
+                    if write and (info := self._volume_at(d, real[len(images) + 1:])):
+                        check_write_target(info)
                     return d, real
         where = "" if stat.S_ISBLK(st.st_mode) else f" (under its {IMAGES}/ directory)"
         raise Forbidden(f"Invalid ticket: {path} is not inside a registered storage "
                         f"domain{where}")
+
+
+    def _volume_at(self, d: Domain, rel: str) -> VolumeInfo | None:
+        """The volume whose data is ``images/<rel>`` of file domain ``d``, if any."""
+        parts = rel.split(os.sep)
+        if len(parts) != 2 or not os.path.exists(
+                os.path.join(d.path, IMAGES, rel + META_SUFFIX)):
+            return None
+        try:
+            return self.storage(d.uuid).lookup(*parts)
+        except (InvalidRequest, NotFound):
+            return None  # not UUIDs, or deleted meanwhile: not a volume
 
 
 def _is_metadata(path: str) -> bool:

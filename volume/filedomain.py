@@ -33,7 +33,7 @@ from . import qemuimg
 from ._oserror import oserrors
 from .durable import atomic_write, fsync_dir, makedirs_durable, preallocate, remove_durable
 from .errors import Conflict, InvalidRequest, NotFound, VolumeError
-from .sd import Allocation, BaseDomain, Format, Space, VolumeInfo
+from .sd import Allocation, BaseDomain, Format, Space, VolumeInfo, check_resizable
 from .validate import check_directory, check_size, check_uuid
 
 log = logging.getLogger(__name__)
@@ -202,6 +202,7 @@ class FileDomain(BaseDomain):
         size = check_size(size)
         with self._lock, oserrors("resize volume"):
             info = self._ready(img_uuid, vol_uuid)
+            check_resizable(info)
             if size < info.size:
                 raise InvalidRequest(f"volume size {info.size} cannot shrink to {size}")
             if size == info.size:

@@ -10,6 +10,7 @@ import logging
 from aiohttp import web
 
 from volume.errors import InvalidRequest
+from volume.sd import check_write_target
 from volume.validate import check_uuid
 
 from ..auth import ENGINE
@@ -35,9 +36,12 @@ async def put_ticket(request: web.Request) -> web.Response:
         sd = check_uuid(fields["sd_id"], "storage domain")
         mgr.check(sd, access)
         info = await io.run(mgr.registry.volume, sd, fields["img_id"], fields["vol_id"])
+        if access is Access.WRITE:
+            check_write_target(info)
         domain_uuid, real = sd, info.path
     else:
-        domain, real = await io.run(mgr.registry.resolve, fields["path"])
+        domain, real = await io.run(mgr.registry.resolve, fields["path"],
+                                    access is Access.WRITE)
         mgr.check(domain.uuid, access)
         domain_uuid = domain.uuid
     ticket = Ticket(

@@ -9,7 +9,7 @@ from typing import Any
 from aiohttp import web
 
 from volume.errors import Conflict, Error, InvalidRequest
-from volume.sd import VolumeInfo, open_data
+from volume.sd import VolumeInfo, check_write_target, open_data
 from volume.validate import check_uuid
 
 from .. import convert
@@ -55,6 +55,7 @@ async def start_copy(request: web.Request) -> web.Response:
     msg = await read_json(request)
     job_id = check_uuid(msg.get("job_id") or str(uuidlib.uuid4()), "job_id")
     dst = await _volume(request, msg.get("destination"), Access.WRITE, "destination")
+    check_write_target(dst)
     spec = msg.get("source")
     io = request.app[IO_KEY]
     src_info: VolumeInfo | None = None

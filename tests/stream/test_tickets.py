@@ -159,7 +159,8 @@ async def test_unregistered_block_device_is_refused(
         assert await resp.text() == (
             f"Invalid ticket: {path} is not inside a registered storage domain\n")
         assert (await client.get(f"/tickets/{t['uuid']}")).status == 404
-    # Registered with a block domain, the same device is a valid ticket url.
+    # Registered with a block domain, the same device is a valid ticket url
+    # for reading (writing: tests/stream/test_store_guard.py).
     block_sd, file_sd = str(uuid.uuid4()), domain_dir.parent.name
     resp = await client.post("/domains", json={"uuid": block_sd, "type": "block",
                                                "location": [device], "ovf_stores": 1,
@@ -171,6 +172,6 @@ async def test_unregistered_block_device_is_refused(
                     file_sd: {"type": "file", "location": str(domain_dir.parent),
                               "status": "Active"}}})
     assert resp.status == 200, await resp.text()
-    t = ticket_json(device, size=4 * MiB)
+    t = ticket_json(device, size=4 * MiB, ops=["read"])
     resp = await client.put(f"/tickets/{t['uuid']}", json=t)
     assert resp.status == 200, await resp.text()
