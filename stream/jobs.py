@@ -14,11 +14,12 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from volume.errors import Conflict, Error, NotFound
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 #: Finished jobs are forgotten after this long (the engine polls far more often).
 KEEP_FINISHED = 3600.0
@@ -67,6 +68,32 @@ class Job:
         if self.task is not None and not self.task.done() and self.stopped is None:
             self.stopped = reason
             self.task.cancel()
+
+
+async def last_step(step: Awaitable[T]) -> T:
+    """Await a job's last step (marking a verified copy complete) to its end.
+
+    A cancel or stop that arrives meanwhile came too late: the step runs
+    in an I/O worker that cannot be interrupted, and a job reported
+    canceled while that worker still marks its volume complete would free
+    the volume for another job, whose "incomplete" mark the late one could
+    overwrite.  So the cancel is absorbed and the job ends done.
+    """
+    task = asyncio.ensure_future(step)
+    absorbed = 0
+    while True:
+        try:
+            result = await asyncio.shield(task)
+            break
+        except asyncio.CancelledError:
+            if task.done():
+                raise  # the step itself was canceled (the loop is closing)
+            absorbed += 1
+    current = asyncio.current_task()
+    if current is not None:
+        for _ in range(absorbed):
+            current.uncancel()
+    return result
 
 
 class Jobs:

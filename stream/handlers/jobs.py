@@ -15,7 +15,7 @@ from volume.validate import check_uuid
 from .. import convert
 from ..auth import ENGINE
 from ..copy import LocalSource, RemoteSource, Source, copy
-from ..jobs import Job
+from ..jobs import Job, last_step
 from ..pool import Access, PoolMap
 from ..state import CONFIG, IO_KEY, JOBS, POOL
 from .common import read_json
@@ -99,7 +99,7 @@ async def start_copy(request: web.Request) -> web.Response:
         # Incomplete until verified: a failed or canceled copy leaves it so.
         await io.run(storage.set_legal, dst.img_uuid, dst.vol_uuid, False)
         await _copy(job)
-        await io.run(storage.set_legal, dst.img_uuid, dst.vol_uuid, True)
+        await last_step(io.run(storage.set_legal, dst.img_uuid, dst.vol_uuid, True))
 
     async def _copy(job: Job) -> None:
         if src_info is not None and src_info.format != dst.format:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from stream.pool import Access, parse
 from stream.state import POOL
 from stream.wire.blkhash import StreamingBlockHash
 from stream.wire.poolmap import MAX_MAP_VERSION
+from volume.filedomain import FileDomain
 
 from .conftest import Client
 from .test_copy import (
@@ -394,6 +396,37 @@ async def test_cancel_while_verifying(
     # Deleting a finished job changes nothing.
     again = await (await client.delete(f"/jobs/{job_id}")).json()
     assert again["state"] == "canceled"
+
+
+async def test_cancel_during_the_final_mark_comes_too_late(
+    client: Client, domains: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The copy is verified and an I/O worker marks the volume complete: a
+    cancel then cannot stop the worker, so it must not report "canceled"
+    (and free the volume for another job) while the worker still writes."""
+    sa, sb, _, _ = domains
+    src, dst = await new_volume(client, sa, MiB), await new_volume(client, sb, MiB)
+    await write_image(client, src, MiB, {0: os.urandom(MiB)})
+    marking, release = threading.Event(), threading.Event()
+    original = FileDomain.set_legal
+
+    def slow_mark(self: FileDomain, img_uuid: str, vol_uuid: str, legal: bool) -> Any:
+        if legal and vol_uuid == dst["vol_id"]:
+            marking.set()
+            release.wait(10)
+        return original(self, img_uuid, vol_uuid, legal)
+
+    monkeypatch.setattr(FileDomain, "set_legal", slow_mark)
+    job_id = await start_copy(client, src, dst)
+    assert await asyncio.to_thread(marking.wait, 10)
+    cancel = asyncio.ensure_future(client.delete(f"/jobs/{job_id}"))
+    await asyncio.sleep(0.2)
+    assert not cancel.done()  # the cancel waits for the worker...
+    release.set()
+    job = await (await cancel).json()
+    assert (job["state"], job["error"]) == ("done", None)  # ...which finished the job
+    assert await legal(client, dst)
+    assert await read_image(client, dst, MiB) == await read_image(client, src, MiB)
 
 
 async def test_many_jobs_wait_their_turn(
