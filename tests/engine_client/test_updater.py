@@ -8,6 +8,7 @@ and a slow one that counts the pushes in flight.  Passes against real daemons ar
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -317,3 +318,40 @@ async def test_concurrency_bounds_pushes_in_flight(cache: Cache, cfg: Config,
     assert {d.sd_uuid: d.outcome for d in r.domains} == dict.fromkeys(sds, "updated")
     assert sorted(puts) == sorted(sds)
     assert peak[0] == 2, "two pushes at once, never more"
+
+
+async def test_a_canceled_pass_drops_its_host_lookups(cache: Cache, updater: Updater,
+                                                      add_domain: AddDomain,
+                                                      aiohttp_server: Any) -> None:
+    """SIGTERM cancels a pass while it asks a host for its features (one
+    GET /info/ shared by the host's domains): the request goes with the
+    pass, and nothing is left to fail later with no one to hear it."""
+    asked, dropped = asyncio.Event(), asyncio.Event()
+
+    async def info(request: web.Request) -> web.Response:
+        asked.set()
+        try:  # until the client goes (the test server may cancel this then)
+            while request.transport is not None and not request.transport.is_closing():
+                await asyncio.sleep(0.01)
+        finally:
+            dropped.set()
+        return web.json_response({"features": []})
+
+    app = web.Application()
+    app.router.add_get("/info/", info)
+    server = await aiohttp_server(app)
+    sds = [add_domain(), add_domain()]
+    add_vm(cache, "diskless", [])  # marks every active domain
+    cache.add_host("h", f"http://127.0.0.1:{server.port}", "t", sds)
+    unheard: list[dict[str, Any]] = []
+    asyncio.get_running_loop().set_exception_handler(lambda _, ctx: unheard.append(ctx))
+    task = asyncio.ensure_future(updater.run_once())
+    await asyncio.wait_for(asked.wait(), 5)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await asyncio.wait_for(dropped.wait(), 2)
+    gc.collect()
+    await asyncio.sleep(0.05)
+    assert unheard == []
+    assert all(s.outdated for s in cache.stores())
