@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
 import uuid
 from pathlib import Path
 from typing import Any
@@ -9,6 +11,7 @@ from typing import Any
 import pytest
 
 from stream.pool import ALLOWED, Access, Status
+from tests.conftest import LoopDeviceFactory
 
 from .conftest import AddTicket, Client
 from .test_ovf import build_tar, push
@@ -184,6 +187,46 @@ async def test_stats_report_health_and_version(client: Client, sd: tuple[str, st
     d = stats["domains"][sd[0]]
     assert d["reachable"] is True and d["total"] > 0 and 0 <= d["free"] <= d["total"]
     assert d["latency"] >= 0 and d["last_check"] > 0
+
+
+async def test_a_hung_location_is_reported_and_stalls_nothing(
+    client: Client, sd: tuple[str, str], tmp_path: Path, loop_device: LoopDeviceFactory,
+    image: Any, add_ticket: AddTicket
+) -> None:
+    """A LUN whose storage stopped answering: the check's open() never
+    returns (here a real one: the device's link now names a FIFO nobody
+    writes).  The monitor gives up on it after its timeout and reports it;
+    the other domain's check and image transfers go on meanwhile."""
+    link = tmp_path / "lun"
+    link.symlink_to(loop_device(4 * MiB))
+    hung = str(uuid.uuid4())
+    body = pool_map(5, {sd[0]: (sd[1], "Active")})
+    body["domains"][hung] = {"type": "block", "location": [str(link)], "status": "Active"}
+    status, answer = await put_pool(client, body)
+    assert status == 200, answer
+    app = client.app
+    assert app is not None
+    from stream.state import POOL
+
+    monitor = app[POOL].monitor
+    monitor.timeout = 0.5
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    link.unlink()
+    link.symlink_to(fifo)
+    try:
+        check = asyncio.ensure_future(monitor.check_all())
+        path = image(MiB)
+        ticket = await add_ticket(path)
+        resp = await client.put(f"/images/{ticket}", data=b"x" * MiB)
+        assert resp.status == 200, await resp.text()  # the open() still hangs
+        await asyncio.wait_for(check, 5)  # given up on after 0.5 s
+        stats = await (await client.get("/stats")).json()
+        assert stats["domains"][hung]["reachable"] is False
+        assert stats["domains"][hung]["error"] == "check did not finish in 0.5 s"
+        assert stats["domains"][sd[0]]["reachable"] is True
+    finally:  # a writer lets the blocked open() return, and its thread end
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
 
 
 async def test_an_unreachable_location_is_applied_and_reported(
