@@ -4,18 +4,21 @@ oVirt rewrites each store in place with ``dd`` and keeps "is this store
 whole" only in the volume description, which hosted-engine never reads: it
 takes the first store it finds and untars it.  A cut-off update there is a
 half archive that looks like a whole one.  Here every store ends in a
-commit record (:mod:`volume.ovfrecord`), so a store speaks for itself.
+commit record (:mod:`volume.ovfrecord`), so a store speaks for itself;
+and for readers that know no record (hosted-engine's ``dd | tar``), a
+store's first block is zeros while it is written, an empty archive to
+tar, until the rest is synced (:mod:`volume.ovfupdate`).
 
 One incoming archive updates all stores of a domain:
 
 1. :meth:`OvfStores.begin` picks the target, the store updated longest
-   ago (never-updated or invalid ones first), marks its record "updating"
-   and syncs.  From here the target is invalid; the others are untouched.
+   ago (never-updated or invalid ones first), zeroes its first block,
+   marks its record "updating" and syncs.  From here the target is invalid; the others are untouched.
 2. The caller streams the tar into :attr:`Update.volume`, which ends where
    the record begins, so an archive too large gets OutOfRange.
-3. :meth:`Update.seal` zeroes the 1 MiB after the tar, syncs, (with
-   ``read_back``) reads the tar back and checks its xxh3-128, writes the
-   record and syncs.  The daemon answers here, the archive durable.
+3. :meth:`Update.seal` zeroes the 1 MiB after the tar, syncs, writes the
+   tar's first block, (with ``read_back``) reads the tar back and checks
+   its xxh3-128, writes the record and syncs.  The daemon answers here, the archive durable.
 4. :meth:`Update.replicate` then reads the target back (if step 3 did
    not) and only if it matches copies the tar into the others, oldest
    first, each with the same mark, write, sync, verify, record, sync.  The

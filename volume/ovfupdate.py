@@ -2,9 +2,18 @@
 
 The protocol and why it is crash-safe are in :mod:`volume.ovfstore`; this
 module is its write half.  Every store is written the same way, target
-and copies alike: mark the record updating and sync, write the archive,
-zero what follows it, sync, read the archive back and check its digest,
-write the committed record and sync.
+and copies alike: zero the archive's first :data:`HEAD` bytes, mark the
+record updating and sync; write the rest of the archive, zero what follows
+it, sync; write the first bytes; read the archive back and check its
+digest; write the committed record and sync.
+
+The first bytes go last for the readers that know no record: hosted-engine
+runs ``dd | tar -xOf - <vm>.ovf`` on whichever store it finds.  While a
+store is written (or after a crash cut it off) its first block is zeros,
+which tar reads as an empty archive: "not found", and hosted-engine falls
+back to its previous configuration.  Written in order, the store would
+start with the new archive's headers over the old archive's bytes, and an
+OVF cut at the write position would extract without an error, torn.
 """
 
 from __future__ import annotations
@@ -30,6 +39,9 @@ log = logging.getLogger(__name__)
 
 #: Zeroed after each archive; see :mod:`volume.ovfstore` for why 1 MiB.
 TAIL_ZERO = 1 << 20
+#: Written last (see above): the first tar header, rounded up to the largest
+#: logical block size, so it is one direct write on any device.
+HEAD = 4096
 #: How long writing a store waits for its readers before giving up on it
 #: (an engine GET of a 128 MiB store takes seconds, not minutes).
 READ_WAIT = 30.0
@@ -40,20 +52,57 @@ def _ended() -> Conflict:
 
 
 class _Area(RegionVolume):
-    """The target's archive area: refuses I/O once the update has ended,
-    so a late write can never touch a committed (or abandoned) store."""
+    """A store's archive area while it is written: its first :data:`HEAD`
+    bytes are kept in memory until :meth:`write_head`, and it refuses I/O
+    once the update has ended, so a late write can never touch a committed
+    (or abandoned) store.  Closing it closes the store's volume."""
 
     ended = False
+
+    def __init__(self, inner: Volume, length: int) -> None:
+        super().__init__(inner, 0, length)
+        self._head = bytearray(min(HEAD, length))
 
     def _check(self, offset: int, length: int) -> None:
         if self.ended:
             raise _ended()
         super()._check(offset, length)
 
+    def _in_head(self, offset: int, length: int) -> int:
+        """How many of the bytes from ``offset`` fall in the held head."""
+        self._check(offset, length)
+        return max(0, min(length, len(self._head) - offset))
+
+    def write(self, offset: int, buf: memoryview) -> None:
+        if n := self._in_head(offset, len(buf)):
+            self._head[offset:offset + n] = buf[:n]
+            offset, buf = offset + n, buf[n:]
+        if len(buf):
+            super().write(offset, buf)
+
+    def zero(self, offset: int, length: int, punch: bool = False) -> None:
+        if n := self._in_head(offset, length):
+            self._head[offset:offset + n] = bytes(n)
+            offset, length = offset + n, length - n
+        if length:
+            super().zero(offset, length, punch)
+
+    def readinto(self, offset: int, buf: memoryview) -> int:
+        got = super().readinto(offset, buf)
+        if n := self._in_head(offset, got):
+            buf[:n] = self._head[offset:offset + n]
+        return got
+
     def flush(self) -> None:
         if self.ended:
             raise _ended()
         super().flush()
+
+    def write_head(self) -> None:
+        """Write the held bytes: call once the rest of the archive is synced."""
+        with aligned_view(HEAD) as view:
+            view[:len(self._head)] = self._head
+            super().write(0, view[:len(self._head)])
 
 
 class Update:
@@ -88,7 +137,7 @@ class Update:
             self._mark(self._vol, self.target.volume)
             #: The target's archive area, writable: stream the tar into it.
             #: Do not close it; commit and abort do.
-            self._area = _Area(self._vol, 0, capacity)
+            self._area = _Area(self._vol, capacity)
             self.volume: Volume = self._area
         except BaseException:
             self._finish()
@@ -134,9 +183,10 @@ class Update:
                     or not 0 <= tar_length <= self._capacity:
                 raise InvalidRequest(f"archive length must be 0 to {self._capacity} bytes, "
                                      f"not {tar_length!r}")
+            assert self._area is not None
             with aligned_view(CHUNK) as buf:
-                record = self._seal(self._vol, self.target.volume, tar_length, digest,
-                                    buf if read_back else None)
+                record = self._seal(self._vol, self._area, self.target.volume, tar_length,
+                                    digest, buf if read_back else None)
         except BaseException as e:
             log.warning("OVF update not committed sd=%s generation=%d: %s; store %d "
                         "stays invalid", self._sd_uuid, self.generation, e, self.target.index)
@@ -205,16 +255,20 @@ class Update:
             self._guard.end_update()
 
     def _mark(self, vol: Volume, info: VolumeInfo) -> None:
+        """Zero the head (a plain tar reader now finds no archive) and mark
+        the record updating, in one sync."""
         forget(self._sd_uuid, info)
+        vol.zero(0, min(HEAD, self._capacity))
         ovfrecord.write(vol, info.size, CommitRecord(
             self.generation, 0, NO_DIGEST, time.time(), updating=True))
 
-    def _seal(self, vol: Volume, info: VolumeInfo, tar_length: int, digest: str,
-              buf: memoryview | None) -> CommitRecord:
-        """Zero after the archive, sync, check it (when given ``buf`` to read
-        it back through), write the record (synced)."""
-        vol.zero(tar_length, min(TAIL_ZERO, self._capacity - tar_length))
-        vol.flush()
+    def _seal(self, vol: Volume, area: _Area, info: VolumeInfo, tar_length: int,
+              digest: str, buf: memoryview | None) -> CommitRecord:
+        """Zero after the archive, sync, write its head, check it (when given
+        ``buf`` to read it back through), write the record (synced)."""
+        area.zero(tar_length, min(TAIL_ZERO, self._capacity - tar_length))
+        area.flush()
+        area.write_head()
         if buf is not None:
             found = ovfrecord.tar_digest(vol, tar_length, buf)
             if found != digest:
@@ -231,12 +285,13 @@ class Update:
             try:
                 with closing(open_data(state.volume)) as vol:
                     self._mark(vol, state.volume)
+                    area = _Area(vol, self._capacity)  # closed with vol
                     pos = 0
                     for chunk in chunks(source, record.tar_length, buf):
-                        vol.write(pos, chunk)
+                        area.write(pos, chunk)
                         pos += len(chunk)
-                    copied = self._seal(vol, state.volume, record.tar_length, record.digest,
-                                        buf)
+                    copied = self._seal(vol, area, state.volume, record.tar_length,
+                                        record.digest, buf)
                     remember(self._sd_uuid, state.volume, copied)
             finally:
                 self._guard.end_write(name)

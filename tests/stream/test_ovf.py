@@ -290,7 +290,7 @@ async def test_copy_errors_are_reported(client: Client, sd: str) -> None:
     target: list[str] = []  # the first store written: the update's target
 
     def failing(fd: int, data: Any, offset: int) -> int:
-        if len(data) > 4096:  # tar data, not a commit record
+        if offset + len(data) <= os.fstat(fd).st_size - 4096:  # not the commit record
             path = os.readlink(f"/proc/self/fd/{fd}")
             target[:] = target or [path]
             if path != target[0]:

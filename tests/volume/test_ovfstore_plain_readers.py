@@ -1,0 +1,101 @@
+"""Readers that know no commit record, like hosted-engine's
+``dd if=STORE | tar -xOf - <vm>.ovf``, never extract from a store that is
+being written or was cut off: its first block stays zeros until the rest
+of the archive is synced, and tar reads that as an empty archive."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import tarfile
+from collections.abc import Iterator
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import LoopDeviceFactory
+from tests.volume.ovfstore_util import CAPACITY, digest, make_storage, open_stores, read_all
+from volume import ovfrecord, ovfupdate
+from volume.base import Volume
+from volume.errors import VolumeError
+from volume.ovfupdate import HEAD
+from volume.sd import StorageDomain, VolumeInfo, open_data
+
+
+@pytest.fixture(params=["file", "block"])
+def storage(request: pytest.FixtureRequest, tmp_path: Path,
+            loop_device: LoopDeviceFactory) -> StorageDomain:
+    return make_storage(request.param, tmp_path, loop_device)
+
+
+def make_tar(members: dict[str, bytes]) -> bytes:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return out.getvalue()
+
+
+def raw(info: VolumeInfo) -> bytes:
+    """The store's archive area as dd reads it."""
+    with closing(open_data(info, True)) as vol:
+        return read_all(vol)[:CAPACITY]
+
+
+def extract(store: bytes, name: str) -> bytes | None:
+    """GNU tar's ``tar -xOf - name`` of the bytes; None when it fails."""
+    done = subprocess.run(["tar", "-xOf", "-", name], input=store, capture_output=True,
+                          check=False)
+    return done.stdout if done.returncode == 0 else None
+
+
+OLD = make_tar({"vm.ovf": b"<old/>\n" * 20000})
+NEW = make_tar({"vm.ovf": b"<new>" + b"x" * 200000 + b"</new>\n"})
+
+
+def test_a_store_being_written_is_no_archive_to_tar(storage: StorageDomain) -> None:
+    stores = open_stores(storage, 1)  # the one store is always the target
+    u = stores.begin()
+    u.volume.write(0, memoryview(OLD))
+    u.commit(len(OLD), digest(OLD))
+    (state,) = stores.states()
+    assert extract(raw(state.volume), "vm.ovf") == b"<old/>\n" * 20000
+
+    u = stores.begin()
+    assert raw(state.volume)[:HEAD] == bytes(HEAD)  # before the first byte arrives
+    half = len(NEW) // 2
+    u.volume.write(0, memoryview(NEW)[:half])
+    seen = raw(state.volume)
+    assert seen[:HEAD] == bytes(HEAD) and seen[HEAD:half] == NEW[HEAD:half]
+    assert extract(seen, "vm.ovf") is None  # not a torn OVF: nothing at all
+    back = bytearray(half)  # the update's own view has every byte it was given
+    assert u.volume.readinto(0, memoryview(back)) == half and back == NEW[:half]
+    u.volume.write(half, memoryview(NEW)[half:])
+    u.commit(len(NEW), digest(NEW))
+    assert extract(raw(state.volume), "vm.ovf") == b"<new>" + b"x" * 200000 + b"</new>\n"
+
+
+def test_a_copy_cut_off_is_no_archive_to_tar(storage: StorageDomain,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    stores = open_stores(storage, 2)
+    for data in (OLD, OLD):  # both stores hold OLD
+        u = stores.begin()
+        u.volume.write(0, memoryview(data))
+        u.commit(len(data), digest(data))
+    def cut_off(vol: Volume, length: int, buf: memoryview) -> Iterator[memoryview]:
+        for i, chunk in enumerate(ovfrecord.chunks(vol, length, buf)):
+            if i == 1:
+                raise VolumeError("injected: storage error in the middle of a copy")
+            yield chunk
+
+    monkeypatch.setattr(ovfupdate, "CHUNK", 64 << 10)
+    monkeypatch.setattr(ovfupdate, "chunks", cut_off)
+    u = stores.begin()
+    u.volume.write(0, memoryview(NEW))
+    u.commit(len(NEW), digest(NEW))
+    assert len(u.replica_errors) == 1 and "injected" in u.replica_errors[0]
+    found = {extract(raw(s.volume), "vm.ovf") for s in stores.states()}
+    assert found == {None, b"<new>" + b"x" * 200000 + b"</new>\n"}
