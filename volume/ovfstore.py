@@ -13,7 +13,8 @@ One incoming archive updates all stores of a domain:
 
 1. :meth:`OvfStores.begin` picks the target, the store updated longest
    ago (never-updated or invalid ones first), zeroes its first block,
-   marks its record "updating" and syncs.  From here the target is invalid; the others are untouched.
+   marks its record "updating" and syncs.  From here the target is
+   invalid; the others are untouched.
 2. The caller streams the tar into :attr:`Update.volume`, which ends where
    the record begins, so an archive too large gets OutOfRange.
 3. :meth:`Update.seal` zeroes the 1 MiB after the tar, syncs, writes the

@@ -5,9 +5,7 @@ of the archive is synced, and tar reads that as an empty archive."""
 
 from __future__ import annotations
 
-import io
 import subprocess
-import tarfile
 from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
@@ -15,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import LoopDeviceFactory
+from tests.volume.ovfstore_crasher import make_tar
 from tests.volume.ovfstore_util import CAPACITY, digest, make_storage, open_stores, read_all
 from volume import ovfrecord, ovfupdate
 from volume.base import Volume
@@ -27,16 +26,6 @@ from volume.sd import StorageDomain, VolumeInfo, open_data
 def storage(request: pytest.FixtureRequest, tmp_path: Path,
             loop_device: LoopDeviceFactory) -> StorageDomain:
     return make_storage(request.param, tmp_path, loop_device)
-
-
-def make_tar(members: dict[str, bytes]) -> bytes:
-    out = io.BytesIO()
-    with tarfile.open(fileobj=out, mode="w", format=tarfile.GNU_FORMAT) as tar:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return out.getvalue()
 
 
 def raw(info: VolumeInfo) -> bytes:
