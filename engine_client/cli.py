@@ -94,6 +94,11 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("status")
     s = dom.add_parser("list", help="list storage domains")
     _json_flag(s)
+    s = dom.add_parser("import", help="recover a domain's VMs and templates from its OVF "
+                                      "store, read from a host that serves it")
+    s.add_argument("uuid")
+    s.add_argument("--host", help="read the store from this host only")
+    _json_flag(s)
     flowcli.add_parsers(dom)
 
     host = sub.add_parser("host", help="hosts").add_subparsers(dest="action", required=True)
@@ -210,6 +215,10 @@ def _dispatch(cfg: config.Config, args: argparse.Namespace) -> int:
         if args.command == "domain":
             if args.action in flowcli.FLOWS:
                 return flowcli.run(cache, cfg, args)
+            if args.action == "import":
+                from . import domainimport  # aiohttp: only for commands that talk to hosts
+
+                return domainimport.run(cache, cfg, args)
             return _domain(cache, args)
         if args.command == "disk":
             return diskcli.run_disk(cache, cfg, args)

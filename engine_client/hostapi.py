@@ -9,10 +9,12 @@ connection dropped (``disconnected``), or the host's own ``{"error",
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import ssl
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -25,6 +27,18 @@ log = logging.getLogger(__name__)
 
 #: Answers of the engine routes are small JSON documents.
 MAX_ANSWER = 4 << 20
+#: A store download is handed on in pieces of at most this size.
+DOWNLOAD_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class StoreDownload:
+    """What a host said about the OVF store it sent, and how much came."""
+
+    generation: int
+    digest: str  # xxh3-128 hex, as the host's commit record has it
+    length: int  # Content-Length
+    received: int
 
 
 async def _read_answer(content: aiohttp.StreamReader) -> bytes:
@@ -81,17 +95,11 @@ class HostClient:
         return aiohttp.ClientTimeout(total=total, sock_connect=self._http.connect_timeout,
                                      sock_read=self._http.read_timeout)
 
-    async def _request(self, method: str, path: str, *, total: float | None = None,
-                       empty_ok: bool = False, **kwargs: Any) -> dict[str, Any]:
-        what = f"{method} {path}"
-        url = self.host.url + path
-        headers = {**self._headers, **kwargs.pop("headers", {})}
-        timeout = total if total is not None else self._http.request_timeout
+    @contextlib.contextmanager
+    def _failures(self, what: str, timeout: float) -> Iterator[None]:
+        """Turn a failed exchange into one HostError saying what went wrong."""
         try:
-            async with self._session.request(method, url, headers=headers,
-                                             timeout=self._timeout(timeout), **kwargs) as resp:
-                body = await _read_answer(resp.content)
-                status = resp.status
+            yield
         except aiohttp.ClientConnectorError as e:
             raise HostError(self.host.name, f"{what}: cannot connect to {self.host.url}: "
                             f"{e.os_error.strerror or e.os_error}", code="unreachable") from None
@@ -101,20 +109,36 @@ class HostClient:
         except aiohttp.ClientError as e:
             raise HostError(self.host.name, f"{what}: the connection failed: "
                             f"{e or type(e).__name__}", code="disconnected") from None
+
+    def _refused(self, what: str, status: int, body: bytes, answer: Any) -> HostError:
+        """The HostError of an answer with an error status."""
+        if isinstance(answer, dict) and "error" in answer:
+            detail = f"{answer.get('error')}: {answer.get('detail', '')}".rstrip(": ")
+            code = str(answer["error"])
+        else:
+            detail, code = body[:200].decode(errors="replace"), "error"
+        detail = " ".join(detail.split())  # a proxy's HTML page: one line in messages
+        return HostError(self.host.name, f"{what} answered {status} {detail}",
+                         status=status, code=code,
+                         body=answer if isinstance(answer, dict) else None)
+
+    async def _request(self, method: str, path: str, *, total: float | None = None,
+                       empty_ok: bool = False, **kwargs: Any) -> dict[str, Any]:
+        what = f"{method} {path}"
+        url = self.host.url + path
+        headers = {**self._headers, **kwargs.pop("headers", {})}
+        timeout = total if total is not None else self._http.request_timeout
+        with self._failures(what, timeout):
+            async with self._session.request(method, url, headers=headers,
+                                             timeout=self._timeout(timeout), **kwargs) as resp:
+                body = await _read_answer(resp.content)
+                status = resp.status
         try:
             answer = json.loads(body)
         except ValueError:
             answer = None
         if status >= 400:
-            if isinstance(answer, dict) and "error" in answer:
-                detail = f"{answer.get('error')}: {answer.get('detail', '')}".rstrip(": ")
-                code = str(answer["error"])
-            else:
-                detail, code = body[:200].decode(errors="replace"), "error"
-            detail = " ".join(detail.split())  # a proxy's HTML page: one line in messages
-            raise HostError(self.host.name, f"{what} answered {status} {detail}",
-                            status=status, code=code,
-                            body=answer if isinstance(answer, dict) else None)
+            raise self._refused(what, status, body, answer)
         if empty_ok and not body.strip():
             answer = {}  # 200 or 204 without a body (tickets, deletions)
         if not isinstance(answer, dict):
@@ -138,6 +162,34 @@ class HostClient:
 
     async def ovf_store_info(self, sd_uuid: str) -> dict[str, Any]:
         return await self._request("GET", f"/domains/{sd_uuid}/ovf-store/info")
+
+    async def read_ovf_store(self, sd_uuid: str,
+                             sink: Callable[[bytes], Awaitable[None]]) -> StoreDownload:
+        """Stream the newest valid store of ``sd_uuid`` into ``sink``, a chunk
+        at a time; what the host says it sent.  The caller checks the bytes."""
+        what = f"GET /domains/{sd_uuid}/ovf-store"
+        timeout = self._http.upload_timeout  # a whole store, as for a push
+        with self._failures(what, timeout):
+            async with self._session.get(self.host.url + f"/domains/{sd_uuid}/ovf-store",
+                                         headers=self._headers,
+                                         timeout=self._timeout(timeout)) as resp:
+                if resp.status != 200:
+                    body = await _read_answer(resp.content)
+                    try:
+                        answer = json.loads(body)
+                    except ValueError:
+                        answer = None
+                    raise self._refused(what, resp.status, body, answer)
+                generation = resp.headers.get("X-Ovf-Generation", "")
+                digest = resp.headers.get("X-Ovf-Digest", "").removeprefix("xxh3_128:")
+                if resp.content_length is None or not generation.isdigit():
+                    raise HostError(self.host.name, f"{what} answered without a length or "
+                                    "a generation", code="bad-answer")
+                received = 0
+                async for chunk in resp.content.iter_chunked(DOWNLOAD_CHUNK):
+                    received += len(chunk)
+                    await sink(chunk)
+        return StoreDownload(int(generation), digest, resp.content_length, received)
 
     async def put_ovf_store(self, sd_uuid: str, body: AsyncIterable[bytes],
                             length: int | None, zstd: bool) -> dict[str, Any]:

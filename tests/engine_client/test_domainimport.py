@@ -1,0 +1,245 @@
+"""``domain import``: a second engine recovers the VMs and templates of
+domains from the stores the first one pushed to real daemons, and what it
+cannot use is skipped with the reason."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import tarfile
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import xxhash
+from aiohttp import web
+
+from engine_client import cli
+from engine_client.cache import Cache
+from engine_client.config import Config
+from engine_client.domainimport import import_domain
+from engine_client.entities import ImportItem
+from engine_client.errors import EngineError
+from engine_client.model import VmStatus
+from engine_client.ovf import parse
+from engine_client.updater import Updater
+from stream.wire.tarread import OvfTarReader
+from tests.stream.daemon import free_port
+
+from .clusters import Cluster, Member, add, cached, stored
+from .ovfs import DiskSpec, vm_ovf
+
+
+@pytest.fixture
+async def updater(cache: Cache, cfg: Config) -> AsyncIterator[Updater]:
+    u = Updater(cache, cfg)
+    yield u
+    await u.close()
+
+
+@pytest.fixture
+def cfg2(tmp_path: Path) -> Config:
+    return Config(state_dir=str(tmp_path / "engine2"))
+
+
+@pytest.fixture
+def cache2(cfg2: Config) -> Iterator[Cache]:
+    """The cache of a second engine, which knows the domains and hosts only."""
+    with Cache.open(cfg2.state_dir) as c:
+        yield c
+
+
+def knows(cache: Cache, *members: Member) -> None:
+    for m in members:
+        cache.add_domain(m.sd, "file", [m.daemon.domain.rstrip("/")])
+        cache.add_host(m.host, m.url, m.daemon.token, [m.sd])
+
+
+async def test_a_second_engine_recovers_the_vms(cache: Cache, updater: Updater,
+                                                cluster: Cluster, cache2: Cache,
+                                                cfg2: Config) -> None:
+    a, b = await cluster(2)
+    vm1 = add(cache, "vm1", [DiskSpec(a.sd), DiskSpec(b.sd)])
+    tpl = add(cache, "tpl", [DiskSpec(a.sd)], template=True)
+    vm2 = add(cache, "vm2", [DiskSpec(b.sd)])
+    diskless = add(cache, "diskless", [])
+    cache.set_status(vm1, VmStatus.UP)
+    assert (await updater.run_once()).ok
+    knows(cache2, a, b)
+
+    r = await import_domain(cache2, cfg2, a.sd)
+    assert (r.host, r.generation) == (a.host, (await stored(a)).generation)
+    assert {f.uuid: f.outcome for f in r.entities} == {vm1: "added", tpl: "added",
+                                                       diskless: "added"}
+    assert {f.uuid: f.stored_status for f in r.entities}[vm1] == VmStatus.UP
+    for vm in (vm1, tpl, diskless):
+        assert cache2.ovf(vm) == cached(cache, vm)  # the bytes the first engine pushed
+        assert cache2.entity(vm).status == VmStatus.DOWN  # nothing runs it here yet
+        assert {(d.disk_uuid, d.sd_uuid) for d in cache2.disks(vm)} == {
+            (d.disk_uuid, d.sd_uuid) for d in cache.disks(vm)}
+    assert cache2.entity(tpl).kind == "template"
+
+    r = await import_domain(cache2, cfg2, b.sd)  # vm1 and diskless are there too
+    assert {f.uuid: f.outcome for f in r.entities} == {vm1: "known", vm2: "added",
+                                                       diskless: "known"}
+    r = await import_domain(cache2, cfg2, a.sd)  # again: nothing changes
+    assert {f.outcome for f in r.entities} == {"known"}
+
+    # The second engine's next pass writes the same entities back.
+    before = {m.sd: set((await stored(m)).ovfs) for m in (a, b)}
+    updater2 = Updater(cache2, cfg2)
+    try:
+        assert (await updater2.run_once()).ok
+    finally:
+        await updater2.close()
+    after = {m.sd: (await stored(m)) for m in (a, b)}
+    assert {sd: set(s.ovfs) for sd, s in after.items()} == before
+    assert all(s.generation > 1 for s in after.values())
+
+
+def _tar(members: dict[str, bytes]) -> bytes:
+    """A store as an unchanged oVirt engine sends it: no manifest."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        info_json = json.dumps({"Last Updated": "x", "Storage Domains": []}).encode()
+        for name, data in {"info.json": info_json, **members}.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return out.getvalue()
+
+
+async def _push(m: Member, tar: bytes) -> None:
+    async with aiohttp.ClientSession() as s, s.put(
+            f"{m.url}/domains/{m.sd}/ovf-store", data=tar,
+            headers={"Authorization": f"Bearer {m.daemon.token}"}) as r:
+        assert r.status == 200, await r.text()
+
+
+async def test_what_cannot_be_used_is_skipped(cluster: Cluster, cache2: Cache,
+                                              cfg2: Config) -> None:
+    (m,) = await cluster(1)
+    knows(cache2, m)
+    good, known, external, renamed, broken, elsewhere = (str(uuid.uuid4()) for _ in range(6))
+    known_ovf = vm_ovf(known, "mine", [DiskSpec(m.sd)])
+    cache2.import_entities([ImportItem("mine", parse(known_ovf), known_ovf)])
+    unknown_sd = str(uuid.uuid4())
+    await _push(m, _tar({
+        f"{good}.ovf": vm_ovf(good, "good", [DiskSpec(None)]),
+        f"{known}.ovf": vm_ovf(known, "older copy", [DiskSpec(m.sd)]),
+        f"{external}.ovf": vm_ovf(external, "ext", [DiskSpec(m.sd)], origin=4),
+        f"{renamed}.ovf": vm_ovf(str(uuid.uuid4()), "renamed", []),
+        f"{broken}.ovf": b"not xml at all",
+        f"{elsewhere}.ovf": vm_ovf(elsewhere, "elsewhere", [DiskSpec(unknown_sd)]),
+    }))
+    r = await import_domain(cache2, cfg2, m.sd)
+    outcome = {f.uuid: (f.outcome, f.reason) for f in r.entities}
+    assert outcome[good] == ("added", None)
+    assert outcome[known] == ("known", None)
+    assert cache2.entity(known).name == "mine"  # the cache is newer than any store
+    assert "external VM" in (outcome[external][1] or "")
+    assert f"named for {renamed}" in (outcome[renamed][1] or "")
+    assert outcome[broken][0] == "skipped" and "XML" in (outcome[broken][1] or "")
+    assert f"domains this engine does not know: {unknown_sd}" in (outcome[elsewhere][1] or "")
+    assert {f.outcome for f in r.entities if f.uuid not in (good, known)} == {"skipped"}
+    # A disk without a StorageId is placed on the imported domain.
+    assert [d.sd_uuid for d in cache2.disks(good)] == [m.sd]
+
+
+async def test_a_failing_host_gives_way(cluster: Cluster, cache2: Cache, cfg2: Config,
+                                        cache: Cache, updater: Updater) -> None:
+    (m,) = await cluster(1)
+    vm = add(cache, "vm", [DiskSpec(m.sd)])
+    assert (await updater.run_once()).ok
+    knows(cache2, m)
+    cache2.add_host("a-down", f"http://127.0.0.1:{free_port()}", "t", [m.sd])
+    cache2.add_host("a-wrong-token", m.url, "wrong", [m.sd])
+    r = await import_domain(cache2, cfg2, m.sd)
+    assert r.host == m.host and [f.uuid for f in r.entities] == [vm]
+    assert len(r.failed_hosts) == 2
+    assert any("a-down: GET" in f and "cannot connect" in f for f in r.failed_hosts)
+    assert any("a-wrong-token: GET" in f and "401" in f for f in r.failed_hosts)
+    with pytest.raises(EngineError, match="no host gave a valid OVF store") as e:
+        await import_domain(cache2, cfg2, m.sd, only_host="a-down")
+    assert "cannot connect" in str(e.value)
+    assert cache2.entity(vm).uuid == vm
+
+
+async def test_cli(cluster: Cluster, cache2: Cache, cfg2: Config, cache: Cache,
+                   updater: Updater, capsys: pytest.CaptureFixture[str]) -> None:
+    (m,) = await cluster(1)
+    state = ["--state-dir", cfg2.state_dir]
+
+    def main(*args: str) -> int:  # the CLI runs its own event loop
+        return cli.main([*state, "domain", "import", *args])
+
+    assert await asyncio.to_thread(main, m.sd) == 2  # a domain this engine does not know
+    err = capsys.readouterr().err
+    assert err.startswith("sluice-engine: ") and err.count("\n") == 1
+    knows(cache2, m)
+    assert await asyncio.to_thread(main, m.sd, "--host", "nobody") == 2
+    assert f"no host nobody serves domain {m.sd}" in capsys.readouterr().err
+    assert await asyncio.to_thread(main, m.sd) == 1  # nothing pushed yet
+    err = capsys.readouterr().err
+    assert err.startswith("sluice-engine: no host gave a valid OVF store") and "404" in err
+
+    vm = add(cache, "vm", [DiskSpec(m.sd)])
+    assert (await updater.run_once()).ok
+    assert await asyncio.to_thread(main, m.sd, "--json") == 0
+    out = json.loads(capsys.readouterr().out)
+    assert (out["added"], out["known"], out["skipped"]) == (1, 0, 0)
+    assert out["entities"][0]["uuid"] == vm and out["host"] == m.host
+    assert await asyncio.to_thread(main, m.sd) == 0
+    assert capsys.readouterr().out.startswith(
+        f"domain {m.sd}: store generation 1 (")
+
+
+async def test_bad_stores_are_refused(cache2: Cache, cfg2: Config, tmp_path: Path,
+                                      aiohttp_server: Any) -> None:
+    """Hosts (injected: a tiny server) that send a store whose bytes do not
+    match their record, a store that is not one, or stop half-way."""
+    padded = _tar({f"{uuid.uuid4()}.ovf": vm_ovf(str(uuid.uuid4()), "vm", [])})
+    reader = OvfTarReader(max_total=len(padded))
+    reader.feed(padded)
+    good = padded[:reader.finish().tar_length]  # what a daemon serves: no record padding
+    digest = xxhash.xxh3_128_hexdigest(good)
+    answers = {
+        "wrong-digest": (good, "f" * 32, len(good)),
+        "not-a-store": (b"x" * 10240, xxhash.xxh3_128_hexdigest(b"x" * 10240), 10240),
+        "cut-off": (good[:4096], digest, len(good)),
+    }
+
+    async def store(request: web.Request) -> web.StreamResponse:
+        body, sent_digest, length = answers[request.headers["Authorization"].split()[-1]]
+        resp = web.StreamResponse(headers={"X-Ovf-Generation": "3",
+                                           "X-Ovf-Digest": f"xxh3_128:{sent_digest}"})
+        resp.content_length = length
+        await resp.prepare(request)
+        await resp.write(body)
+        if len(body) < length:  # drop the connection: the client sees it cut off
+            assert request.transport is not None
+            request.transport.close()
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/domains/{sd}/ovf-store", store)
+    server = await aiohttp_server(app)
+    sd = str(uuid.uuid4())
+    (tmp_path / "sd").mkdir()
+    cache2.add_domain(sd, "file", [str(tmp_path / "sd")])
+    for name in answers:
+        cache2.add_host(name, f"http://127.0.0.1:{server.port}", name, [sd])
+    with pytest.raises(EngineError) as e:
+        await import_domain(cache2, cfg2, sd)
+    message = str(e.value)
+    assert (f"wrong-digest: sent {len(good)} bytes with xxh3_128 {digest} for domain {sd}, "
+            f"its record says {len(good)} bytes with {'f' * 32}") in message
+    assert "not-a-store: the store of domain" in message and "not a valid OVF store" in message
+    assert "cut-off:" in message
+    assert cache2.entities() == []
+    # No spooled store is left behind: only the cache's own files.
+    assert all(p.name.startswith("engine.db") for p in Path(cfg2.state_dir).iterdir())
