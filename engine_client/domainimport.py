@@ -170,12 +170,24 @@ def _import(cache: Cache, cfg: Config, sd: str, spool: IO[bytes],
     found: list[Found] = []
     batch: list[tuple[ImportItem, int | None]] = []
 
-    def flush() -> None:
-        unplaced = {d.disk_uuid: sd for item, _ in batch for d in item.ovf.disks
+    def add(items: list[tuple[ImportItem, int | None]]) -> None:
+        unplaced = {d.disk_uuid: sd for item, _ in items for d in item.ovf.disks
                     if d.sd_uuid is None}
-        cache.import_entities([item for item, _ in batch], disk_domains=unplaced)
+        cache.import_entities([item for item, _ in items], disk_domains=unplaced)
         found.extend(Found(i.ovf.uuid, i.ovf.name, i.ovf.kind, "added", None, st)
-                     for i, st in batch)
+                     for i, st in items)
+
+    def flush() -> None:
+        try:
+            add(batch)
+        except InvalidInput:  # the cache refused one of them: find which, add the rest
+            for one in batch:
+                try:
+                    add([one])
+                except InvalidInput as e:
+                    item, status = one
+                    found.append(Found(item.ovf.uuid, item.ovf.name, item.ovf.kind,
+                                       "skipped", str(e), status))
         batch.clear()
 
     for entry, data in _ovfs(spool, summary.entries):

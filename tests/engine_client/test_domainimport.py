@@ -124,7 +124,8 @@ async def test_what_cannot_be_used_is_skipped(cluster: Cluster, cache2: Cache,
                                               cfg2: Config) -> None:
     (m,) = await cluster(1)
     knows(cache2, m)
-    good, known, external, renamed, broken, elsewhere = (str(uuid.uuid4()) for _ in range(6))
+    good, known, external, renamed, broken, elsewhere, wide = (str(uuid.uuid4())
+                                                               for _ in range(7))
     known_ovf = vm_ovf(known, "mine", [DiskSpec(m.sd)])
     cache2.import_entities([ImportItem("mine", parse(known_ovf), known_ovf)])
     unknown_sd = str(uuid.uuid4())
@@ -135,6 +136,9 @@ async def test_what_cannot_be_used_is_skipped(cluster: Cluster, cache2: Cache,
         f"{renamed}.ovf": vm_ovf(str(uuid.uuid4()), "renamed", []),
         f"{broken}.ovf": b"not xml at all",
         f"{elsewhere}.ovf": vm_ovf(elsewhere, "elsewhere", [DiskSpec(unknown_sd)]),
+        # Parsed, but the cache cannot place its disk: only UTF-8 OVFs are edited.
+        f"{wide}.ovf": vm_ovf(wide, "wide", [DiskSpec(None)]).decode().replace(
+            'encoding="UTF-8"', 'encoding="UTF-16"').encode("utf-16"),
     }))
     r = await import_domain(cache2, cfg2, m.sd)
     outcome = {f.uuid: (f.outcome, f.reason) for f in r.entities}
@@ -145,6 +149,7 @@ async def test_what_cannot_be_used_is_skipped(cluster: Cluster, cache2: Cache,
     assert f"named for {renamed}" in (outcome[renamed][1] or "")
     assert outcome[broken][0] == "skipped" and "XML" in (outcome[broken][1] or "")
     assert f"domains this engine does not know: {unknown_sd}" in (outcome[elsewhere][1] or "")
+    assert "only UTF-8 OVFs" in (outcome[wide][1] or "")  # and the rest of its batch went in
     assert {f.outcome for f in r.entities if f.uuid not in (good, known)} == {"skipped"}
     # A disk without a StorageId is placed on the imported domain.
     assert [d.sd_uuid for d in cache2.disks(good)] == [m.sd]
