@@ -6,7 +6,7 @@ import uuid as uuidlib
 
 from aiohttp import web
 
-from volume.errors import InvalidRequest
+from volume.errors import Conflict, InvalidRequest
 from volume.sd import StorageDomain
 from volume.validate import check_uuid
 
@@ -105,8 +105,16 @@ async def vdsm_upload(request: web.Request) -> web.Response:
     for header in ("Storage-Pool-Id", "Storage-Domain-Id", "Image-Id"):
         if header not in request.headers:
             raise InvalidRequest(f"missing header {header}")
+        check_uuid(request.headers[header], header)
     if request.content_length is None:
         raise LengthRequired("Content-Length header is required")
+    # As vdsm, which refuses a pool it is not connected to: an engine of
+    # another data center must not write this one's stores.  The embedded
+    # default (no engine map yet, version 0) belongs to no pool.
+    pool = request.app[POOL].current
+    sent = check_uuid(request.headers["Storage-Pool-Id"], "Storage-Pool-Id")
+    if pool.map_version > 0 and sent != pool.pool_id:
+        raise Conflict(f"this host is in storage pool {pool.pool_id}, not {sent}")
     committed = await _receive(request, request.headers["Storage-Domain-Id"])
     resp = web.json_response(committed.to_json())
     resp.headers["Task-Id"] = str(uuidlib.uuid4())
