@@ -75,9 +75,10 @@ async def delete_volume(c: HostClient, ref: VolumeRef) -> None:
 
 
 async def add_ticket(c: HostClient, ref: VolumeRef, size: int, ops: list[str],
-                     sparse: bool = False) -> str:
-    """Open a ticket on the volume; answers its image URL on that host."""
-    ticket = str(uuid.uuid4())
+                     sparse: bool = False, ticket: str | None = None) -> str:
+    """Open a ticket (``ticket``, or a new id) on the volume; answers its
+    image URL on that host."""
+    ticket = ticket or str(uuid.uuid4())
     await c._request("PUT", f"/tickets/{ticket}", empty_ok=True, json={
         "uuid": ticket, "size": size, "ops": ops, "timeout": TICKET_TIMEOUT,
         "sparse": sparse, "transfer_id": f"engine-{ticket[:8]}", **ref.to_json()})

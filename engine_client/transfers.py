@@ -23,6 +23,7 @@ from typing import Any
 from . import imagetransfer
 from .disks import Ctx, DiskError, locate, serving, source_volume
 from .errors import EngineError, InvalidInput
+from .hostapi import HostClient
 from .hostvol import (
     VolumeRef,
     add_ticket,
@@ -88,15 +89,23 @@ async def open_upload(ctx: Ctx, path: str, sd_uuid: str, disk: str | None) -> Op
         return Opened(ref, url, host.name, size, fmt)
     ref = VolumeRef(sd, img, str(uuid.uuid4()))
     await create_volume(c, ref, virtual, fmt, "sparse", f"upload of {os.path.basename(path)}")
+    ticket = str(uuid.uuid4())
     try:
         ctx.report({"event": "volume", "action": "created", **ref.to_json()})
-        url = await add_ticket(c, ref, size, ["write"], sparse=True)
+        url = await add_ticket(c, ref, size, ["write"], sparse=True, ticket=ticket)
     except BaseException:  # a Ctrl-C too: nothing was written, leave nothing behind
         with contextlib.suppress(EngineError):
-            await asyncio.shield(delete_volume(c, ref))
+            await asyncio.shield(_discard(c, ref, ticket))
         ctx.report({"event": "volume", "action": "removed", **ref.to_json()})
         raise
     return Opened(ref, url, host.name, size, fmt)
+
+
+async def _discard(c: HostClient, ref: VolumeRef, ticket: str) -> None:
+    """Remove a new volume and the ticket that may have been opened on it
+    (the host keeps a volume in use by a ticket)."""
+    await delete_ticket(c, f"{c.host.url}/images/{ticket}")
+    await delete_volume(c, ref)
 
 
 def check_target(path: str) -> None:

@@ -142,6 +142,11 @@ class Jobs:
             job.finished = time.monotonic()
             log.info("job %s %s: %d/%d bytes", job.id, job.state, job.bytes_done, job.bytes_total)
 
+    def using(self, key: tuple[str, str, str]) -> Job | None:
+        """An active job reading or writing volume ``key`` (sd, img, vol)."""
+        return next((j for j in self._jobs.values()
+                     if j.active and key in (j.reads, j.writes)), None)
+
     def get(self, job_id: str) -> Job:
         try:
             return self._jobs[job_id]

@@ -8,20 +8,21 @@ looking up work on any domain in the map.
 
 from __future__ import annotations
 
+import os
 from typing import Any, TypeGuard
 
 from aiohttp import web
 
 from volume.blockdomain import create_block_domain
-from volume.errors import InvalidRequest
+from volume.errors import Conflict, InvalidRequest
 from volume.filedomain import create_file_domain
 from volume.ovfstore import ensure_stores
-from volume.sd import StorageDomain
+from volume.sd import Content, StorageDomain, VolumeInfo
 from volume.validate import check_uuid
 
 from ..auth import ENGINE
 from ..pool import Access
-from ..state import CONFIG, IO_KEY, POOL
+from ..state import AUTH, CONFIG, IO_KEY, JOBS, OVF_UPDATES, POOL
 from .common import read_json
 
 routes = web.RouteTableDef()
@@ -129,5 +130,31 @@ async def resize_volume(request: web.Request) -> web.Response:
 async def delete_volume(request: web.Request) -> web.Response:
     storage = await _storage(request, Access.WRITE)
     m = request.match_info
-    await request.app[IO_KEY].run(storage.delete_volume, m["img"], m["vol"])
+    io = request.app[IO_KEY]
+    info = await io.run(storage.lookup, m["img"], m["vol"])
+    user = _user(request, info, await io.run(os.path.realpath, info.path))
+    if user is not None:
+        # A block domain gives a deleted volume's space to the next one: the
+        # late writes of a transfer would land in another disk.
+        raise Conflict(f"volume {info.img_uuid}/{info.vol_uuid} is in use by {user}; "
+                       "end it first")
+    await io.run(storage.delete_volume, m["img"], m["vol"])
     return web.Response(status=204)
+
+
+def _user(request: web.Request, info: VolumeInfo, real_path: str) -> str | None:
+    """What may still read or write the volume: a ticket (by UUIDs, or by
+    the path of a whole-file volume), a copy job, or an OVF store update."""
+    key = (info.sd_uuid, info.img_uuid, info.vol_uuid)
+    for t in request.app[AUTH].all():
+        v = t.volume_info
+        if not t.canceled and ((v is not None and (v.sd_uuid, v.img_uuid, v.vol_uuid) == key)
+                               or (info.length is None and t.path == real_path)):
+            return f"transfer ticket {t.uuid}"
+    job = request.app[JOBS].using(key)
+    if job is not None:
+        return f"job {job.id} ({job.state})"
+    if info.content == Content.OVF_STORE and request.app[OVF_UPDATES].lock(
+            info.sd_uuid).locked():
+        return "an OVF store update of its domain"
+    return None

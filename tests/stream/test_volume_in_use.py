@@ -1,0 +1,95 @@
+"""A volume is never deleted under a transfer: a block domain gives the
+space of a deleted volume to the next one created, where the late writes
+of a ticket or a copy job would land.  DELETE answers 409 naming the user,
+and works once the ticket or job has ended."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import LoopDeviceFactory
+from volume.filedomain import FileDomain
+
+from .conftest import Client, MiB
+from .test_copy import add_domain, new_volume, set_pool, start_copy, wait
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def volume_path(ref: dict[str, str]) -> str:
+    return f"/domains/{ref['sd_id']}/images/{ref['img_id']}/volumes/{ref['vol_id']}"
+
+
+async def ticket(client: Client, ops: list[str], **where: Any) -> str:
+    t = {"uuid": new_id(), "size": MiB, "ops": ops, "timeout": 60, **where}
+    resp = await client.put(f"/tickets/{t['uuid']}", json=t)
+    assert resp.status == 200, await resp.text()
+    return str(t["uuid"])
+
+
+async def refused(client: Client, ref: dict[str, str], user: str) -> None:
+    resp = await client.delete(volume_path(ref))
+    assert resp.status == 409, await resp.text()
+    assert (await resp.json())["detail"] == (
+        f"volume {ref['img_id']}/{ref['vol_id']} is in use by {user}; end it first")
+    assert (await client.get(volume_path(ref))).status == 200
+
+
+@pytest.mark.parametrize("kind", ["file", "block"])
+async def test_a_ticket_keeps_its_volume(client: Client, tmp_path: Path, kind: str,
+                                         loop_device: LoopDeviceFactory) -> None:
+    where: Any = [loop_device(16 * MiB)] if kind == "block" else tmp_path / "sd"
+    if kind == "file":
+        where.mkdir()
+    sd = await add_domain(client, where, kind, ovf_stores=1, ovf_store_size=MiB)
+    await set_pool(client, {sd: (kind, where if kind == "block" else str(where))})
+    ref = await new_volume(client, sd, MiB)
+    by_uuid = await ticket(client, ["read", "write"], **ref)
+    await refused(client, ref, f"transfer ticket {by_uuid}")
+    assert (await client.delete(f"/tickets/{by_uuid}")).status == 204
+    if kind == "file":  # a path ticket names a file domain's volume too
+        path = (await (await client.get(volume_path(ref))).json())["path"]
+        by_path = await ticket(client, ["read"], url=f"file://{os.path.realpath(path)}")
+        await refused(client, ref, f"transfer ticket {by_path}")
+        assert (await client.delete(f"/tickets/{by_path}")).status == 204
+    assert (await client.delete(volume_path(ref))).status == 204
+    assert (await client.get(volume_path(ref))).status == 404
+
+
+async def test_a_copy_job_keeps_its_volumes(client: Client, tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    sa, sb = await add_domain(client, a), await add_domain(client, b)
+    await set_pool(client, {sa: ("file", str(a)), sb: ("file", str(b))})
+    src, dst = await new_volume(client, sa, MiB), await new_volume(client, sb, MiB)
+    marking, release = threading.Event(), threading.Event()
+    original = FileDomain.set_legal
+
+    def slow_mark(self: FileDomain, img_uuid: str, vol_uuid: str, legal: bool) -> Any:
+        if legal:
+            marking.set()
+            release.wait(10)
+        return original(self, img_uuid, vol_uuid, legal)
+
+    monkeypatch.setattr(FileDomain, "set_legal", slow_mark)
+    job = await start_copy(client, src, dst)
+    try:
+        assert await asyncio.to_thread(marking.wait, 10)
+        for ref in (src, dst):
+            await refused(client, ref, f"job {job} (verifying)")
+    finally:
+        release.set()
+    assert (await wait(client, job))["state"] == "done"
+    for ref in (src, dst):
+        assert (await client.delete(volume_path(ref))).status == 204
