@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from . import imagetransfer
+from . import imageclient, imagetransfer
 from .disks import Ctx, DiskError, locate, serving, source_volume
 from .errors import EngineError, InvalidInput
 from .hostapi import HostClient
@@ -142,12 +142,12 @@ def run(opened: Opened, path: str, upload: bool, progress: Callable[[int], None]
     """Move the bytes (blocking); TransferError becomes DiskError.  ``total``
     gets the bytes of data to move, before ``progress`` counts them."""
     try:
-        with imagetransfer.Client(opened.url, cafile=cafile) as client:
+        with imageclient.Client(opened.url, cafile=cafile) as client:
             if upload:
                 result = imagetransfer.upload(path, client, progress, total)
             else:
                 result = imagetransfer.download(client, path, progress, total)
-    except imagetransfer.TransferError as e:
+    except imageclient.TransferError as e:
         verb = "upload" if upload else "download"
         raise DiskError(f"the {verb} failed: {e}") from None
     except OSError as e:

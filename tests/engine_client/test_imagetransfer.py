@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from engine_client.imagetransfer import Client, TransferError, download, upload
+from engine_client.imageclient import Client, TransferError
+from engine_client.imagetransfer import download, upload
 from tests.relay import TcpRelay
 from tests.stream.daemon import Daemon
 

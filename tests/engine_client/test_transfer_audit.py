@@ -28,7 +28,8 @@ from engine_client.diskmove import copy_disk
 from engine_client.disks import Ctx, DiskError, transfer
 from engine_client.hostapi import Clients
 from engine_client.hostvol import VolumeRef, create_volume, delete_volume, list_volumes
-from engine_client.imagetransfer import Client, TransferError, download, upload
+from engine_client.imageclient import Client, TransferError
+from engine_client.imagetransfer import download, upload
 from engine_client.vms import create_vm
 from tests.relay import TcpRelay
 from tests.stream.daemon import Daemon
