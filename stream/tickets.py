@@ -1,8 +1,9 @@
 """Transfer tickets: the authorization of the image API, as in ovirt-imageio.
 
 A ticket is created by the engine (through vdsm) over the control socket and
-names one image by ``file://`` URL.  The ticket id is the secret in the data
-URL.  Tickets live in memory only; a restarted daemon knows none.
+names one image by ``file://`` URL (its JSON is checked by ``ticketjson``).
+The ticket id is the secret in the data URL.  Tickets live in memory only;
+a restarted daemon knows none.
 """
 
 from __future__ import annotations
@@ -11,106 +12,16 @@ import asyncio
 import bisect
 import logging
 import time
-import urllib.parse
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from volume.base import Volume
-from volume.errors import Conflict, Forbidden, InvalidRequest, NotFound
+from volume.errors import Conflict, Forbidden, NotFound
 from volume.sd import VolumeInfo
 
 log = logging.getLogger(__name__)
-
-_FIELDS: dict[str, tuple[type, bool]] = {
-    # name: (type, required)
-    "uuid": (str, True),
-    "size": (int, True),
-    "ops": (list, True),
-    "timeout": (int, True),
-    # Either a file:// url, or the volume's UUIDs (sd_id, img_id, vol_id).
-    "url": (str, False),
-    "sd_id": (str, False),
-    "img_id": (str, False),
-    "vol_id": (str, False),
-    "inactivity_timeout": (int, False),
-    "transfer_id": (str, False),
-    "filename": (str, False),
-    "sparse": (bool, False),
-    "dirty": (bool, False),
-}
-_OPS = ("read", "write")
-#: Timeouts are seconds added to monotonic time, a float: 2**32 s (136
-#: years) is plenty and keeps the sum exact; 10**400 would overflow it.
-MAX_TIMEOUT = 2**32
-
-
-def check_timeout(name: str, value: Any, least: int = 0) -> int:
-    """``value`` if it is a valid timeout in seconds, else InvalidRequest."""
-    if not isinstance(value, int) or isinstance(value, bool) \
-            or not least <= value <= MAX_TIMEOUT:
-        raise InvalidRequest(
-            f"Invalid value for {name!r}: {value!r}, expecting an integer "
-            f"between {least} and {MAX_TIMEOUT}"
-        )
-    return value
-
-
-def parse_ticket(body: Any, default_inactivity: int) -> dict[str, Any]:
-    """Validate ticket JSON as imageio does; return the clean fields."""
-    if not isinstance(body, dict):
-        raise InvalidRequest("Ticket is not in a json format")
-    clean: dict[str, Any] = {}
-    for name, (kind, required) in _FIELDS.items():
-        if name not in body:
-            if required:
-                raise InvalidRequest(
-                    f"Invalid ticket: Required ticket parameter is missing: {name}"
-                )
-            continue
-        value = body[name]
-        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            raise InvalidRequest(
-                f"Invalid ticket: Invalid value for {name!r}: {value!r} is not {kind.__name__}"
-            )
-        clean[name] = value
-    if clean["size"] < 0:
-        raise InvalidRequest("Invalid ticket: Invalid value for 'size': must be >= 0")
-    for name in ("timeout", "inactivity_timeout"):
-        if name in clean:
-            try:
-                # An inactivity timeout of 0 would fail every transfer at once.
-                check_timeout(name, clean[name], 1 if name == "inactivity_timeout" else 0)
-            except InvalidRequest as e:
-                raise InvalidRequest(f"Invalid ticket: {e}") from None
-    ops = clean["ops"]
-    if not ops or any(op not in _OPS for op in ops):
-        raise InvalidRequest(f"Invalid ticket: Invalid value for 'ops': {ops!r}")
-    ids = [k for k in ("sd_id", "img_id", "vol_id") if k in clean]
-    if ids:
-        if len(ids) != 3 or "url" in clean:
-            raise InvalidRequest(
-                "Invalid ticket: name the volume by url, or by all of sd_id, img_id, vol_id"
-            )
-        clean.update(inactivity_timeout=clean.get("inactivity_timeout", default_inactivity))
-        clean.setdefault("sparse", False)
-        clean.setdefault("dirty", False)
-        return clean
-    if "url" not in clean:
-        raise InvalidRequest("Invalid ticket: Required ticket parameter is missing: url")
-    url = urllib.parse.urlsplit(clean["url"])
-    if url.scheme != "file":
-        raise InvalidRequest(
-            f"Invalid ticket: Invalid value for 'url': Unsupported url scheme: {url.scheme}"
-        )
-    if not url.path.startswith("/") or url.netloc not in ("", "localhost"):
-        raise InvalidRequest("Invalid ticket: 'url' must be file:///absolute/path")
-    clean["path"] = urllib.parse.unquote(url.path)
-    clean.setdefault("inactivity_timeout", default_inactivity)
-    clean.setdefault("sparse", False)
-    clean.setdefault("dirty", False)
-    return clean
 
 
 class Connection(Protocol):

@@ -16,7 +16,8 @@ from volume.validate import check_uuid
 from ..auth import ENGINE
 from ..pool import Access
 from ..state import AUTH, CONFIG, IO_KEY, POOL
-from ..tickets import Ticket, check_timeout, parse_ticket
+from ..ticketjson import check_timeout, parse_ticket
+from ..tickets import Ticket
 from .common import read_json
 
 log = logging.getLogger(__name__)
