@@ -17,9 +17,10 @@ One incoming archive updates all stores of a domain:
    invalid; the others are untouched.
 2. The caller streams the tar into :attr:`Update.volume`, which ends where
    the record begins, so an archive too large gets OutOfRange.
-3. :meth:`Update.seal` zeroes the 1 MiB after the tar, syncs, writes the
-   tar's first block, (with ``read_back``) reads the tar back and checks
-   its xxh3-128, writes the record and syncs.  The daemon answers here, the archive durable.
+3. :meth:`Update.seal` zeroes the 1 MiB after the tar, syncs, (with
+   ``read_back``) reads the tar back and checks its xxh3-128, writes the
+   tar's first block (synced, read back), writes the record and syncs.
+   The daemon answers here, the archive durable.
 4. :meth:`Update.replicate` then reads the target back (if step 3 did
    not) and only if it matches copies the tar into the others, oldest
    first, each with the same mark, write, sync, verify, record, sync.  The

@@ -4,8 +4,9 @@ The protocol and why it is crash-safe are in :mod:`volume.ovfstore`; this
 module is its write half.  Every store is written the same way, target
 and copies alike: zero the archive's first :data:`HEAD` bytes, mark the
 record updating and sync; write the rest of the archive, zero what follows
-it, sync; write the first bytes; read the archive back and check its
-digest; write the committed record and sync.
+it, sync; read the archive back (the first bytes from memory) and check
+its digest; write the first bytes, sync and read them back; write the
+committed record and sync.
 
 The first bytes go last for the readers that know no record: hosted-engine
 runs ``dd | tar -xOf - <vm>.ovf`` on whichever store it finds.  While a
@@ -99,10 +100,20 @@ class _Area(RegionVolume):
         super().flush()
 
     def write_head(self) -> None:
-        """Write the held bytes: call once the rest of the archive is synced."""
+        """Write the held bytes, synced: call once the rest of the archive is
+        synced and checked.  They are read back; bytes that differ are
+        zeroed again (ChecksumMismatch), so a tar reader still finds none."""
+        n = len(self._head)
         with aligned_view(HEAD) as view:
-            view[:len(self._head)] = self._head
-            super().write(0, view[:len(self._head)])
+            view[:n] = self._head
+            super().write(0, view[:n])
+            self.flush()  # a committed record then implies a durable head
+            view[:n] = bytes(n)
+            if super().readinto(0, view[:n]) != n or view[:n] != self._head:
+                super().zero(0, n)
+                self.flush()
+                raise ChecksumMismatch("the archive's first block reads back other than "
+                                       "it was written")
 
 
 class Update:
@@ -264,16 +275,18 @@ class Update:
 
     def _seal(self, vol: Volume, area: _Area, info: VolumeInfo, tar_length: int,
               digest: str, buf: memoryview | None) -> CommitRecord:
-        """Zero after the archive, sync, write its head, check it (when given
-        ``buf`` to read it back through), write the record (synced)."""
+        """Zero after the archive, sync, check it (when given ``buf`` to read
+        it back through: the held head, the rest from the store), write its
+        head (synced, read back), write the record (synced).  A failed check
+        leaves the head zero: a plain tar reader finds no archive."""
         area.zero(tar_length, min(TAIL_ZERO, self._capacity - tar_length))
         area.flush()
-        area.write_head()
         if buf is not None:
-            found = ovfrecord.tar_digest(vol, tar_length, buf)
+            found = ovfrecord.tar_digest(area, tar_length, buf)
             if found != digest:
                 raise ChecksumMismatch(f"the archive written has xxh3_128 {found}, "
                                        f"not {digest}")
+        area.write_head()
         return ovfrecord.write(vol, info.size, CommitRecord(
             self.generation, tar_length, digest, time.time(), updating=False))
 

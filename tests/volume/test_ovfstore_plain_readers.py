@@ -17,7 +17,7 @@ from tests.volume.ovfstore_crasher import make_tar
 from tests.volume.ovfstore_util import CAPACITY, digest, make_storage, open_stores, read_all
 from volume import ovfrecord, ovfupdate
 from volume.base import Volume
-from volume.errors import VolumeError
+from volume.errors import ChecksumMismatch, VolumeError
 from volume.ovfupdate import HEAD
 from volume.sd import StorageDomain, VolumeInfo, open_data
 
@@ -41,8 +41,10 @@ def extract(store: bytes, name: str) -> bytes | None:
     return done.stdout if done.returncode == 0 else None
 
 
-OLD = make_tar({"vm.ovf": b"<old/>\n" * 20000})
-NEW = make_tar({"vm.ovf": b"<new>" + b"x" * 200000 + b"</new>\n"})
+OLD_DATA = b"<old/>\n" * 20000
+NEW_DATA = b"<new>" + b"x" * 200000 + b"</new>\n"
+OLD = make_tar({"vm.ovf": OLD_DATA})
+NEW = make_tar({"vm.ovf": NEW_DATA})
 
 
 def test_a_store_being_written_is_no_archive_to_tar(storage: StorageDomain) -> None:
@@ -88,3 +90,54 @@ def test_a_copy_cut_off_is_no_archive_to_tar(storage: StorageDomain,
     assert len(u.replica_errors) == 1 and "injected" in u.replica_errors[0]
     found = {extract(raw(s.volume), "vm.ovf") for s in stores.states()}
     assert found == {None, b"<new>" + b"x" * 200000 + b"</new>\n"}
+
+
+def test_target_failing_its_check_is_no_archive_to_tar(storage: StorageDomain) -> None:
+    """Half the archive written, sealed with the whole one's length and digest:
+    the check refuses it, and the store must be what abort leaves."""
+    stores = open_stores(storage, 1)
+    u = stores.begin()
+    u.volume.write(0, memoryview(OLD))
+    u.commit(len(OLD), digest(OLD))
+    (state,) = stores.states()
+
+    u = stores.begin()
+    u.volume.write(0, memoryview(NEW)[:len(NEW) // 2])  # the rest never arrives
+    with pytest.raises(ChecksumMismatch):
+        u.commit(len(NEW), digest(NEW))
+    (after,) = stores.states()
+    assert after.record is not None and after.record.updating
+    seen = raw(state.volume)
+    torn = extract(seen, "vm.ovf")
+    assert torn is None, (f"tar extracts {len(torn)} bytes, a torn OVF (new start, "
+                          f"old middle: {b'<old/>' in torn}) from a store that failed its check")
+    assert seen[:HEAD] == bytes(HEAD)
+
+
+def test_copy_failing_its_check_is_no_archive_to_tar(storage: StorageDomain,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A write into the copy that the storage acknowledged and lost: the
+    copy's read-back check catches it, and the copy must be no archive."""
+    stores = open_stores(storage, 2)
+    for data in (OLD, OLD):
+        u = stores.begin()
+        u.volume.write(0, memoryview(data))
+        u.commit(len(data), digest(data))
+
+    class LossyArea(ovfupdate._Area):
+        def write(self, offset: int, buf: memoryview) -> None:
+            if offset == 64 << 10:  # the copy's second chunk: lost
+                return
+            super().write(offset, buf)
+
+    monkeypatch.setattr(ovfupdate, "CHUNK", 64 << 10)
+    monkeypatch.setattr(ovfupdate, "_Area", LossyArea)
+    u = stores.begin()
+    u.volume.write(0, memoryview(NEW))  # one write at 0: nothing lost in the target
+    u.commit(len(NEW), digest(NEW))
+    assert len(u.replica_errors) == 1 and "xxh3_128" in u.replica_errors[0]
+    copy = next(s for s in stores.states() if s.index != u.target.index)
+    assert copy.record is not None and copy.record.updating
+    torn = extract(raw(copy.volume), "vm.ovf")
+    assert torn is None, (f"tar extracts {len(torn)} bytes, a torn OVF "
+                          f"(== new: {torn == NEW_DATA}) from a copy that failed its check")
