@@ -13,8 +13,9 @@ back: this is what the stores are for.
    out and an OVF that cannot be used is skipped with the reason (not XML,
    no VM UUID, a name that is not its UUID, a disk on a domain the cache
    does not know); ``info.json`` and ``metadata.json`` are not entities.
-   An entity the cache knows already is left as it is: the cache is newer
-   than any store.
+   An entity the cache knows already is left as it is (the cache is newer
+   than any store), unless this OVF's generation is ahead of the cache's:
+   a copy taken a moment ago from another domain's older store.
 3. The others are added, a batch per transaction, as ``vm import`` adds
    them (a disk without a ``StorageId`` is placed on this domain).  They
    come in Down, whatever the store's ``metadata.json`` says (reported as
@@ -59,7 +60,7 @@ class Found:
     uuid: str
     name: str | None
     kind: str | None
-    outcome: str  # "added", "known" or "skipped"
+    outcome: str  # "added", "updated", "known" or "skipped"
     reason: str | None = None
     stored_status: int | None = None
 
@@ -79,7 +80,8 @@ class ImportReport:
         return sum(f.outcome == outcome for f in self.entities)
 
     def to_json(self) -> dict[str, Any]:
-        return {**asdict(self), **{k: self.count(k) for k in ("added", "known", "skipped")}}
+        return {**asdict(self),
+                **{k: self.count(k) for k in ("added", "updated", "known", "skipped")}}
 
 
 def run(cache: Cache, cfg: Config, args: argparse.Namespace) -> int:
@@ -90,8 +92,8 @@ def run(cache: Cache, cfg: Config, args: argparse.Namespace) -> int:
 
 def text(r: ImportReport) -> str:
     lines = [f"domain {r.sd_uuid}: store generation {r.generation} ({r.tar_length} bytes) "
-             f"read from host {r.host}: {r.count('added')} added, {r.count('known')} "
-             f"already known, {r.count('skipped')} skipped"]
+             f"read from host {r.host}: {r.count('added')} added, {r.count('updated')} "
+             f"updated, {r.count('known')} already known, {r.count('skipped')} skipped"]
     lines += [f"  skipped {f.uuid}: {f.reason}" for f in r.entities if f.outcome == "skipped"]
     lines += [f"  host {failure}" for failure in r.failed_hosts]
     return "\n".join(lines)
@@ -118,6 +120,9 @@ async def import_domain(cache: Cache, cfg: Config, sd_uuid: str,
                     failures.append(f"{host.name}: {e}" if isinstance(e, BadTar) else
                                     str(e).removeprefix("host "))
                     continue
+                except OSError as e:  # the spool in the state directory: a full disk, say
+                    raise EngineError(f"cannot keep the OVF store of domain {sd} in "
+                                      f"{cfg.state_dir}: {e.strerror or e}") from None
                 result = ImportReport(sd, host.name, got.generation, got.digest,
                                       got.length, failed_hosts=failures)
                 result.entities = await asyncio.to_thread(_import, cache, cfg, sd, spool,
@@ -144,9 +149,10 @@ async def _download(client: HostClient, sd: str, spool: IO[bytes]
             raise BadTar(f"the store of domain {sd} is not a valid OVF store: {e}") from None
         await asyncio.to_thread(spool.write, chunk)
 
-    got = await client.read_ovf_store(sd, sink)
+    got = await client.read_ovf_store(sd, sink, MAX_STORE)
+    await asyncio.to_thread(spool.flush)  # read back with pread, past Python's buffer
     name = client.host.name
-    if got.received != got.length or got.length > MAX_STORE:
+    if got.received != got.length:
         raise HostError(name, f"sent {got.received} bytes of a {got.length} byte store "
                         f"of domain {sd}", code="incomplete")
     if reader is None:
@@ -166,7 +172,7 @@ def _import(cache: Cache, cfg: Config, sd: str, spool: IO[bytes],
             summary: Summary) -> list[Found]:
     """Steps 2 and 3 (blocking: cache and file)."""
     known_domains = {d.uuid for d in cache.domains()}
-    known = {e.uuid for e in cache.entities()}
+    known = {e.uuid: e.db_generation for e in cache.entities()}
     found: list[Found] = []
     batch: list[tuple[ImportItem, int | None]] = []
 
@@ -174,7 +180,8 @@ def _import(cache: Cache, cfg: Config, sd: str, spool: IO[bytes],
         unplaced = {d.disk_uuid: sd for item, _ in items for d in item.ovf.disks
                     if d.sd_uuid is None}
         cache.import_entities([item for item, _ in items], disk_domains=unplaced)
-        found.extend(Found(i.ovf.uuid, i.ovf.name, i.ovf.kind, "added", None, st)
+        found.extend(Found(i.ovf.uuid, i.ovf.name, i.ovf.kind,
+                           "updated" if i.ovf.uuid in known else "added", None, st)
                      for i, st in items)
 
     def flush() -> None:
@@ -199,7 +206,7 @@ def _import(cache: Cache, cfg: Config, sd: str, spool: IO[bytes],
         except InvalidInput as e:
             found.append(Found(uuid, None, None, "skipped", str(e), status))
             continue
-        if ovf.uuid in known:
+        if ovf.uuid in known and (ovf.generation or 0) <= known[ovf.uuid]:
             found.append(Found(uuid, ovf.name, ovf.kind, "known", None, status))
             continue
         batch.append((ImportItem(entry.name, ovf, data), status))

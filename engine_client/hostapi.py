@@ -163,10 +163,11 @@ class HostClient:
     async def ovf_store_info(self, sd_uuid: str) -> dict[str, Any]:
         return await self._request("GET", f"/domains/{sd_uuid}/ovf-store/info")
 
-    async def read_ovf_store(self, sd_uuid: str,
-                             sink: Callable[[bytes], Awaitable[None]]) -> StoreDownload:
+    async def read_ovf_store(self, sd_uuid: str, sink: Callable[[bytes], Awaitable[None]],
+                             max_length: int) -> StoreDownload:
         """Stream the newest valid store of ``sd_uuid`` into ``sink``, a chunk
-        at a time; what the host says it sent.  The caller checks the bytes."""
+        at a time; what the host says it sent.  The caller checks the bytes.
+        A store announced longer than ``max_length`` is refused unread."""
         what = f"GET /domains/{sd_uuid}/ovf-store"
         timeout = self._http.upload_timeout  # a whole store, as for a push
         with self._failures(what, timeout):
@@ -185,6 +186,10 @@ class HostClient:
                 if resp.content_length is None or not generation.isdigit():
                     raise HostError(self.host.name, f"{what} answered without a length or "
                                     "a generation", code="bad-answer")
+                if resp.content_length > max_length:
+                    raise HostError(self.host.name, f"{what} announced {resp.content_length} "
+                                    f"bytes, over the {max_length} a store may have",
+                                    code="too-large")
                 received = 0
                 async for chunk in resp.content.iter_chunked(DOWNLOAD_CHUNK):
                     received += len(chunk)

@@ -120,6 +120,8 @@ def build_doc(data: bytes, source: str) -> Doc:
     except expat.ExpatError as e:
         raise OvfError(f"{source} is not well-formed XML: {expat.errors.messages[e.code]} "
                        f"at line {e.lineno}, column {e.offset}") from None
+    except (ValueError, LookupError) as e:  # a declared encoding expat cannot read
+        raise OvfError(f"{source} cannot be read: {e}") from None
     return Doc(builder.close(), spans)
 
 
@@ -209,10 +211,12 @@ def _disks(root: ET.Element, content: ET.Element, source: str) -> tuple[OvfDisk,
 
 
 def _snapshots(content: ET.Element, source: str) -> tuple[OvfSnapshot, ...]:
-    found = []
+    found: list[OvfSnapshot] = []
     for section in sections(content, "SnapshotsSection_Type"):
         for s in children(section, "Snapshot"):
             sid = canonical_uuid(attr(s, "id"), f"{source}: snapshot")
+            if any(f.uuid == sid for f in found):
+                raise OvfError(f"{source}: snapshot {sid} is listed twice")
             found.append(OvfSnapshot(sid, _text(s, "Type") or "REGULAR"))
     return tuple(found)
 
