@@ -22,7 +22,7 @@ from typing import Any
 
 from . import imageclient, imagetransfer
 from .disks import Ctx, DiskError, locate, serving, source_volume
-from .errors import EngineError, InvalidInput
+from .errors import EngineError, HostError, InvalidInput
 from .hostapi import HostClient
 from .hostvol import (
     VolumeRef,
@@ -101,11 +101,23 @@ async def open_upload(ctx: Ctx, path: str, sd_uuid: str, disk: str | None) -> Op
     return Opened(ref, url, host.name, size, fmt)
 
 
+#: Tries of _discard: the canceled ticket request may reach the host after
+#: its DELETE; it lands within milliseconds if at all.
+DISCARD_TRIES = 10
+
+
 async def _discard(c: HostClient, ref: VolumeRef, ticket: str) -> None:
     """Remove a new volume and the ticket that may have been opened on it
     (the host keeps a volume in use by a ticket)."""
-    await delete_ticket(c, f"{c.host.url}/images/{ticket}")
-    await delete_volume(c, ref)
+    for attempt in range(DISCARD_TRIES):
+        await delete_ticket(c, f"{c.host.url}/images/{ticket}")
+        try:
+            await delete_volume(c, ref)
+            return
+        except HostError as e:
+            if e.status != 409 or ticket not in e.detail or attempt == DISCARD_TRIES - 1:
+                raise
+        await asyncio.sleep(0.1)
 
 
 def check_target(path: str) -> None:

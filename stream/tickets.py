@@ -177,6 +177,12 @@ class Ticket:
                 f"{self._ongoing} operations still running"
             ) from None
 
+    @property
+    def busy(self) -> bool:
+        """Whether operations still run (a canceled ticket's too: a cancel
+        waits for them only so long)."""
+        return self._ongoing > 0
+
     def info(self) -> dict[str, Any]:
         now = time.monotonic()
         d: dict[str, Any] = {
@@ -208,6 +214,14 @@ class Ticket:
 class Authorizer:
     def __init__(self) -> None:
         self._tickets: dict[str, Ticket] = {}
+        #: Volumes (sd, img, vol) being deleted: no new ticket or job may use them.
+        self.deleting: set[tuple[str, str, str]] = set()
+
+    def check_not_deleting(self, info: VolumeInfo) -> None:
+        """Conflict if ``info`` is being deleted."""
+        if (info.sd_uuid, info.img_uuid, info.vol_uuid) in self.deleting:
+            raise Conflict(f"volume {info.img_uuid}/{info.vol_uuid} of storage domain "
+                           f"{info.sd_uuid} is being deleted")
 
     def add(self, ticket: Ticket) -> Ticket | None:
         """Add or replace; returns the replaced ticket, if any."""

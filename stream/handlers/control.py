@@ -9,7 +9,7 @@ import logging
 
 from aiohttp import web
 
-from volume.errors import InvalidRequest
+from volume.errors import InvalidRequest, NotFound
 from volume.sd import check_write_target
 from volume.validate import check_uuid
 
@@ -39,6 +39,7 @@ async def put_ticket(request: web.Request) -> web.Response:
         info = await io.run(mgr.registry.volume, sd, fields["img_id"], fields["vol_id"])
         if access is Access.WRITE:
             check_write_target(info)
+        request.app[AUTH].check_not_deleting(info)
         domain_uuid, real = sd, info.path
     else:
         domain, real = await io.run(mgr.registry.resolve, fields["path"],
@@ -53,6 +54,16 @@ async def put_ticket(request: web.Request) -> web.Response:
         filename=fields.get("filename"), domain=domain_uuid,
     )
     old = request.app[AUTH].add(ticket)
+    if info is not None:
+        # Looked up again with the ticket in place: a DELETE of the volume that
+        # ended since the first look-up would leave it naming freed space.
+        try:
+            await io.run(mgr.registry.volume, info.sd_uuid, info.img_uuid, info.vol_uuid)
+        except NotFound:
+            request.app[AUTH].pop(ticket.uuid)
+            if old is not None:
+                request.app[AUTH].add(old)
+            raise
     if old is not None:
         if old.path == ticket.path and not old.canceled:
             # Re-adding the same ticket (vdsm does on retries): the one in

@@ -138,7 +138,13 @@ async def delete_volume(request: web.Request) -> web.Response:
         # late writes of a transfer would land in another disk.
         raise Conflict(f"volume {info.img_uuid}/{info.vol_uuid} is in use by {user}; "
                        "end it first")
-    await io.run(storage.delete_volume, m["img"], m["vol"])
+    key = (info.sd_uuid, info.img_uuid, info.vol_uuid)
+    deleting = request.app[AUTH].deleting
+    deleting.add(key)  # no await since the check: no ticket came in between
+    try:
+        await io.run(storage.delete_volume, m["img"], m["vol"])
+    finally:
+        deleting.discard(key)
     return web.Response(status=204)
 
 
@@ -148,9 +154,12 @@ def _user(request: web.Request, info: VolumeInfo, real_path: str) -> str | None:
     key = (info.sd_uuid, info.img_uuid, info.vol_uuid)
     for t in request.app[AUTH].all():
         v = t.volume_info
-        if not t.canceled and ((v is not None and (v.sd_uuid, v.img_uuid, v.vol_uuid) == key)
-                               or (info.length is None and t.path == real_path)):
+        if (not t.canceled or t.busy) and (
+                (v is not None and (v.sd_uuid, v.img_uuid, v.vol_uuid) == key)
+                or (info.length is None and t.path == real_path)):
             return f"transfer ticket {t.uuid}"
+    if key in request.app[AUTH].deleting:
+        return "another request deleting it"
     job = request.app[JOBS].using(key)
     if job is not None:
         return f"job {job.id} ({job.state})"

@@ -17,7 +17,7 @@ from ..auth import ENGINE
 from ..copy import LocalSource, RemoteSource, Source, copy
 from ..jobs import Job, last_step
 from ..pool import Access, PoolMap
-from ..state import CONFIG, IO_KEY, JOBS, POOL
+from ..state import AUTH, CONFIG, IO_KEY, JOBS, POOL
 from .common import read_json
 
 routes = web.RouteTableDef()
@@ -124,6 +124,9 @@ async def start_copy(request: web.Request) -> web.Response:
             await io.run(volume.close)
 
     check_map(mgr.current)  # it may have changed while we looked the volumes up
+    for used in (dst, src_info):
+        if used is not None:  # and a DELETE may have begun meanwhile
+            request.app[AUTH].check_not_deleting(used)
     job = request.app[JOBS].start(Job(job_id, "copy", described, writes=_key(dst),
                                      reads=_key(src_info) if src_info else None), run)
     unwatch = mgr.watch(map_changed)

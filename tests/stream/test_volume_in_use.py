@@ -15,7 +15,9 @@ from typing import Any
 import pytest
 
 from tests.conftest import LoopDeviceFactory
+from volume.blockdomain import BlockDomain
 from volume.filedomain import FileDomain
+from volume.region import RegionVolume
 
 from .conftest import Client, MiB
 from .test_copy import add_domain, new_volume, set_pool, start_copy, wait
@@ -93,3 +95,110 @@ async def test_a_copy_job_keeps_its_volumes(client: Client, tmp_path: Path,
     assert (await wait(client, job))["state"] == "done"
     for ref in (src, dst):
         assert (await client.delete(volume_path(ref))).status == 204
+
+
+# -- found by review of the first version: each failed on it
+
+PATTERN = b"\xab" * MiB
+
+
+async def _block_domain(client: Client, loop_device: LoopDeviceFactory) -> str:
+    dev = loop_device(16 * MiB)
+    sd = await add_domain(client, [dev], "block", ovf_stores=1, ovf_store_size=MiB)
+    await set_pool(client, {sd: ("block", [dev])})
+    return sd
+
+
+async def _ticket(client: Client, ref: dict[str, str], ops: list[str]) -> str:
+    t = str(uuid.uuid4())
+    resp = await client.put(f"/tickets/{t}", json={"uuid": t, "size": MiB, "ops": ops,
+                                                    "timeout": 60, **ref})
+    assert resp.status == 200, await resp.text()
+    return t
+
+
+async def _read(client: Client, ref: dict[str, str]) -> bytes:
+    t = await _ticket(client, ref, ["read"])
+    resp = await client.get(f"/images/{t}")
+    data = await resp.read()
+    await client.delete(f"/tickets/{t}")
+    return data
+
+
+
+async def test_a_canceled_ticket_still_writing_keeps_its_volume(
+        client: Client, loop_device: LoopDeviceFactory, monkeypatch: Any) -> None:
+    """DELETE /tickets gives up after remove_timeout (409) while a write is
+    still in an I/O worker: the ticket stays, canceled, with the operation
+    running.  _user() skips canceled tickets, so the volume is deleted; the
+    late write then lands in the next volume given that space."""
+    sd = await _block_domain(client, loop_device)
+    a = await new_volume(client, sd, MiB)
+    t = await _ticket(client, a, ["write"])
+
+    entered, release = threading.Event(), threading.Event()
+    original = RegionVolume.write
+
+    def stuck_write(self: RegionVolume, offset: int, buf: memoryview) -> None:
+        if not release.is_set() and len(buf) == MiB and bytes(buf[:1]) == b"\xab":
+            entered.set()
+            release.wait(20)
+        original(self, offset, buf)
+
+    monkeypatch.setattr(RegionVolume, "write", stuck_write)
+    upload = asyncio.ensure_future(client.put(f"/images/{t}", data=PATTERN))
+    deleted = None
+    b = None
+    try:
+        assert await asyncio.to_thread(entered.wait, 10)
+        resp = await client.delete(f"/tickets/{t}")
+        assert resp.status == 409, await resp.text()  # the write is still running
+        resp = await client.delete(volume_path(a))
+        deleted = resp.status
+        if deleted == 204:
+            b = await new_volume(client, sd, MiB)  # a new disk, in the freed space
+    finally:
+        release.set()
+        await upload
+    landed = b is not None and await _read(client, b) == PATTERN
+    assert deleted == 409, (
+        f"DELETE answered {deleted} under a running write; the late write "
+        f"{'landed in' if landed else 'missed'} the next volume created")
+
+
+async def test_a_ticket_added_while_its_volume_is_deleted(
+        client: Client, loop_device: LoopDeviceFactory, monkeypatch: Any) -> None:
+    """_user() runs on the loop, the deletion then in a worker: a ticket
+    added in between (PUT /tickets looks the volume up in another worker)
+    is accepted for a volume being deleted.  Its stale region is then the
+    next volume's, and its writes land there."""
+    sd = await _block_domain(client, loop_device)
+    a = await new_volume(client, sd, MiB)
+
+    entered, release = threading.Event(), threading.Event()
+    original = BlockDomain.delete_volume
+
+    def slow_delete(self: BlockDomain, img_uuid: str, vol_uuid: str) -> None:
+        entered.set()
+        release.wait(20)
+        original(self, img_uuid, vol_uuid)
+
+    monkeypatch.setattr(BlockDomain, "delete_volume", slow_delete)
+    deleting = asyncio.ensure_future(client.delete(volume_path(a)))
+    try:
+        assert await asyncio.to_thread(entered.wait, 10)
+        t = str(uuid.uuid4())
+        added = await client.put(f"/tickets/{t}", json={
+            "uuid": t, "size": MiB, "ops": ["write"], "timeout": 60, **a})
+    finally:
+        release.set()
+        resp = await deleting
+    monkeypatch.setattr(BlockDomain, "delete_volume", original)
+    landed = False
+    if added.status == 200 and resp.status == 204:
+        b = await new_volume(client, sd, MiB)
+        w = await client.put(f"/images/{t}", data=PATTERN)
+        landed = w.status == 200 and await _read(client, b) == PATTERN
+    assert not (added.status == 200 and resp.status == 204), (
+        f"ticket added ({added.status}) and volume deleted ({resp.status}); the "
+        f"ticket's write {'landed in' if landed else 'missed'} the next volume")
