@@ -17,7 +17,7 @@ import contextlib
 import json
 import sqlite3
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from stream.wire.poolmap import OVF_WRITABLE
@@ -180,6 +180,12 @@ class Cache:
         """Record a verified push; True if the store is now up to date (see stores)."""
         with self._tx() as c:
             return stores.pushed(c, content, generation, digest, tar_length, host, when)
+
+    def store_imported(self, sd_uuid: str, generation: int, digest: str, tar_length: int,
+                       host: str, entities: Iterable[str]) -> None:
+        """Record a store ``domain import`` read (see stores.imported)."""
+        with self._tx() as c:
+            stores.imported(c, sd_uuid, generation, digest, tar_length, host, entities)
 
     def store_failed(self, content: StoreContent, error: str, retry_at: float) -> None:
         """Record a failed push: the store stays outdated (see stores)."""

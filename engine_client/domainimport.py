@@ -127,6 +127,9 @@ async def import_domain(cache: Cache, cfg: Config, sd_uuid: str,
                                       got.length, failed_hosts=failures)
                 result.entities = await asyncio.to_thread(_import, cache, cfg, sd, spool,
                                                           summary)
+                await asyncio.to_thread(
+                    cache.store_imported, sd, got.generation, got.digest, got.length,
+                    host.name, [f.uuid for f in result.entities if f.outcome != "skipped"])
                 return result
     finally:
         await clients.close()

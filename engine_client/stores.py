@@ -139,6 +139,21 @@ def pushed(c: sqlite3.Connection, content: StoreContent, generation: int, digest
     return not _seq(c, sd)[1]
 
 
+def imported(c: sqlite3.Connection, sd_uuid: str, generation: int, digest: str,
+             tar_length: int, host: str, entities: Iterable[str]) -> None:
+    """Record a store read by ``domain import``: this engine knows it now
+    (the updater may replace it), it lists ``entities``, and it is outdated,
+    so the next pass writes what the cache holds, the imported ones too."""
+    c.execute("UPDATE ovf_stores SET generation = COALESCE(generation, ?), "
+              "digest = COALESCE(digest, ?), tar_length = COALESCE(tar_length, ?), "
+              "host = COALESCE(host, ?) WHERE sd_uuid = ?",
+              (generation, digest, tar_length, host, sd_uuid))
+    c.executemany("INSERT OR IGNORE INTO store_entities VALUES (?, ?)",
+                  [(sd_uuid, e) for e in entities])
+    c.execute("UPDATE ovf_stores SET outdated = 1, outdated_seq = outdated_seq + 1 "
+              "WHERE sd_uuid = ?", (sd_uuid,))
+
+
 def failed(c: sqlite3.Connection, content: StoreContent, error: str, retry_at: float) -> None:
     """Record a failed push; the store stays outdated.
 

@@ -223,6 +223,8 @@ class Updater:
             if not order:
                 errors.append(f"no host serves domain {sd}; add one with "
                               f"'sluice-engine host add ... --domain {sd}'")
+            if store.generation is None and (foreign := await self._foreign_store(sd, order)):
+                return await self._failed(store, content, foreign, time.monotonic() - start)
             for host in order:
                 client = self._clients(host)
                 try:
@@ -243,6 +245,27 @@ class Updater:
                 return await self._pushed(content, result, time.monotonic() - start)
             return await self._failed(store, content, "; ".join(errors),
                                       time.monotonic() - start)
+
+    async def _foreign_store(self, sd: str, order: list[Host]) -> str | None:
+        """Why the store of ``sd`` must not be pushed, if it must not: this
+        engine never pushed it nor imported it, and a host says it holds
+        OVFs (another engine's, or this one's before its cache was lost).
+        Pushing would replace them with only what this cache knows."""
+        for host in order:
+            try:
+                info = await self._clients(host).ovf_store_info(sd)
+            except HostError:
+                continue  # the next host; or the push itself reports them all
+            held = [s for s in info.get("stores", []) if isinstance(s, dict)
+                    and s.get("valid") and isinstance(s.get("ovfs"), int) and s["ovfs"] > 0]
+            if not held:
+                return None
+            newest = max(held, key=lambda s: int(s.get("record", {}).get("generation", 0)))
+            return (f"domain {sd} holds an OVF store this engine never wrote nor imported "
+                    f"(generation {newest.get('record', {}).get('generation')}, "
+                    f"{newest['ovfs']} OVFs, host {host.name}); run 'sluice-engine domain "
+                    f"import {sd}' first, so that they are kept")
+        return None
 
     async def _pushed(self, content: StoreContent, r: PushResult, seconds: float) -> DomainReport:
         updated = await asyncio.to_thread(self.cache.store_pushed, content, r.generation,

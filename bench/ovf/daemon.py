@@ -37,8 +37,6 @@ class Daemon:
     #: The default domain: its UUID and directory.
     sd: str
     sd_dir: Path
-    #: The domains of the engine bench, default one first (see add_domains).
-    domains: list[str]
 
     def auth_header(self) -> str:
         return f"Authorization: Bearer {self.token}"
@@ -53,21 +51,25 @@ class Daemon:
         records = [s["record"] for s in states if s["valid"]]
         return max(records, key=lambda r: r["generation"], default=None)
 
-    def add_domains(self, root: Path, count: int) -> None:
-        """Format ``count - 1`` more file domains and put all in the pool map, Active."""
+    def new_domains(self, root: Path, count: int) -> list[str]:
+        """Format ``count`` new file domains under ``root`` and put them in the
+        pool map, Active; their UUIDs.  New ones for each engine cache: an
+        engine never overwrites a store it did not write (or import)."""
         pool = self.call("GET", "/pool")
         domains = dict(pool["domains"])
-        for i in range(count - 1 - len(self.domains[1:])):
+        made = []
+        for i in range(count):
             sd = str(uuid.uuid4())
-            where = root / f"domain-{i + 1}"
+            where = root / f"domain-{i}"
             where.mkdir(parents=True)
             self.call("POST", "/domains", {"uuid": sd, "type": "file", "location": str(where),
                                            "ovf_store_size": ENGINE_STORE_SIZE})
             domains[sd] = {"type": "file", "location": str(where), "status": "Active"}
-            self.domains.append(sd)
+            made.append(sd)
         self.call("PUT", "/pool", {"pool_id": pool["pool_id"],
                                    "map_version": pool["map_version"] + 1,
                                    "master_domain": self.sd, "domains": domains})
+        return made
 
     @contextmanager
     def image_ticket(self, size: int) -> Iterator[tuple[str, Path]]:
@@ -105,7 +107,6 @@ def serve(home: Path) -> Iterator[Daemon]:
         proc.wait_ready(unix_ready(sock))
         sd_dir = default_domain(data_dir)
         token = (data_dir / "engine.token").read_text().strip()
-        yield Daemon(proc, f"http://127.0.0.1:{port}", sock, token, sd_dir.name, sd_dir,
-                     [sd_dir.name])
+        yield Daemon(proc, f"http://127.0.0.1:{port}", sock, token, sd_dir.name, sd_dir)
     finally:
         proc.stop()

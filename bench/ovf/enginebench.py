@@ -2,7 +2,8 @@
 with 20 KiB OVFs on 4 file domains of one local daemon.
 
 Each size gets a fresh engine cache (filled in this process through the
-cache API, as `vm import` would), and the pass runs in a child process:
+cache API, as `vm import` would) and 4 new domains (an engine never
+replaces a store it did not write), and the pass runs in a child process:
 its wall time and its peak RSS (its VmHWM, see measure.wait_child) are the
 figures, kept only once every domain's store checks out.
 The engine uses its default config (zstd when the host lists it, 4 domains
@@ -47,14 +48,14 @@ def engine_command() -> list[str]:
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "engine_client"]
 
 
-def fill_cache(state: Path, d: Daemon, count: int) -> None:
-    """A new engine cache: the daemon's domains and host, ``count`` VMs."""
+def fill_cache(state: Path, d: Daemon, count: int, domains: list[str]) -> None:
+    """A new engine cache: ``domains`` and the daemon as their host, ``count`` VMs."""
     pool = d.call("GET", "/pool")["domains"]
     with Cache.open(str(state)) as cache:
-        for sd in d.domains:
+        for sd in domains:
             cache.add_domain(sd, "file", [pool[sd]["location"]])
-        cache.add_host("h1", d.url, d.token, d.domains)
-        vms = ovfgen.specs(count, d.domains, OVF_SIZE, f"engine-{count}")
+        cache.add_host("h1", d.url, d.token, domains)
+        vms = ovfgen.specs(count, domains, OVF_SIZE, f"engine-{count}")
         for i in range(0, count, IMPORT_BATCH):
             items = []
             for spec in vms[i:i + IMPORT_BATCH]:
@@ -96,14 +97,15 @@ def run_pass(state: Path, work: Path, d: Daemon) -> Pass:
     return Pass(done, reading, float(found.group(1)))
 
 
-def fetch_stores(state: Path, d: Daemon, dest: Path) -> tuple[int, str, dict[str, Any]]:
+def fetch_stores(state: Path, d: Daemon, dest: Path, domains: list[str]
+                 ) -> tuple[int, str, dict[str, Any]]:
     """Check every domain's store against the cache and the daemon's record,
     and append its tar to ``dest``; (total bytes, their xxh3-128, per domain)."""
     whole = xxhash.xxh3_128()
     found: dict[str, Any] = {}
     host, port = d.url.removeprefix("http://").rsplit(":", 1)
     with Cache.open(str(state)) as cache, open(dest, "wb") as out:
-        for sd in d.domains:
+        for sd in domains:
             st = cache.store(sd)
             record = d.newest_store(sd)
             if st.outdated or record is None or (st.generation, st.digest, st.tar_length) != (
@@ -139,12 +141,13 @@ def run_size(d: Daemon, work: Path, count: int) -> tuple[MemRow, MemRow]:
     try:
         try:
             start = time.monotonic()
-            fill_cache(state, d, count)
+            domains = d.new_domains(work / f"domains-{count}", DOMAINS)
+            fill_cache(state, d, count, domains)
             log(f"engine: cache of {count} VMs on {DOMAINS} domains filled in "
                 f"{time.monotonic() - start:.1f} s")
             with settled():
                 done = run_pass(state, work, d)
-            size, digest, per_domain = fetch_stores(state, d, tar)
+            size, digest, per_domain = fetch_stores(state, d, tar, domains)
         except Exception as e:
             engine.error = image.error = f"{engine.name}: {describe(e)}"
             log(f"ERROR {engine.error}")
@@ -175,7 +178,6 @@ def run_size(d: Daemon, work: Path, count: int) -> tuple[MemRow, MemRow]:
 
 
 def run(d: Daemon, work: Path, sizes: tuple[int, int]) -> tuple[list[MemRow], dict[str, Any]]:
-    d.add_domains(work / "domains", DOMAINS)
     (work / "engine").mkdir()
     rows: list[MemRow] = []
     for count in sizes:

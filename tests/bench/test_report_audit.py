@@ -277,6 +277,9 @@ class FakeDaemon(Daemon):
         path.write_bytes(self.stored)
         yield "http://127.0.0.1:1/images/x", path
 
+    def new_domains(self, root: Path, count: int) -> list[str]:
+        return [f"sd{i}" for i in range(count)]
+
     def newest_store(self, sd: str) -> dict[str, Any] | None:
         if self.record is None:
             raise KeyError("stores")
@@ -285,7 +288,7 @@ class FakeDaemon(Daemon):
 
 def fake_daemon(tmp_path: Path) -> FakeDaemon:
     return FakeDaemon(cast(Proc, FakeProc()), "http://127.0.0.1:1", tmp_path / "sock", "t",
-                      "sd", tmp_path, ["sd"])
+                      "sd", tmp_path)
 
 
 def test_store_image_round_with_wrong_bytes_records_nothing(
@@ -337,14 +340,15 @@ def test_store_unexpected_error_is_a_row_error(
 def engine_child(monkeypatch: pytest.MonkeyPatch, code: str) -> None:
     """`sluice-engine` is this Python snippet; the cache is never filled."""
     monkeypatch.setattr(enginebench, "engine_command", lambda: [sys.executable, "-c", code])
-    monkeypatch.setattr(enginebench, "fill_cache", lambda state, d, count: None)
+    monkeypatch.setattr(enginebench, "fill_cache", lambda state, d, count, domains: None)
 
 
 def test_engine_pass_with_bad_stores_records_nothing(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     engine_child(monkeypatch, "print('pass took 0.010 s')")
 
-    def fetch(state: Path, d: Daemon, dest: Path) -> tuple[int, str, dict[str, Any]]:
+    def fetch(state: Path, d: Daemon, dest: Path,
+              domains: list[str]) -> tuple[int, str, dict[str, Any]]:
         raise BenchError("domain sd: the engine cache has generation 1, the daemon None")
     monkeypatch.setattr(enginebench, "fetch_stores", fetch)
     (tmp_path / "engine").mkdir()
@@ -361,7 +365,8 @@ def test_engine_image_with_wrong_bytes_records_nothing(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     engine_child(monkeypatch, "print('pass took 0.010 s')")
 
-    def fetch(state: Path, d: Daemon, dest: Path) -> tuple[int, str, dict[str, Any]]:
+    def fetch(state: Path, d: Daemon, dest: Path,
+              domains: list[str]) -> tuple[int, str, dict[str, Any]]:
         dest.write_bytes(b"x" * 100)
         return 100, "digest-of-x", {}
     monkeypatch.setattr(enginebench, "fetch_stores", fetch)
@@ -380,7 +385,8 @@ def test_engine_interrupted_leaves_no_tar(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     engine_child(monkeypatch, "print('pass took 0.010 s')")
 
-    def fetch(state: Path, d: Daemon, dest: Path) -> tuple[int, str, dict[str, Any]]:
+    def fetch(state: Path, d: Daemon, dest: Path,
+              domains: list[str]) -> tuple[int, str, dict[str, Any]]:
         dest.write_bytes(b"x" * 100)
         raise KeyboardInterrupt
     monkeypatch.setattr(enginebench, "fetch_stores", fetch)

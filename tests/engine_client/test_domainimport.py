@@ -475,3 +475,32 @@ async def test_a_short_last_chunk_is_read_back(
     await fake_hosts(aiohttp_server, cache2, tmp_path / "sd", store, ["h"], sd)
     r = await import_domain(cache2, cfg2, sd)
     assert {f.uuid: (f.outcome, f.reason) for f in r.entities} == {vm: ("added", None)}
+
+
+async def test_a_pass_before_the_import_keeps_the_store(cache: Cache, updater: Updater,
+                                                        cluster: Cluster, cache2: Cache,
+                                                        cfg2: Config) -> None:
+    """A second engine that knows a domain but has not imported its store
+    must not replace it with its own (empty) view of the domain: its pass
+    refuses, naming the command to run; once imported, it pushes."""
+    (m,) = await cluster(1)
+    vm = add(cache, "vm", [DiskSpec(m.sd)])
+    assert (await updater.run_once()).ok
+    before = await stored(m)
+    knows(cache2, m)
+    mine = add(cache2, "mine", [DiskSpec(m.sd)])
+    updater2 = Updater(cache2, cfg2)
+    try:
+        r = await updater2.run_once()
+        (d,) = r.domains
+        assert d.outcome == "failed"
+        assert (f"domain {m.sd} holds an OVF store this engine never wrote nor imported "
+                f"(generation {before.generation}, 1 OVFs, host {m.host}); run "
+                f"'sluice-engine domain import {m.sd}' first") in (d.detail or "")
+        assert await stored(m) == before  # untouched
+        await import_domain(cache2, cfg2, m.sd)
+        r = await updater2.run_once(retry_now=True)
+        assert [d.outcome for d in r.domains] == ["updated"]
+    finally:
+        await updater2.close()
+    assert set((await stored(m)).ovfs) == {vm, mine}
