@@ -187,6 +187,13 @@ class Cache:
         with self._tx() as c:
             stores.imported(c, sd_uuid, generation, digest, tar_length, host, entities)
 
+    def hold_ovfs(self, sd_uuid: str, held: Sequence[tuple[str, bytes, str]]) -> None:
+        """Keep (entity UUID, OVF, why) in the store of ``sd_uuid`` though the
+        cache could not take them (see schema._V2)."""
+        with self._tx() as c:
+            stores.hold(c, sd_uuid, [(uuid, entities.put_blob(c, data), why)
+                                     for uuid, data, why in held])
+
     def store_failed(self, content: StoreContent, error: str, retry_at: float) -> None:
         """Record a failed push: the store stays outdated (see stores)."""
         with self._tx() as c:

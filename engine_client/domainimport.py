@@ -13,6 +13,8 @@ back: this is what the stores are for.
    out and an OVF that cannot be used is skipped with the reason (not XML,
    no VM UUID, a name that is not its UUID, a disk on a domain the cache
    does not know); ``info.json`` and ``metadata.json`` are not entities.
+   The skipped ones but external VMs stay in the domain's store, as oVirt
+   keeps its unregistered entities there, until an import takes them.
    An entity the cache knows already is left as it is (the cache is newer
    than any store), unless this OVF's generation is ahead of the cache's:
    a copy taken a moment ago from another domain's older store.
@@ -51,6 +53,10 @@ from .ovf import EXTERNAL_ORIGIN, Ovf, canonical_uuid, parse
 BATCH = 500
 #: A store larger than this is refused before it is read (oVirt's are 128 MiB).
 MAX_STORE = 4 << 30
+
+
+class External(InvalidInput):
+    """An external VM: oVirt neither imports nor stores those."""
 
 
 @dataclass(frozen=True)
@@ -178,6 +184,7 @@ def _import(cache: Cache, cfg: Config, sd: str, spool: IO[bytes],
     known = {e.uuid: e.db_generation for e in cache.entities()}
     found: list[Found] = []
     batch: list[tuple[ImportItem, int | None]] = []
+    refused: list[tuple[Found, bytes]] = []
 
     def add(items: list[tuple[ImportItem, int | None]]) -> None:
         unplaced = {d.disk_uuid: sd for item, _ in items for d in item.ovf.disks
@@ -196,10 +203,13 @@ def _import(cache: Cache, cfg: Config, sd: str, spool: IO[bytes],
                     add([one])
                 except InvalidInput as e:
                     item, status = one
-                    found.append(Found(item.ovf.uuid, item.ovf.name, item.ovf.kind,
-                                       "skipped", str(e), status))
+                    refusal = Found(item.ovf.uuid, item.ovf.name, item.ovf.kind,
+                                    "skipped", str(e), status)
+                    found.append(refusal)
+                    refused.append((refusal, item.data))
         batch.clear()
 
+    held: list[tuple[str, bytes, str]] = []
     for entry, data in _ovfs(spool, summary.entries):
         uuid = entry.name.removesuffix(".ovf")
         status = summary.vm_status.get(uuid)
@@ -208,6 +218,8 @@ def _import(cache: Cache, cfg: Config, sd: str, spool: IO[bytes],
                           len(data))
         except InvalidInput as e:
             found.append(Found(uuid, None, None, "skipped", str(e), status))
+            if not isinstance(e, External):
+                held.append((uuid, data, str(e)))
             continue
         if ovf.uuid in known and (ovf.generation or 0) <= known[ovf.uuid]:
             found.append(Found(uuid, ovf.name, ovf.kind, "known", None, status))
@@ -217,6 +229,11 @@ def _import(cache: Cache, cfg: Config, sd: str, spool: IO[bytes],
             flush()
     if batch:
         flush()
+    # The rest of the refused (not external VMs: oVirt never stores those)
+    # stay in this domain's store, as oVirt keeps its unregistered entities.
+    held += [(f.uuid, data, f.reason or "") for f, data in refused]
+    if held:
+        cache.hold_ovfs(sd, held)
     return found
 
 
@@ -235,7 +252,7 @@ def _usable(ovf: Ovf, uuid: str, domains: set[str], max_size: int, size: int) ->
         raise InvalidInput(f"its file is named for {uuid}, but it describes {ovf.kind} "
                            f"{ovf.uuid}")
     if ovf.origin == EXTERNAL_ORIGIN:
-        raise InvalidInput(f"{ovf.kind} {ovf.name} is an external VM, which oVirt never "
+        raise External(f"{ovf.kind} {ovf.name} is an external VM, which oVirt never "
                            "imports from a store")
     unknown = sorted({d.sd_uuid for d in ovf.disks if d.sd_uuid and d.sd_uuid not in domains})
     if unknown:

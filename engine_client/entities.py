@@ -90,7 +90,7 @@ def _listed_in(c: sqlite3.Connection, entity: str) -> list[str]:
         "SELECT sd_uuid FROM store_entities WHERE entity_uuid = ?", (entity,))]
 
 
-def _put_blob(c: sqlite3.Connection, data: bytes) -> str:
+def put_blob(c: sqlite3.Connection, data: bytes) -> str:
     digest = xxhash.xxh3_128_hexdigest(data)
     c.execute("INSERT OR IGNORE INTO blobs VALUES (?, ?, ?)", (digest, len(data), data))
     return digest
@@ -134,7 +134,7 @@ def import_items(c: sqlite3.Connection, items: Sequence[ImportItem],
         moves = {d.disk_uuid: placed[d.disk_uuid] for d in ovf.disks
                  if placed[d.disk_uuid] != d.sd_uuid}
         data = set_storage_ids(item.data, moves, item.source) if moves else item.data
-        digest = _put_blob(c, data)
+        digest = put_blob(c, data)
         old = entity_rows(c, "WHERE e.uuid = ?", (ovf.uuid,))
         old_disks = {d.disk_uuid: d for d in disks_by_entity(c, ovf.uuid).get(ovf.uuid, [])}
         same_disks = {(d.disk_uuid, placed[d.disk_uuid], d.shareable) for d in ovf.disks} == {
@@ -195,7 +195,7 @@ def set_disk(c: sqlite3.Connection, entity_uuid: str, disk_uuid: str, sd: str | 
         source = set_shareable(source, disk, new.shareable, f"OVF of {e.uuid}")
     if new_sd != old.sd_uuid or new.shareable != old.shareable:
         c.execute("UPDATE entities SET source_digest = ? WHERE uuid = ?",
-                  (_put_blob(c, source), e.uuid))
+                  (put_blob(c, source), e.uuid))
     c.execute("UPDATE disks SET sd_uuid = ?, shareable = ?, active = ? "
               "WHERE entity_uuid = ? AND disk_uuid = ?",
               (new.sd_uuid, new.shareable, new.active, e.uuid, disk))

@@ -131,5 +131,6 @@ def gc_blobs(c: sqlite3.Connection) -> int:
     return c.execute(
         "DELETE FROM blobs WHERE digest IN (SELECT digest FROM blobs "
         "EXCEPT SELECT source_digest FROM entities "
-        "EXCEPT SELECT ovf_digest FROM entities WHERE ovf_digest IS NOT NULL)"
+        "EXCEPT SELECT ovf_digest FROM entities WHERE ovf_digest IS NOT NULL "
+        "EXCEPT SELECT digest FROM held_ovfs)"
     ).rowcount

@@ -115,8 +115,21 @@ CREATE TABLE host_sync (
 );
 """
 
+# OVFs a domain import could not take into the cache (a disk on a domain
+# this engine does not know yet, an OVF it cannot parse): kept in that
+# domain's store as oVirt keeps its unregistered entities, until imported.
+_V2 = """
+CREATE TABLE held_ovfs (
+    sd_uuid TEXT NOT NULL REFERENCES ovf_stores(sd_uuid) ON DELETE CASCADE,
+    entity_uuid TEXT NOT NULL,
+    digest TEXT NOT NULL REFERENCES blobs(digest),
+    reason TEXT NOT NULL,
+    PRIMARY KEY (sd_uuid, entity_uuid)
+);
+"""
+
 #: MIGRATIONS[i] brings a database from version i to i + 1.
-MIGRATIONS: tuple[str, ...] = (_V1,)
+MIGRATIONS: tuple[str, ...] = (_V1, _V2)
 VERSION = len(MIGRATIONS)
 
 

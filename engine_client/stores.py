@@ -64,6 +64,21 @@ ORDER BY e.uuid
 """
 
 
+#: The OVFs a domain import held for the store (see schema._V2), unless
+#: their entity has come into the cache since.
+_HELD = """
+SELECT h.entity_uuid, b.size, h.digest FROM held_ovfs h JOIN blobs b ON b.digest = h.digest
+WHERE h.sd_uuid = ? AND NOT EXISTS (SELECT 1 FROM entities e WHERE e.uuid = h.entity_uuid)
+ORDER BY h.entity_uuid
+"""
+
+
+def hold(c: sqlite3.Connection, sd_uuid: str, held: Iterable[tuple[str, str, str]]) -> None:
+    """Keep (entity UUID, blob digest, why) OVFs in the store of ``sd_uuid``."""
+    c.executemany("INSERT OR REPLACE INTO held_ovfs VALUES (?, ?, ?, ?)",
+                  [(sd_uuid, e, d, why) for e, d, why in held])
+
+
 def _exists(c: sqlite3.Connection, sd_uuid: str) -> bool:
     return c.execute("SELECT 1 FROM ovf_stores WHERE sd_uuid = ?", (sd_uuid,)).fetchone() \
         is not None
@@ -97,6 +112,7 @@ def content(c: sqlite3.Connection, sd_uuid: str) -> StoreContent:
         members.append(Member(uuid, size, digest))
         if decide.reports_status(kind, vm_status):
             status[uuid] = vm_status
+    members += (Member(*r) for r in cur.execute(_HELD, (sd_uuid,)))
     c.executemany("INSERT OR IGNORE INTO store_entities VALUES (?, ?)",
                   [(sd_uuid, m.uuid) for m in members])
     return StoreContent(sd_uuid, seq, tuple(members), status)
@@ -150,6 +166,7 @@ def imported(c: sqlite3.Connection, sd_uuid: str, generation: int, digest: str,
               (generation, digest, tar_length, host, sd_uuid))
     c.executemany("INSERT OR IGNORE INTO store_entities VALUES (?, ?)",
                   [(sd_uuid, e) for e in entities])
+    c.execute("DELETE FROM held_ovfs WHERE entity_uuid IN (SELECT uuid FROM entities)")
     c.execute("UPDATE ovf_stores SET outdated = 1, outdated_seq = outdated_seq + 1 "
               "WHERE sd_uuid = ?", (sd_uuid,))
 

@@ -504,3 +504,36 @@ async def test_a_pass_before_the_import_keeps_the_store(cache: Cache, updater: U
     finally:
         await updater2.close()
     assert set((await stored(m)).ovfs) == {vm, mine}
+
+
+async def test_skipped_ovfs_stay_in_the_store_until_imported(cluster: Cluster,
+                                                              cache2: Cache,
+                                                              cfg2: Config) -> None:
+    """An OVF the import could not take (a disk on a domain this engine does
+    not know yet; one it cannot parse) stays in the domain's store across
+    passes, as oVirt keeps its unregistered entities; an external VM does
+    not.  Once the other domain is known, an import takes it."""
+    a, b = await cluster(2)
+    knows(cache2, a)
+    both, broken, external = (str(uuid.uuid4()) for _ in range(3))
+    both_ovf = vm_ovf(both, "both", [DiskSpec(a.sd), DiskSpec(b.sd)])
+    broken_ovf = b"<not xml"
+    await _push(a, _tar({f"{both}.ovf": both_ovf, f"{broken}.ovf": broken_ovf,
+                         f"{external}.ovf": vm_ovf(external, "ext", [], origin=4)}))
+    r = await import_domain(cache2, cfg2, a.sd)
+    assert {f.outcome for f in r.entities} == {"skipped"}
+    updater2 = Updater(cache2, cfg2)
+    try:
+        assert (await updater2.run_once()).ok
+        kept = await stored(a)
+        assert kept.ovfs == {both: both_ovf, broken: broken_ovf}  # not the external one
+        assert cache2.gc_blobs() == 0  # held OVFs are not garbage
+
+        knows(cache2, b)  # the other domain of its disks: now it can come in
+        r = await import_domain(cache2, cfg2, a.sd)
+        assert {f.uuid: f.outcome for f in r.entities}[both] == "added"
+        assert (await updater2.run_once()).ok
+    finally:
+        await updater2.close()
+    assert set((await stored(a)).ovfs) == {both, broken}
+    assert cache2.ovf(both) == both_ovf
