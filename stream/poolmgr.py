@@ -118,7 +118,10 @@ class PoolManager:
         try:
             await ticket.cancel(self._remove_timeout)
         except Conflict as e:
-            log.warning("%s; removing it anyway", e)
+            # Kept (canceled: no new request) until they end: a ticket whose
+            # write still runs keeps its volume from being deleted.
+            log.warning("%s; removing it once they end", e)
+            await ticket.idle()
         if self._auth.pop(ticket.uuid) is ticket and ticket.volume is not None:
             volume, ticket.volume = ticket.volume, None
             await self._io.run(volume.close)

@@ -177,6 +177,10 @@ class Ticket:
                 f"{self._ongoing} operations still running"
             ) from None
 
+    async def idle(self) -> None:
+        """Wait until no operation runs."""
+        await self._idle.wait()
+
     @property
     def busy(self) -> bool:
         """Whether operations still run (a canceled ticket's too: a cancel

@@ -102,6 +102,22 @@ async def test_a_copy_job_keeps_its_volumes(client: Client, tmp_path: Path,
 PATTERN = b"\xab" * MiB
 
 
+def stick_pattern_writes(monkeypatch: Any) -> tuple[threading.Event, threading.Event]:
+    """Block volume writes of PATTERN hang in their I/O worker until the
+    second event is set; the first is set when one hangs."""
+    entered, release = threading.Event(), threading.Event()
+    original = RegionVolume.write
+
+    def stuck_write(self: RegionVolume, offset: int, buf: memoryview) -> None:
+        if not release.is_set() and len(buf) == MiB and bytes(buf[:1]) == b"\xab":
+            entered.set()
+            release.wait(20)
+        original(self, offset, buf)
+
+    monkeypatch.setattr(RegionVolume, "write", stuck_write)
+    return entered, release
+
+
 async def _block_domain(client: Client, loop_device: LoopDeviceFactory) -> str:
     dev = loop_device(16 * MiB)
     sd = await add_domain(client, [dev], "block", ovf_stores=1, ovf_store_size=MiB)
@@ -136,16 +152,7 @@ async def test_a_canceled_ticket_still_writing_keeps_its_volume(
     a = await new_volume(client, sd, MiB)
     t = await _ticket(client, a, ["write"])
 
-    entered, release = threading.Event(), threading.Event()
-    original = RegionVolume.write
-
-    def stuck_write(self: RegionVolume, offset: int, buf: memoryview) -> None:
-        if not release.is_set() and len(buf) == MiB and bytes(buf[:1]) == b"\xab":
-            entered.set()
-            release.wait(20)
-        original(self, offset, buf)
-
-    monkeypatch.setattr(RegionVolume, "write", stuck_write)
+    entered, release = stick_pattern_writes(monkeypatch)
     upload = asyncio.ensure_future(client.put(f"/images/{t}", data=PATTERN))
     deleted = None
     b = None
@@ -202,3 +209,37 @@ async def test_a_ticket_added_while_its_volume_is_deleted(
     assert not (added.status == 200 and resp.status == 204), (
         f"ticket added ({added.status}) and volume deleted ({resp.status}); the "
         f"ticket's write {'landed in' if landed else 'missed'} the next volume")
+
+
+async def test_a_ticket_canceled_by_the_map_keeps_its_volume_while_it_writes(
+        client: Client, loop_device: LoopDeviceFactory, monkeypatch: Any) -> None:
+    """A domain leaving Active cancels its write tickets; one whose write is
+    stuck in a worker past the remove timeout stays (canceled) until the
+    write ends, so a DELETE after the domain came back cannot free its space
+    under it.  Then it goes, and the volume can be deleted."""
+    dev = loop_device(16 * MiB)
+    sd = await add_domain(client, [dev], "block", ovf_stores=1, ovf_store_size=MiB)
+    await set_pool(client, {sd: ("block", [dev])}, version=1)
+    a = await new_volume(client, sd, MiB)
+    t = await _ticket(client, a, ["write"])
+    entered, release = stick_pattern_writes(monkeypatch)
+    upload = asyncio.ensure_future(client.put(f"/images/{t}", data=PATTERN))
+    try:
+        assert await asyncio.to_thread(entered.wait, 10)
+        pool = (await (await client.get("/pool")).json())
+        away = {**pool["domains"], sd: {**pool["domains"][sd], "status": "Maintenance"}}
+        for version, domains in ((2, away), (3, pool["domains"])):
+            resp = await client.put("/pool", json={**pool, "map_version": version,
+                                                   "domains": domains})
+            assert resp.status == 200, await resp.text()
+            if version == 2:
+                await asyncio.sleep(2.5)  # past the remove timeout (2 s in these tests)
+        await refused(client, a, f"transfer ticket {t}")
+    finally:
+        release.set()
+        await upload
+    for _ in range(100):  # the ticket goes once its write has ended
+        if (await client.get(f"/tickets/{t}")).status == 404:
+            break
+        await asyncio.sleep(0.05)
+    assert (await client.delete(volume_path(a))).status == 204
