@@ -9,13 +9,13 @@ import logging
 
 from aiohttp import web
 
-from volume.errors import InvalidRequest, NotFound
+from volume.errors import Conflict, InvalidRequest, NotFound
 from volume.sd import check_write_target
 from volume.validate import check_uuid
 
 from ..auth import ENGINE
 from ..pool import Access
-from ..state import AUTH, CONFIG, IO_KEY, POOL
+from ..state import AUTH, CONFIG, IO_KEY, JOBS, POOL
 from ..ticketjson import check_timeout, parse_ticket
 from ..tickets import Ticket
 from .common import read_json
@@ -40,6 +40,10 @@ async def put_ticket(request: web.Request) -> web.Response:
         if access is Access.WRITE:
             check_write_target(info)
         request.app[AUTH].check_not_deleting(info)
+        job = request.app[JOBS].using((sd, info.img_uuid, info.vol_uuid))
+        if access is Access.WRITE and job is not None:  # one writer per volume
+            raise Conflict(f"volume {info.img_uuid}/{info.vol_uuid} is in use by job "
+                           f"{job.id} ({job.state})")
         domain_uuid, real = sd, info.path
     else:
         domain, real = await io.run(mgr.registry.resolve, fields["path"],

@@ -152,12 +152,9 @@ def _user(request: web.Request, info: VolumeInfo, real_path: str) -> str | None:
     """What may still read or write the volume: a ticket (by UUIDs, or by
     the path of a whole-file volume), a copy job, or an OVF store update."""
     key = (info.sd_uuid, info.img_uuid, info.vol_uuid)
-    for t in request.app[AUTH].all():
-        v = t.volume_info
-        if (not t.canceled or t.busy) and (
-                (v is not None and (v.sd_uuid, v.img_uuid, v.vol_uuid) == key)
-                or (info.length is None and t.path == real_path)):
-            return f"transfer ticket {t.uuid}"
+    ticket = request.app[AUTH].on_volume(info, real_path)
+    if ticket is not None:
+        return f"transfer ticket {ticket.uuid}"
     if key in request.app[AUTH].deleting:
         return "another request deleting it"
     job = request.app[JOBS].using(key)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import ssl
 import uuid as uuidlib
 from typing import Any
@@ -123,10 +124,17 @@ async def start_copy(request: web.Request) -> web.Response:
                 await source.close()
             await io.run(volume.close)
 
+    used = [(v, await io.run(os.path.realpath, v.path)) for v in (dst, src_info) if v]
+    # From here to the start, no await: what is checked still holds when the
+    # job is registered (a DELETE or a write ticket then sees it).
     check_map(mgr.current)  # it may have changed while we looked the volumes up
-    for used in (dst, src_info):
-        if used is not None:  # and a DELETE may have begun meanwhile
-            request.app[AUTH].check_not_deleting(used)
+    auth = request.app[AUTH]
+    for volume, real_path in used:
+        auth.check_not_deleting(volume)  # a DELETE may have begun meanwhile
+        writer = auth.on_volume(volume, real_path, writers=True)
+        if writer is not None:  # one writer per volume; a source must hold still
+            raise Conflict(f"volume {volume.img_uuid}/{volume.vol_uuid} is in use by "
+                           f"transfer ticket {writer.uuid}, which may write it")
     job = request.app[JOBS].start(Job(job_id, "copy", described, writes=_key(dst),
                                      reads=_key(src_info) if src_info else None), run)
     unwatch = mgr.watch(map_changed)

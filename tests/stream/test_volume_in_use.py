@@ -90,9 +90,29 @@ async def test_a_copy_job_keeps_its_volumes(client: Client, tmp_path: Path,
         assert await asyncio.to_thread(marking.wait, 10)
         for ref in (src, dst):
             await refused(client, ref, f"job {job} (verifying)")
+            # One writer per volume: no write ticket beside the job; reading is fine.
+            t = {"uuid": new_id(), "size": MiB, "ops": ["write"], "timeout": 60, **ref}
+            resp = await client.put(f"/tickets/{t['uuid']}", json=t)
+            assert resp.status == 409, await resp.text()
+            assert f"in use by job {job} (verifying)" in await resp.text()
+            assert (await client.delete(f"/tickets/{await ticket(client, ['read'], **ref)}")
+                    ).status == 204
     finally:
         release.set()
     assert (await wait(client, job))["state"] == "done"
+
+    # And no job beside a write ticket, on its destination or its source.
+    for ref in (dst, src):
+        writer = await ticket(client, ["read", "write"], **ref)
+        resp = await client.post("/jobs/copy", json={"source": src, "destination": dst})
+        assert resp.status == 409, await resp.text()
+        assert (await resp.json())["detail"] == (
+            f"volume {ref['img_id']}/{ref['vol_id']} is in use by transfer ticket {writer}, "
+            "which may write it")
+        assert (await client.delete(f"/tickets/{writer}")).status == 204
+    reader = await ticket(client, ["read"], **src)
+    assert (await wait(client, await start_copy(client, src, dst)))["state"] == "done"
+    assert (await client.delete(f"/tickets/{reader}")).status == 204
     for ref in (src, dst):
         assert (await client.delete(volume_path(ref))).status == 204
 
