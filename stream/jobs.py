@@ -44,6 +44,8 @@ class Job:
     #: writing a volume excludes any other active job using it.
     writes: tuple[str, str, str] | None = None
     reads: tuple[str, str, str] | None = None
+    #: The real paths of those that are whole files (what a path ticket names).
+    paths: tuple[str, ...] = ()
     task: asyncio.Task[None] | None = None
     #: Why the job was stopped from outside (see stop), if it was.
     stopped: str | None = None
@@ -142,10 +144,13 @@ class Jobs:
             job.finished = time.monotonic()
             log.info("job %s %s: %d/%d bytes", job.id, job.state, job.bytes_done, job.bytes_total)
 
-    def using(self, key: tuple[str, str, str]) -> Job | None:
-        """An active job reading or writing volume ``key`` (sd, img, vol)."""
-        return next((j for j in self._jobs.values()
-                     if j.active and key in (j.reads, j.writes)), None)
+    def using(self, key: tuple[str, str, str] | None = None,
+              path: str | None = None) -> Job | None:
+        """An active job reading or writing volume ``key`` (sd, img, vol), or
+        the whole file at real path ``path``."""
+        return next((j for j in self._jobs.values() if j.active and (
+            (key is not None and key in (j.reads, j.writes))
+            or (path is not None and path in j.paths))), None)
 
     def get(self, job_id: str) -> Job:
         try:

@@ -41,15 +41,16 @@ async def put_ticket(request: web.Request) -> web.Response:
             check_write_target(info)
         request.app[AUTH].check_not_deleting(info)
         job = request.app[JOBS].using((sd, info.img_uuid, info.vol_uuid))
-        if access is Access.WRITE and job is not None:  # one writer per volume
-            raise Conflict(f"volume {info.img_uuid}/{info.vol_uuid} is in use by job "
-                           f"{job.id} ({job.state})")
         domain_uuid, real = sd, info.path
     else:
         domain, real = await io.run(mgr.registry.resolve, fields["path"],
                                     access is Access.WRITE)
         mgr.check(domain.uuid, access)
         domain_uuid = domain.uuid
+        job = request.app[JOBS].using(path=real)
+    if access is Access.WRITE and job is not None:  # one writer per volume
+        what = f"volume {info.img_uuid}/{info.vol_uuid}" if info else fields["url"]
+        raise Conflict(f"{what} is in use by job {job.id} ({job.state})")
     ticket = Ticket(
         uuid=fields["uuid"], size=fields["size"], ops=fields["ops"],
         timeout=fields["timeout"], url=fields.get("url", ""), path=real, volume_info=info,

@@ -135,8 +135,9 @@ async def start_copy(request: web.Request) -> web.Response:
         if writer is not None:  # one writer per volume; a source must hold still
             raise Conflict(f"volume {volume.img_uuid}/{volume.vol_uuid} is in use by "
                            f"transfer ticket {writer.uuid}, which may write it")
-    job = request.app[JOBS].start(Job(job_id, "copy", described, writes=_key(dst),
-                                     reads=_key(src_info) if src_info else None), run)
+    job = request.app[JOBS].start(Job(
+        job_id, "copy", described, writes=_key(dst), reads=_key(src_info) if src_info else None,
+        paths=tuple(p for v, p in used if v.length is None)), run)
     unwatch = mgr.watch(map_changed)
     assert job.task is not None
     job.task.add_done_callback(lambda _: unwatch())

@@ -94,7 +94,14 @@ async def test_a_copy_job_keeps_its_volumes(client: Client, tmp_path: Path,
             t = {"uuid": new_id(), "size": MiB, "ops": ["write"], "timeout": 60, **ref}
             resp = await client.put(f"/tickets/{t['uuid']}", json=t)
             assert resp.status == 409, await resp.text()
-            assert f"in use by job {job} (verifying)" in await resp.text()
+            assert f"{ref['img_id']}/{ref['vol_id']} is in use by job {job} (verifying)" \
+                in await resp.text()
+            path = (await (await client.get(volume_path(ref))).json())["path"]
+            t = {"uuid": new_id(), "size": MiB, "ops": ["write"], "timeout": 60,
+                 "url": f"file://{path}"}  # by path: the same volume
+            resp = await client.put(f"/tickets/{t['uuid']}", json=t)
+            assert resp.status == 409, await resp.text()
+            assert f"is in use by job {job} (verifying)" in await resp.text()
             assert (await client.delete(f"/tickets/{await ticket(client, ['read'], **ref)}")
                     ).status == 204
     finally:
