@@ -187,6 +187,11 @@ class Cache:
         with self._tx() as c:
             stores.imported(c, sd_uuid, generation, digest, tar_length, host, entities)
 
+    def claim_store(self, sd_uuid: str) -> None:
+        """This engine may replace the store of ``sd_uuid`` (see Store.claimed)."""
+        with self._tx() as c:
+            stores.claim(c, sd_uuid)
+
     def hold_ovfs(self, sd_uuid: str, held: Sequence[tuple[str, bytes, str]]) -> None:
         """Keep (entity UUID, OVF, why) in the store of ``sd_uuid`` though the
         cache could not take them (see schema._V2)."""

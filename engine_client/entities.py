@@ -153,6 +153,8 @@ def import_items(c: sqlite3.Connection, items: Sequence[ImportItem],
             c.execute("UPDATE entities SET name = ?, kind = ?, origin = ?, db_generation = ?, "
                       "source_digest = ? WHERE uuid = ?",
                       (ovf.name, ovf.kind, ovf.origin, generation, digest, ovf.uuid))
+        # In the cache now: no longer held for the stores (see schema._V2).
+        c.execute("DELETE FROM held_ovfs WHERE entity_uuid = ?", (ovf.uuid,))
         c.execute("DELETE FROM disks WHERE entity_uuid = ?", (ovf.uuid,))
         # Active and locked are the engine's state, not the OVF's: a disk
         # imported again keeps them (an inactive one stays out of stores).

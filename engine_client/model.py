@@ -140,6 +140,9 @@ class Store:
     failures: int
     next_attempt: float
     last_error: str | None
+    #: This engine may replace the store: it imported it, or found it holding
+    #: no OVF before its first push (see Updater._foreign_store).
+    claimed: bool = False
 
 
 @dataclass(frozen=True)

@@ -128,8 +128,16 @@ CREATE TABLE held_ovfs (
 );
 """
 
+# Whether this engine may replace a domain's store (Store.claimed): set
+# once it imported the store or found it holding no OVF before its first
+# push, so that a push whose answer was lost is not mistaken for another
+# engine's store.  Stores pushed before this version have a generation.
+_V3 = """
+ALTER TABLE ovf_stores ADD COLUMN claimed INTEGER NOT NULL DEFAULT 0;
+"""
+
 #: MIGRATIONS[i] brings a database from version i to i + 1.
-MIGRATIONS: tuple[str, ...] = (_V1, _V2)
+MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3)
 VERSION = len(MIGRATIONS)
 
 

@@ -27,7 +27,7 @@ def _store(row: sqlite3.Row, stored: Iterable[str]) -> Store:
     return Store(row["sd_uuid"], bool(row["outdated"]), row["outdated_seq"],
                  row["generation"], row["last_updated"], frozenset(stored), row["digest"],
                  row["tar_length"], row["host"], row["failures"], row["next_attempt"],
-                 row["last_error"])
+                 row["last_error"], bool(row["claimed"]))
 
 
 def all_stores(c: sqlite3.Connection) -> list[Store]:
@@ -162,13 +162,17 @@ def imported(c: sqlite3.Connection, sd_uuid: str, generation: int, digest: str,
     so the next pass writes what the cache holds, the imported ones too."""
     c.execute("UPDATE ovf_stores SET generation = COALESCE(generation, ?), "
               "digest = COALESCE(digest, ?), tar_length = COALESCE(tar_length, ?), "
-              "host = COALESCE(host, ?) WHERE sd_uuid = ?",
+              "host = COALESCE(host, ?), claimed = 1 WHERE sd_uuid = ?",
               (generation, digest, tar_length, host, sd_uuid))
     c.executemany("INSERT OR IGNORE INTO store_entities VALUES (?, ?)",
                   [(sd_uuid, e) for e in entities])
     c.execute("DELETE FROM held_ovfs WHERE entity_uuid IN (SELECT uuid FROM entities)")
     c.execute("UPDATE ovf_stores SET outdated = 1, outdated_seq = outdated_seq + 1 "
               "WHERE sd_uuid = ?", (sd_uuid,))
+
+
+def claim(c: sqlite3.Connection, sd_uuid: str) -> None:
+    c.execute("UPDATE ovf_stores SET claimed = 1 WHERE sd_uuid = ?", (sd_uuid,))
 
 
 def failed(c: sqlite3.Connection, content: StoreContent, error: str, retry_at: float) -> None:

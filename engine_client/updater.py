@@ -223,8 +223,13 @@ class Updater:
             if not order:
                 errors.append(f"no host serves domain {sd}; add one with "
                               f"'sluice-engine host add ... --domain {sd}'")
-            if store.generation is None and (foreign := await self._foreign_store(sd, order)):
-                return await self._failed(store, content, foreign, time.monotonic() - start)
+            if store.generation is None and not store.claimed and order:
+                checked, foreign = await self._foreign_store(sd, order)
+                if foreign:
+                    return await self._failed(store, content, foreign,
+                                              time.monotonic() - start)
+                if checked:  # holding no OVF: this engine's from now on
+                    await asyncio.to_thread(self.cache.claim_store, sd)
             for host in order:
                 client = self._clients(host)
                 try:
@@ -246,11 +251,12 @@ class Updater:
             return await self._failed(store, content, "; ".join(errors),
                                       time.monotonic() - start)
 
-    async def _foreign_store(self, sd: str, order: list[Host]) -> str | None:
-        """Why the store of ``sd`` must not be pushed, if it must not: this
-        engine never pushed it nor imported it, and a host says it holds
-        OVFs (another engine's, or this one's before its cache was lost).
-        Pushing would replace them with only what this cache knows."""
+    async def _foreign_store(self, sd: str, order: list[Host]) -> tuple[bool, str | None]:
+        """(whether a host answered, why the store of ``sd`` must not be
+        pushed if it must not): this engine never pushed it nor imported it,
+        and a host says it holds OVFs (another engine's, or this one's before
+        its cache was lost).  Pushing would replace them with only what this
+        cache knows."""
         for host in order:
             try:
                 info = await self._clients(host).ovf_store_info(sd)
@@ -259,13 +265,13 @@ class Updater:
             held = [s for s in info.get("stores", []) if isinstance(s, dict)
                     and s.get("valid") and isinstance(s.get("ovfs"), int) and s["ovfs"] > 0]
             if not held:
-                return None
+                return True, None
             newest = max(held, key=lambda s: int(s.get("record", {}).get("generation", 0)))
-            return (f"domain {sd} holds an OVF store this engine never wrote nor imported "
-                    f"(generation {newest.get('record', {}).get('generation')}, "
-                    f"{newest['ovfs']} OVFs, host {host.name}); run 'sluice-engine domain "
-                    f"import {sd}' first, so that they are kept")
-        return None
+            return True, (f"domain {sd} holds an OVF store this engine never wrote nor "
+                          f"imported (generation {newest.get('record', {}).get('generation')}, "
+                          f"{newest['ovfs']} OVFs, host {host.name}); run 'sluice-engine "
+                          f"domain import {sd}' first, so that they are kept")
+        return False, None
 
     async def _pushed(self, content: StoreContent, r: PushResult, seconds: float) -> DomainReport:
         updated = await asyncio.to_thread(self.cache.store_pushed, content, r.generation,

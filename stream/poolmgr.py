@@ -122,7 +122,8 @@ class PoolManager:
             # write still runs keeps its volume from being deleted.
             log.warning("%s; removing it once they end", e)
             await ticket.idle()
-        if self._auth.pop(ticket.uuid) is ticket and ticket.volume is not None:
+        self._auth.discard(ticket)
+        if ticket.volume is not None:
             volume, ticket.volume = ticket.volume, None
             await self._io.run(volume.close)
 

@@ -265,6 +265,12 @@ class Authorizer:
             raise Forbidden(f"Ticket {ticket_id} forbids {op}")
         return ticket
 
+    def discard(self, ticket: Ticket) -> None:
+        """Remove ``ticket`` if it is still the one under its id (a ticket
+        re-added under the same id meanwhile stays)."""
+        if self._tickets.get(ticket.uuid) is ticket:
+            del self._tickets[ticket.uuid]
+
     def pop(self, ticket_id: str) -> Ticket | None:
         return self._tickets.pop(ticket_id, None)
 

@@ -145,6 +145,20 @@ def stick_pattern_writes(monkeypatch: Any) -> tuple[threading.Event, threading.E
     return entered, release
 
 
+async def away_and_back(client: Client, sd: str) -> None:
+    """Put ``sd`` in Maintenance (which cancels its write tickets), wait past
+    the remove timeout (2 s in these tests), and make it Active again."""
+    pool = (await (await client.get("/pool")).json())
+    away = {**pool["domains"], sd: {**pool["domains"][sd], "status": "Maintenance"}}
+    for version, domains in ((pool["map_version"] + 1, away),
+                             (pool["map_version"] + 2, pool["domains"])):
+        resp = await client.put("/pool", json={**pool, "map_version": version,
+                                               "domains": domains})
+        assert resp.status == 200, await resp.text()
+        if domains is away:
+            await asyncio.sleep(2.5)
+
+
 async def _block_domain(client: Client, loop_device: LoopDeviceFactory) -> str:
     dev = loop_device(16 * MiB)
     sd = await add_domain(client, [dev], "block", ovf_stores=1, ovf_store_size=MiB)
@@ -253,14 +267,7 @@ async def test_a_ticket_canceled_by_the_map_keeps_its_volume_while_it_writes(
     upload = asyncio.ensure_future(client.put(f"/images/{t}", data=PATTERN))
     try:
         assert await asyncio.to_thread(entered.wait, 10)
-        pool = (await (await client.get("/pool")).json())
-        away = {**pool["domains"], sd: {**pool["domains"][sd], "status": "Maintenance"}}
-        for version, domains in ((2, away), (3, pool["domains"])):
-            resp = await client.put("/pool", json={**pool, "map_version": version,
-                                                   "domains": domains})
-            assert resp.status == 200, await resp.text()
-            if version == 2:
-                await asyncio.sleep(2.5)  # past the remove timeout (2 s in these tests)
+        await away_and_back(client, sd)
         await refused(client, a, f"transfer ticket {t}")
     finally:
         release.set()
