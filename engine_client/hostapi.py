@@ -55,6 +55,14 @@ async def _read_answer(content: aiohttp.StreamReader) -> bytes:
     return b"".join(parts)
 
 
+def _decode(body: bytes) -> Any:
+    """An answer's JSON, or None if it is not JSON (a proxy's page, say)."""
+    try:
+        return json.loads(body)
+    except ValueError:
+        return None
+
+
 def make_session(http: HttpConfig) -> aiohttp.ClientSession:
     """One session for all hosts; each request sets its own timeouts."""
     ctx: ssl.SSLContext | bool = True
@@ -133,10 +141,7 @@ class HostClient:
                                              timeout=self._timeout(timeout), **kwargs) as resp:
                 body = await _read_answer(resp.content)
                 status = resp.status
-        try:
-            answer = json.loads(body)
-        except ValueError:
-            answer = None
+        answer = _decode(body)
         if status >= 400:
             raise self._refused(what, status, body, answer)
         if empty_ok and not body.strip():
@@ -176,11 +181,7 @@ class HostClient:
                                          timeout=self._timeout(timeout)) as resp:
                 if resp.status != 200:
                     body = await _read_answer(resp.content)
-                    try:
-                        answer = json.loads(body)
-                    except ValueError:
-                        answer = None
-                    raise self._refused(what, resp.status, body, answer)
+                    raise self._refused(what, resp.status, body, _decode(body))
                 generation = resp.headers.get("X-Ovf-Generation", "")
                 digest = resp.headers.get("X-Ovf-Digest", "").removeprefix("xxh3_128:")
                 if resp.content_length is None or not generation.isdigit():

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterable, Sequence
 
-from . import decide
+from . import decide, entities
 from .errors import NotFound
 from .model import Member, Store, StoreContent
 from .ovf import EXTERNAL_ORIGIN
@@ -156,19 +156,18 @@ def pushed(c: sqlite3.Connection, content: StoreContent, generation: int, digest
 
 
 def imported(c: sqlite3.Connection, sd_uuid: str, generation: int, digest: str,
-             tar_length: int, host: str, entities: Iterable[str]) -> None:
+             tar_length: int, host: str, listed: Iterable[str]) -> None:
     """Record a store read by ``domain import``: this engine knows it now
-    (the updater may replace it), it lists ``entities``, and it is outdated,
+    (the updater may replace it), it lists ``listed``, and it is outdated,
     so the next pass writes what the cache holds, the imported ones too."""
     c.execute("UPDATE ovf_stores SET generation = COALESCE(generation, ?), "
               "digest = COALESCE(digest, ?), tar_length = COALESCE(tar_length, ?), "
               "host = COALESCE(host, ?), claimed = 1 WHERE sd_uuid = ?",
               (generation, digest, tar_length, host, sd_uuid))
     c.executemany("INSERT OR IGNORE INTO store_entities VALUES (?, ?)",
-                  [(sd_uuid, e) for e in entities])
+                  [(sd_uuid, e) for e in listed])
     c.execute("DELETE FROM held_ovfs WHERE entity_uuid IN (SELECT uuid FROM entities)")
-    c.execute("UPDATE ovf_stores SET outdated = 1, outdated_seq = outdated_seq + 1 "
-              "WHERE sd_uuid = ?", (sd_uuid,))
+    entities.mark(c, [sd_uuid])
 
 
 def claim(c: sqlite3.Connection, sd_uuid: str) -> None:

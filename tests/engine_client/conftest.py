@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,7 @@ from aiohttp import web
 from engine_client.cache import Cache
 from engine_client.config import Config
 from engine_client.poolsync import PoolSync
+from engine_client.updater import Updater
 from tests.stream.daemon import Daemon
 
 from .clusters import Member
@@ -30,6 +31,15 @@ def cfg(tmp_path: Path) -> Config:
     c.http.read_timeout = 3
     c.updater.backoff_base = 30
     return c
+
+
+@pytest.fixture
+async def updater(cache: Cache, cfg: Config) -> AsyncIterator[Updater]:
+    """An OVF updater on the test's cache (test_updater.py has its own, with
+    jitter off)."""
+    u = Updater(cache, cfg)
+    yield u
+    await u.close()
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import tarfile
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,13 +34,6 @@ from tests.stream.daemon import free_port
 
 from .clusters import Cluster, Member, add, cached, stored
 from .ovfs import DiskSpec, vm_ovf
-
-
-@pytest.fixture
-async def updater(cache: Cache, cfg: Config) -> AsyncIterator[Updater]:
-    u = Updater(cache, cfg)
-    yield u
-    await u.close()
 
 
 @pytest.fixture

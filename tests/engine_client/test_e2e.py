@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -24,13 +24,6 @@ from tests.stream.daemon import Daemon, free_port
 
 from .clusters import Cluster, add, cached, get, stored
 from .ovfs import DiskSpec, vm_ovf, write
-
-
-@pytest.fixture
-async def updater(cache: Cache, cfg: Config) -> AsyncIterator[Updater]:
-    u = Updater(cache, cfg)
-    yield u
-    await u.close()
 
 
 async def test_updates_through_changes(cache: Cache, updater: Updater, cluster: Cluster) -> None:

@@ -4,28 +4,17 @@ store for a foreign one."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 from unittest import mock
 
-import pytest
-
 from engine_client import updater as updater_mod
 from engine_client.cache import Cache
-from engine_client.config import Config
 from engine_client.errors import HostError
 from engine_client.push import push_store
 from engine_client.updater import Updater
 
 from .clusters import Cluster, add, stored
 from .ovfs import DiskSpec
-
-
-@pytest.fixture
-async def updater(cache: Cache, cfg: Config) -> AsyncIterator[Updater]:
-    u = Updater(cache, cfg)
-    yield u
-    await u.close()
 
 
 async def test_own_store_after_a_lost_answer(cache: Cache, updater: Updater,
