@@ -210,9 +210,6 @@ class Updater:
             task.add_done_callback(lambda t: t.cancelled() or t.exception())
         return await asyncio.shield(features[name])
 
-    async def _fetch(self, digests: Sequence[str]) -> dict[str, bytes]:
-        return await asyncio.to_thread(self.cache.read_blobs, digests)
-
     async def _push_domain(self, store: Store, order: list[Host], limit: asyncio.Semaphore,
                            features: dict[str, asyncio.Task[bool]]) -> DomainReport:
         sd = store.sd_uuid
@@ -234,7 +231,7 @@ class Updater:
                 client = self._clients(host)
                 try:
                     result = await push_store(
-                        client, content, self._fetch, self._clock(),
+                        client, content, self.cache.read_blobs, self._clock(),
                         await self._zstd(client, features), self.cfg.updater.fetch_batch,
                         self.cfg.http.chunk_size)
                 except ContentChanged as e:  # marked meanwhile: the next pass pushes

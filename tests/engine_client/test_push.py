@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import tarfile
@@ -55,7 +56,7 @@ class Fetcher:
         self.cache = cache
         self.calls: list[int] = []
 
-    async def __call__(self, digests: Sequence[str]) -> dict[str, bytes]:
+    def __call__(self, digests: Sequence[str]) -> dict[str, bytes]:
         self.calls.append(len(digests))
         return self.cache.read_blobs(digests)
 
@@ -105,7 +106,7 @@ async def test_changed_blob_is_refused(cache: Cache, cfg: Config,
                                        wrong_digest_url: str) -> None:
     content = fill(cache, add_domain(), 2)
 
-    async def wrong(digests: Sequence[str]) -> dict[str, bytes]:
+    def wrong(digests: Sequence[str]) -> dict[str, bytes]:
         return {d: b"x" * 10 for d in digests}
 
     stream = TarStream(plan_store(content, NOW), wrong, 10, 1 << 20, False)
@@ -123,7 +124,7 @@ async def test_blob_gone_meanwhile_is_a_content_change(
     corruption, the store was marked and the next pass pushes it."""
     content = fill(cache, add_domain(), 2)
 
-    async def gone(digests: Sequence[str]) -> dict[str, bytes]:
+    def gone(digests: Sequence[str]) -> dict[str, bytes]:
         return {}
 
     stream = TarStream(plan_store(content, NOW), gone, 10, 1 << 20, False)
@@ -141,3 +142,20 @@ async def test_wrong_digest_is_an_error(cache: Cache, cfg: Config, add_domain: C
                                             r"the store is not marked updated") as e:
             await push_store(client, content, Fetcher(cache), NOW, zstd, 10, 1 << 20)
     assert e.value.code == "digest-mismatch"
+
+
+async def test_stream_makes_one_chunk_ahead(cache: Cache, add_domain: Callable[..., str]) -> None:
+    """The next chunk is made while one is sent, never more: a consumer
+    that stops after the first chunk leaves at most two chunks made."""
+    content = fill(cache, add_domain(), 25, padding=3000)
+    fetch = Fetcher(cache)
+    chunk = 8 << 10
+    stream = TarStream(plan_store(content, NOW), fetch, 1, chunk, False)
+    chunks = aiter(stream)
+    first = await anext(chunks)
+    await chunks.aclose()  # type: ignore[attr-defined]
+    await asyncio.sleep(0.2)  # the chunk being made when it closed ends in its thread
+    biggest = max(m.size for m in content.members)
+    assert len(first) >= chunk
+    assert stream.produced <= 2 * (chunk + biggest) and len(fetch.calls) < 25
+    assert not stream.complete
