@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,7 +71,7 @@ class PushResult:
 class TarStream:
     """The bytes of ``tar``, as an async iterable of chunks.
 
-    Each chunk is made in a worker thread (its OVFs fetched by digest with
+    Each chunk is made in ``executor`` (its OVFs fetched by digest with
     ``fetch``, ``batch`` at a time, as the stream reaches them; hashed;
     compressed) while the one before it is being sent: making a chunk costs
     about as long as sending it, and one after the other the push of a
@@ -79,8 +80,9 @@ class TarStream:
     """
 
     def __init__(self, tar: StoreTar, fetch: Fetch, batch: int, chunk_size: int,
-                 zstd: bool) -> None:
+                 zstd: bool, executor: Executor | None = None) -> None:
         self.tar = tar
+        self._executor = executor  # None: the loop's default
         self._fetch = fetch
         self._batch = max(1, batch)
         self._chunk_size = chunk_size
@@ -153,10 +155,11 @@ class TarStream:
         return out
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        ahead = asyncio.ensure_future(asyncio.to_thread(self._next_chunk))
+        loop = asyncio.get_running_loop()
+        ahead = loop.run_in_executor(self._executor, self._next_chunk)
         try:
             while (out := await ahead) is not None:
-                ahead = asyncio.ensure_future(asyncio.to_thread(self._next_chunk))
+                ahead = loop.run_in_executor(self._executor, self._next_chunk)
                 if out:
                     yield out
         finally:
@@ -180,10 +183,12 @@ def _int_field(answer: dict[str, Any], key: str, host: str) -> int:
 
 
 async def push_store(client: HostClient, content: StoreContent, fetch: Fetch, now: float,
-                     zstd: bool, batch: int, chunk_size: int) -> PushResult:
-    """Stream ``content`` to ``client``'s host; raises unless it stored exactly that."""
+                     zstd: bool, batch: int, chunk_size: int,
+                     executor: Executor | None = None) -> PushResult:
+    """Stream ``content`` to ``client``'s host; raises unless it stored exactly
+    that.  Its chunks are made in ``executor`` (the loop's default if None)."""
     plan = plan_store(content, now)
-    stream = TarStream(plan, fetch, batch, chunk_size, zstd)
+    stream = TarStream(plan, fetch, batch, chunk_size, zstd, executor)
     host = client.host.name
     log.info("pushing the OVF store of domain %s to host %s: %d OVFs, %d bytes, zstd=%s",
              content.sd_uuid, host, len(content.members), plan.total_size, zstd)

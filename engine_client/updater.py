@@ -27,8 +27,9 @@ import random
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 
@@ -42,6 +43,8 @@ from .phase import Outcome
 from .push import CacheCorrupt, ContentChanged, PushResult, push_store
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -121,9 +124,20 @@ class Updater:
         self._clock = clock
         self._wake = asyncio.Event()
         self._pass_lock = asyncio.Lock()
+        #: The cache's calls and the tars' chunks, one at a time: the cache
+        #: has one connection anyway, and memory freed in one thread is
+        #: reused by the next chunk.  Spread over the default pool, each
+        #: thread kept its own malloc arena and a pass over 10,000 VMs
+        #: peaked 15 MiB above one over 1,000, instead of 7 MiB.
+        self._worker = ThreadPoolExecutor(1, thread_name_prefix="ovf-updater")
 
     async def close(self) -> None:
         await self._clients.close()
+        self._worker.shutdown(wait=False)
+
+    def _run(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+        """``fn(*args)`` in the updater's worker thread."""
+        return asyncio.get_running_loop().run_in_executor(self._worker, fn, *args)
 
     def trigger(self) -> None:
         """Run a pass now (or right after the one running), like triggerNow()."""
@@ -140,7 +154,7 @@ class Updater:
             await self._entity_phase(report)
             await self._domain_phase(report, retry_now, only)
             report.seconds = round(time.monotonic() - start, 3)
-            dropped = await asyncio.to_thread(self.cache.gc_blobs)
+            dropped = await self._run(self.cache.gc_blobs)
             log.info("OVF pass: %d entities processed, %d skipped, %d deletions, domains: %s; "
                      "%d unused OVFs dropped; pass took %.3f s", report.processed_count,
                      report.skipped_count, len(report.deleted),
@@ -152,11 +166,11 @@ class Updater:
         after = ""
         skipped: set[str] = set()
         while True:
-            selected = await asyncio.to_thread(self.cache.outdated_entities, after,
+            selected = await self._run(self.cache.outdated_entities, after,
                                                self.cfg.updater.chunk_size)
             if not selected:
                 break
-            for o in await asyncio.to_thread(self.cache.process_entities, selected):
+            for o in await self._run(self.cache.process_entities, selected):
                 if not o.processed and o.uuid in skipped:
                     continue  # again, after a restart (see Cache.outdated_entities)
                 report.add(o)
@@ -165,15 +179,15 @@ class Updater:
                     log.info("%s %s (%s) skipped, its cached OVF stays: %s", o.kind, o.name,
                              o.uuid, o.reason)
             after = selected[-1][0]
-        report.deleted = await asyncio.to_thread(self.cache.process_deletions)
+        report.deleted = await self._run(self.cache.process_deletions)
 
     async def _domain_phase(self, report: PassReport, retry_now: bool,
                             only: str | None = None) -> None:
-        stores = [s for s in await asyncio.to_thread(self.cache.stores)
+        stores = [s for s in await self._run(self.cache.stores)
                   if only is None or s.sd_uuid == only]
-        domains = {d.uuid: d for d in await asyncio.to_thread(self.cache.domains)}
-        hosts = await asyncio.to_thread(self.cache.hosts)
-        reports = await asyncio.to_thread(self.cache.host_reports)
+        domains = {d.uuid: d for d in await self._run(self.cache.domains)}
+        hosts = await self._run(self.cache.hosts)
+        reports = await self._run(self.cache.host_reports)
         now = self._clock()
         limit = asyncio.Semaphore(self.cfg.updater.concurrency)
         features: dict[str, asyncio.Task[bool]] = {}
@@ -215,7 +229,7 @@ class Updater:
         sd = store.sd_uuid
         async with limit:
             start = time.monotonic()
-            content = await asyncio.to_thread(self.cache.store_content, sd)
+            content = await self._run(self.cache.store_content, sd)
             errors: list[str] = []
             if not order:
                 errors.append(f"no host serves domain {sd}; add one with "
@@ -226,14 +240,14 @@ class Updater:
                     return await self._failed(store, content, foreign,
                                               time.monotonic() - start)
                 if checked:  # holding no OVF: this engine's from now on
-                    await asyncio.to_thread(self.cache.claim_store, sd)
+                    await self._run(self.cache.claim_store, sd)
             for host in order:
                 client = self._clients(host)
                 try:
                     result = await push_store(
                         client, content, self.cache.read_blobs, self._clock(),
                         await self._zstd(client, features), self.cfg.updater.fetch_batch,
-                        self.cfg.http.chunk_size)
+                        self.cfg.http.chunk_size, self._worker)
                 except ContentChanged as e:  # marked meanwhile: the next pass pushes
                     log.info("OVF store of domain %s not pushed: %s", sd, e)
                     return DomainReport(sd, "superseded", f"{e}; stays outdated",
@@ -271,7 +285,7 @@ class Updater:
         return False, None
 
     async def _pushed(self, content: StoreContent, r: PushResult, seconds: float) -> DomainReport:
-        updated = await asyncio.to_thread(self.cache.store_pushed, content, r.generation,
+        updated = await self._run(self.cache.store_pushed, content, r.generation,
                                           r.digest, r.tar_length, r.host, self._clock())
         outcome = "updated" if updated else "superseded"
         log.info("OVF store of domain %s %s on host %s: generation %d, %d OVFs, %d bytes "
@@ -287,7 +301,7 @@ class Updater:
         delay = decide.backoff_delay(store.failures + 1, u.backoff_base, u.backoff_max,
                                      u.jitter, self._rand())
         retry_at = self._clock() + delay
-        await asyncio.to_thread(self.cache.store_failed, content, error, retry_at)
+        await self._run(self.cache.store_failed, content, error, retry_at)
         return DomainReport(store.sd_uuid, "failed", error, entities=len(content.members),
                             seconds=round(seconds, 3), retry_at=retry_at)
 
@@ -313,8 +327,8 @@ class Updater:
                 log.error("OVF update pass failed: %s", e)
             except sqlite3.Error:  # a detach meanwhile, a full disk: the next pass may do
                 log.exception("OVF update pass failed in the engine cache")
-            stores = await asyncio.to_thread(self.cache.stores)
-            domains = {d.uuid: d for d in await asyncio.to_thread(self.cache.domains)}
+            stores = await self._run(self.cache.stores)
+            domains = {d.uuid: d for d in await self._run(self.cache.domains)}
             delay = self._next_wakeup(stores, domains)
             log.debug("next OVF update pass in %.0f s", delay)
             with contextlib.suppress(TimeoutError):
