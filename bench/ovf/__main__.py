@@ -45,7 +45,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--vms", type=int, nargs=2, metavar=("SMALL", "LARGE"),
                    help=f"VM counts of the engine part (default {FULL['vms']})")
     p.add_argument("--rounds", type=int, metavar="N",
-                   help=f"rounds of the store part, median reported (default {FULL['rounds']})")
+                   help=f"rounds of each part, median reported (default {FULL['rounds']})")
     p.add_argument("--work", type=Path, default=Path("/var/tmp"),
                    help="parent of the temp work dir; must be a real disk, not tmpfs")
     args = p.parse_args(argv)
@@ -76,7 +76,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, tuple[list[MemRow], d
         if args.only in (None, "store"):
             parts["store"] = storebench.run(daemon, work, args.ovfs, args.rounds)
         if args.only in (None, "engine"):
-            parts["engine"] = enginebench.run(daemon, work, args.vms)
+            parts["engine"] = enginebench.run(daemon, work, args.vms, args.rounds)
     return parts
 
 

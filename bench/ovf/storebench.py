@@ -5,8 +5,9 @@ the manifest, the OVFs, ``metadata.json``), written once to /dev/shm.  Each
 round PUTs it to ``/domains/{sd}/ovf-store`` with curl and the engine's
 bearer token, then PUTs the same file to an image ticket of the same size
 on the same daemon with the same curl.  Both answers come after the data is
-durable: the OVF store's after it is verified, committed and copied into
-the domain's other store, the image's after its fsync.
+durable: the OVF store's once it is verified and committed (the copy into
+the domain's other store follows, as the answer's ``copies_pending`` says;
+the check through ovf-store/info waits for it), the image's after its fsync.
 """
 
 from __future__ import annotations

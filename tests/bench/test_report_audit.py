@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
+import xxhash
 
 from bench import MB, BenchError, MiB, copyreport, report
 from bench.copyreport import CopyRow
@@ -343,6 +344,56 @@ def engine_child(monkeypatch: pytest.MonkeyPatch, code: str) -> None:
     monkeypatch.setattr(enginebench, "fill_cache", lambda state, d, count, domains: None)
 
 
+def run_engine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tar: bytes, digest: str,
+               rounds: int) -> tuple[MemRow, MemRow]:
+    """``run_size`` with stores that read back as ``tar`` (with ``digest``)
+    and an image path that stores 100 zero bytes."""
+    def fetch(state: Path, d: Daemon, dest: Path,
+              domains: list[str]) -> tuple[int, str, dict[str, Any]]:
+        dest.write_bytes(tar)
+        return len(tar), digest, {}
+    monkeypatch.setattr(enginebench, "fetch_stores", fetch)
+    monkeypatch.setattr(enginebench, "image_put", lambda src, url, size: 0.001)
+    (tmp_path / "engine").mkdir()
+    d = fake_daemon(tmp_path)
+    d.stored = b"\0" * 100
+    return enginebench.run_size(d, tmp_path, 10, rounds)
+
+
+def test_engine_targets_take_the_rounds_medians() -> None:
+    rows = engine_rows(60 * MiB, 70 * MiB, 5.0, 3.0, 2.0)
+    small, large = rows[0], rows[2]
+    small.client_rss = [60 * MiB, 90 * MiB, 61 * MiB]
+    large.client_rss = [70 * MiB, 71 * MiB, 200 * MiB]
+    large.seconds = [5.0, 50.0, 6.0]
+    rows[3].seconds = [2.0, 1.0, 20.0]
+    t = ovf_results([], rows)["targets"]
+    assert t["engine_rss_large_minus_small_mib"]["value"] == pytest.approx(10.0)
+    assert t["engine_process_time_vs_image"]["value"] == pytest.approx(6.0 / 2.0)
+
+
+def test_engine_rounds_each_get_a_fresh_cache(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    passes = iter(["0.300", "0.100", "0.200"])
+    caches: list[Path] = []
+
+    def fill(state: Path, d: Daemon, count: int, domains: list[str]) -> None:
+        assert not state.exists(), "a round reuses a cache"
+        state.mkdir()
+        caches.append(state)
+        monkeypatch.setattr(enginebench, "engine_command", lambda: [
+            sys.executable, "-c", f"print('pass took {next(passes)} s')"])
+
+    monkeypatch.setattr(enginebench, "fill_cache", fill)
+    zeros = b"\0" * 100
+    engine, image = run_engine(tmp_path, monkeypatch, zeros, xxhash.xxh3_128_hexdigest(zeros), 3)
+    assert (engine.error, image.error) == (None, None)
+    assert len(set(caches)) == 3 and not any(c.exists() for c in caches)
+    assert engine.extra["rounds_pass_seconds"] == [0.3, 0.1, 0.2]
+    assert engine.extra["pass_seconds"] == pytest.approx(0.2)
+    assert len(engine.seconds) == len(image.seconds) == 3
+
+
 def test_engine_pass_with_bad_stores_records_nothing(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     engine_child(monkeypatch, "print('pass took 0.010 s')")
@@ -352,7 +403,7 @@ def test_engine_pass_with_bad_stores_records_nothing(
         raise BenchError("domain sd: the engine cache has generation 1, the daemon None")
     monkeypatch.setattr(enginebench, "fetch_stores", fetch)
     (tmp_path / "engine").mkdir()
-    engine, image = enginebench.run_size(fake_daemon(tmp_path), tmp_path, 10)
+    engine, image = enginebench.run_size(fake_daemon(tmp_path), tmp_path, 10, 1)
     assert engine.error is not None and image.error is not None
     assert (engine.seconds, engine.cpu_s, engine.client_rss) == ([], [], [])
     assert "pass_seconds" not in engine.extra
@@ -364,17 +415,7 @@ def test_engine_pass_with_bad_stores_records_nothing(
 def test_engine_image_with_wrong_bytes_records_nothing(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     engine_child(monkeypatch, "print('pass took 0.010 s')")
-
-    def fetch(state: Path, d: Daemon, dest: Path,
-              domains: list[str]) -> tuple[int, str, dict[str, Any]]:
-        dest.write_bytes(b"x" * 100)
-        return 100, "digest-of-x", {}
-    monkeypatch.setattr(enginebench, "fetch_stores", fetch)
-    monkeypatch.setattr(enginebench, "image_put", lambda src, url, size: 0.001)
-    (tmp_path / "engine").mkdir()
-    d = fake_daemon(tmp_path)
-    d.stored = b"\0" * 100
-    engine, image = enginebench.run_size(d, tmp_path, 10)
+    engine, image = run_engine(tmp_path, monkeypatch, b"x" * 100, "digest-of-x", 1)
     assert engine.error is None and engine.extra["pass_seconds"] == pytest.approx(0.01)
     assert image.error is not None and "the image holds" in image.error
     assert (image.seconds, image.verified) == ([], None)
@@ -392,7 +433,7 @@ def test_engine_interrupted_leaves_no_tar(
     monkeypatch.setattr(enginebench, "fetch_stores", fetch)
     (tmp_path / "engine").mkdir()
     with pytest.raises(KeyboardInterrupt):
-        enginebench.run_size(fake_daemon(tmp_path), tmp_path, 10)
+        enginebench.run_size(fake_daemon(tmp_path), tmp_path, 10, 1)
     assert not (SHM / f"{tmp_path.name}-engine-10.tar").exists()
 
 
