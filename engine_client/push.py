@@ -165,6 +165,8 @@ class TarStream:
         finally:
             # The send failed or was canceled: the chunk being made is not
             # wanted (its thread runs to its end; it only reads the cache).
+            # On a chunk that failed meanwhile, cancel() marks its error as
+            # seen: it is ``self.error``, not a "never retrieved" report.
             ahead.cancel()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import io
 import json
 import tarfile
@@ -159,3 +160,31 @@ async def test_stream_makes_one_chunk_ahead(cache: Cache, add_domain: Callable[.
     assert len(first) >= chunk
     assert stream.produced <= 2 * (chunk + biggest) and len(fetch.calls) < 25
     assert not stream.complete
+
+
+async def test_stream_closed_with_a_failed_chunk_ahead_logs_nothing(
+        cache: Cache, add_domain: Callable[..., str], caplog: pytest.LogCaptureFixture) -> None:
+    """The consumer stops while the chunk made ahead has failed: that error
+    is the stream's (``error``), not an asyncio "never retrieved" report."""
+    content = fill(cache, add_domain(), 25, padding=3000)
+    calls = 0
+
+    def fetch(digests: Sequence[str]) -> dict[str, bytes]:
+        nonlocal calls
+        calls += 1
+        return cache.read_blobs(digests) if calls == 1 else {}
+
+    stream = TarStream(plan_store(content, NOW), fetch, 1, 8 << 10, False)
+    chunks = aiter(stream)
+    await anext(chunks)
+    for _ in range(100):  # the chunk ahead fails in its thread
+        if stream.error is not None:
+            break
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.05)
+    await chunks.aclose()  # type: ignore[attr-defined]
+    del chunks
+    gc.collect()
+    await asyncio.sleep(0)
+    assert isinstance(stream.error, ContentChanged)
+    assert "never retrieved" not in caplog.text
