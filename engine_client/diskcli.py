@@ -18,6 +18,7 @@ from .cache import Cache
 from .config import Config
 from .errors import EngineError
 from .ovf import canonical_uuid
+from .report import count
 
 if TYPE_CHECKING:  # aiohttp and tqdm: imported only by the commands that need them
     from .disks import Ctx
@@ -170,5 +171,5 @@ def run_vm_create(cache: Cache, cfg: Config, args: argparse.Namespace) -> int:
     finally:
         progress.close()
     progress.result(summary, f"created {summary['kind']} {summary['name']} "
-                             f"({summary['uuid']}) with {len(summary['disks'])} disks")
+                             f"({summary['uuid']}) with {count(len(summary['disks']), 'disk')}")
     return 0

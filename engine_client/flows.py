@@ -38,6 +38,7 @@ from .config import Config
 from .errors import EngineError, InvalidInput
 from .model import DomainStatus
 from .poolsync import HostReport, PoolSync
+from .report import count
 from .updater import DomainReport, Updater
 
 log = logging.getLogger(__name__)
@@ -164,7 +165,7 @@ class Flows:
         assert refresh is not None
         if refresh.outcome == "updated":
             report.steps.append(f"OVF store refreshed on host {refresh.host}: generation "
-                                f"{refresh.generation}, {refresh.entities} OVFs")
+                                f"{refresh.generation}, {count(refresh.entities or 0, 'OVF')}")
             return True
         report.steps.append(f"OVF store refresh {refresh.outcome}: {refresh.detail}")
         return False

@@ -17,6 +17,11 @@ if TYPE_CHECKING:  # they import aiohttp: slow for commands that need no network
     from .updater import PassReport
 
 
+def count(n: int, noun: str) -> str:
+    """``n`` and ``noun``, plural unless one: "1 OVF", "2 OVFs"."""
+    return f"{n} {noun}{'s' * (n != 1)}"
+
+
 def out(args: argparse.Namespace, data: Any, text: Callable[[], str]) -> None:
     """Print ``data`` as JSON with ``--json``, else the table ``text()`` makes."""
     print(json.dumps(data, indent=2, sort_keys=True) if getattr(args, "json", False)

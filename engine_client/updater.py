@@ -41,6 +41,7 @@ from .hostapi import Clients, HostClient
 from .model import Domain, Host, Store, StoreContent
 from .phase import Outcome
 from .push import CacheCorrupt, ContentChanged, PushResult, push_store
+from .report import count
 
 log = logging.getLogger(__name__)
 
@@ -280,7 +281,7 @@ class Updater:
             newest = max(held, key=lambda s: int(s.get("record", {}).get("generation", 0)))
             return True, (f"domain {sd} holds an OVF store this engine never wrote nor "
                           f"imported (generation {newest.get('record', {}).get('generation')}, "
-                          f"{newest['ovfs']} OVFs, host {host.name}); run 'sluice-engine "
+                          f"{count(newest['ovfs'], 'OVF')}, host {host.name}); run 'sluice-engine "
                           f"domain import {sd}' first, so that they are kept")
         return False, None
 

@@ -612,6 +612,10 @@ async def test_cli_upload_download_and_errors(world: World) -> None:
     assert rc == 0, err
     vm = json.loads(out.splitlines()[-1])
     assert {d.sd_uuid for d in w.cache.disks(vm["uuid"])} == {w.f1, w.f2}
+    rc, out, err = await asyncio.to_thread(finish, cli(
+        w, "vm", "create", "one-disk", "--disk", f"1M@{w.f2}"))
+    assert rc == 0, err
+    assert out.strip().startswith("created vm one-disk (") and out.strip().endswith("with 1 disk")
     unknown = str(uuid.uuid4())
     for args, code, text in [
         (["disk", "move", unknown, "--to", w.f2], 2, f"disk {unknown} is not known"),

@@ -488,7 +488,7 @@ async def test_a_pass_before_the_import_keeps_the_store(cache: Cache, updater: U
         (d,) = r.domains
         assert d.outcome == "failed"
         assert (f"domain {m.sd} holds an OVF store this engine never wrote nor imported "
-                f"(generation {before.generation}, 1 OVFs, host {m.host}); run "
+                f"(generation {before.generation}, 1 OVF, host {m.host}); run "
                 f"'sluice-engine domain import {m.sd}' first") in (d.detail or "")
         assert await stored(m) == before  # untouched
         await import_domain(cache2, cfg2, m.sd)

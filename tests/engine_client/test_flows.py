@@ -64,7 +64,7 @@ async def test_maintenance_refreshes_the_store_first(cache: Cache, flows: Flows,
     assert report.ok and report.status == "Maintenance" and not report.forced
     steps = report.steps
     assert steps[0].startswith("PreparingForMaintenance; map pushed to ")
-    assert steps[1].startswith("OVF store refreshed on host h0")
+    assert steps[1].startswith("OVF store refreshed on host h0") and steps[1].endswith(", 1 OVF")
     assert steps[2] == f"master role handed over to domain {b.sd}"
     assert steps[3].startswith("Maintenance; map pushed to ")
     assert cache.pool().master_domain == b.sd
