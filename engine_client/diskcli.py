@@ -133,12 +133,16 @@ def _transfer(cache: Cache, cfg: Config, args: argparse.Namespace,
     from . import transfers
 
     upload = args.action == "upload"
-    resume = canonical_uuid(args.disk, "disk") if upload and args.disk else None
-    if not upload:
+    disk = canonical_uuid(args.disk, "disk") if args.disk else None
+    domain = canonical_uuid(args.domain, "domain") if args.domain else None
+    if upload:
+        assert domain is not None  # a required option of upload
+        target = domain
+    else:
         transfers.check_target(args.file)
     opened = _with_ctx(cache, cfg, progress, lambda ctx: (
-        transfers.open_upload(ctx, args.file, args.domain, resume) if upload
-        else transfers.open_download(ctx, args.disk, args.domain)))
+        transfers.open_upload(ctx, args.file, target, disk) if upload
+        else transfers.open_download(ctx, disk or "", domain)))
     progress.emit({"event": "ticket", "host": opened.host, **opened.ref.to_json()})
     try:
         return transfers.run(opened, args.file, upload, progress.bytes(opened.size),

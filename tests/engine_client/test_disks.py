@@ -623,6 +623,11 @@ async def test_cli_upload_download_and_errors(world: World) -> None:
         (["disk", "copy", up["disk"], "--to", w.f2, "--format", "qcow2"], 1,
          "needs one host that serves both domains"),
         (["vm", "create", "x", "--disk", f"7@{w.f1}"], 2, "multiple of 512"),
+        (["disk", "download", "nope", str(w.tmp / "nope.raw"), "--domain", w.f1], 2,
+         "disk 'nope' is not a UUID"),
+        (["disk", "download", up["disk"], str(w.tmp / "nope.raw"), "--domain", "nope"], 2,
+         "domain 'nope' is not a UUID"),
+        (["disk", "upload", str(src), "--domain", "nope"], 2, "domain 'nope' is not a UUID"),
     ]:
         rc, out, err = await asyncio.to_thread(finish, cli(w, *args))
         assert (rc, err.count("\n")) == (code, 1) and text in err, (args, rc, err)
