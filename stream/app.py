@@ -21,7 +21,7 @@ from volume.ovfstore import ensure_stores
 from .auth import access_guard, load_or_create_token
 from .config import Config
 from .cors import add_cors_headers
-from .handlers import control, domains, images, jobs, ovf, pool
+from .handlers import control, domains, images, jobs, ovf, pool, vdsm
 from .io import IO
 from .jobs import Jobs
 from .middleware import errors
@@ -95,6 +95,7 @@ def make_app(cfg: Config, *, trust_tcp: bool = False) -> web.Application:
     app.add_routes(domains.routes)
     app.add_routes(jobs.routes)
     app.add_routes(ovf.routes)
+    app.add_routes(vdsm.routes)
     app.on_response_prepare.append(add_cors_headers)
     app.cleanup_ctx.append(_resources)
     return app

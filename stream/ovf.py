@@ -184,10 +184,23 @@ async def _stream(
     return reader.finish()
 
 
-def newest(storage: StorageDomain) -> tuple[StoreState, Volume]:
-    """The newest verified store (blocking); the volume is the caller's to close."""
+def newest(storage: StorageDomain, image: str | None = None, length: int = 0
+           ) -> tuple[StoreState, Volume]:
+    """The newest verified store (blocking); the volume is the caller's to close.
+
+    With ``image`` (vdsm's ``GET /`` names a store), it must be one of the
+    domain's stores (NotFound) and ``length`` bytes within what every store
+    holds (OutOfRange).
+    """
     stores = OvfStores.open(storage)
     try:
+        if image is not None:
+            if image not in {info.img_uuid for info in stores.stores}:
+                raise NotFound(f"image {image} is not an OVF_STORE of storage domain "
+                               f"{storage.uuid}")
+            if length > stores.capacity:
+                raise OutOfRange(f"{length} bytes asked; the OVF stores of {storage.uuid} "
+                                 f"hold {stores.capacity}", stores.capacity)
         found = stores.newest()
     finally:
         stores.close()

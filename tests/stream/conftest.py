@@ -53,6 +53,12 @@ def domain_dir(client: Client, cfg: Config) -> Path:
 
 
 @pytest.fixture
+def sd(domain_dir: Path) -> str:
+    """The embedded default file domain's UUID."""
+    return domain_dir.parent.name
+
+
+@pytest.fixture
 def image(domain_dir: Path) -> Callable[..., Path]:
     """Create a file in the domain: ``image(size)`` or ``image(data=...)``."""
 

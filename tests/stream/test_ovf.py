@@ -75,11 +75,6 @@ def build_tar(
     return tar, ovfs
 
 
-@pytest.fixture
-def sd(domain_dir: Path) -> str:
-    return domain_dir.parent.name
-
-
 async def push(client: Client, sd: str, body: Any, **headers: str) -> Any:
     resp = await client.put(f"/domains/{sd}/ovf-store", data=body, headers=headers)
     return resp.status, await resp.json()
@@ -321,36 +316,6 @@ async def test_status_gates_ovf_writes(client: Client, sd: str, domain_dir: Path
         if not ok:
             assert code == 409 and status in body["detail"]
     assert (await push(client, str(uuid.uuid4()), b"x"))[0] == 404
-
-
-async def test_vdsm_upload_form(client: Client, sd: str, domain_dir: Path) -> None:
-    tar, _ = build_tar(sd, with_manifest=False)
-    headers = {"Storage-Pool-Id": str(uuid.uuid4()), "Storage-Domain-Id": sd,
-               "Image-Id": str(uuid.uuid4()), "Volume-Id": str(uuid.uuid4())}
-    resp = await client.put("/", data=tar, headers=headers)
-    assert resp.status == 200, await resp.text()
-    assert "Task-Id" in resp.headers
-    gen, data = await served(client, sd)
-    assert gen == 1 and data == tar[: len(data)]
-    resp = await client.put("/", data=tar, headers={"Storage-Domain-Id": sd})
-    assert resp.status == 400
-    resp = await client.put("/", data=tar, headers={**headers, "Image-Id": "disk-1"})
-    assert resp.status == 400 and "Image-Id" in (await resp.json())["detail"]
-    # Once an engine's map is in force, only that pool's engine may write.
-    pool = str(uuid.uuid4())
-    resp = await client.put("/pool", json={
-        "pool_id": pool, "map_version": 1, "master_domain": sd,
-        "domains": {sd: {"type": "file", "location": str(domain_dir.parent),
-                         "status": "Active"}}})
-    assert resp.status == 200, await resp.text()
-    resp = await client.put("/", data=tar, headers=headers)
-    assert resp.status == 409
-    assert (await resp.json())["detail"] == (
-        f"this host is in storage pool {pool}, not {headers['Storage-Pool-Id']}")
-    assert (await served(client, sd))[0] == 1  # nothing written
-    resp = await client.put("/", data=tar, headers={**headers, "Storage-Pool-Id": pool})
-    assert resp.status == 200, await resp.text()
-    assert (await served(client, sd))[0] == 2
 
 
 async def test_engine_credential_required(aiohttp_client: Any, cfg: Config) -> None:
