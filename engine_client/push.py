@@ -40,10 +40,13 @@ Fetch = Callable[[Sequence[str]], dict[str, bytes]]
 
 #: Measured on 200 MB of bench OVFs (bench/ovf/ovfgen.py, 1 MiB chunks, one
 #: core): level 3 shrinks them 7.6 times at 0.68 s, level 1 9.5 times at
-#: 0.28 s (and decodes faster on the host), -3 5.4 times at 0.17 s.  A whole
-#: pass of 10,000 VMs against a local daemon was as fast with 1 as with -3,
-#: and 0.3 s faster than with 3: level 1, whose ratio serves slow links too.
-ZSTD_LEVEL = 1
+#: 0.28 s, -1 5.4 times, -3 5.4 times at 0.17 s.  Since the chunks of a
+#: pass are made in one thread, compressing is on its critical path: a pass
+#: of 10,000 VMs against a local daemon took 1.13-1.20 s at -1 (and at -3
+#: or -5), 1.27-1.36 s at 1.  On a 1 Gb/s link the two cost about the same
+#: (-1 sends 39 MB in 0.31 s, 1 sends 22 MB in 0.18 s but compresses for
+#: 0.28 s); on faster links -1 is ahead.
+ZSTD_LEVEL = -1
 
 
 class CacheCorrupt(EngineError):
