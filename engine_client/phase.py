@@ -47,6 +47,11 @@ def outdated(c: sqlite3.Connection, after: str, limit: int) -> list[tuple[str, i
         "ORDER BY rowid LIMIT ?", (EXTERNAL_ORIGIN, after, limit))]
 
 
+#: The entities as ``entities.SELECT`` reads them, but for the size of
+#: their cached OVF, which this phase does not use: reading it from
+#: ``blobs`` cost a leaf page per entity (10,000 VMs: 0.03 s of 0.2).
+_ENTITIES = "SELECT e.*, NULL AS ovf_size FROM entities e"
+
 #: Keys per ``IN (...)``: under SQLite's oldest limit of 999 variables.
 _IN_MAX = 500
 
@@ -74,7 +79,7 @@ def process(c: sqlite3.Connection, selected: Sequence[tuple[str, int]]) -> list[
     uuids = [uuid for uuid, _ in selected]
     active = [r[0] for r in c.execute("SELECT uuid FROM domains WHERE status = ?",
                                       (str(DomainStatus.ACTIVE),))]
-    rows = _grouped(c, f"{entities.SELECT} WHERE e.uuid IN ({{keys}})", uuids)
+    rows = _grouped(c, f"{_ENTITIES} WHERE e.uuid IN ({{keys}})", uuids)
     disks = {uuid: [Disk(r[0], r[1], r[2], bool(r[3]), bool(r[4]), bool(r[5])) for r in found]
              for uuid, found in _grouped(
                  c, "SELECT entity_uuid, disk_uuid, sd_uuid, shareable, active, locked FROM disks "
