@@ -168,7 +168,7 @@ class Updater:
         skipped: set[str] = set()
         while True:
             selected = await self._run(self.cache.outdated_entities, after,
-                                               self.cfg.updater.chunk_size)
+                                       self.cfg.updater.chunk_size)
             if not selected:
                 break
             for o in await self._run(self.cache.process_entities, selected):
@@ -287,7 +287,7 @@ class Updater:
 
     async def _pushed(self, content: StoreContent, r: PushResult, seconds: float) -> DomainReport:
         updated = await self._run(self.cache.store_pushed, content, r.generation,
-                                          r.digest, r.tar_length, r.host, self._clock())
+                                  r.digest, r.tar_length, r.host, self._clock())
         outcome = "updated" if updated else "superseded"
         log.info("OVF store of domain %s %s on host %s: generation %d, %d OVFs, %d bytes "
                  "(%d sent, zstd=%s) in %.2f s", r.sd_uuid, outcome, r.host, r.generation,
