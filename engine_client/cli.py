@@ -11,6 +11,8 @@ import argparse
 import asyncio
 import json
 import logging
+import os
+import signal
 import sqlite3
 import sys
 from dataclasses import asdict
@@ -261,3 +263,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("sluice-engine: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # Whoever read stdout stopped (``| head``): quiet, as a command killed
+        # by SIGPIPE, and no second error when Python flushes stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE

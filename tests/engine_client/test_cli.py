@@ -175,3 +175,18 @@ def test_update_once_prints_the_pass(cli: Cli, tmp_path: Path,
     assert not s["outdated"] and s["generation"] == 1 and sorted(s["stored"]) == sorted(vms)
     r = cli("ovf", "update", "--once")
     assert r.stdout.splitlines()[1:] == ["domains: none outdated"]
+
+
+def test_a_reader_that_stops_early_is_no_error(tmp_path: Path) -> None:
+    """``sluice-engine domain list | head -0``: quiet, exit 141 as a command
+    killed by SIGPIPE, not a BrokenPipeError traceback."""
+    argv = [sys.executable, "-m", "engine_client", "--state-dir", str(tmp_path / "state")]
+    subprocess.run([*argv, "domain", "add", str(uuid.uuid4()), "--type", "file",
+                    "--location", str(tmp_path)], check=True)
+    p = subprocess.Popen([*argv, "domain", "list"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    assert p.stdout is not None and p.stderr is not None
+    p.stdout.close()  # before the child gets to print
+    with p.stderr:
+        err = p.stderr.read()
+    assert (p.wait(timeout=60), err) == (141, "")
