@@ -31,7 +31,7 @@ OPEN_CANCELED = "canceled before any byte moved; nothing was left on the host"
 
 
 def add_disk_parsers(sub: Any) -> None:
-    disk = sub.add_parser("disk", help="copy, move, upload and download disks")
+    disk = sub.add_parser("disk", help="list, copy, move, upload and download disks")
     acts = disk.add_subparsers(dest="action", required=True)
     for name, text in (("copy", "copy a disk to another domain (the source stays)"),
                        ("move", "move a disk to another domain (verified copy, then the "
@@ -43,6 +43,10 @@ def add_disk_parsers(sub: Any) -> None:
                        help="the destination's format (default: the source's)")
         s.add_argument("--allocation", choices=("sparse", "preallocated"))
         s.add_argument("--json", action="store_true", help="JSON lines on stdout")
+    s = acts.add_parser("list", help="the disks on the domains, as their hosts list them, "
+                        "and which VMs and templates have them")
+    s.add_argument("--domain", help="this domain's only (default: every domain)")
+    s.add_argument("--json", action="store_true", help="print JSON instead of a table")
     s = acts.add_parser("upload", help="upload a raw or qcow2 file as a new disk")
     s.add_argument("file")
     s.add_argument("--domain", required=True)
@@ -83,15 +87,19 @@ async def _cancellable(work: Awaitable[T]) -> T:
             loop.remove_signal_handler(sig)
 
 
-def _with_ctx(cache: Cache, cfg: Config, progress: Progress,
-              body: Callable[[Ctx], Awaitable[T]]) -> T:
+def with_ctx(cache: Cache, cfg: Config, progress: Progress | None,
+             body: Callable[[Ctx], Awaitable[T]]) -> T:
+    """Run ``body`` with host clients (and ``progress`` for its events);
+    SIGINT and SIGTERM cancel it."""
     from .disks import Ctx
     from .hostapi import Clients
 
     async def main() -> T:
         clients = Clients(cfg.http)
         try:
-            return await _cancellable(body(Ctx(cache, clients, progress.event)))
+            ctx = Ctx(cache, clients) if progress is None else Ctx(cache, clients,
+                                                                    progress.event)
+            return await _cancellable(body(ctx))
         finally:
             await clients.close()
 
@@ -103,10 +111,14 @@ def run_disk(cache: Cache, cfg: Config, args: argparse.Namespace) -> int:
     from .progress import Progress
 
     a = args.action
+    if a == "list":
+        from .disklist import run
+
+        return run(cache, cfg, args)
     progress = Progress(f"{a} {getattr(args, 'disk', None) or args.file}", args.json)
     try:
         if a in ("copy", "move"):
-            summary = _with_ctx(cache, cfg, progress, lambda ctx: copy_disk(
+            summary = with_ctx(cache, cfg, progress, lambda ctx: copy_disk(
                 ctx, args.disk, args.to, move=a == "move", fmt=args.format,
                 allocation=args.allocation))
             text = (f"disk {summary['disk']} is already on {summary['to']}"
@@ -140,7 +152,7 @@ def _transfer(cache: Cache, cfg: Config, args: argparse.Namespace,
         target = domain
     else:
         transfers.check_target(args.file)
-    opened = _with_ctx(cache, cfg, progress, lambda ctx: (
+    opened = with_ctx(cache, cfg, progress, lambda ctx: (
         transfers.open_upload(ctx, args.file, target, disk) if upload
         else transfers.open_download(ctx, disk or "", domain)))
     progress.emit({"event": "ticket", "host": opened.host, **opened.ref.to_json()})
@@ -151,7 +163,7 @@ def _transfer(cache: Cache, cfg: Config, args: argparse.Namespace,
         again = f" with --disk {opened.ref.img_uuid}" if upload else ""
         raise EngineError(f"interrupted; run the command again{again} to finish it") from None
     finally:
-        _with_ctx(cache, cfg, progress, lambda ctx: transfers.close(ctx, opened))
+        with_ctx(cache, cfg, progress, lambda ctx: transfers.close(ctx, opened))
 
 
 def run_vm_create(cache: Cache, cfg: Config, args: argparse.Namespace) -> int:
@@ -166,7 +178,7 @@ def run_vm_create(cache: Cache, cfg: Config, args: argparse.Namespace) -> int:
         return 2
     progress = Progress(f"create {args.name}", args.json)
     try:
-        summary = _with_ctx(cache, cfg, progress, lambda ctx: vms.create_vm(
+        summary = with_ctx(cache, cfg, progress, lambda ctx: vms.create_vm(
             ctx, args.name, disks, attach, args.from_template, args.to, args.template))
     except asyncio.CancelledError:
         print("sluice-engine: canceled; the volumes this command created were removed",

@@ -42,9 +42,12 @@ def ticket_size(size: int, fmt: str) -> int:
     return size if fmt == "raw" else size + size // 64 + (16 << 20)
 
 
-async def list_volumes(c: HostClient, sd_uuid: str, image: str) -> list[dict[str, Any]]:
-    """The volumes of one image on a domain (a chain, parents first)."""
-    answer = await c._request("GET", f"/domains/{sd_uuid}/volumes", params={"image": image})
+async def list_volumes(c: HostClient, sd_uuid: str, image: str | None
+                       ) -> list[dict[str, Any]]:
+    """The volumes of one image on a domain (a chain, parents first), or of
+    every image with None."""
+    answer = await c._request("GET", f"/domains/{sd_uuid}/volumes",
+                              params={"image": image} if image is not None else None)
     volumes = answer.get("volumes")
     if not isinstance(volumes, list):
         raise HostError(c.host.name, "GET volumes answered without a list", code="bad-answer")

@@ -643,3 +643,32 @@ async def test_download_over_an_old_file(world: World) -> None:
     dest.write_bytes(os.urandom(12 * MiB))  # longer, and data where the image has holes
     await w.download(disk, w.f1, dest)
     assert dest.read_bytes() == src.read_bytes()
+
+
+async def test_disk_list(world: World) -> None:
+    """Disks as the domains' hosts list them, with the VMs that have them;
+    a disk no VM has (an upload) is listed too, and the OVF stores."""
+    w = world
+    src = image(w.tmp / "list.raw", 4 * MiB, sparse=True)
+    floating = await w.upload(src, w.f1)
+    _, attached = await w.vm_with(src, w.f2, name="lister")
+    rc, out, err = await asyncio.to_thread(finish, cli(w, "disk", "list", "--json"))
+    assert rc == 0, err
+    found = {d["disk"]: d for d in json.loads(out)}
+    assert (found[floating]["domain"], found[floating]["used_by"]) == (w.f1, [])
+    assert (found[attached]["domain"], found[attached]["used_by"]) == (w.f2, ["vm lister"])
+    assert found[floating]["content"] == "DATA" and found[floating]["size"] == 4 * MiB
+    assert found[floating]["legal"] and found[floating]["volumes"] == 1
+    stores = [d for d in found.values() if d["content"] == "OVF_STORE"]
+    assert sorted(d["domain"] for d in stores) == sorted([w.f1, w.f1, w.f2, w.f2])
+    rc, out, err = await asyncio.to_thread(finish, cli(w, "disk", "list", "--domain", w.f1))
+    assert rc == 0, err
+    lines = out.splitlines()
+    assert lines[0].split()[:2] == ["DISK", "DOMAIN"] and len(lines) == 1 + 3
+    row = next(line for line in lines if line.startswith(floating))
+    assert row.split()[2:5] == ["DATA", "raw", str(4 * MiB)] and row.endswith("-")
+    assert attached not in out
+    w.host_url("h1", 1)  # nothing listens there: one sentence, exit 1
+    rc, out, err = await asyncio.to_thread(finish, cli(w, "disk", "list", "--domain", w.f2))
+    assert (rc, err.count("\n")) == (1, 1), err
+    assert err.startswith(f"sluice-engine: no host listed the disks of domain {w.f2}: ")

@@ -1,0 +1,77 @@
+"""``sluice-engine disk list``: the disks on storage domains, as their
+hosts list them, with the VMs and templates of the cache that have them.
+
+The cache knows the disks of its VMs and templates; a disk no VM has (an
+upload not attached yet, what a failed copy left) is known only to its
+domain.  One host serving each domain is asked (``GET
+/domains/{sd}/volumes``; the next one if it fails), and its answer joined
+with the cache: a disk is an image, its volumes a chain, the top one's
+format and size are the disk's.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from typing import Any
+
+from .cache import Cache
+from .config import Config
+from .disks import Ctx, DiskError, serving
+from .errors import HostError
+from .hostvol import list_volumes
+from .ovf import canonical_uuid
+from .report import out, table
+
+COLUMNS = ["disk", "domain", "content", "format", "size", "volumes", "legal", "used by"]
+
+
+def _disks(sd: str, volumes: Sequence[dict[str, Any]],
+           owners: dict[str, list[str]]) -> list[dict[str, Any]]:
+    chains: dict[str, list[dict[str, Any]]] = {}
+    for v in volumes:
+        chains.setdefault(str(v.get("img_uuid")), []).append(v)
+    found = []
+    for image, chain in sorted(chains.items()):
+        parents = {v.get("parent") for v in chain}
+        top = next((v for v in chain if v.get("vol_uuid") not in parents), chain[-1])
+        found.append({
+            "disk": image, "domain": sd, "content": top.get("content"),
+            "format": top.get("format"), "size": top.get("size"), "volumes": len(chain),
+            "legal": all(v.get("legal", True) for v in chain),
+            "used_by": owners.get(image, []),
+        })
+    return found
+
+
+async def list_disks(ctx: Ctx, domains: Sequence[str]) -> list[dict[str, Any]]:
+    names = {e.uuid: f"{e.kind} {e.name}" for e in ctx.cache.entities()}
+    owners: dict[str, list[str]] = {}
+    for d in ctx.cache.disks():
+        owners.setdefault(d.disk_uuid, []).append(names.get(d.entity_uuid, d.entity_uuid))
+    found: list[dict[str, Any]] = []
+    for sd in domains:
+        errors = []
+        for host in serving(ctx.cache, sd):
+            try:
+                volumes = await list_volumes(ctx.clients(host), sd, None)
+            except HostError as e:
+                errors.append(str(e))
+                continue
+            found += _disks(sd, volumes, owners)
+            break
+        else:
+            raise DiskError(f"no host listed the disks of domain {sd}: {'; '.join(errors)}")
+    return found
+
+
+def run(cache: Cache, cfg: Config, args: argparse.Namespace) -> int:
+    from .diskcli import with_ctx
+
+    domains = ([cache.domain(canonical_uuid(args.domain, "domain")).uuid] if args.domain
+               else [d.uuid for d in cache.domains()])
+    found = with_ctx(cache, cfg, None, lambda ctx: list_disks(ctx, domains))
+    out(args, found, lambda: table(COLUMNS, [
+        (d["disk"], d["domain"], d["content"], d["format"], d["size"], d["volumes"],
+         "yes" if d["legal"] else "no", ", ".join(d["used_by"]) or None) for d in found]))
+    return 0
