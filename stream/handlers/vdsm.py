@@ -99,8 +99,8 @@ async def vdsm_download(request: web.Request) -> web.StreamResponse:
         if request.method != "HEAD":
             with download.ResponseSink(request, resp) as sink:
                 await download.send(sink, io, volume, 0, archive, lambda: None)
-            for at in range(archive, length, len(_ZEROS)):
-                await resp.write(_ZEROS[:length - at])
+                for at in range(archive, length, len(_ZEROS)):
+                    await sink.write(_ZEROS[:length - at])
         await resp.write_eof()
         return resp
     finally:
