@@ -37,9 +37,10 @@ from .cache import Cache
 from .config import Config
 from .errors import EngineError, InvalidInput
 from .model import DomainStatus
+from .passreport import DomainReport
 from .poolsync import HostReport, PoolSync
 from .report import count
-from .updater import DomainReport, Updater
+from .updater import Updater
 
 log = logging.getLogger(__name__)
 

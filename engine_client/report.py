@@ -13,8 +13,8 @@ from .entities import Imported
 from .model import Domain, Store, VmStatus
 
 if TYPE_CHECKING:  # they import aiohttp: slow for commands that need no network
+    from .passreport import PassReport
     from .poolsync import HostReport
-    from .updater import PassReport
 
 
 def count(n: int, noun: str) -> str:

@@ -18,7 +18,8 @@ from engine_client.config import Config
 from engine_client.errors import InvalidInput, NotFound
 from engine_client.flows import FlowFailed, Flows
 from engine_client.model import DomainStatus
-from engine_client.updater import PassReport, Updater
+from engine_client.passreport import PassReport
+from engine_client.updater import Updater
 from stream import ovf
 from stream.wire.tarread import index
 from tests.stream.daemon import Daemon, free_port
