@@ -11,9 +11,9 @@ from typing import TYPE_CHECKING, Any
 from .cache import Cache
 from .entities import Imported
 from .model import Domain, Store, VmStatus
+from .passreport import PassReport
 
-if TYPE_CHECKING:  # they import aiohttp: slow for commands that need no network
-    from .passreport import PassReport
+if TYPE_CHECKING:  # it imports aiohttp: slow for commands that need no network
     from .poolsync import HostReport
 
 
