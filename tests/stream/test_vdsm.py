@@ -92,6 +92,8 @@ async def test_vdsm_download_reads_the_newest_store(client: Client, sd: str) -> 
         assert found == {f"{vm}.ovf": xml for vm, xml in ovfs.items()}
     resp = await client.get("/", headers=vdsm_headers(sd, store["img_uuid"], Range="bytes=0-99"))
     assert resp.status == 206 and await resp.read() == tar[:100]
+    resp = await client.head("/", headers=vdsm_headers(sd, store["img_uuid"], Range="bytes=0-99"))
+    assert (resp.status, resp.headers["Content-Length"], await resp.read()) == (206, "100", b"")
 
 
 async def test_vdsm_download_never_serves_a_torn_store(client: Client, sd: str,
