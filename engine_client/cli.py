@@ -241,6 +241,21 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s [%(name)s] %(message)s")
     try:
+        rc = _guarded(args)
+        # Stdout to a pipe is buffered: a reader that stopped early (``|
+        # head``) fails this flush, caught here rather than at exit.
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # Quiet, as a command killed by SIGPIPE, and no second error when
+        # Python flushes stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
+    return rc
+
+
+def _guarded(args: argparse.Namespace) -> int:
+    """The command; its errors as one sentence on stderr and an exit status."""
+    try:
         if args.command == "checksum":
             validate_block_size(args.block_size)  # the daemon's range; no huge buffer
             try:
@@ -263,8 +278,3 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("sluice-engine: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:
-        # Whoever read stdout stopped (``| head``): quiet, as a command killed
-        # by SIGPIPE, and no second error when Python flushes stdout at exit.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 128 + signal.SIGPIPE

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import uuid
@@ -177,16 +178,22 @@ def test_update_once_prints_the_pass(cli: Cli, tmp_path: Path,
     assert r.stdout.splitlines()[1:] == ["domains: none outdated"]
 
 
-def test_a_reader_that_stops_early_is_no_error(tmp_path: Path) -> None:
+@pytest.mark.parametrize("unbuffered", [False, True], ids=["buffered", "unbuffered"])
+def test_a_reader_that_stops_early_is_no_error(tmp_path: Path, unbuffered: bool) -> None:
     """``sluice-engine domain list | head -0``: quiet, exit 141 as a command
-    killed by SIGPIPE, not a BrokenPipeError traceback."""
+    killed by SIGPIPE, not a BrokenPipeError traceback.  Buffered, as stdout
+    to a pipe is in a user's shell, the error comes only at the flush."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    if unbuffered:
+        env["PYTHONUNBUFFERED"] = "1"
     argv = [sys.executable, "-m", "engine_client", "--state-dir", str(tmp_path / "state")]
     subprocess.run([*argv, "domain", "add", str(uuid.uuid4()), "--type", "file",
-                    "--location", str(tmp_path)], check=True)
+                    "--location", str(tmp_path)], check=True, env=env)
     p = subprocess.Popen([*argv, "domain", "list"], stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
+                         stderr=subprocess.PIPE, text=True, env=env)
     assert p.stdout is not None and p.stderr is not None
     p.stdout.close()  # before the child gets to print
     with p.stderr:
         err = p.stderr.read()
     assert (p.wait(timeout=60), err) == (141, "")
+
