@@ -12,6 +12,8 @@ format and size are the disk's.
 from __future__ import annotations
 
 import argparse
+import asyncio
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,7 +29,7 @@ COLUMNS = ["disk", "domain", "content", "format", "size", "volumes", "legal", "u
 
 
 def _disks(sd: str, volumes: Sequence[dict[str, Any]],
-           owners: dict[str, list[str]]) -> list[dict[str, Any]]:
+           owners: dict[tuple[str, str], list[str]]) -> list[dict[str, Any]]:
     chains: dict[str, list[dict[str, Any]]] = {}
     for v in volumes:
         chains.setdefault(str(v.get("img_uuid")), []).append(v)
@@ -39,20 +41,32 @@ def _disks(sd: str, volumes: Sequence[dict[str, Any]],
             "disk": image, "domain": sd, "content": top.get("content"),
             "format": top.get("format"), "size": top.get("size"), "volumes": len(chain),
             "legal": all(v.get("legal", True) for v in chain),
-            "used_by": owners.get(image, []),
+            "used_by": owners.get((image, sd), []),
         })
     return found
 
 
-async def list_disks(ctx: Ctx, domains: Sequence[str]) -> list[dict[str, Any]]:
+async def list_disks(ctx: Ctx, domains: Sequence[str]
+                     ) -> tuple[list[dict[str, Any]], list[str]]:
+    """The disks of ``domains``, and why a domain could not be listed (no
+    host serves it, or none of them answered), one sentence each."""
     names = {e.uuid: f"{e.kind} {e.name}" for e in ctx.cache.entities()}
-    owners: dict[str, list[str]] = {}
+    # By disk and domain: a copy keeps its disk's UUID, and the one on
+    # another domain (left by a failed copy) is no VM's.
+    owners: dict[tuple[str, str], list[str]] = {}
     for d in ctx.cache.disks():
-        owners.setdefault(d.disk_uuid, []).append(names.get(d.entity_uuid, d.entity_uuid))
+        owners.setdefault((d.disk_uuid, d.sd_uuid), []).append(
+            names.get(d.entity_uuid, d.entity_uuid))
     found: list[dict[str, Any]] = []
+    failed: list[str] = []
     for sd in domains:
         errors = []
-        for host in serving(ctx.cache, sd):
+        try:
+            hosts = serving(ctx.cache, sd)
+        except DiskError as e:
+            failed.append(str(e))
+            continue
+        for host in hosts:
             try:
                 volumes = await list_volumes(ctx.clients(host), sd, None)
             except HostError as e:
@@ -61,17 +75,26 @@ async def list_disks(ctx: Ctx, domains: Sequence[str]) -> list[dict[str, Any]]:
             found += _disks(sd, volumes, owners)
             break
         else:
-            raise DiskError(f"no host listed the disks of domain {sd}: {'; '.join(errors)}")
-    return found
+            failed.append(f"no host listed the disks of domain {sd}: {'; '.join(errors)}")
+    return found, failed
 
 
 def run(cache: Cache, cfg: Config, args: argparse.Namespace) -> int:
+    """The table (or JSON) of what could be listed; exit 1 with one
+    sentence if a domain could not be, 1 on Ctrl-C."""
     from .diskcli import with_ctx
 
     domains = ([cache.domain(canonical_uuid(args.domain, "domain")).uuid] if args.domain
                else [d.uuid for d in cache.domains()])
-    found = with_ctx(cache, cfg, None, lambda ctx: list_disks(ctx, domains))
+    try:
+        found, failed = with_ctx(cache, cfg, None, lambda ctx: list_disks(ctx, domains))
+    except asyncio.CancelledError:
+        print("sluice-engine: canceled; nothing was changed", file=sys.stderr)
+        return 1
     out(args, found, lambda: table(COLUMNS, [
         (d["disk"], d["domain"], d["content"], d["format"], d["size"], d["volumes"],
          "yes" if d["legal"] else "no", ", ".join(d["used_by"]) or None) for d in found]))
+    if failed:
+        more = f" (and {len(failed) - 1} more domains)" if len(failed) > 1 else ""
+        raise DiskError(f"{failed[0]}{more}")
     return 0

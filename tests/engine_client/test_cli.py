@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -197,3 +200,24 @@ def test_a_reader_that_stops_early_is_no_error(tmp_path: Path, unbuffered: bool)
         err = p.stderr.read()
     assert (p.wait(timeout=60), err) == (141, "")
 
+
+def test_disk_list_ctrl_c(tmp_path: Path) -> None:
+    """Ctrl-C while a host takes its time: one sentence, exit 1, no traceback."""
+    with socket.socket() as silent:  # accepts, never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        argv = [sys.executable, "-m", "engine_client", "--state-dir", str(tmp_path / "state")]
+        sd = str(uuid.uuid4())
+        subprocess.run([*argv, "domain", "add", sd, "--type", "file", "--location",
+                        str(tmp_path)], check=True)
+        subprocess.run([*argv, "host", "add", "h1",
+                        f"http://127.0.0.1:{silent.getsockname()[1]}", "--token", "t",
+                        "--domain", sd], check=True)
+        p = subprocess.Popen([*argv, "disk", "list"], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+        conn, _ = silent.accept()  # the request is on its way: the loop runs
+        with conn:
+            time.sleep(0.5)
+            p.send_signal(signal.SIGINT)
+            out, err = p.communicate(timeout=60)
+    assert (p.returncode, out, err) == (1, "", "sluice-engine: canceled; nothing was changed\n")

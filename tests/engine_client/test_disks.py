@@ -668,7 +668,23 @@ async def test_disk_list(world: World) -> None:
     row = next(line for line in lines if line.startswith(floating))
     assert row.split()[2:5] == ["DATA", "raw", str(4 * MiB)] and row.endswith("-")
     assert attached not in out
+    # A copy keeps its disk's UUID: the one a failed copy left on another
+    # domain is no VM's.
+    status, body = w.a.request("POST", f"/domains/{w.f1}/volumes", {
+        "img_id": attached, "vol_id": str(uuid.uuid4()), "size": MiB, "format": "raw",
+        "allocation": "sparse"})
+    assert status == 201, body
+    rc, out, err = await asyncio.to_thread(finish, cli(w, "disk", "list", "--json"))
+    assert rc == 0, err
+    found = {(d["disk"], d["domain"]): d for d in json.loads(out)}
+    assert found[attached, w.f2]["used_by"] == ["vm lister"]
+    assert found[attached, w.f1]["used_by"] == []
     w.host_url("h1", 1)  # nothing listens there: one sentence, exit 1
     rc, out, err = await asyncio.to_thread(finish, cli(w, "disk", "list", "--domain", w.f2))
     assert (rc, err.count("\n")) == (1, 1), err
     assert err.startswith(f"sluice-engine: no host listed the disks of domain {w.f2}: ")
+    # Every domain: what could be listed is, and the one that could not is named.
+    rc, out, err = await asyncio.to_thread(finish, cli(w, "disk", "list"))
+    assert (rc, err.count("\n")) == (1, 1), err
+    assert err.startswith(f"sluice-engine: no host listed the disks of domain {w.f2}: ")
+    assert floating in out and w.f2 not in out
