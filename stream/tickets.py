@@ -226,18 +226,17 @@ class Authorizer:
         """A ticket that may still use the volume (by UUIDs, or by the real
         path of a whole-file volume): not canceled, or canceled with its
         operations still running; with ``writers``, one that may write."""
-        key = (info.sd_uuid, info.img_uuid, info.vol_uuid)
         for t in self._tickets.values():
             v = t.volume_info
             if (not t.canceled or t.busy) and (not writers or t.may("write")) and (
-                    (v is not None and (v.sd_uuid, v.img_uuid, v.vol_uuid) == key)
+                    (v is not None and v.key == info.key)
                     or (info.length is None and t.path == real_path)):
                 return t
         return None
 
     def check_not_deleting(self, info: VolumeInfo) -> None:
         """Conflict if ``info`` is being deleted."""
-        if (info.sd_uuid, info.img_uuid, info.vol_uuid) in self.deleting:
+        if info.key in self.deleting:
             raise Conflict(f"volume {info.img_uuid}/{info.vol_uuid} of storage domain "
                            f"{info.sd_uuid} is being deleted")
 

@@ -99,6 +99,11 @@ class VolumeInfo:
     #: not been verified (vdsm's ILLEGAL), so nobody mistakes it for data.
     legal: bool = True
 
+    @property
+    def key(self) -> tuple[str, str, str]:
+        """``(sd_uuid, img_uuid, vol_uuid)``: the volume anywhere in the cluster."""
+        return self.sd_uuid, self.img_uuid, self.vol_uuid
+
     def meta(self) -> dict[str, Any]:
         """The fields a domain stores (the location is the domain's business)."""
         d = asdict(self)

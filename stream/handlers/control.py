@@ -40,7 +40,7 @@ async def put_ticket(request: web.Request) -> web.Response:
         if access is Access.WRITE:
             check_write_target(info)
         request.app[AUTH].check_not_deleting(info)
-        job = request.app[JOBS].using((sd, info.img_uuid, info.vol_uuid))
+        job = request.app[JOBS].using(info.key)
         domain_uuid, real = sd, info.path
     else:
         domain, real = await io.run(mgr.registry.resolve, fields["path"],

@@ -138,26 +138,24 @@ async def delete_volume(request: web.Request) -> web.Response:
         # late writes of a transfer would land in another disk.
         raise Conflict(f"volume {info.img_uuid}/{info.vol_uuid} is in use by {user}; "
                        "end it first")
-    key = (info.sd_uuid, info.img_uuid, info.vol_uuid)
     deleting = request.app[AUTH].deleting
-    deleting.add(key)  # no await since the check: no ticket came in between
+    deleting.add(info.key)  # no await since the check: no ticket came in between
     try:
         await io.run(storage.delete_volume, m["img"], m["vol"])
     finally:
-        deleting.discard(key)
+        deleting.discard(info.key)
     return web.Response(status=204)
 
 
 def _user(request: web.Request, info: VolumeInfo, real_path: str) -> str | None:
     """What may still read or write the volume: a ticket (by UUIDs, or by
     the path of a whole-file volume), a copy job, or an OVF store update."""
-    key = (info.sd_uuid, info.img_uuid, info.vol_uuid)
     ticket = request.app[AUTH].on_volume(info, real_path)
     if ticket is not None:
         return f"transfer ticket {ticket.uuid}"
-    if key in request.app[AUTH].deleting:
+    if info.key in request.app[AUTH].deleting:
         return "another request deleting it"
-    job = request.app[JOBS].using(key)
+    job = request.app[JOBS].using(info.key)
     if job is not None:
         return f"job {job.id} ({job.state})"
     if info.content == Content.OVF_STORE and request.app[OVF_UPDATES].lock(

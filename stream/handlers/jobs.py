@@ -47,10 +47,6 @@ def _ssl(spec: dict[str, Any]) -> ssl.SSLContext | bool:
                              f"{e.strerror or e}") from None
 
 
-def _key(info: VolumeInfo) -> tuple[str, str, str]:
-    return info.sd_uuid, info.img_uuid, info.vol_uuid
-
-
 @routes.post("/jobs/copy", name=ENGINE + "copy")
 async def start_copy(request: web.Request) -> web.Response:
     msg = await read_json(request)
@@ -71,10 +67,10 @@ async def start_copy(request: web.Request) -> web.Response:
         ctx = _ssl(spec)
     else:
         src_info = await _volume(request, spec, Access.READ, "source")
-        if _key(src_info) == _key(dst):
+        if src_info.key == dst.key:
             raise InvalidRequest("the source and the destination are the same volume")
         if not src_info.legal:
-            raise Conflict(f"source volume {'/'.join(_key(src_info))} is incomplete (a copy "
+            raise Conflict(f"source volume {'/'.join(src_info.key)} is incomplete (a copy "
                            "into it failed or is running)")
         if src_info.size > dst.size:
             raise InvalidRequest(f"the destination ({dst.size} bytes) is smaller than the "
@@ -136,7 +132,7 @@ async def start_copy(request: web.Request) -> web.Response:
             raise Conflict(f"volume {volume.img_uuid}/{volume.vol_uuid} is in use by "
                            f"transfer ticket {writer.uuid}, which may write it")
     job = request.app[JOBS].start(Job(
-        job_id, "copy", described, writes=_key(dst), reads=_key(src_info) if src_info else None,
+        job_id, "copy", described, writes=dst.key, reads=src_info.key if src_info else None,
         paths=tuple(p for v, p in used if v.length is None)), run)
     unwatch = mgr.watch(map_changed)
     assert job.task is not None
