@@ -60,6 +60,14 @@ def pieces(content: aiohttp.StreamReader) -> Reader:
 #: Decompressed output handed to the sink per call; bounds memory per stream.
 ZSTD_WRITE_SIZE = 1 << 20
 
+#: Compressed bytes handed to the decoder at once.  Decoding starts only
+#: when a staging buffer is full, and the last one only after the body
+#: ended: OVF stores shrink about 5 times, so a 4 MiB buffer held 21 MB of
+#: tar that was decoded, checked and written after the engine's last byte
+#: (measured: 0.13-0.19 s between the last byte of 4 concurrent 52 MB
+#: pushes and their answers).
+ZSTD_INPUT_SIZE = 1 << 20
+
 #: The largest zstd window a frame may ask for.  The decoder allocates it
 #: whatever the body's size: libzstd's default limit (128 MiB) let a 1 MiB
 #: body hold 128 MiB per upload.  8 MiB is the limit of the HTTP ``zstd``
@@ -170,6 +178,8 @@ async def receive(
     if zstd or hasher is not None:
         depth = 1
     out = io.get_buffer(buffer_size) if zstd else None
+    # The staging buffers hold what arrives: for zstd, compressed bytes.
+    staging = min(buffer_size or io.buffer_size, ZSTD_INPUT_SIZE) if zstd else buffer_size
     sink = _Sink(volume, offset, limit, hasher, out, check)
     decoder = (
         zstandard.ZstdDecompressor(max_window_size=ZSTD_MAX_WINDOW).stream_writer(
@@ -180,7 +190,7 @@ async def receive(
         else None
     )
     frames = FrameTracker() if zstd else None
-    bufs = [io.get_buffer(buffer_size)]  # every buffer this upload holds
+    bufs = [io.get_buffer(staging)]  # every buffer this upload holds
     free: list[mmap.mmap] = []
     inflight: deque[tuple[asyncio.Future[None], mmap.mmap, int]] = deque()
     loop = asyncio.get_running_loop()
@@ -247,7 +257,7 @@ async def receive(
                         inflight.append((io.submit(job, cur, head, fill, at), cur, end))
                         at += fill - head
                         if not free:
-                            free.append(io.get_buffer(buffer_size))
+                            free.append(io.get_buffer(staging))
                             bufs.append(free[-1])
                         cur = free.pop()
                         view.release()
