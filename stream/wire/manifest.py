@@ -19,8 +19,6 @@ Unknown keys *outside* the manifest are kept, as oVirt may add some.
 
 from __future__ import annotations
 
-import json
-import math
 import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -29,6 +27,7 @@ from itertools import repeat
 from operator import itemgetter
 from typing import Any, NamedTuple, NoReturn
 
+from . import strictjson
 from .errors import WireError
 
 INFO_NAME = "info.json"
@@ -188,30 +187,10 @@ def _exact_keys(raw: object, keys: set[str], what: str) -> dict[str, Any]:
     return raw
 
 
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    obj = dict(pairs)
-    if len(obj) != len(pairs):
-        raise ValueError("duplicate key in a JSON object")
-    return obj
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-def _finite(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):  # 1e999: it would be written back as Infinity
-        raise ValueError(f"{text} is not a finite number")
-    return value
-
-
 def _load_object(data: bytes | bytearray | memoryview, what: str) -> dict[str, Any]:
-    """Strict JSON: UTF-8 only, no duplicate keys, no NaN/Infinity (nor a
-    number too large for a float), an object."""
+    """Strict JSON (see ``strictjson``) holding an object."""
     try:
-        obj = json.loads(bytes(data).decode("utf-8"), object_pairs_hook=_no_duplicates,
-                         parse_constant=_no_constant, parse_float=_finite)
+        obj = strictjson.loads(data)
     except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError
         raise BadManifest(f"{what} is not valid JSON: {e}") from None
     if not isinstance(obj, dict):
@@ -219,16 +198,11 @@ def _load_object(data: bytes | bytearray | memoryview, what: str) -> dict[str, A
     return obj
 
 
-def _dumps(obj: object) -> bytes:
-    # Pretty, like the engine's Jackson output; ASCII so the size is the length.
-    return json.dumps(obj, indent=2).encode("ascii")
-
-
 def build_info(last_updated: str, sd_uuids: Sequence[str], manifest: Manifest | None) -> bytes:
     """``info.json``: ``last_updated`` as from :func:`java_date`, the domain UUIDs,
     and the manifest of every following entry (omitted when None, as oVirt does)."""
     if manifest is None:
-        return _dumps({"Last Updated": last_updated,
+        return strictjson.dumps({"Last Updated": last_updated,
                        "Storage Domains": [{"uuid": sd} for sd in sd_uuids]})
     return build_store_info(last_updated, sd_uuids,
                             ((e.name, e.size, e.digest) for e in manifest.entries))
@@ -254,7 +228,7 @@ def build_store_info(last_updated: str, sd_uuids: Sequence[str],
         lines.append(f'{{\n        "name": "{name}",\n        "size": {size},\n'
                      f'        "digest": "{digest}"\n      }}')
     del seen
-    head = _dumps({
+    head = strictjson.dumps({
         "Last Updated": last_updated,
         "Storage Domains": [{"uuid": sd} for sd in sd_uuids],
         "Manifest": {"algorithm": ALGORITHM, "entries": [_SLOT] if lines else []},
@@ -291,7 +265,7 @@ def build_metadata(vm_status: Mapping[str, int]) -> bytes:
     Checked as :func:`parse_metadata` checks it (``BadManifest``): a store
     the reader would refuse is never planned."""
     _check_vm_status(vm_status)
-    return _dumps({"VM Status": dict(vm_status)})
+    return strictjson.dumps({"VM Status": dict(vm_status)})
 
 
 def parse_metadata(data: bytes | bytearray | memoryview) -> dict[str, int]:
