@@ -107,7 +107,10 @@ async def start_copy(request: web.Request) -> web.Response:
         try:
             if src_info is not None:
                 src_volume = await io.run(open_data, src_info, True)
-                source = LocalSource(io, src_volume, src_info.size)
+                # A qcow2 goes as it is: its file's bytes, not its virtual size.
+                size = await io.run(src_volume.size) if str(src_info.format) == "qcow2" \
+                    else src_info.size
+                source = LocalSource(io, src_volume, size)
             else:
                 source = RemoteSource(io, url, ctx,
                                       request.app[CONFIG].transfer.write_depth)

@@ -203,6 +203,30 @@ async def test_format_change_goes_through_qemu_img(
     assert r.returncode == 0
 
 
+async def test_qcow2_copied_as_is_on_one_host(
+    client: Client, two_file_domains: tuple[str, str]
+) -> None:
+    """The source was hashed over its virtual size, but a qcow2 copied as it
+    is sends its file's bytes: every such copy failed its verification."""
+    sa, sb = two_file_domains
+    src = await new_volume(client, sa, SIZE, "qcow2")
+    dst = await new_volume(client, sb, SIZE, "qcow2")
+    info = await (await client.get(
+        f"/domains/{sa}/images/{src['img_id']}/volumes/{src['vol_id']}")).json()
+    subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write -P 0x5a 1M 2M", info["path"]],
+                   check=True, capture_output=True)
+    assert os.path.getsize(info["path"]) < SIZE  # the file is not the virtual size
+    job = await wait(client, await start_copy(client, src, dst))
+    assert job["state"] == "done", job
+    assert job["result"]["source_checksum"]["checksum"] == job["result"]["checksum"]["checksum"]
+    dinfo = await (await client.get(
+        f"/domains/{sb}/images/{dst['img_id']}/volumes/{dst['vol_id']}")).json()
+    r = subprocess.run(["qemu-img", "compare", "-f", "qcow2", "-F", "qcow2", info["path"],
+                        dinfo["path"]])
+    assert r.returncode == 0
+    assert await legal(client, dst)
+
+
 @pytest.fixture
 def remote(tmp_path: Path) -> Iterator[Daemon]:
     d = Daemon(tmp_path / "remote-data")
