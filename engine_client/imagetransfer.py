@@ -127,18 +127,37 @@ def _put(client: Client, f: Any, start: int, end: int, progress: Progress) -> No
     client._retry(op)
 
 
+def target_problem(path: str) -> str | None:
+    """Why ``path`` cannot take a download, or None: it must be a regular
+    file or not exist yet, through any symlinks (a download replaces the
+    file they name)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        return ("it is not a regular file (a download replaces the file once "
+                "verified; give a file path)")
+    return None
+
+
 def download(client: Client, path: str, progress: Progress = lambda n: None,
              total: Progress = lambda n: None) -> Result:
     """``progress`` and ``total`` as for ``upload``.
 
-    The image goes into a new file next to ``path`` and replaces it only
-    once its checksum matches the host's: a download that fails leaves
-    whatever ``path`` held (the last good copy) as it was.
+    The image goes into a new file next to ``path`` (next to the file a
+    symlink names: the link stays) and replaces it only once its checksum
+    matches the host's: a download that fails leaves whatever ``path``
+    held (the last good copy) as it was.  ``path`` must be a regular file
+    or not exist (ValueError otherwise; see :func:`target_problem`).
     """
+    target = os.path.realpath(path)
+    problem = target_problem(target)
+    if problem is not None:
+        raise ValueError(f"cannot download into {path}: {problem}")
     extents = client.json("GET", "/extents?context=zero")
     size = extents[-1]["start"] + extents[-1]["length"] if extents else 0
     total(sum(e["length"] for e in extents if not e["zero"]))
-    target = os.path.abspath(path)
     try:
         mode = stat.S_IMODE(os.stat(target).st_mode)
     except FileNotFoundError:

@@ -122,10 +122,16 @@ async def _discard(c: HostClient, ref: VolumeRef, ticket: str) -> None:
 
 def check_target(path: str) -> None:
     """InvalidInput unless a download can be written at ``path`` (checked
-    before a ticket is opened on a host for it)."""
-    where = os.path.dirname(os.path.abspath(path))
+    before a ticket is opened on a host for it).  A symlink stands for
+    the file it names; anything else that is not a regular file (a FIFO,
+    a device, ``/dev/stdout``) is refused: a download replaces the file
+    once verified, and would put a plain file in its place."""
     if os.path.isdir(path):
         raise InvalidInput(f"{path} is a directory; give the file to download into")
+    problem = imagetransfer.target_problem(path)
+    if problem is not None:
+        raise InvalidInput(f"cannot download into {path}: {problem}")
+    where = os.path.dirname(os.path.realpath(path))
     if not os.path.isdir(where):
         raise InvalidInput(f"cannot download into {path}: {where} is not a directory")
     if not os.access(where, os.W_OK | os.X_OK):

@@ -4,7 +4,9 @@ traceback; Ctrl-C (SIGINT) ends with 130."""
 
 from __future__ import annotations
 
+import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -126,6 +128,23 @@ def test_bad_download_targets_are_refused_before_the_host(tmp_path: Path) -> Non
                           (tmp_path, "is a directory")):
         r = run(state, "disk", "download", disk, str(target), "--domain", sd)
         assert words in one_sentence(r, 2)
+
+
+def test_download_targets_that_are_not_regular_files_are_refused(tmp_path: Path) -> None:
+    """A download replaces its file once verified: into a FIFO or through
+    a symlink to one, it put a plain file in its place and exited 0 (as
+    root, ``/dev/stdout`` became a 64 MiB file)."""
+    state = tmp_path / "engine"
+    sd = host_down(state, tmp_path)
+    disk = str(uuid.uuid4())
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    (tmp_path / "link").symlink_to(fifo)
+    for target in (fifo, tmp_path / "link"):
+        r = run(state, "disk", "download", disk, str(target), "--domain", sd)
+        assert "is not a regular file" in one_sentence(r, 2)
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    assert (tmp_path / "link").is_symlink()
 
 
 def test_an_empty_file_is_no_disk_to_upload(tmp_path: Path) -> None:

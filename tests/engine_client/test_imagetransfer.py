@@ -4,6 +4,7 @@ cuts the connection once (an injected network fault)."""
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -56,6 +57,28 @@ def test_upload_then_download(daemon: Daemon, tmp_path: Path) -> None:
     assert os.stat(back).st_blocks * 512 < size  # the download stayed sparse
     assert back.read_bytes() == data
     assert target.read_bytes() == data
+
+
+def test_download_through_a_symlink_replaces_the_file_it_names(
+    daemon: Daemon, tmp_path: Path
+) -> None:
+    size = 4 * MiB
+    data = os.urandom(size)
+    target = daemon.images / "linked.raw"
+    target.write_bytes(data)
+    url = daemon.add_ticket(target, size=size)
+    (tmp_path / "old.raw").write_bytes(b"old")
+    link = tmp_path / "link.raw"
+    link.symlink_to("old.raw")
+    with Client(url) as c:
+        download(c, str(link))
+    assert link.is_symlink()  # the link stays; the file it names is replaced
+    assert (tmp_path / "old.raw").read_bytes() == data
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with Client(url) as c, pytest.raises(ValueError, match="not a regular file"):
+        download(c, str(fifo))
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
 
 
 def test_upload_resumes_after_a_broken_connection(daemon: Daemon, tmp_path: Path) -> None:
