@@ -36,6 +36,21 @@ from .hostvol import (
 
 QCOW2_MAGIC = b"QFI\xfb"
 
+#: Other image formats, by the bytes they start with (as qemu-img probes
+#: them): uploaded as raw they would become a disk of container bytes.
+_FOREIGN = (
+    (b"KDMV", "VMDK"),
+    (b"# Disk DescriptorFile", "VMDK descriptor"),
+    (b"COWD", "VMDK (ESX)"),
+    (b"vhdxfile", "VHDX"),
+    (b"conectix", "VHD"),
+    (b"QED\0", "QED"),
+    (b"LUKS\xba\xbe", "LUKS"),
+    (b"<<< Oracle VM VirtualBox Disk Image >>>", "VDI"),
+    (b"<<< Sun VirtualBox Disk Image >>>", "VDI"),
+    (b"<<< innotek VirtualBox Disk Image >>>", "VDI"),
+)
+
 
 @dataclass(frozen=True)
 class Opened:
@@ -47,17 +62,26 @@ class Opened:
 
 
 def local_format(path: str) -> tuple[str, int, int]:
-    """``(format, virtual size, file size)`` of a local image."""
+    """``(format, virtual size, file size)`` of a local image: qcow2 (2 or
+    3), or raw unless it starts as another format does."""
     try:
         with open(path, "rb") as f:
-            head = f.read(32)
+            head = f.read(64)
             size = os.fstat(f.fileno()).st_size
     except OSError as e:
         raise InvalidInput(f"cannot read {path}: {e.strerror}") from None
+    for magic, name in _FOREIGN:
+        if head.startswith(magic):
+            raise InvalidInput(f"{path} is a {name} image, not raw or qcow2; convert it "
+                               "first (qemu-img convert -O qcow2)")
     if head[:4] != QCOW2_MAGIC:
         return "raw", -(-size // 512) * 512, size
     if len(head) < 32:
         raise InvalidInput(f"{path} is a truncated qcow2 image")
+    version, = struct.unpack(">I", head[4:8])
+    if version not in (2, 3):
+        raise InvalidInput(f"{path} is a qcow image of version {version}, not qcow2; "
+                           "convert it first (qemu-img convert -O qcow2)")
     backing_offset, = struct.unpack(">Q", head[8:16])
     if backing_offset:
         raise InvalidInput(f"{path} is a qcow2 image with a backing file; upload a "
@@ -78,11 +102,14 @@ async def open_upload(ctx: Ctx, path: str, sd_uuid: str, disk: str | None) -> Op
     c = ctx.clients(host)
     img = disk or str(uuid.uuid4())
     found = await list_volumes(c, sd, img) if disk else []
+    if disk and not found:
+        raise InvalidInput(f"there is no disk {disk} on {sd} to resume into; leave out "
+                           "--disk to upload into a new disk")
     if found:
         v = found[0]
         if len(found) > 1 or (int(v["size"]), v["format"]) != (virtual, fmt):
-            raise DiskError(f"disk {img} on {sd} does not match {path} (size or format); "
-                            "upload into a new disk instead")
+            raise InvalidInput(f"disk {img} on {sd} does not match {path} (size or format); "
+                               "upload into a new disk instead")
         ref = VolumeRef(sd, img, str(v["vol_uuid"]))
         allocation = str(v["allocation"])
         url = await add_ticket(c, ref, size, ["write"], sparse=allocation == "sparse")

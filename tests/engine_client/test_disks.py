@@ -617,6 +617,13 @@ async def test_cli_upload_download_and_errors(world: World) -> None:
     assert rc == 0, err
     assert out.strip().startswith("created vm one-disk (") and out.strip().endswith("with 1 disk")
     unknown = str(uuid.uuid4())
+    vmdk = w.tmp / "x.vmdk"
+    subprocess.run(["qemu-img", "create", "-f", "vmdk", str(vmdk), "10M"], check=True,
+                   capture_output=True)
+    small = w.tmp / "small.raw"
+    small.write_bytes(os.urandom(4096))
+    qcow1 = w.tmp / "x.qcow"
+    qcow1.write_bytes(b"QFI\xfb\0\0\0\1" + bytes(504))
     for args, code, text in [
         (["disk", "move", unknown, "--to", w.f2], 2, f"disk {unknown} is not known"),
         (["disk", "move", up["disk"], "--to", unknown], 2, f"domain {unknown} is not known"),
@@ -628,6 +635,12 @@ async def test_cli_upload_download_and_errors(world: World) -> None:
         (["disk", "download", up["disk"], str(w.tmp / "nope.raw"), "--domain", "nope"], 2,
          "domain 'nope' is not a UUID"),
         (["disk", "upload", str(src), "--domain", "nope"], 2, "domain 'nope' is not a UUID"),
+        (["disk", "upload", str(src), "--domain", w.f1, "--disk", unknown], 2,
+         f"there is no disk {unknown} on {w.f1} to resume into"),
+        (["disk", "upload", str(small), "--domain", w.f1, "--disk", up["disk"]], 2,
+         "upload into a new disk instead"),
+        (["disk", "upload", str(vmdk), "--domain", w.f1], 2, "is a VMDK image, not raw"),
+        (["disk", "upload", str(qcow1), "--domain", w.f1], 2, "of version 1, not qcow2"),
     ]:
         rc, out, err = await asyncio.to_thread(finish, cli(w, *args))
         assert (rc, err.count("\n")) == (code, 1) and text in err, (args, rc, err)
