@@ -155,13 +155,17 @@ def _transfer(cache: Cache, cfg: Config, args: argparse.Namespace,
     opened = with_ctx(cache, cfg, progress, lambda ctx: (
         transfers.open_upload(ctx, args.file, target, disk) if upload
         else transfers.open_download(ctx, disk or "", domain)))
-    progress.emit({"event": "ticket", "host": opened.host, **opened.ref.to_json()})
+    again = f" with --disk {opened.ref.img_uuid}" if upload else ""
     try:
+        progress.emit({"event": "ticket", "host": opened.host, **opened.ref.to_json()})
         return transfers.run(opened, args.file, upload, progress.bytes(opened.size),
                              cfg.http.ca_file or None, total=progress.set_total)
     except KeyboardInterrupt:
-        again = f" with --disk {opened.ref.img_uuid}" if upload else ""
         raise EngineError(f"interrupted; run the command again{again} to finish it") from None
+    except BrokenPipeError:  # stdout's reader left (``| head``): exit as SIGPIPE would
+        print(f"sluice-engine: output closed; run the command again{again} to finish it",
+              file=sys.stderr)
+        raise
     finally:
         with_ctx(cache, cfg, progress, lambda ctx: transfers.close(ctx, opened))
 

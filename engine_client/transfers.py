@@ -195,6 +195,8 @@ def run(opened: Opened, path: str, upload: bool, progress: Callable[[int], None]
     except imageclient.TransferError as e:
         verb = "upload" if upload else "download"
         raise DiskError(f"the {verb} failed: {e}") from None
+    except BrokenPipeError:  # from ``progress``: stdout, not ``path``
+        raise
     except OSError as e:
         raise DiskError(f"cannot use {path}: {e.strerror or e}") from None
     return {"disk": opened.ref.img_uuid, "sd": opened.ref.sd_uuid,

@@ -532,6 +532,33 @@ def finish(p: subprocess.Popen[str]) -> tuple[int, str, str]:
     return p.returncode, out, err
 
 
+@pytest.mark.parametrize("action", ["upload", "download"])
+async def test_output_closed_mid_transfer(world: World, action: str) -> None:
+    """``| head -1``: the command stopped without deleting its write
+    ticket (the volume stayed in use for an hour; a resume was refused),
+    and a download blamed its file for the broken pipe."""
+    w = world
+    src = image(w.tmp / "pipe.raw", 8 * MiB, sparse=True)
+    up = json.loads((await asyncio.to_thread(finish, cli(
+        w, "disk", "upload", str(src), "--domain", w.f1, "--json")))[1].splitlines()[-1])
+    args = (["upload", str(src), "--domain", w.f1] if action == "upload" else
+            ["download", up["disk"], str(w.tmp / "down.raw"), "--domain", w.f1])
+    p = cli(w, "disk", *args, "--json")
+    assert p.stdout is not None
+    first = json.loads(await asyncio.to_thread(p.stdout.readline))
+    p.stdout.close()  # as head does after one line
+    rc, _, err = await asyncio.to_thread(finish, p)
+    assert rc == 141 and "Traceback" not in err and "pipe.raw" not in err, err
+    assert err.count("\n") == 1 and "output closed" in err
+    disk = first["img_id"] if action == "upload" else up["disk"]
+    if action == "upload":
+        assert f"run the command again with --disk {disk} to finish it" in err
+    again = (["upload", str(src), "--domain", w.f1, "--disk", disk] if action == "upload"
+             else args)  # the ticket is gone: the volume is free for a writer
+    rc, _, err = await asyncio.to_thread(finish, cli(w, "disk", *again))
+    assert rc == 0, err
+
+
 async def test_ctrl_c_deletes_the_job_and_a_retry_finishes(world: World) -> None:
     w = world
     src = image(w.tmp / "cc.raw", 16 * MiB, sparse=False)
