@@ -52,7 +52,7 @@ async def pool(cache: Cache, cfg: config.Config, args: argparse.Namespace) -> in
     finally:
         await sync.close()
     report.out(args, [asdict(h) for h in hosts], lambda: report.pool(hosts))
-    bad = ("failed", "unreachable", "out-of-sync", "waiting")
+    bad = ("failed", "unreachable", "refused", "out-of-sync", "waiting")
     return 1 if any(h.state in bad for h in hosts) else 0
 
 

@@ -41,13 +41,20 @@ from .model import DomainStatus, Host
 log = logging.getLogger(__name__)
 
 
+def _unread(e: HostError) -> str:
+    """The state of a host whose stats could not be read: it answered, but
+    refused the credential; or it could not be reached or understood."""
+    return "refused" if e.status in (401, 403) else "unreachable"
+
+
 @dataclass
 class HostReport:
     host: str
     url: str
     expected_version: int
     reported_version: int | None = None
-    #: "in-sync", "pushed", "failed", "unreachable", "waiting" or "out-of-sync"
+    #: "in-sync", "pushed", "failed", "unreachable", "refused" (the host
+    #: refused the engine's credential), "waiting" or "out-of-sync"
     #: (``pool status`` only looks).
     state: str = "in-sync"
     detail: str | None = None
@@ -120,7 +127,7 @@ class PoolSync:
         try:
             stats = check_stats(host.name, await self._client(host).stats())
         except HostError as e:
-            report.state, report.detail = "unreachable", e.detail
+            report.state, report.detail = _unread(e), e.detail
             return report
         report.reported_version = stats.get("map_version")
         report.domains = stats.get("domains", {})
@@ -148,7 +155,7 @@ class PoolSync:
             # Not recorded as last_error, which is about pushes: a host back
             # from a restart must get its map at once.
             if not force:
-                report.state, report.detail = "unreachable", e.detail
+                report.state, report.detail = _unread(e), e.detail
                 return report
             stats = {}
         else:

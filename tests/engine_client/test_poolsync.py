@@ -104,7 +104,7 @@ async def test_down_host_and_bad_token(cache: Cache, sync: PoolSync,
     port = free_port()
     cache.add_host("h2", f"http://127.0.0.1:{port}", "t", [sd])
     by_host = {r.host: r for r in await sync.sync_once()}
-    assert by_host["h1"].state == "unreachable"
+    assert by_host["h1"].state == "refused"  # it answered: it is not unreachable
     assert by_host["h1"].detail == "GET /stats answered 401 unauthorized: this route needs " \
                                    "the engine's credential"
     assert by_host["h2"].state == "unreachable"
