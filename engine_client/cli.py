@@ -261,8 +261,9 @@ def _guarded(args: argparse.Namespace) -> int:
             try:
                 result = localhash.checksum(args.file, args.algorithm, args.block_size)
             except OSError as e:
+                # Bad input, as for ``disk upload`` of a file it cannot read.
                 print(f"sluice-engine: cannot read {args.file}: {e.strerror}", file=sys.stderr)
-                return 1
+                return 2
             print(json.dumps(result))
             return 0
         return _dispatch(config.load(args.config, args.state_dir), args)

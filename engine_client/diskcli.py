@@ -128,7 +128,8 @@ def run_disk(cache: Cache, cfg: Config, args: argparse.Namespace) -> int:
         else:
             summary = _transfer(cache, cfg, args, progress)
             text = (f"{'uploaded' if a == 'upload' else 'downloaded'} disk {summary['disk']} "
-                    f"({summary['data_bytes']} bytes of data), checksum {summary['checksum']}")
+                    f"({summary['data_bytes']} bytes of data), {summary['algorithm']} checksum "
+                    f"{summary['checksum']}")
     except asyncio.CancelledError:
         progress.close()
         print(f"sluice-engine: {CANCELED if a in ('copy', 'move') else OPEN_CANCELED}",

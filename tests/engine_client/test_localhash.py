@@ -39,5 +39,5 @@ def test_cli(tmp_path: Path) -> None:
     assert json.loads(r.stdout)["algorithm"] == "xxh3_128"
     r = subprocess.run([sys.executable, "-m", "engine_client", "checksum", str(tmp_path / "no")],
                        capture_output=True, text=True)
-    assert r.returncode == 1
+    assert r.returncode == 2  # bad input, as the README says
     assert r.stderr.startswith("sluice-engine: cannot read")
