@@ -97,7 +97,12 @@ def locate(cache: Cache, disk_uuid: str) -> tuple[str, list[Disk]]:
 
 async def source_volume(c: HostClient, sd_uuid: str, image: str) -> dict[str, Any]:
     """The one data volume of ``image`` on ``sd_uuid``, legal."""
-    found = [v for v in await list_volumes(c, sd_uuid, image) if v.get("content") == "DATA"]
+    volumes = await list_volumes(c, sd_uuid, image)
+    found = [v for v in volumes if v.get("content") == "DATA"]
+    if not found and volumes:
+        raise DiskError(f"disk {image} on {sd_uuid} is an {volumes[0].get('content')} "
+                        "volume, not a data disk (OVF stores are read with "
+                        f"GET /domains/{sd_uuid}/ovf-store)")
     if not found:
         raise DiskError(f"storage domain {sd_uuid} holds no volume of disk {image}")
     if len(found) > 1:

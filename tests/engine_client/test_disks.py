@@ -702,6 +702,11 @@ async def test_disk_list(world: World) -> None:
     assert found[floating]["legal"] and found[floating]["volumes"] == 1
     stores = [d for d in found.values() if d["content"] == "OVF_STORE"]
     assert sorted(d["domain"] for d in stores) == sorted([w.f1, w.f1, w.f2, w.f2])
+    store = next(d for d in stores if d["domain"] == w.f1)["disk"]
+    rc, out, err = await asyncio.to_thread(finish, cli(
+        w, "disk", "download", store, str(w.tmp / "store.tar"), "--domain", w.f1))
+    # Listed, so not "no volume of disk": it is a store, not a data disk.
+    assert rc == 1 and "is an OVF_STORE volume, not a data disk" in err, err
     rc, out, err = await asyncio.to_thread(finish, cli(w, "disk", "list", "--domain", w.f1))
     assert rc == 0, err
     lines = out.splitlines()
