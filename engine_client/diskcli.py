@@ -31,7 +31,7 @@ OPEN_CANCELED = "canceled before any byte moved; nothing was left on the host"
 
 
 def add_disk_parsers(sub: Any) -> None:
-    disk = sub.add_parser("disk", help="list, copy, move, upload and download disks")
+    disk = sub.add_parser("disk", help="list, copy, move, upload, download and delete disks")
     acts = disk.add_subparsers(dest="action", required=True)
     for name, text in (("copy", "copy a disk to another domain (the source stays)"),
                        ("move", "move a disk to another domain (verified copy, then the "
@@ -47,6 +47,11 @@ def add_disk_parsers(sub: Any) -> None:
                         "and which VMs and templates have them")
     s.add_argument("--domain", help="this domain's only (default: every domain)")
     s.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    s = acts.add_parser("delete", help="delete a disk that no VM or template has from a "
+                        "domain (an upload, what a failed copy left)")
+    s.add_argument("disk")
+    s.add_argument("--domain", required=True)
+    s.add_argument("--json", action="store_true", help="JSON lines on stdout")
     s = acts.add_parser("upload", help="upload a raw or qcow2 file as a new disk")
     s.add_argument("file")
     s.add_argument("--domain", required=True)
@@ -115,6 +120,10 @@ def run_disk(cache: Cache, cfg: Config, args: argparse.Namespace) -> int:
         from .disklist import run
 
         return run(cache, cfg, args)
+    if a == "delete":
+        from .diskdelete import run as delete
+
+        return delete(cache, cfg, args)
     progress = Progress(f"{a} {getattr(args, 'disk', None) or args.file}", args.json)
     try:
         if a in ("copy", "move"):

@@ -28,6 +28,7 @@ import pytest
 from engine_client import transfers
 from engine_client.cache import Cache
 from engine_client.config import Config
+from engine_client.diskdelete import leaves_first
 from engine_client.diskmove import copy_disk
 from engine_client.disks import Ctx, DiskError
 from engine_client.hostapi import Clients
@@ -97,7 +98,7 @@ class World:
         finally:
             await transfers.close(self.ctx, opened)
 
-    async def volumes(self, sd: str, disk: str) -> list[dict[str, Any]]:
+    async def volumes(self, sd: str, disk: str | None) -> list[dict[str, Any]]:
         from engine_client.hostvol import list_volumes
 
         host = next(h for h in self.cache.hosts() if sd in h.domains)
@@ -734,3 +735,40 @@ async def test_disk_list(world: World) -> None:
     assert (rc, err.count("\n")) == (1, 1), err
     assert err.startswith(f"sluice-engine: no host listed the disks of domain {w.f2}: ")
     assert floating in out and w.f2 not in out
+
+
+async def test_disk_delete(world: World) -> None:
+    """An upload no VM has goes; a VM's disk, an OVF store and a disk that
+    is not there are refused, each in one sentence, and stay."""
+    w = world
+    src = image(w.tmp / "del.raw", 4 * MiB, sparse=True)
+    floating = await w.upload(src, w.f1)
+    _, attached = await w.vm_with(src, w.f2, name="keeper")
+    rc, out, err = await asyncio.to_thread(finish, cli(
+        w, "disk", "delete", floating, "--domain", w.f1))
+    assert rc == 0, err
+    assert out.strip() == f"deleted disk {floating} from {w.f1} (1 volume)"
+    assert await w.volumes(w.f1, floating) == []
+    store = next(v["img_uuid"] for v in await w.volumes(w.f2, None)
+                 if v["content"] == "OVF_STORE")
+    unknown = str(uuid.uuid4())
+    for disk, sd, code, text in [
+        (attached, w.f2, 2, f"disk {attached} on {w.f2} is a disk of vm keeper"),
+        (store, w.f2, 2, "is an OVF_STORE volume, which the daemon keeps"),
+        (unknown, w.f1, 2, f"storage domain {w.f1} holds no volume of disk {unknown}"),
+        ("nope", w.f1, 2, "disk 'nope' is not a UUID"),
+    ]:
+        rc, out, err = await asyncio.to_thread(finish, cli(
+            w, "disk", "delete", disk, "--domain", sd))
+        assert (rc, err.count("\n")) == (code, 1) and text in err, (disk, rc, err)
+    assert len(await w.volumes(w.f2, attached)) == 1
+    assert len(await w.volumes(w.f2, store)) == 1
+
+
+def test_volumes_are_deleted_leaves_first() -> None:
+    chain: list[dict[str, Any]] = [
+        {"vol_uuid": "base", "parent": None}, {"vol_uuid": "top", "parent": "mid"},
+        {"vol_uuid": "mid", "parent": "base"}, {"vol_uuid": "lone", "parent": None}]
+    order = [v["vol_uuid"] for v in leaves_first(chain)]
+    assert order.index("top") < order.index("mid") < order.index("base")
+    assert sorted(order) == ["base", "lone", "mid", "top"]

@@ -1,0 +1,80 @@
+"""``disk delete``: remove a disk's volumes from one domain.
+
+For what no VM or template has: an upload nobody attached, what a failed
+copy left on another domain (a copy keeps its disk's UUID), a disk the
+user no longer wants.  A disk the cache says a VM or template has on that
+domain is refused: its OVF would name a disk that is gone.  Volumes go
+leaves first, so no volume is ever left without its parent; OVF stores
+are the daemon's (it refuses to delete them, and so does this).  The
+host refuses a volume a ticket or a copy job is using (409).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from typing import Any
+
+from .cache import Cache
+from .config import Config
+from .disks import Ctx, serving
+from .errors import InvalidInput, NotFound
+from .hostvol import VolumeRef, delete_volume, list_volumes
+from .ovf import canonical_uuid
+from .report import count
+
+
+def leaves_first(volumes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``volumes`` ordered so each comes before its parent."""
+    left = list(volumes)
+    ordered: list[dict[str, Any]] = []
+    while left:
+        parents = {v.get("parent") for v in left}
+        leaves = [v for v in left if v["vol_uuid"] not in parents] or left  # a cycle: any
+        ordered += leaves
+        left = [v for v in left if v not in leaves]
+    return ordered
+
+
+async def delete_disk(ctx: Ctx, disk: str, sd: str) -> dict[str, Any]:
+    names = {e.uuid: f"{e.kind} {e.name}" for e in ctx.cache.entities()}
+    users = sorted(names.get(d.entity_uuid, d.entity_uuid) for d in ctx.cache.disks()
+                   if (d.disk_uuid, d.sd_uuid) == (disk, sd))
+    if users:
+        raise InvalidInput(f"disk {disk} on {sd} is a disk of {', '.join(users)}; "
+                           "delete or change that first")
+    host = serving(ctx.cache, sd)[0]
+    c = ctx.clients(host)
+    volumes = await list_volumes(c, sd, disk)
+    if not volumes:
+        raise NotFound(f"storage domain {sd} holds no volume of disk {disk}")
+    kinds = {str(v.get("content")) for v in volumes} - {"DATA"}
+    if kinds:
+        raise InvalidInput(f"disk {disk} on {sd} is an {kinds.pop()} volume, which the "
+                           "daemon keeps; only data disks are deleted")
+    for v in leaves_first(volumes):
+        ref = VolumeRef(sd, disk, str(v["vol_uuid"]))
+        await delete_volume(c, ref)
+        ctx.report({"event": "volume", "action": "removed", **ref.to_json()})
+    return {"disk": disk, "sd": sd, "host": host.name, "volumes": len(volumes)}
+
+
+def run(cache: Cache, cfg: Config, args: argparse.Namespace) -> int:
+    from .diskcli import with_ctx
+    from .progress import Progress
+
+    disk = canonical_uuid(args.disk, "disk")
+    sd = cache.domain(canonical_uuid(args.domain, "domain")).uuid
+    progress = Progress(f"delete {disk}", args.json)
+    try:
+        summary = with_ctx(cache, cfg, progress, lambda ctx: delete_disk(ctx, disk, sd))
+    except asyncio.CancelledError:
+        print("sluice-engine: canceled; the volumes listed as removed are gone, the "
+              "others stay", file=sys.stderr)
+        return 1
+    finally:
+        progress.close()
+    progress.result(summary, f"deleted disk {disk} from {sd} "
+                             f"({count(summary['volumes'], 'volume')})")
+    return 0
