@@ -40,6 +40,13 @@ class Unauthorized(Error):
     code = "unauthorized"
 
 
+def new_token() -> str:
+    """256 random bits in hex: URL-safe, and never starting with '-', which
+    ``token_urlsafe`` did once in 64 (``--token <token>`` then looked like
+    an option to argparse)."""
+    return secrets.token_hex(32)
+
+
 def load_or_create_token(data_dir: str) -> str:
     """The embedded default's token, generated once (mode 0600).  Blocking."""
     path = os.path.join(data_dir, TOKEN_FILE)
@@ -55,7 +62,7 @@ def load_or_create_token(data_dir: str) -> str:
             return token
     except FileNotFoundError:
         pass
-    token = secrets.token_urlsafe(32)
+    token = new_token()
     atomic_write(path, token.encode() + b"\n", mode=0o600)
     log.info("generated the engine token in %s", path)
     return token
