@@ -28,7 +28,16 @@ from . import _linux, blockmeta
 from ._oserror import oserrors
 from .blockmeta import AREA
 from .errors import Conflict, InvalidRequest, NoSpace, VolumeError
-from .sd import Allocation, BaseDomain, Format, MiB, Space, VolumeInfo, check_resizable
+from .sd import (
+    Allocation,
+    BaseDomain,
+    Format,
+    MiB,
+    Space,
+    VolumeInfo,
+    check_deletable,
+    check_resizable,
+)
 from .validate import check_block_device, check_size, check_uuid
 
 log = logging.getLogger(__name__)
@@ -246,6 +255,7 @@ class BlockDomain(BaseDomain):
         with self._lock:
             generation, table = self._load()
             entry = self._find(table, img_uuid, vol_uuid)
+            check_deletable(self._info(entry))
             table["volumes"].remove(entry)
             self._commit(generation, table)
         log.info("deleted volume sd=%s img=%s vol=%s", self._uuid, entry["img_uuid"],

@@ -33,7 +33,7 @@ from . import qemuimg
 from ._oserror import oserrors
 from .durable import atomic_write, fsync_dir, makedirs_durable, preallocate, remove_durable
 from .errors import Conflict, InvalidRequest, NotFound, VolumeError
-from .sd import Allocation, BaseDomain, Format, Space, VolumeInfo, check_resizable
+from .sd import Allocation, BaseDomain, Format, Space, VolumeInfo, check_deletable, check_resizable
 from .validate import check_directory, check_size, check_uuid
 
 log = logging.getLogger(__name__)
@@ -241,7 +241,8 @@ class FileDomain(BaseDomain):
     def delete_volume(self, img_uuid: str, vol_uuid: str) -> None:
         with self._lock, oserrors("delete volume"):
             info, state = self._read(img_uuid, vol_uuid)
-            if state == READY:
+            if state == READY:  # one being deleted (a crash) is finished, whatever it is
+                check_deletable(info)
                 children = [v.vol_uuid for v in self._list(info.img_uuid)
                             if v.parent == info.vol_uuid]
                 if children:

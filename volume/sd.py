@@ -148,6 +148,17 @@ def check_resizable(info: VolumeInfo) -> None:
                         "record is at its end")
 
 
+def check_deletable(info: VolumeInfo) -> None:
+    """Refuse to delete an OVF store: the daemon creates a domain's stores
+    and keeps each a full copy of its OVFs, so that one lost or torn store
+    leaves another to read.  oVirt does not let a user remove one either."""
+    if info.content == Content.OVF_STORE:
+        raise Forbidden(f"Volume {info.img_uuid}/{info.vol_uuid} of storage domain "
+                        f"{info.sd_uuid} is an OVF store: the daemon manages the domain's "
+                        "OVF_STORE volumes, and deleting one loses a copy of the domain's "
+                        "OVFs")
+
+
 def new_volume(sd_uuid: str, img_uuid: str, vol_uuid: str, size: int, *,
                format: str = Format.RAW, allocation: str = Allocation.SPARSE,
                content: str = Content.DATA, parent: str | None = None,

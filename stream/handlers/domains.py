@@ -3,7 +3,8 @@
 ``POST /domains`` formats a new domain (a directory, or block devices);
 the engine then puts it in the pool map.  Volume operations are gated by
 the map: creating, resizing and deleting need ``Active``; listing and
-looking up work on any domain in the map.
+looking up work on any domain in the map.  A domain's OVF stores are the
+daemon's: deleting or resizing one is refused (403).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from volume.blockdomain import create_block_domain
 from volume.errors import Conflict, InvalidRequest
 from volume.filedomain import create_file_domain
 from volume.ovfstore import ensure_stores
-from volume.sd import Content, StorageDomain, VolumeInfo
+from volume.sd import Content, StorageDomain, VolumeInfo, check_deletable
 from volume.validate import check_uuid
 
 from ..auth import ENGINE
@@ -132,6 +133,7 @@ async def delete_volume(request: web.Request) -> web.Response:
     m = request.match_info
     io = request.app[IO_KEY]
     info = await io.run(storage.lookup, m["img"], m["vol"])
+    check_deletable(info)  # the domain refuses it too; first, so not a 409 if in use
     user = _user(request, info, await io.run(os.path.realpath, info.path))
     if user is not None:
         # A block domain gives a deleted volume's space to the next one: the

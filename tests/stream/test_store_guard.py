@@ -1,7 +1,7 @@
 """Transfers never write what only the OVF store update may: a write ticket
-or a copy job into an OVF store, a store resized, or a write ticket on a
-block domain's device (its label, volume table, stores and volumes) would
-each destroy the last good store the update protocol keeps.  All refused,
+or a copy job into an OVF store, a store resized or deleted, or a write
+ticket on a block domain's device (its label, volume table, stores and
+volumes) would each destroy the last good store the update protocol keeps.  All refused,
 and the store still reads back; reading them through a ticket works."""
 
 from __future__ import annotations
@@ -176,3 +176,32 @@ async def test_block_domain_devices_are_read_only_to_path_tickets(
     with open(devices[0], "rb") as f:
         assert f.read(MiB) == label
     assert await _store_served(client, block_sd) == served
+
+
+async def test_ovf_store_volumes_cannot_be_deleted(client: Client) -> None:
+    """DELETE of a store answered 204 and removed half of the domain's
+    redundancy; resizing one was already refused (403)."""
+    sd = await _default_sd(client)
+    generation = await _commit_store(client, sd)
+    served = await _store_served(client, sd)
+    stores = await _stores(client, sd)
+    assert len(stores) == 2
+    # A read ticket on a store is allowed: it must not turn the 403 into a 409.
+    t = _ticket(["read"], sd_id=sd, img_id=stores[0]["img_uuid"],
+                vol_id=stores[0]["vol_uuid"])
+    assert (await client.put(f"/tickets/{t['uuid']}", json=t)).status == 200
+    for store in reversed(stores):
+        resp = await client.delete(
+            f"/domains/{sd}/images/{store['img_uuid']}/volumes/{store['vol_uuid']}")
+        assert resp.status == 403, await resp.text()
+        body = await resp.json()
+        assert body == {"error": "forbidden", "detail": (
+            f"Volume {store['img_uuid']}/{store['vol_uuid']} of storage domain {sd} is an "
+            "OVF store: the daemon manages the domain's OVF_STORE volumes, and deleting "
+            "one loses a copy of the domain's OVFs")}
+    assert await _stores(client, sd) == stores
+    assert await _store_served(client, sd) == served
+    resp = await client.get(f"/domains/{sd}/ovf-store/info")
+    found = (await resp.json())["stores"]
+    assert len(found) == 2 and all(s["valid"] for s in found)
+    assert max(s["record"]["generation"] for s in found) == generation

@@ -12,7 +12,15 @@ import pytest
 from tests.conftest import LoopDeviceFactory
 from volume import MemoryVolume, blockmeta
 from volume.blockdomain import BlockDomain, create_block_domain, open_block_domain
-from volume.errors import Conflict, InvalidRequest, NoSpace, NotFound, OutOfRange, VolumeError
+from volume.errors import (
+    Conflict,
+    Forbidden,
+    InvalidRequest,
+    NoSpace,
+    NotFound,
+    OutOfRange,
+    VolumeError,
+)
 from volume.region import RegionVolume
 from volume.sd import Allocation, Content, Format, VolumeInfo, open_data
 
@@ -190,6 +198,13 @@ def test_delete(sd: BlockDomain) -> None:
     with pytest.raises(NotFound):
         sd.delete_volume(img, a.vol_uuid)
     assert open_block_domain(list(sd.location)).list_volumes() == [b]
+
+
+def test_delete_refuses_an_ovf_store(sd: BlockDomain) -> None:
+    store = sd.create_volume(new_id(), new_id(), MiB, content=Content.OVF_STORE)
+    with pytest.raises(Forbidden, match="is an OVF store: the daemon manages"):
+        sd.delete_volume(store.img_uuid, store.vol_uuid)
+    assert open_block_domain(list(sd.location)).list_volumes() == [store]
 
 
 # Crash safety of the volume table

@@ -14,7 +14,7 @@ from unittest import mock
 import pytest
 
 from volume import qemuimg
-from volume.errors import Conflict, InvalidRequest, NoSpace, NotFound, VolumeError
+from volume.errors import Conflict, Forbidden, InvalidRequest, NoSpace, NotFound, VolumeError
 from volume.filedomain import FileDomain, create_file_domain, open_file_domain
 from volume.sd import Allocation, Content, Format, open_data
 
@@ -303,6 +303,14 @@ def test_delete(sd: FileDomain) -> None:
     assert os.listdir(os.path.join(sd.location[0], "images")) == []
     with pytest.raises(NotFound):
         sd.delete_volume(img, b)
+
+
+def test_delete_refuses_an_ovf_store(sd: FileDomain) -> None:
+    store = sd.create_volume(new_id(), new_id(), MiB, content=Content.OVF_STORE)
+    with pytest.raises(Forbidden, match="is an OVF store: the daemon manages"):
+        sd.delete_volume(store.img_uuid, store.vol_uuid)
+    assert sd.list_volumes() == [store]
+    assert os.path.getsize(store.path) == MiB
 
 
 def test_delete_interrupted(sd: FileDomain) -> None:
