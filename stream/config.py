@@ -233,8 +233,13 @@ def validate(cfg: Config) -> None:
     if not cfg.daemon.data_dir.strip():
         raise InvalidConfig("daemon.data_dir must name a directory (it is empty)")
     _host, sep, port = cfg.daemon.listen.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
+    if not sep or not port.isascii() or not port.isdigit():
         raise InvalidConfig(f"daemon.listen must be HOST:PORT, not {cfg.daemon.listen!r}")
+    # Port 0 would be one the daemon picks and tells nobody.  The length
+    # first: int() refuses strings of more than 4300 digits.
+    if len(port) > 5 or not 1 <= int(port) <= 65535:
+        raise InvalidConfig(f"the port of daemon.listen must be 1 to 65535, not {port} "
+                            f"(in {cfg.daemon.listen!r})")
     if not 1 <= cfg.ovf.stores <= 16:
         raise InvalidConfig("ovf.stores must be between 1 and 16")
     if cfg.ovf.store_size < ovfstore.MIN_SIZE or cfg.ovf.store_size % ovfstore.RECORD_SIZE:

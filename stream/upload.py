@@ -75,9 +75,12 @@ ZSTD_INPUT_SIZE = 1 << 20
 ZSTD_MAX_WINDOW = 8 << 20
 
 
-def _too_big(offset: int, limit: int) -> OutOfRange:
+def _too_big(start: int, limit: int) -> OutOfRange:
+    """416 for a write at ``start`` that ends past ``limit``; it names the
+    first byte past the limit the body tried to write, not ``start``."""
     return OutOfRange(
-        f"upload goes past the end of the ticket ({limit} bytes) at offset {offset}", limit
+        f"upload goes past the end of the ticket ({limit} bytes) at offset "
+        f"{max(start, limit)}", limit
     )
 
 

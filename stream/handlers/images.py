@@ -39,6 +39,14 @@ def _authorize(request: web.Request, op: str) -> Ticket:
     return ticket
 
 
+def _past_ticket(start: int, end: int, ticket: Ticket) -> OutOfRange:
+    """416 for bytes ``[start, end)``, named as ``Content-Range`` and
+    ``Range`` name them: by their first and last byte."""
+    what = f"range {start}-{end - 1}" if end > start else f"offset {start}"
+    return OutOfRange(f"Requested {what} is past the ticket size ({ticket.size} bytes)",
+                      ticket.size)
+
+
 @routes.put("/images/{ticket_id}")
 async def put(request: web.Request) -> web.Response:
     ticket = _authorize(request, "write")
@@ -58,9 +66,7 @@ async def put(request: web.Request) -> web.Response:
         raise InvalidRequest("Content-Length header is required (or chunked encoding)")
     if length is not None and not zstd:
         if offset + length > ticket.size:
-            raise OutOfRange(
-                f"Requested range {offset}-{offset + length} is past the ticket size", ticket.size
-            )
+            raise _past_ticket(offset, offset + length, ticket)
         if cr is not None and cr.end is not None and cr.end - cr.start != length:
             raise InvalidRequest(
                 f"Content-Range covers {cr.end - cr.start} bytes but the body has {length}"
@@ -70,9 +76,7 @@ async def put(request: web.Request) -> web.Response:
     limit = ticket.size
     if cr is not None and cr.end is not None:
         if cr.end > ticket.size:
-            raise OutOfRange(
-                f"Requested range {cr.start}-{cr.end} is past the ticket size", ticket.size
-            )
+            raise _past_ticket(cr.start, cr.end, ticket)
         limit = cr.end
     expected = parse_x_checksum(request.headers.get("X-Checksum"))
     hasher = xxhash.xxh3_128() if expected else None
@@ -178,9 +182,7 @@ async def patch(request: web.Request) -> web.Response:
         if not isinstance(flush, bool):
             raise InvalidRequest("Boolean required for 'flush'")
         if offset + size > ticket.size:
-            raise OutOfRange(
-                f"Requested range {offset}-{offset + size} is past the ticket size", ticket.size
-            )
+            raise _past_ticket(offset, offset + size, ticket)
         log.info("ZERO offset=%d size=%d punch=%s flush=%s", offset, size, ticket.sparse, flush)
         await _zero(request, ticket, volume, offset, size)
         if flush:

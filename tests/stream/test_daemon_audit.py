@@ -77,9 +77,13 @@ def test_domains_of_the_example_config_load(tmp_path: Path) -> None:
      [], "listed twice"),
     ('[daemon]\nlog_level = "LOUD"\n', [], "daemon.log_level must be one of"),
     ("", ["--log-level", "verbose"], "daemon.log_level must be one of"),
+    # It said "daemon.listen must be HOST:PORT", which it is.
+    ("", ["--listen", "127.0.0.1:99999"],
+     "the port of daemon.listen must be 1 to 65535, not 99999 (in '127.0.0.1:99999')"),
 ], ids=["section-not-table", "section-not-table-with-override", "domain-not-table",
         "domain-without-uuid", "domain-bad-uuid", "file-domain-without-path",
-        "devices-not-strings", "domain-twice", "log-level", "log-level-option"])
+        "devices-not-strings", "domain-twice", "log-level", "log-level-option",
+        "listen-port-out-of-range"])
 def test_bad_config_is_one_sentence(
         tmp_path: Path, text: str, args: list[str], says: str) -> None:
     r = sluice("--config", toml(tmp_path, text), "--data-dir", str(tmp_path / "data"),
@@ -108,6 +112,25 @@ def test_bad_config_is_one_sentence(
 def test_values_out_of_range_are_refused(section: str, key: str, value: Any) -> None:
     with pytest.raises(InvalidConfig, match=rf"{section}\.{key}"):
         config.parse({section: {key: value}})
+
+
+@pytest.mark.parametrize("listen,says", [
+    ("127.0.0.1:99999", "the port of daemon.listen must be 1 to 65535, not 99999"),
+    ("[::1]:65536", "the port of daemon.listen must be 1 to 65535, not 65536"),
+    ("127.0.0.1:0", "the port of daemon.listen must be 1 to 65535, not 0"),
+    ("127.0.0.1:" + "9" * 5000, "the port of daemon.listen must be 1 to 65535"),  # no int()
+    ("127.0.0.1", "daemon.listen must be HOST:PORT, not '127.0.0.1'"),
+    ("127.0.0.1:http", "daemon.listen must be HOST:PORT, not '127.0.0.1:http'"),
+])
+def test_a_bad_listen_address_says_what_is_wrong(listen: str, says: str) -> None:
+    with pytest.raises(InvalidConfig) as e:
+        config.parse({"daemon": {"listen": listen}})
+    assert str(e.value).startswith(says), str(e.value)
+
+
+@pytest.mark.parametrize("listen", ["127.0.0.1:1", "[::1]:65535", "0.0.0.0:54322"])
+def test_ports_1_to_65535_are_accepted(listen: str) -> None:
+    assert config.parse({"daemon": {"listen": listen}}).daemon.listen == listen
 
 
 def test_show_config_masks_the_engine_token(tmp_path: Path) -> None:

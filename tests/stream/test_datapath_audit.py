@@ -158,6 +158,8 @@ async def test_content_range_end_past_the_ticket_is_refused_first(
                             headers={"Content-Range": "bytes 8100-8299/*"})
     assert resp.status == 416
     assert resp.headers["Content-Range"] == "bytes */8192"
+    assert await resp.text() == (
+        "Requested range 8100-8299 is past the ticket size (8192 bytes)\n")
     assert path.read_bytes() == before
 
 

@@ -98,7 +98,32 @@ async def test_chunked_upload_past_ticket_size_is_cut_off(
     resp = await client.put(f"/images/{ticket}", data=chunks(random_data(size + MiB)))
     assert resp.status == 416
     assert resp.headers["Content-Range"] == f"bytes */{size}"
+    # The first byte past the end, not where the refused chunk began.
+    assert await resp.text() == (
+        f"upload goes past the end of the ticket ({size} bytes) at offset {size}\n")
     assert os.path.getsize(path) == size  # nothing beyond the size was written
+
+
+@pytest.mark.parametrize("zstd", [False, True], ids=["chunked", "zstd"])
+@pytest.mark.parametrize("start", [0, 1000, 2000])
+async def test_upload_past_the_ticket_names_the_first_byte_past_it(
+    client: Client, image: Any, add_ticket: AddTicket, zstd: bool, start: int
+) -> None:
+    """It named the request's start offset ("at offset 0"), not where the
+    body overflowed."""
+    before = random_data(1024)
+    path = image(data=before)
+    ticket = await add_ticket(path)
+    body, headers = b"z" * 1500, {"Content-Range": f"bytes {start}-*/*"}
+    if zstd:
+        body = zstandard.ZstdCompressor().compress(body)
+        headers["Content-Encoding"] = "zstd"
+    resp = await client.put(f"/images/{ticket}", data=chunks(body), headers=headers)
+    assert resp.status == 416
+    assert resp.headers["Content-Range"] == "bytes */1024"
+    assert await resp.text() == (
+        f"upload goes past the end of the ticket (1024 bytes) at offset {max(start, 1024)}\n")
+    assert path.read_bytes() == before
 
 
 @pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
@@ -188,7 +213,26 @@ async def test_put_past_ticket_size(client: Client, image: Any, add_ticket: AddT
                             headers={"Content-Range": "bytes 8100-8199/*"})
     assert resp.status == 416
     assert resp.headers["Content-Range"] == "bytes */8192"
+    # The range as sent (inclusive end), not 8100-8200.
+    assert await resp.text() == (
+        "Requested range 8100-8199 is past the ticket size (8192 bytes)\n")
     assert path.read_bytes() == b"a" * 8192
+
+
+async def test_put_past_a_1_gib_ticket_names_the_range_as_sent(
+    client: Client, image: Any, add_ticket: AddTicket
+) -> None:
+    """The walkthrough's request: a Content-Length body, so the range is
+    checked before any byte is read."""
+    path = image(1 << 30)  # sparse
+    ticket = await add_ticket(path)
+    resp = await client.put(f"/images/{ticket}", data=b"b" * 5,
+                            headers={"Content-Range": "bytes 1073741822-1073741826/*"})
+    assert resp.status == 416
+    assert resp.headers["Content-Range"] == "bytes */1073741824"
+    assert await resp.text() == ("Requested range 1073741822-1073741826 is past the ticket "
+                                 "size (1073741824 bytes)\n")
+    assert os.path.getsize(path) == 1 << 30
 
 
 async def test_flush_param_must_be_y_or_n(
@@ -265,6 +309,19 @@ async def test_patch_zero_past_end(client: Client, image: Any, add_ticket: AddTi
     ticket = await add_ticket(image(data=b"a" * 4096))
     resp = await client.patch(f"/images/{ticket}", json={"op": "zero", "size": 8192})
     assert resp.status == 416
+    assert resp.headers["Content-Range"] == "bytes */4096"
+    assert await resp.text() == (
+        "Requested range 0-8191 is past the ticket size (4096 bytes)\n")
+
+
+async def test_patch_zero_of_nothing_past_end(
+    client: Client, image: Any, add_ticket: AddTicket
+) -> None:
+    ticket = await add_ticket(image(data=b"a" * 4096))
+    resp = await client.patch(f"/images/{ticket}",
+                              json={"op": "zero", "offset": 5000, "size": 0})
+    assert resp.status == 416
+    assert await resp.text() == "Requested offset 5000 is past the ticket size (4096 bytes)\n"
 
 
 async def test_extents_report_holes(client: Client, image: Any, add_ticket: AddTicket) -> None:
