@@ -162,8 +162,10 @@ def check_deletable(info: VolumeInfo) -> None:
 def new_volume(sd_uuid: str, img_uuid: str, vol_uuid: str, size: int, *,
                format: str = Format.RAW, allocation: str = Allocation.SPARSE,
                content: str = Content.DATA, parent: str | None = None,
-               description: str = "") -> VolumeInfo:
+               description: str = "", legal: bool = True) -> VolumeInfo:
     """Validate the arguments of ``create_volume`` into a location-less record."""
+    if type(legal) is not bool:
+        raise InvalidRequest(f"legal must be true or false, not {legal!r}")
     if parent is not None:
         parent = check_uuid(parent, "parent volume")
     if not isinstance(description, str) or len(description) > MAX_DESCRIPTION:
@@ -175,7 +177,7 @@ def new_volume(sd_uuid: str, img_uuid: str, vol_uuid: str, size: int, *,
         format=parse_enum(Format, format, "format"),
         allocation=parse_enum(Allocation, allocation, "allocation"),
         content=parse_enum(Content, content, "content type"),
-        parent=parent, description=description,
+        parent=parent, description=description, legal=legal,
     )
 
 
@@ -204,9 +206,11 @@ class StorageDomain(Protocol):
     def create_volume(self, img_uuid: str, vol_uuid: str, size: int, *,
                       format: str = Format.RAW, allocation: str = Allocation.SPARSE,
                       content: str = Content.DATA, parent: str | None = None,
-                      description: str = "") -> VolumeInfo:
+                      description: str = "", legal: bool = True) -> VolumeInfo:
         """Create a volume of ``size`` bytes; ``parent`` (a volume of the same
-        image) makes it a qcow2 overlay.  Conflict if it exists already."""
+        image) makes it a qcow2 overlay; ``legal`` False marks it incomplete
+        from the start (an upload about to fill it).  Conflict if it exists
+        already."""
         ...
 
     def resize_volume(self, img_uuid: str, vol_uuid: str, size: int) -> VolumeInfo:
@@ -280,11 +284,11 @@ class BaseDomain:
     def create_volume(self, img_uuid: str, vol_uuid: str, size: int, *,
                       format: str = Format.RAW, allocation: str = Allocation.SPARSE,
                       content: str = Content.DATA, parent: str | None = None,
-                      description: str = "") -> VolumeInfo:
+                      description: str = "", legal: bool = True) -> VolumeInfo:
         """See :meth:`StorageDomain.create_volume`."""
         info = new_volume(self._uuid, img_uuid, vol_uuid, size, format=format,
                           allocation=allocation, content=content, parent=parent,
-                          description=description)
+                          description=description, legal=legal)
         return self._create(info)
 
     def _create(self, info: VolumeInfo) -> VolumeInfo:

@@ -18,7 +18,7 @@ from volume.blockdomain import create_block_domain
 from volume.errors import Conflict, InvalidRequest
 from volume.filedomain import create_file_domain
 from volume.ovfstore import ensure_stores
-from volume.sd import Content, StorageDomain, VolumeInfo, check_deletable
+from volume.sd import Content, StorageDomain, VolumeInfo, check_deletable, check_write_target
 from volume.validate import check_uuid
 
 from ..auth import ENGINE
@@ -91,15 +91,15 @@ async def create_volume(request: web.Request) -> web.Response:
     storage = await _storage(request, Access.WRITE)
     msg = await read_json(request)
     allowed = {"img_id", "vol_id", "size", "format", "allocation", "content", "parent",
-               "description"}
+               "description", "legal"}
     extra = set(msg) - allowed
     if extra:
         raise InvalidRequest(f"unknown volume fields: {', '.join(sorted(extra))}")
     size = msg.get("size")
     if not isinstance(size, int) or isinstance(size, bool):
         raise InvalidRequest(f"size must be an integer, not {size!r}")
-    kwargs = {k: msg[k] for k in ("format", "allocation", "content", "parent", "description")
-              if k in msg}
+    kwargs = {k: msg[k] for k in ("format", "allocation", "content", "parent", "description",
+                                  "legal") if k in msg}
     info = await request.app[IO_KEY].run(
         storage.create_volume,
         check_uuid(msg.get("img_id"), "image"), check_uuid(msg.get("vol_id"), "volume"),
@@ -116,14 +116,32 @@ async def get_volume(request: web.Request) -> web.Response:
     return web.json_response(info.to_json())
 
 
-@routes.patch(VOLUME, name=ENGINE + "resize-volume")
-async def resize_volume(request: web.Request) -> web.Response:
+@routes.patch(VOLUME, name=ENGINE + "patch-volume")
+async def patch_volume(request: web.Request) -> web.Response:
+    """``{"size": N}`` grows the volume; ``{"legal": bool}`` marks its
+    content complete or not (an upload's, when it is verified)."""
     storage = await _storage(request, Access.WRITE)
-    size = (await read_json(request)).get("size")
-    if not isinstance(size, int) or isinstance(size, bool):
+    msg = await read_json(request)
+    if not msg or set(msg) - {"size", "legal"}:
+        raise InvalidRequest('PATCH of a volume takes "size", "legal" or both, not '
+                             f"{', '.join(sorted(msg)) or 'nothing'}")
+    size, legal = msg.get("size"), msg.get("legal")
+    if "size" in msg and (not isinstance(size, int) or isinstance(size, bool)):
         raise InvalidRequest(f"size must be an integer, not {size!r}")
+    if "legal" in msg and not isinstance(legal, bool):
+        raise InvalidRequest(f"legal must be true or false, not {legal!r}")
     m = request.match_info
-    info = await request.app[IO_KEY].run(storage.resize_volume, m["img"], m["vol"], size)
+
+    def change() -> VolumeInfo:
+        info = storage.lookup(m["img"], m["vol"])
+        if legal is not None:
+            check_write_target(info)  # an OVF store's validity is its commit record
+        if size is not None:
+            info = storage.resize_volume(m["img"], m["vol"], size)
+        if legal is not None:
+            info = storage.set_legal(m["img"], m["vol"], legal)
+        return info
+    info = await request.app[IO_KEY].run(change)
     return web.json_response(info.to_json())
 
 

@@ -128,3 +128,47 @@ async def test_bad_domain_requests(client: Client, tmp_path: Path) -> None:
         assert detail in (await resp.json())["detail"]
     resp = await client.get("/domains/not-a-uuid/volumes")
     assert resp.status == 400
+
+
+async def test_volume_legality_set_at_creation_and_by_patch(
+    client: Client, tmp_path: Path
+) -> None:
+    """An upload creates its volume marked incomplete and marks it complete
+    once verified: an interrupted one is then told apart."""
+    d = tmp_path / "dom"
+    d.mkdir()
+    sd = new_id()
+    assert (await client.post("/domains", json={"uuid": sd, "type": "file",
+                                                "location": str(d)})).status == 201
+    resp = await client.put("/pool", json={
+        "pool_id": new_id(), "map_version": 1, "master_domain": sd,
+        "domains": {sd: {"type": "file", "location": str(d), "status": "Active"}}})
+    assert resp.status == 200, await resp.text()
+    img, vol = new_id(), new_id()
+    resp = await client.post(f"/domains/{sd}/volumes", json={
+        "img_id": img, "vol_id": vol, "size": MiB, "legal": False})
+    assert resp.status == 201 and (await resp.json())["legal"] is False
+    url = f"/domains/{sd}/images/{img}/volumes/{vol}"
+    assert (await (await client.get(url)).json())["legal"] is False
+    resp = await client.patch(url, json={"legal": True})
+    assert resp.status == 200 and (await resp.json())["legal"] is True
+    assert (await (await client.get(url)).json())["legal"] is True
+    resp = await client.patch(url, json={"size": 2 * MiB, "legal": False})
+    body = await resp.json()
+    assert resp.status == 200 and (body["size"], body["legal"]) == (2 * MiB, False)
+    for bad, words in [({}, "takes"), ({"legal": "yes"}, "true or false"),
+                       ({"legal": True, "colour": 1}, "takes"),
+                       ({"size": "big"}, "must be an integer")]:
+        resp = await client.patch(url, json=bad)
+        assert resp.status == 400 and words in (await resp.json())["detail"], bad
+    resp = await client.post(f"/domains/{sd}/volumes", json={
+        "img_id": new_id(), "vol_id": new_id(), "size": MiB, "legal": 1})
+    assert resp.status == 400 and "true or false" in (await resp.json())["detail"]
+    assert (await (await client.get(url)).json())["legal"] is False  # the bad ones changed nothing
+    # An OVF store's validity is its commit record: not a flag to set.
+    store = next(v for v in (await (await client.get(f"/domains/{sd}/volumes")).json())[
+        "volumes"] if v["content"] == "OVF_STORE")
+    resp = await client.patch(
+        f"/domains/{sd}/images/{store['img_uuid']}/volumes/{store['vol_uuid']}",
+        json={"legal": False})
+    assert resp.status == 403
