@@ -45,7 +45,7 @@ def order(volumes: Sequence[dict[str, Any]], sd_uuid: str, image: str) -> list[d
     for v in chain:
         if not v.get("legal", True):
             raise DiskError(f"volume {v['vol_uuid']} of disk {image} on {sd_uuid} is marked "
-                            "incomplete (an unfinished copy); it cannot be a source")
+                            "incomplete (an unfinished copy or upload); it cannot be a source")
     return chain
 
 

@@ -168,8 +168,8 @@ def _transfer(cache: Cache, cfg: Config, args: argparse.Namespace,
     again = f" with --disk {opened.ref.img_uuid}" if upload else ""
     try:
         progress.emit({"event": "ticket", "host": opened.host, **opened.ref.to_json()})
-        return transfers.run(opened, args.file, upload, progress.bytes(opened.size),
-                             cfg.http.ca_file or None, total=progress.set_total)
+        summary = transfers.run(opened, args.file, upload, progress.bytes(opened.size),
+                                cfg.http.ca_file or None, total=progress.set_total)
     except KeyboardInterrupt:
         raise EngineError(f"interrupted; run the command again{again} to finish it") from None
     except BrokenPipeError:  # stdout's reader left (``| head``): exit as SIGPIPE would
@@ -178,6 +178,14 @@ def _transfer(cache: Cache, cfg: Config, args: argparse.Namespace,
         raise
     finally:
         with_ctx(cache, cfg, progress, lambda ctx: transfers.close(ctx, opened))
+    if upload:
+        try:
+            with_ctx(cache, cfg, progress, lambda ctx: transfers.complete(ctx, opened))
+        except EngineError as e:
+            raise EngineError(f"the upload was verified, but marking disk "
+                              f"{opened.ref.img_uuid} complete failed ({e}); run the "
+                              f"command again{again}") from None
+    return summary
 
 
 def run_vm_create(cache: Cache, cfg: Config, args: argparse.Namespace) -> int:

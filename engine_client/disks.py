@@ -110,7 +110,7 @@ async def source_volume(c: HostClient, sd_uuid: str, image: str) -> dict[str, An
                         "only disks of one volume can be copied")
     if not found[0].get("legal", True):
         raise DiskError(f"the volume of disk {image} on {sd_uuid} is marked incomplete "
-                        "(an unfinished copy); it cannot be a source")
+                        "(an unfinished copy or upload); it cannot be a source")
     return found[0]
 
 

@@ -65,12 +65,22 @@ async def get_volume(c: HostClient, ref: VolumeRef) -> dict[str, Any] | None:
 
 async def create_volume(c: HostClient, ref: VolumeRef, size: int, fmt: str,
                         allocation: str, description: str = "",
-                        parent: str | None = None) -> dict[str, Any]:
-    spec = {"img_id": ref.img_uuid, "vol_id": ref.vol_uuid, "size": size, "format": fmt,
-            "allocation": allocation, "description": description}
+                        parent: str | None = None, legal: bool = True) -> dict[str, Any]:
+    """``legal`` False: marked incomplete from the start (see :func:`set_legal`)."""
+    spec: dict[str, Any] = {"img_id": ref.img_uuid, "vol_id": ref.vol_uuid, "size": size,
+                            "format": fmt, "allocation": allocation,
+                            "description": description}
     if parent is not None:
         spec["parent"] = parent
+    if not legal:
+        spec["legal"] = False
     return await c._request("POST", f"/domains/{ref.sd_uuid}/volumes", json=spec)
+
+
+async def set_legal(c: HostClient, ref: VolumeRef, legal: bool) -> None:
+    """Mark the volume's content complete or not (``disk list`` shows it; a
+    copy refuses an incomplete source)."""
+    await c._request("PATCH", ref.path, json={"legal": legal})
 
 
 async def delete_volume(c: HostClient, ref: VolumeRef) -> None:

@@ -3,7 +3,8 @@
 The engine creates the volume (upload), opens a ticket on a host serving
 the domain, and moves the bytes with ``imagetransfer`` (sparse, resumed by
 range after a broken connection, verified by checksum at the end); the
-ticket is deleted whatever happens.  A qcow2 file is uploaded as it is
+ticket is deleted whatever happens.  An upload's volume is marked
+incomplete (``legal: false``) until its bytes are verified.  A qcow2 file is uploaded as it is
 into a qcow2 volume of its virtual size; a download writes the volume's
 bytes (a qcow2 volume gives a qcow2 file).  ``--disk`` makes an upload
 resume into the volume an interrupted run created.
@@ -31,6 +32,7 @@ from .hostvol import (
     delete_ticket,
     delete_volume,
     list_volumes,
+    set_legal,
     ticket_size,
 )
 
@@ -112,10 +114,12 @@ async def open_upload(ctx: Ctx, path: str, sd_uuid: str, disk: str | None) -> Op
                                "upload into a new disk instead")
         ref = VolumeRef(sd, img, str(v["vol_uuid"]))
         allocation = str(v["allocation"])
+        await set_legal(c, ref, False)  # incomplete until this upload is verified
         url = await add_ticket(c, ref, size, ["write"], sparse=allocation == "sparse")
         return Opened(ref, url, host.name, size, fmt)
     ref = VolumeRef(sd, img, str(uuid.uuid4()))
-    await create_volume(c, ref, virtual, fmt, "sparse", f"upload of {os.path.basename(path)}")
+    await create_volume(c, ref, virtual, fmt, "sparse", f"upload of {os.path.basename(path)}",
+                        legal=False)
     ticket = str(uuid.uuid4())
     try:
         ctx.report({"event": "volume", "action": "created", **ref.to_json()})
@@ -179,6 +183,13 @@ async def open_download(ctx: Ctx, disk: str, sd_uuid: str | None) -> Opened:
 async def close(ctx: Ctx, opened: Opened) -> None:
     with contextlib.suppress(EngineError):
         await delete_ticket(ctx.clients(ctx.cache.host(opened.host)), opened.url)
+
+
+async def complete(ctx: Ctx, opened: Opened) -> None:
+    """Mark an upload's volume complete, once verified and its ticket gone:
+    until then ``disk list`` shows it as ``legal: no`` and it cannot be
+    copied, so an interrupted upload is never taken for a whole disk."""
+    await set_legal(ctx.clients(ctx.cache.host(opened.host)), opened.ref, True)
 
 
 def run(opened: Opened, path: str, upload: bool, progress: Callable[[int], None],

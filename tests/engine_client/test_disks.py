@@ -88,6 +88,7 @@ class World:
                                     None)
         finally:
             await transfers.close(self.ctx, opened)
+        await transfers.complete(self.ctx, opened)  # as the CLI does once verified
         return opened.ref.img_uuid
 
     async def download(self, disk: str, sd: str, path: Path) -> dict[str, Any]:
@@ -554,10 +555,16 @@ async def test_output_closed_mid_transfer(world: World, action: str) -> None:
     disk = first["img_id"] if action == "upload" else up["disk"]
     if action == "upload":
         assert f"run the command again with --disk {disk} to finish it" in err
+        # Half written: incomplete, so no copy or attach takes it for a disk.
+        assert [v["legal"] for v in await w.volumes(w.f1, disk)] == [False]
+        rc, _, err = await asyncio.to_thread(finish, cli(
+            w, "vm", "create", "halfway", "--attach", f"{disk}@{w.f1}"))
+        assert rc == 1 and "marked incomplete (an unfinished copy or upload)" in err, err
     again = (["upload", str(src), "--domain", w.f1, "--disk", disk] if action == "upload"
              else args)  # the ticket is gone: the volume is free for a writer
     rc, _, err = await asyncio.to_thread(finish, cli(w, "disk", *again))
     assert rc == 0, err
+    assert [v["legal"] for v in await w.volumes(w.f1, disk)] == [True]
 
 
 async def test_ctrl_c_deletes_the_job_and_a_retry_finishes(world: World) -> None:

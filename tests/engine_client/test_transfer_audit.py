@@ -248,6 +248,7 @@ async def uploaded(ctx: Ctx, path: Path, sd: str) -> transfers.Opened:
         await asyncio.to_thread(transfers.run, opened, str(path), True, lambda n: None, None)
     finally:
         await transfers.close(ctx, opened)
+    await transfers.complete(ctx, opened)  # as the CLI does once verified
     return opened
 
 
