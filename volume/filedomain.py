@@ -61,6 +61,14 @@ def create_file_domain(path: str, sd_uuid: str) -> FileDomain:
     marker = os.path.join(root, DOMAIN_FILE)
     if os.path.exists(marker):
         raise Conflict(f"{path} already holds a storage domain")
+    # As vdsm: a domain is made in an empty export (a new filesystem's
+    # lost+found aside), never over someone's files.
+    with oserrors("read the directory"):
+        found = sorted(set(os.listdir(root)) - {"lost+found"})
+    if found:
+        raise Conflict(f"{path} is not empty (it holds {found[0]!r}"
+                       f"{f' and {len(found) - 1} more' if len(found) > 1 else ''}); "
+                       "a new file domain needs an empty directory")
     with oserrors("create storage domain"):
         makedirs_durable(os.path.join(root, IMAGES))
         meta = {"uuid": sd_uuid, "type": "file", "version": VERSION}

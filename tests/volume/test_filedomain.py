@@ -70,6 +70,20 @@ def test_create_twice(sd: FileDomain) -> None:
         create_file_domain(sd.location[0], new_id())
 
 
+def test_a_directory_with_files_is_not_made_a_domain(tmp_path: Path) -> None:
+    """POST /domains formatted a directory of the user's images in place."""
+    root = tmp_path / "images"
+    root.mkdir()
+    (root / "disk.qcow2").write_bytes(b"mine")
+    (root / "other").mkdir()
+    with pytest.raises(Conflict, match=r"is not empty \(it holds 'disk.qcow2' and 1 more\)"):
+        create_file_domain(str(root), new_id())
+    assert sorted(p.name for p in root.iterdir()) == ["disk.qcow2", "other"]
+    fresh = tmp_path / "fresh-fs"
+    (fresh / "lost+found").mkdir(parents=True)  # a new filesystem's, not files
+    assert create_file_domain(str(fresh), new_id()).location == (str(fresh),)
+
+
 def test_location_missing(tmp_path: Path) -> None:
     with pytest.raises(InvalidRequest, match="does not exist"):
         create_file_domain(str(tmp_path / "nowhere"), new_id())
