@@ -233,6 +233,11 @@ class Cache:
         with self._tx(write=False) as c:
             return entities.entity_rows(c)
 
+    def resolve(self, ref: str) -> str:
+        """The UUID of the VM or template named by UUID or name (see entities)."""
+        with self._tx(write=False) as c:
+            return entities.resolve(c, ref)
+
     def entity(self, entity_uuid: str) -> Entity:
         with self._tx(write=False) as c:
             return entities.get(c, entity_uuid)

@@ -26,6 +26,8 @@ from .errors import EngineError, InvalidInput, NotFound
 from .model import VmStatus, parse_domain_status
 
 YES_NO = {"yes": True, "no": False}
+#: What names a VM or template on the command line.
+VM_HELP = "its UUID, or its name if no other VM or template has it"
 
 
 def _json_flag(p: argparse.ArgumentParser) -> None:
@@ -59,10 +61,10 @@ def _parser() -> argparse.ArgumentParser:
     s = vm.add_parser("list", help="list VMs and templates")
     _json_flag(s)
     s = vm.add_parser("ovf", help="print a VM's OVF")
-    s.add_argument("vm")
+    s.add_argument("vm", help=VM_HELP)
     s.add_argument("--cached", action="store_true", help="the cached OVF stores get")
     s = vm.add_parser("set-disk", help="move a disk or change its flags")
-    s.add_argument("vm")
+    s.add_argument("vm", help=VM_HELP)
     s.add_argument("disk")
     s.add_argument("--domain")
     s.add_argument("--shareable", choices=YES_NO)
@@ -70,15 +72,15 @@ def _parser() -> argparse.ArgumentParser:
     for name, text in (("lock", "lock a VM (ImageLocked), a disk or a snapshot"),
                        ("unlock", "unlock a VM, a disk or a snapshot")):
         s = vm.add_parser(name, help=text)
-        s.add_argument("vm")
+        s.add_argument("vm", help=VM_HELP)
         which = s.add_mutually_exclusive_group()
         which.add_argument("--disk")
         which.add_argument("--snapshot")
     s = vm.add_parser("set-status", help="set a VM's status (Up, Down, Paused, ...)")
-    s.add_argument("vm")
+    s.add_argument("vm", help=VM_HELP)
     s.add_argument("status")
     s = vm.add_parser("delete", help="delete a VM or template")
-    s.add_argument("vm")
+    s.add_argument("vm", help=VM_HELP)
     diskcli.add_vm_create(vm)
     diskcli.add_disk_parsers(sub)
 
@@ -151,6 +153,8 @@ def _positive(text: str) -> int:
 
 def _vm(cache: Cache, cfg: config.Config, args: argparse.Namespace) -> int:
     a = args.action
+    if getattr(args, "vm", None) is not None:
+        args.vm = cache.resolve(args.vm)  # a UUID, or the name of one VM or template
     if a == "import":
         done = importer.import_dir(cache, args.directory, cfg.max_ovf_size, args.domain,
                                    importer.parse_disk_domains(args.disk_domain))

@@ -201,7 +201,9 @@ def run_vm_create(cache: Cache, cfg: Config, args: argparse.Namespace) -> int:
     progress = Progress(f"create {args.name}", args.json)
     try:
         summary = with_ctx(cache, cfg, progress, lambda ctx: vms.create_vm(
-            ctx, args.name, disks, attach, args.from_template, args.to, args.template))
+            ctx, args.name, disks, attach,
+            cache.resolve(args.from_template) if args.from_template else None, args.to,
+            args.template))
     except asyncio.CancelledError:
         print("sluice-engine: canceled; the volumes this command created were removed",
               file=sys.stderr)

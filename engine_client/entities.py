@@ -55,6 +55,24 @@ def entity_rows(c: sqlite3.Connection, where: str = "", params: Sequence[object]
     return [row_entity(r) for r in c.execute(sql, (*params, limit))]
 
 
+def resolve(c: sqlite3.Connection, ref: str) -> str:
+    """The UUID of the VM or template ``ref`` names: a UUID as it is, else
+    the one entity of that name (NotFound if none, InvalidInput if
+    several: oVirt keeps names unique, an import from elsewhere may not)."""
+    try:
+        return canonical_uuid(ref, "VM")
+    except InvalidInput:
+        pass
+    found = [str(r[0]) for r in c.execute(
+        "SELECT uuid FROM entities WHERE name = ? ORDER BY uuid", (ref,))]
+    if not found:
+        raise NotFound(f"no VM or template is named {ref!r}")
+    if len(found) > 1:
+        raise InvalidInput(f"{len(found)} VMs or templates are named {ref!r}; give one's "
+                           f"UUID ({', '.join(found)})")
+    return found[0]
+
+
 def get(c: sqlite3.Connection, entity_uuid: str) -> Entity:
     uuid = canonical_uuid(entity_uuid, "VM")
     found = entity_rows(c, "WHERE e.uuid = ?", (uuid,))

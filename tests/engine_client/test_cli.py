@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from engine_client.model import VmStatus
 from tests.stream.daemon import Daemon, free_port
 
 from .ovfs import DiskSpec, vm_ovf, write
@@ -41,6 +42,28 @@ class Cli:
 @pytest.fixture
 def cli(tmp_path: Path) -> Cli:
     return Cli(tmp_path / "engine")
+
+
+def test_vms_are_named_by_uuid_or_by_a_name_only_one_has(cli: Cli, tmp_path: Path) -> None:
+    """``vm create NAME`` and ``vm list`` deal in names, but every other vm
+    command took a UUID only ("VM 'web' is not a UUID")."""
+    sd = str(uuid.uuid4())
+    (tmp_path / "sd").mkdir()
+    cli("domain", "add", sd, "--type", "file", "--location", str(tmp_path / "sd"))
+    web, twin1, twin2 = (str(uuid.uuid4()) for _ in range(3))
+    for vm, name in ((web, "web"), (twin1, "twin"), (twin2, "twin")):
+        write(tmp_path / "in", vm, vm_ovf(vm, name, [DiskSpec(sd)]))
+    cli("vm", "import", str(tmp_path / "in"))
+    cli("vm", "set-status", "web", "up")
+    cli("vm", "lock", "web")
+    assert {e["uuid"]: e["status"] for e in cli.json("vm", "list")}[web] == VmStatus.IMAGE_LOCKED
+    cli("vm", "unlock", web.upper())  # a UUID in any case, as before
+    err = cli("vm", "lock", "twin", rc=2).stderr
+    assert "2 VMs or templates are named 'twin'; give one's UUID" in err
+    assert twin1 in err and twin2 in err
+    assert "no VM or template is named 'nobody'" in cli("vm", "delete", "nobody", rc=2).stderr
+    cli("vm", "delete", "web")
+    assert {e["uuid"] for e in cli.json("vm", "list")} == {twin1, twin2}
 
 
 def test_feeding_the_cache(cli: Cli, tmp_path: Path) -> None:
