@@ -48,6 +48,11 @@ class Reading:
     def record(self, row: MemRow) -> None:
         row.seconds.append(self.seconds)
         row.cpu_s.append(self.usage.cpu_s)
+        self.record_memory(row)
+
+    def record_memory(self, row: MemRow) -> None:
+        """The memory figures only (a warm-up: its time is not the steady
+        state's, its memory is the cold daemon's, the worst case)."""
         row.peak_rss = max(row.peak_rss, self.usage.peak_rss)
         row.base_rss.append(self.base)
         row.rss_growth.append(self.usage.peak_rss - self.base)
