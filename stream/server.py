@@ -90,19 +90,43 @@ def bind_control(path: str) -> socket.socket:
     return sock
 
 
+def check_bindable(host: str, port: int) -> None:
+    """Raise OSError now if the data address cannot be bound (in use, not
+    this host's): a daemon that cannot listen must fail before its startup
+    makes the embedded default's domain, OVF stores and token."""
+    for family, kind, proto, _, addr in socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE):
+        with socket.socket(family, kind, proto) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the site will
+            if family == socket.AF_INET6:
+                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                s.bind(addr)
+            except OSError as e:
+                raise OSError(e.errno, f"cannot listen on {host}:{port}: {e.strerror}") \
+                    from None
+
+
 async def serve(cfg: Config, ctx: ssl.SSLContext | None,
                 ready: asyncio.Event | None = None) -> None:
-    app = make_app(cfg)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, **RUNNER_KWARGS)
-    await runner.setup()
     host, _, port = cfg.daemon.listen.rpartition(":")
     host = host.strip("[]")
+    sock_path = str(cfg.control_socket_path)
+    # Both listeners first: the app's startup writes to the data directory.
+    check_bindable(host, int(port))
+    control = bind_control(sock_path)
+    app = make_app(cfg)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, **RUNNER_KWARGS)
+    try:
+        await runner.setup()
+    except BaseException:
+        control.close()
+        raise
     data = web.TCPSite(runner, host, int(port), ssl_context=ctx, backlog=BACKLOG,
                        reuse_address=True)
-    sock_path = str(cfg.control_socket_path)
     try:
         await data.start()
-        await web.SockSite(runner, bind_control(sock_path)).start()
+        await web.SockSite(runner, control).start()
         log.info("serving data on %s://%s, control on %s",
                  "https" if ctx else "http", cfg.daemon.listen, sock_path)
         stop = asyncio.Event()

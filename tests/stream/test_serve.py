@@ -271,6 +271,27 @@ def test_embedded_defaults(tmp_path: Path) -> None:
     assert not (data / "control.sock").exists(), "removed at shutdown"
 
 
+@pytest.mark.parametrize("blocked", ["port", "control-socket"])
+def test_a_daemon_that_cannot_listen_writes_nothing(tmp_path: Path, blocked: str) -> None:
+    """It failed cleanly, but only after its startup had made the embedded
+    default's domain, 256 MiB of OVF stores and a token."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1] if blocked == "port" else free_port()
+        sock = tmp_path / ("run" if blocked == "port" else "missing") / "control.sock"
+        (tmp_path / "run").mkdir()
+        r = subprocess.run([sys.executable, "-m", "stream", "serve", "--data-dir",
+                            str(tmp_path / "data"), "--listen", f"127.0.0.1:{port}",
+                            "--control-socket", str(sock)],
+                           capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr
+    assert r.stderr.startswith("sluice: cannot start: ")
+    assert ("Address already in use" if blocked == "port" else str(sock)) in r.stderr
+    left = sorted(p.name for p in (tmp_path / "data").iterdir())
+    assert "domains" not in left and "engine.token" not in left, left
+
+
 def test_control_socket_option(tmp_path: Path) -> None:
     sock = tmp_path / "run" / "sluice.sock"
     sock.parent.mkdir()
