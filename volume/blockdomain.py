@@ -28,16 +28,8 @@ from . import _linux, blockmeta
 from ._oserror import oserrors
 from .blockmeta import AREA
 from .errors import Conflict, InvalidRequest, NoSpace, VolumeError
-from .sd import (
-    Allocation,
-    BaseDomain,
-    Format,
-    MiB,
-    Space,
-    VolumeInfo,
-    check_deletable,
-    check_resizable,
-)
+from .sd import Allocation, BaseDomain, Format, MiB, Space, VolumeInfo
+from .storeguard import check_deletable, check_resizable
 from .validate import check_block_device, check_size, check_uuid
 
 log = logging.getLogger(__name__)

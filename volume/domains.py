@@ -12,7 +12,7 @@ A ticket names its volume either by path or by UUIDs:
   metadata (:meth:`DomainRegistry.volume`), which also says where the
   bytes are (:func:`volume.sd.open_data` opens them).
 
-Either way, a transfer never writes an OVF store (:func:`volume.sd.check_write_target`):
+Either way, a transfer never writes an OVF store (:func:`volume.storeguard.check_write_target`):
 only the store update protocol does, which keeps the last good one.
 
 The registry opens each domain's storage (:data:`OPENERS`, by type) the
@@ -40,7 +40,8 @@ from .filedomain import (
     create_file_domain,
     open_file_domain,
 )
-from .sd import StorageDomain, VolumeInfo, check_write_target
+from .sd import StorageDomain, VolumeInfo
+from .storeguard import check_write_target
 from .validate import check_uuid
 
 log = logging.getLogger(__name__)
@@ -145,7 +146,7 @@ class DomainRegistry:
 
     def resolve(self, path: str, write: bool = False) -> tuple[Domain, str]:
         """Return (domain, real path) for a ticket path, or refuse it; ``write``:
-        the ticket allows writing (see :func:`volume.sd.check_write_target`).
+        the ticket allows writing (see :func:`volume.storeguard.check_write_target`).
 
         Blocking (realpath, stat, a volume's metadata): run it in the I/O executor.
         """

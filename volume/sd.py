@@ -35,7 +35,7 @@ from enum import StrEnum
 from typing import Any, ClassVar, Protocol
 
 from .base import Volume
-from .errors import Forbidden, InvalidRequest, NotFound
+from .errors import InvalidRequest, NotFound
 from .region import RegionVolume
 from .validate import check_size, check_uuid, parse_enum
 
@@ -125,38 +125,6 @@ class VolumeInfo:
     def to_json(self) -> dict[str, Any]:
         return {"sd_uuid": self.sd_uuid, **self.meta(), "path": self.path,
                 "offset": self.offset, "length": self.length}
-
-
-def check_write_target(info: VolumeInfo) -> None:
-    """Refuse a transfer (a write ticket, a copy job) into an OVF store: its
-    bytes end with the commit record, and only an update (PUT
-    /domains/{sd}/ovf-store) may change them, so that a reader always finds
-    the last good store.  Reading one through a ticket is allowed."""
-    if info.content == Content.OVF_STORE:
-        raise Forbidden(f"Volume {info.img_uuid}/{info.vol_uuid} of storage domain "
-                        f"{info.sd_uuid} is an OVF store: only an OVF store update "
-                        f"(PUT /domains/{info.sd_uuid}/ovf-store) writes it")
-
-
-def check_resizable(info: VolumeInfo) -> None:
-    """Refuse to resize an OVF store: its commit record is its last 4 KiB,
-    and a store that grew would lose it, and with it maybe the only good
-    copy of the domain's OVFs.  oVirt never resizes one either."""
-    if info.content == Content.OVF_STORE:
-        raise Forbidden(f"Volume {info.img_uuid}/{info.vol_uuid} of storage domain "
-                        f"{info.sd_uuid} is an OVF store, whose size is fixed: its commit "
-                        "record is at its end")
-
-
-def check_deletable(info: VolumeInfo) -> None:
-    """Refuse to delete an OVF store: the daemon creates a domain's stores
-    and keeps each a full copy of its OVFs, so that one lost or torn store
-    leaves another to read.  oVirt does not let a user remove one either."""
-    if info.content == Content.OVF_STORE:
-        raise Forbidden(f"Volume {info.img_uuid}/{info.vol_uuid} of storage domain "
-                        f"{info.sd_uuid} is an OVF store: the daemon manages the domain's "
-                        "OVF_STORE volumes, and deleting one loses a copy of the domain's "
-                        "OVFs")
 
 
 def new_volume(sd_uuid: str, img_uuid: str, vol_uuid: str, size: int, *,

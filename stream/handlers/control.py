@@ -10,7 +10,7 @@ import logging
 from aiohttp import web
 
 from volume.errors import Conflict, InvalidRequest, NotFound
-from volume.sd import check_write_target
+from volume.storeguard import check_write_target
 from volume.validate import check_uuid
 
 from ..auth import ENGINE

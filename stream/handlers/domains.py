@@ -18,7 +18,8 @@ from volume.blockdomain import create_block_domain
 from volume.errors import Conflict, InvalidRequest
 from volume.filedomain import create_file_domain
 from volume.ovfstore import ensure_stores
-from volume.sd import Content, StorageDomain, VolumeInfo, check_deletable, check_write_target
+from volume.sd import Content, StorageDomain, VolumeInfo
+from volume.storeguard import check_deletable, check_write_target
 from volume.validate import check_uuid
 
 from ..auth import ENGINE

@@ -10,7 +10,8 @@ from typing import Any
 from aiohttp import web
 
 from volume.errors import Conflict, Error, InvalidRequest
-from volume.sd import VolumeInfo, check_write_target, open_data
+from volume.sd import VolumeInfo, open_data
+from volume.storeguard import check_write_target
 from volume.validate import check_uuid
 
 from .. import convert
