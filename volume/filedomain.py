@@ -29,11 +29,12 @@ import logging
 import os
 from typing import Any
 
-from . import qemuimg
+from . import filedata
 from ._oserror import oserrors
-from .durable import atomic_write, fsync_dir, makedirs_durable, preallocate, remove_durable
+from .durable import atomic_write, makedirs_durable, remove_durable
 from .errors import Conflict, InvalidRequest, NotFound, VolumeError
-from .sd import Allocation, BaseDomain, Format, Space, VolumeInfo, check_deletable, check_resizable
+from .sd import BaseDomain, Format, Space, VolumeInfo
+from .storeguard import check_deletable, check_resizable
 from .validate import check_directory, check_size, check_uuid
 
 log = logging.getLogger(__name__)
@@ -69,10 +70,16 @@ def create_file_domain(path: str, sd_uuid: str) -> FileDomain:
         raise Conflict(f"{path} is not empty (it holds {found[0]!r}"
                        f"{f' and {len(found) - 1} more' if len(found) > 1 else ''}); "
                        "a new file domain needs an empty directory")
+    images = os.path.join(root, IMAGES)
     with oserrors("create storage domain"):
-        makedirs_durable(os.path.join(root, IMAGES))
+        makedirs_durable(images)
         meta = {"uuid": sd_uuid, "type": "file", "version": VERSION}
-        atomic_write(marker, json.dumps(meta).encode())
+        try:
+            atomic_write(marker, json.dumps(meta).encode())
+        except BaseException:
+            with contextlib.suppress(OSError):  # empty again: a retry may go on
+                os.rmdir(images)
+            raise
     log.info("created file domain sd=%s root=%s", sd_uuid, root)
     return FileDomain(root, sd_uuid)
 
@@ -155,7 +162,7 @@ class FileDomain(BaseDomain):
                 log.warning("removing data left by a crashed create: %s", data)
                 remove_durable(data)
             try:
-                self._make_data(info, backing)
+                filedata.make(info, backing)
                 self._write_meta(info, READY)
             except BaseException:
                 # Not left for the next create of this UUID: the engine may
@@ -180,32 +187,6 @@ class FileDomain(BaseDomain):
                                  f"{parent.size}")
         return parent
 
-    def _make_data(self, info: VolumeInfo, backing: VolumeInfo | None) -> None:
-        prealloc = info.allocation == Allocation.PREALLOCATED
-        if info.format == Format.QCOW2:
-            qemuimg.create(
-                info.path, info.size, preallocation="falloc" if prealloc else None,
-                backing=backing.vol_uuid if backing else None,
-                backing_format=str(backing.format) if backing else None,
-            )
-            fd = os.open(info.path, os.O_RDONLY)
-        else:
-            fd = os.open(info.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o660)
-        try:
-            if info.format == Format.RAW:
-                self._grow_raw(fd, 0, info.size, prealloc)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        fsync_dir(os.path.dirname(info.path))
-
-    @staticmethod
-    def _grow_raw(fd: int, old: int, new: int, prealloc: bool) -> None:
-        if prealloc:
-            preallocate(fd, old, new - old)
-        else:
-            os.ftruncate(fd, new)
-
     def resize_volume(self, img_uuid: str, vol_uuid: str, size: int) -> VolumeInfo:
         size = check_size(size)
         with self._lock, oserrors("resize volume"):
@@ -215,24 +196,7 @@ class FileDomain(BaseDomain):
                 raise InvalidRequest(f"volume size {info.size} cannot shrink to {size}")
             if size == info.size:
                 return info
-            prealloc = info.allocation == Allocation.PREALLOCATED
-            if info.format == Format.QCOW2:
-                qemuimg.resize(info.path, size, preallocation="falloc" if prealloc else None)
-            fd = os.open(info.path, os.O_WRONLY)
-            try:
-                if info.format == Format.RAW:
-                    old = os.fstat(fd).st_size
-                    try:
-                        self._grow_raw(fd, info.size, size, prealloc)
-                    except BaseException:
-                        # A fallocate that runs out of space keeps the blocks
-                        # it got and the size they reach (ext4): give them back.
-                        with contextlib.suppress(OSError):
-                            os.ftruncate(fd, old)
-                        raise
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            filedata.grow(info, size)
             info = dataclasses.replace(info, size=size)
             self._write_meta(info, READY)
         log.info("resized volume sd=%s img=%s vol=%s size=%d", self._uuid, info.img_uuid,

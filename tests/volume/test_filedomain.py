@@ -84,6 +84,19 @@ def test_a_directory_with_files_is_not_made_a_domain(tmp_path: Path) -> None:
     assert create_file_domain(str(fresh), new_id()).location == (str(fresh),)
 
 
+def test_a_failed_create_can_be_retried(tmp_path: Path) -> None:
+    """Its images/ directory stayed behind, and made the directory 'not empty'."""
+    root = tmp_path / "dom"
+    root.mkdir()
+    with mock.patch("volume.filedomain.atomic_write",
+                    side_effect=OSError(errno.ENOSPC, "No space left on device")), \
+            pytest.raises(NoSpace):
+        create_file_domain(str(root), new_id())
+    assert list(root.iterdir()) == []
+    sd = create_file_domain(str(root), new_id())
+    assert open_file_domain(str(root)).uuid == sd.uuid
+
+
 def test_location_missing(tmp_path: Path) -> None:
     with pytest.raises(InvalidRequest, match="does not exist"):
         create_file_domain(str(tmp_path / "nowhere"), new_id())

@@ -1,0 +1,66 @@
+"""The data file of a file-domain volume: made and grown, then synced.
+
+raw or qcow2 (through qemu-img), sparse or preallocated.  What the volume
+is lives in its ``.meta`` file, written by ``filedomain`` after these
+return: the data is always complete before the metadata claims it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+from . import qemuimg
+from .durable import fsync_dir, preallocate
+from .sd import Allocation, Format, VolumeInfo
+
+
+def _grow_raw(fd: int, old: int, new: int, prealloc: bool) -> None:
+    if prealloc:
+        preallocate(fd, old, new - old)
+    else:
+        os.ftruncate(fd, new)
+
+
+def make(info: VolumeInfo, backing: VolumeInfo | None) -> None:
+    """Create ``info.path`` (it must not exist), synced with its directory;
+    a qcow2 overlay names ``backing`` by its volume UUID (a sibling file)."""
+    prealloc = info.allocation == Allocation.PREALLOCATED
+    if info.format == Format.QCOW2:
+        qemuimg.create(
+            info.path, info.size, preallocation="falloc" if prealloc else None,
+            backing=backing.vol_uuid if backing else None,
+            backing_format=str(backing.format) if backing else None,
+        )
+        fd = os.open(info.path, os.O_RDONLY)
+    else:
+        fd = os.open(info.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o660)
+    try:
+        if info.format == Format.RAW:
+            _grow_raw(fd, 0, info.size, prealloc)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    fsync_dir(os.path.dirname(info.path))
+
+
+def grow(info: VolumeInfo, size: int) -> None:
+    """Grow the data of ``info`` to ``size`` bytes (virtual, for qcow2), synced."""
+    prealloc = info.allocation == Allocation.PREALLOCATED
+    if info.format == Format.QCOW2:
+        qemuimg.resize(info.path, size, preallocation="falloc" if prealloc else None)
+    fd = os.open(info.path, os.O_WRONLY)
+    try:
+        if info.format == Format.RAW:
+            old = os.fstat(fd).st_size
+            try:
+                _grow_raw(fd, info.size, size, prealloc)
+            except BaseException:
+                # A fallocate that runs out of space keeps the blocks it got
+                # and the size they reach (ext4): give them back.
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, old)
+                raise
+        os.fsync(fd)
+    finally:
+        os.close(fd)
