@@ -185,6 +185,9 @@ def _transfer(cache: Cache, cfg: Config, args: argparse.Namespace,
             raise EngineError(f"the upload was verified, but marking disk "
                               f"{opened.ref.img_uuid} complete failed ({e}); run the "
                               f"command again{again}") from None
+        except (asyncio.CancelledError, KeyboardInterrupt):
+            raise EngineError(f"interrupted while marking disk {opened.ref.img_uuid} "
+                              f"complete; run the command again{again} to finish it") from None
     return summary
 
 

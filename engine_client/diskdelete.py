@@ -4,9 +4,11 @@ For what no VM or template has: an upload nobody attached, what a failed
 copy left on another domain (a copy keeps its disk's UUID), a disk the
 user no longer wants.  A disk the cache says a VM or template has on that
 domain is refused: its OVF would name a disk that is gone.  Volumes go
-leaves first, so no volume is ever left without its parent; OVF stores
-are the daemon's (it refuses to delete them, and so does this).  The
-host refuses a volume a ticket or a copy job is using (409).
+leaves first, so no volume is ever left without its parent; once the
+first is gone the others are marked incomplete: the host refuses a
+volume a ticket or a copy job is using (409), and what such a refusal
+leaves half way is never taken for the disk.  OVF stores are the daemon's (it refuses
+to delete them, and so does this).
 """
 
 from __future__ import annotations
@@ -19,8 +21,8 @@ from typing import Any
 from .cache import Cache
 from .config import Config
 from .disks import Ctx, serving
-from .errors import InvalidInput, NotFound
-from .hostvol import VolumeRef, delete_volume, list_volumes
+from .errors import HostError, InvalidInput, NotFound
+from .hostvol import VolumeRef, delete_volume, list_volumes, set_legal
 from .ovf import canonical_uuid
 from .report import count
 
@@ -53,10 +55,26 @@ async def delete_disk(ctx: Ctx, disk: str, sd: str) -> dict[str, Any]:
     if kinds:
         raise InvalidInput(f"disk {disk} on {sd} is an {kinds.pop()} volume, which the "
                            "daemon keeps; only data disks are deleted")
-    for v in leaves_first(volumes):
-        ref = VolumeRef(sd, disk, str(v["vol_uuid"]))
-        await delete_volume(c, ref)
-        ctx.report({"event": "volume", "action": "removed", **ref.to_json()})
+    refs = [VolumeRef(sd, disk, str(v["vol_uuid"])) for v in leaves_first(volumes)]
+    removed: list[str] = []
+    for i, ref in enumerate(refs):
+        try:
+            await delete_volume(c, ref)  # a refused first one changes nothing
+            removed.append(ref.vol_uuid)
+            ctx.report({"event": "volume", "action": "removed", **ref.to_json()})
+            if i == 0:
+                # The disk is no longer whole: should a later delete be
+                # refused (a base a ticket still reads), what is left must
+                # never be taken for it.
+                for rest in refs[1:]:
+                    await set_legal(c, rest, False)
+        except HostError as e:
+            if not removed:
+                raise
+            raise HostError(host.name, f"removed {count(len(removed), 'volume')} of disk "
+                            f"{disk} ({', '.join(removed)}), then: {e.detail}; the rest is "
+                            "marked incomplete: run the command again once it is free",
+                            e.status, e.code) from None
     return {"disk": disk, "sd": sd, "host": host.name, "volumes": len(volumes)}
 
 

@@ -56,15 +56,23 @@ def entity_rows(c: sqlite3.Connection, where: str = "", params: Sequence[object]
 
 
 def resolve(c: sqlite3.Connection, ref: str) -> str:
-    """The UUID of the VM or template ``ref`` names: a UUID as it is, else
-    the one entity of that name (NotFound if none, InvalidInput if
-    several: oVirt keeps names unique, an import from elsewhere may not)."""
+    """The UUID of the VM or template ``ref`` names: a known UUID, else the
+    one entity of that name (a name may look like a UUID: 32 hex digits
+    are a valid oVirt name), else ``ref`` as a UUID if it is one (callers
+    then say it is not known).  NotFound if nothing matches, InvalidInput
+    if several have the name: oVirt keeps names unique, an import from
+    elsewhere may not."""
     try:
-        return canonical_uuid(ref, "VM")
+        uuid = canonical_uuid(ref, "VM")
     except InvalidInput:
-        pass
+        uuid = None
+    if uuid is not None and c.execute("SELECT 1 FROM entities WHERE uuid = ?",
+                                      (uuid,)).fetchone():
+        return uuid
     found = [str(r[0]) for r in c.execute(
         "SELECT uuid FROM entities WHERE name = ? ORDER BY uuid", (ref,))]
+    if not found and uuid is not None:
+        return uuid  # not known: the caller says so, naming the UUID
     if not found:
         raise NotFound(f"no VM or template is named {ref!r}")
     if len(found) > 1:

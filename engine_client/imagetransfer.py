@@ -135,6 +135,8 @@ def target_problem(path: str) -> str | None:
         st = os.stat(path)
     except FileNotFoundError:
         return None
+    except OSError as e:  # a symlink loop, a file as a directory, no search permission
+        return f"cannot use it: {e.strerror}"
     if not stat.S_ISREG(st.st_mode):
         return ("it is not a regular file (a download replaces the file once "
                 "verified; give a file path)")

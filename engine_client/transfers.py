@@ -114,8 +114,15 @@ async def open_upload(ctx: Ctx, path: str, sd_uuid: str, disk: str | None) -> Op
                                "upload into a new disk instead")
         ref = VolumeRef(sd, img, str(v["vol_uuid"]))
         allocation = str(v["allocation"])
-        await set_legal(c, ref, False)  # incomplete until this upload is verified
+        # The ticket first: a host that refuses it (the disk is being
+        # copied) must leave the disk as it was, complete or not.
         url = await add_ticket(c, ref, size, ["write"], sparse=allocation == "sparse")
+        try:
+            await set_legal(c, ref, False)  # incomplete until this upload is verified
+        except BaseException:
+            with contextlib.suppress(EngineError):
+                await asyncio.shield(delete_ticket(c, url))
+            raise
         return Opened(ref, url, host.name, size, fmt)
     ref = VolumeRef(sd, img, str(uuid.uuid4()))
     await create_volume(c, ref, virtual, fmt, "sparse", f"upload of {os.path.basename(path)}",

@@ -64,6 +64,16 @@ def test_vms_are_named_by_uuid_or_by_a_name_only_one_has(cli: Cli, tmp_path: Pat
     assert "no VM or template is named 'nobody'" in cli("vm", "delete", "nobody", rc=2).stderr
     cli("vm", "delete", "web")
     assert {e["uuid"] for e in cli.json("vm", "list")} == {twin1, twin2}
+    # 32 hex digits are a valid oVirt name, and parse as a UUID.
+    hexname, other = "0123456789abcdef0123456789abcdef", str(uuid.uuid4())
+    write(tmp_path / "in2", other, vm_ovf(other, hexname, [DiskSpec(sd)]))
+    cli("vm", "import", str(tmp_path / "in2"))
+    cli("vm", "lock", hexname)
+    assert {e["uuid"]: e["status"] for e in cli.json("vm", "list")}[other] == \
+        VmStatus.IMAGE_LOCKED
+    unknown = str(uuid.uuid4())
+    assert f"VM or template {unknown} is not known" in cli("vm", "lock", unknown,
+                                                           rc=2).stderr
 
 
 def test_feeding_the_cache(cli: Cli, tmp_path: Path) -> None:

@@ -145,6 +145,13 @@ def test_download_targets_that_are_not_regular_files_are_refused(tmp_path: Path)
         assert "is not a regular file" in one_sentence(r, 2)
     assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
     assert (tmp_path / "link").is_symlink()
+    # What os.stat cannot look through: one sentence too, not a traceback.
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    (tmp_path / "afile").write_text("")
+    for target, words in ((tmp_path / "loop", "Too many levels of symbolic links"),
+                          (tmp_path / "afile" / "x.raw", "Not a directory")):
+        r = run(state, "disk", "download", disk, str(target), "--domain", sd)
+        assert words in one_sentence(r, 2), r.stderr
 
 
 def test_an_empty_file_is_no_disk_to_upload(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -31,6 +32,7 @@ from engine_client.config import Config
 from engine_client.diskdelete import leaves_first
 from engine_client.diskmove import copy_disk
 from engine_client.disks import Ctx, DiskError
+from engine_client.errors import EngineError, HostError
 from engine_client.hostapi import Clients
 from engine_client.hostvol import get_job
 from engine_client.ovf import parse
@@ -779,3 +781,83 @@ def test_volumes_are_deleted_leaves_first() -> None:
     order = [v["vol_uuid"] for v in leaves_first(chain)]
     assert order.index("top") < order.index("mid") < order.index("base")
     assert sorted(order) == ["base", "lone", "mid", "top"]
+
+
+async def test_a_refused_resume_leaves_the_disk_as_it_was(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The disk was marked incomplete before the host was asked for the
+    ticket: refused (a copy job reading the disk), the untouched, whole disk
+    stayed 'legal: no', and copies and attaches refused it."""
+    w = world
+    src = image(w.tmp / "whole.raw", 4 * MiB, sparse=True)
+    disk = await w.upload(src, w.f1)
+
+    async def refused(*args: Any, **kw: Any) -> str:
+        raise HostError("h0", "volume in use by job j", 409, "conflict")
+
+    monkeypatch.setattr(transfers, "add_ticket", refused)
+    with pytest.raises(HostError):
+        await transfers.open_upload(w.ctx, str(src), w.f1, disk)
+    assert [v["legal"] for v in await w.volumes(w.f1, disk)] == [True]
+
+
+async def test_disk_delete_refused_half_way(world: World) -> None:
+    """A chain whose base a ticket reads: the top goes, the base is refused.
+    The command said only the host's 409; what was left looked whole."""
+    w = world
+    disk, base, top = (str(uuid.uuid4()) for _ in range(3))
+    for vol, parent in ((base, None), (top, base)):
+        status, body = w.a.request("POST", f"/domains/{w.f1}/volumes", {
+            "img_id": disk, "vol_id": vol, "size": MiB, "format": "qcow2",
+            **({"parent": parent} if parent else {})})
+        assert status == 201, body
+    ticket = str(uuid.uuid4())
+    status, body = w.a.request("PUT", f"/tickets/{ticket}", {
+        "uuid": ticket, "size": MiB, "ops": ["read"], "timeout": 60,
+        "sd_id": w.f1, "img_id": disk, "vol_id": base})
+    assert status == 200, body
+    rc, _, err = await asyncio.to_thread(finish, cli(
+        w, "disk", "delete", disk, "--domain", w.f1))
+    assert rc == 1 and err.count("\n") == 1, err
+    assert f"removed 1 volume of disk {disk} ({top}), then:" in err
+    assert "the rest is marked incomplete" in err
+    assert [(v["vol_uuid"], v["legal"]) for v in await w.volumes(w.f1, disk)] == [
+        (base, False)]
+    w.a.request("DELETE", f"/tickets/{ticket}")
+    rc, _, err = await asyncio.to_thread(finish, cli(
+        w, "disk", "delete", disk, "--domain", w.f1))
+    assert rc == 0, err
+    assert await w.volumes(w.f1, disk) == []
+
+
+async def test_a_canceled_completion_says_how_to_finish(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C while the verified upload was being marked complete said
+    'canceled before any byte moved; nothing was left on the host'."""
+    import argparse
+
+    from engine_client import diskcli
+    from engine_client.progress import Progress
+
+    w = world
+    src = image(w.tmp / "late.raw", 4 * MiB, sparse=True)
+
+    async def interrupted(ctx: Any, opened: Any) -> None:
+        raise asyncio.CancelledError
+
+    async def no_signals(work: Any) -> Any:  # SIGINT handlers need the main thread
+        return await work
+
+    monkeypatch.setattr(transfers, "complete", interrupted)
+    monkeypatch.setattr(diskcli, "_cancellable", no_signals)
+    args = argparse.Namespace(action="upload", file=str(src), domain=w.f1, disk=None,
+                              json=True)
+    with pytest.raises(EngineError) as e:
+        await asyncio.to_thread(diskcli._transfer, w.cache, w.cfg, args,
+                                Progress("upload", True))
+    found = re.fullmatch(r"interrupted while marking disk (\S+) complete; run the command "
+                         r"again with --disk \1 to finish it", str(e.value))
+    assert found, str(e.value)
+    assert [v["legal"] for v in await w.volumes(w.f1, found[1])] == [False]
