@@ -7,8 +7,8 @@ domain is refused: its OVF would name a disk that is gone.  Volumes go
 leaves first, so no volume is ever left without its parent; once the
 first is gone the others are marked incomplete: the host refuses a
 volume a ticket or a copy job is using (409), and what such a refusal
-leaves half way is never taken for the disk.  OVF stores are the daemon's (it refuses
-to delete them, and so does this).
+leaves half way is never taken for the disk.  OVF stores are the
+daemon's (it refuses to delete them, and so does this).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from typing import Any
 
 from .cache import Cache
 from .config import Config
+from .disklist import owners
 from .disks import Ctx, serving
 from .errors import HostError, InvalidInput, NotFound
 from .hostvol import VolumeRef, delete_volume, list_volumes, set_legal
@@ -40,9 +41,7 @@ def leaves_first(volumes: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 async def delete_disk(ctx: Ctx, disk: str, sd: str) -> dict[str, Any]:
-    names = {e.uuid: f"{e.kind} {e.name}" for e in ctx.cache.entities()}
-    users = sorted(names.get(d.entity_uuid, d.entity_uuid) for d in ctx.cache.disks()
-                   if (d.disk_uuid, d.sd_uuid) == (disk, sd))
+    users = sorted(owners(ctx.cache).get((disk, sd), []))
     if users:
         raise InvalidInput(f"disk {disk} on {sd} is a disk of {', '.join(users)}; "
                            "delete or change that first")

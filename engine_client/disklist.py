@@ -46,17 +46,24 @@ def _disks(sd: str, volumes: Sequence[dict[str, Any]],
     return found
 
 
+def owners(cache: Cache) -> dict[tuple[str, str], list[str]]:
+    """``{(disk, domain): ["vm NAME", "template NAME", ...]}`` from the cache.
+
+    By disk and domain: a copy keeps its disk's UUID, and the one on
+    another domain (left by a failed copy) is no VM's."""
+    names = {e.uuid: f"{e.kind} {e.name}" for e in cache.entities()}
+    found: dict[tuple[str, str], list[str]] = {}
+    for d in cache.disks():
+        found.setdefault((d.disk_uuid, d.sd_uuid), []).append(
+            names.get(d.entity_uuid, d.entity_uuid))
+    return found
+
+
 async def list_disks(ctx: Ctx, domains: Sequence[str]
                      ) -> tuple[list[dict[str, Any]], list[str]]:
     """The disks of ``domains``, and why a domain could not be listed (no
     host serves it, or none of them answered), one sentence each."""
-    names = {e.uuid: f"{e.kind} {e.name}" for e in ctx.cache.entities()}
-    # By disk and domain: a copy keeps its disk's UUID, and the one on
-    # another domain (left by a failed copy) is no VM's.
-    owners: dict[tuple[str, str], list[str]] = {}
-    for d in ctx.cache.disks():
-        owners.setdefault((d.disk_uuid, d.sd_uuid), []).append(
-            names.get(d.entity_uuid, d.entity_uuid))
+    used_by = owners(ctx.cache)
     found: list[dict[str, Any]] = []
     failed: list[str] = []
     for sd in domains:
@@ -72,7 +79,7 @@ async def list_disks(ctx: Ctx, domains: Sequence[str]
             except HostError as e:
                 errors.append(str(e))
                 continue
-            found += _disks(sd, volumes, owners)
+            found += _disks(sd, volumes, used_by)
             break
         else:
             failed.append(f"no host listed the disks of domain {sd}: {'; '.join(errors)}")

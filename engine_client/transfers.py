@@ -4,10 +4,11 @@ The engine creates the volume (upload), opens a ticket on a host serving
 the domain, and moves the bytes with ``imagetransfer`` (sparse, resumed by
 range after a broken connection, verified by checksum at the end); the
 ticket is deleted whatever happens.  An upload's volume is marked
-incomplete (``legal: false``) until its bytes are verified.  A qcow2 file is uploaded as it is
-into a qcow2 volume of its virtual size; a download writes the volume's
-bytes (a qcow2 volume gives a qcow2 file).  ``--disk`` makes an upload
-resume into the volume an interrupted run created.
+incomplete (``legal: false``) until its bytes are verified.  A qcow2
+file is uploaded as it is into a qcow2 volume of its virtual size; a
+download writes the volume's bytes (a qcow2 volume gives a qcow2 file).
+``--disk`` makes an upload resume into the volume an interrupted run
+created.
 """
 
 from __future__ import annotations
