@@ -6,8 +6,10 @@ user no longer wants.  A disk the cache says a VM or template has on that
 domain is refused: its OVF would name a disk that is gone.  Volumes go
 leaves first, so no volume is ever left without its parent; once the
 first is gone the others are marked incomplete: the host refuses a
-volume a ticket or a copy job is using (409), and what such a refusal
-leaves half way is never taken for the disk.  OVF stores are the
+volume a ticket or a copy job is using, on any host serving the domain
+(a host knows only its own), before the first is deleted; what a later
+refusal (a ticket that came in between) leaves half way is never taken
+for the disk.  OVF stores are the
 daemon's (it refuses to delete them, and so does this).
 """
 
@@ -21,7 +23,7 @@ from typing import Any
 from .cache import Cache
 from .config import Config
 from .disklist import owners
-from .disks import Ctx, serving
+from .disks import Ctx, check_unused, serving
 from .errors import HostError, InvalidInput, NotFound
 from .hostvol import VolumeRef, delete_volume, list_volumes, set_legal
 from .ovf import canonical_uuid
@@ -55,6 +57,7 @@ async def delete_disk(ctx: Ctx, disk: str, sd: str) -> dict[str, Any]:
         raise InvalidInput(f"disk {disk} on {sd} is an {kinds.pop()} volume, which the "
                            "daemon keeps; only data disks are deleted")
     refs = [VolumeRef(sd, disk, str(v["vol_uuid"])) for v in leaves_first(volumes)]
+    await check_unused(ctx, sd, refs, f"disk {disk}", "nothing was deleted")
     removed: list[str] = []
     for i, ref in enumerate(refs):
         try:

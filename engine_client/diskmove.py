@@ -16,7 +16,7 @@ from typing import Any
 
 from .cache import Cache
 from .chains import copy_chain, source_chain
-from .disks import Ctx, DiskError, locate, serving, transfer
+from .disks import Ctx, DiskError, check_unused, locate, serving, transfer
 from .errors import HostError
 from .hostvol import VolumeRef, delete_volume
 
@@ -58,6 +58,11 @@ async def _remove_pending(ctx: Ctx, disk: str, current_sd: str) -> dict[str, Any
     volumes = [str(v) for v in entry.get("vol_ids", [entry["vol_id"]])]
     if entry["sd_id"] != current_sd:  # else the disk went back there since: it is live
         c = ctx.clients(serving(ctx.cache, entry["sd_id"])[0])
+        await check_unused(ctx, entry["sd_id"], [
+            VolumeRef(entry["sd_id"], entry["img_id"], vol) for vol in volumes],
+            f"the old copy of disk {disk} on {entry['sd_id']}",
+            "the disk is on its new domain; run the command again to remove the old copy "
+            "once it is free")
         for vol in reversed(volumes):
             ref = VolumeRef(entry["sd_id"], entry["img_id"], vol)
             try:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .cache import Cache
-from .errors import EngineError, InvalidInput, NotFound
+from .errors import EngineError, HostError, InvalidInput, NotFound
 from .hostapi import Clients, HostClient
 from .hostvol import (
     VolumeRef,
@@ -32,6 +32,7 @@ from .hostvol import (
     list_volumes,
     start_copy,
     ticket_size,
+    volume_users,
 )
 from .model import Disk, DomainStatus, Host
 from .ovf import canonical_uuid
@@ -80,6 +81,20 @@ def serving(cache: Cache, sd_uuid: str) -> list[Host]:
         raise DiskError(f"no host serves storage domain {sd_uuid}; give it one with "
                         "'sluice-engine host add NAME URL --domain SD'")
     return hosts
+
+
+async def check_unused(ctx: Ctx, sd_uuid: str, refs: list[VolumeRef], what: str,
+                       outcome: str) -> None:
+    """DiskError unless every host serving ``sd_uuid`` says nothing of its own
+    uses ``refs`` (see ``hostvol.volume_users``); ``outcome`` ends the message."""
+    for host in serving(ctx.cache, sd_uuid):
+        try:
+            used = await volume_users(ctx.clients(host), refs)
+        except HostError as e:
+            raise DiskError(f"cannot ask host {host.name}, which serves {sd_uuid}, whether "
+                            f"it uses {what} ({e.detail}); {outcome}") from None
+        if used:
+            raise DiskError(f"{what} is in use: {'; '.join(used)}; {outcome}")
 
 
 def locate(cache: Cache, disk_uuid: str) -> tuple[str, list[Disk]]:

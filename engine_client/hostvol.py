@@ -8,6 +8,7 @@ domain, the image (oVirt's disk) and the volume UUIDs.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,6 +62,20 @@ async def get_volume(c: HostClient, ref: VolumeRef) -> dict[str, Any] | None:
         if e.status == 404:
             return None
         raise
+
+
+async def volume_users(c: HostClient, refs: Sequence[VolumeRef]) -> list[str]:
+    """What on ``c``'s host still reads or writes ``refs`` (each volume's
+    ``in_use``: a ticket, a copy job), one phrase each.  A host knows only
+    its own tickets: a volume of a shared domain is free only if every
+    host serving the domain says so."""
+    found = []
+    for ref in refs:
+        info = await get_volume(c, ref)
+        user = info.get("in_use") if info else None
+        if user:
+            found.append(f"{user} on host {c.host.name} (volume {ref.vol_uuid})")
+    return found
 
 
 async def create_volume(c: HostClient, ref: VolumeRef, size: int, fmt: str,

@@ -111,10 +111,18 @@ async def create_volume(request: web.Request) -> web.Response:
 
 @routes.get(VOLUME, name=ENGINE + "get-volume")
 async def get_volume(request: web.Request) -> web.Response:
+    """The volume, and ``in_use``: what on this host may still read or write
+    it (None if nothing), so that an engine deleting a disk of a shared
+    domain can ask every host that serves it, not only the one deleting."""
     storage = await _storage(request, Access.READ)
     m = request.match_info
-    info = await request.app[IO_KEY].run(storage.lookup, m["img"], m["vol"])
-    return web.json_response(info.to_json())
+
+    def lookup() -> tuple[VolumeInfo, str]:
+        info = storage.lookup(m["img"], m["vol"])
+        return info, os.path.realpath(info.path)
+
+    info, real_path = await request.app[IO_KEY].run(lookup)
+    return web.json_response({**info.to_json(), "in_use": _user(request, info, real_path)})
 
 
 @routes.patch(VOLUME, name=ENGINE + "patch-volume")

@@ -26,10 +26,9 @@ from typing import Any
 
 import pytest
 
-from engine_client import transfers
+from engine_client import diskdelete, disks, transfers
 from engine_client.cache import Cache
 from engine_client.config import Config
-from engine_client.diskdelete import leaves_first
 from engine_client.diskmove import copy_disk
 from engine_client.disks import Ctx, DiskError
 from engine_client.errors import EngineError, HostError
@@ -778,7 +777,7 @@ def test_volumes_are_deleted_leaves_first() -> None:
     chain: list[dict[str, Any]] = [
         {"vol_uuid": "base", "parent": None}, {"vol_uuid": "top", "parent": "mid"},
         {"vol_uuid": "mid", "parent": "base"}, {"vol_uuid": "lone", "parent": None}]
-    order = [v["vol_uuid"] for v in leaves_first(chain)]
+    order = [v["vol_uuid"] for v in diskdelete.leaves_first(chain)]
     assert order.index("top") < order.index("mid") < order.index("base")
     assert sorted(order) == ["base", "lone", "mid", "top"]
 
@@ -802,9 +801,76 @@ async def test_a_refused_resume_leaves_the_disk_as_it_was(
     assert [v["legal"] for v in await w.volumes(w.f1, disk)] == [True]
 
 
-async def test_disk_delete_refused_half_way(world: World) -> None:
-    """A chain whose base a ticket reads: the top goes, the base is refused.
-    The command said only the host's 409; what was left looked whole."""
+def _read_ticket(d: Daemon, sd: str, disk: str, vol: str) -> str:
+    ticket = str(uuid.uuid4())
+    status, body = d.request("PUT", f"/tickets/{ticket}", {
+        "uuid": ticket, "size": MiB, "ops": ["read"], "timeout": 60,
+        "sd_id": sd, "img_id": disk, "vol_id": vol})
+    assert status == 200, body
+    return ticket
+
+
+async def test_disk_delete_asks_every_host_of_the_domain(world: World) -> None:
+    """A shared domain: a download through h1 reads the disk while the
+    delete goes through h0, which knows nothing of h1's ticket.  It was
+    deleted under the download; now it is refused, and nothing goes."""
+    w = world
+    floating = await w.upload(image(w.tmp / "shared.raw", 4 * MiB, sparse=True), w.f1)
+    h1 = w.cache.host("h1")  # file domains are shared storage: h1 serves F1 too
+    w.cache.add_host("h1", h1.url, h1.token, [w.f1, w.f2])
+    await w.push()
+    [vol] = [v["vol_uuid"] for v in await w.volumes(w.f1, floating)]
+    ticket = _read_ticket(w.b, w.f1, floating, vol)
+    rc, _, err = await asyncio.to_thread(finish, cli(
+        w, "disk", "delete", floating, "--domain", w.f1))
+    assert (rc, err.count("\n")) == (1, 1), err
+    assert (f"disk {floating} is in use: transfer ticket {ticket} on host h1 (volume {vol}); "
+            "nothing was deleted") in err
+    assert len(await w.volumes(w.f1, floating)) == 1
+    w.b.request("DELETE", f"/tickets/{ticket}")
+    w.cache.add_host("h1", h1.url, "not-the-token", [w.f1, w.f2])  # h1 cannot be asked
+    rc, _, err = await asyncio.to_thread(finish, cli(
+        w, "disk", "delete", floating, "--domain", w.f1))
+    assert (rc, err.count("\n")) == (1, 1), err
+    assert f"cannot ask host h1, which serves {w.f1}, whether it uses disk {floating}" in err
+    assert len(await w.volumes(w.f1, floating)) == 1
+    w.cache.add_host("h1", h1.url, h1.token, [w.f1, w.f2])
+    rc, _, err = await asyncio.to_thread(finish, cli(
+        w, "disk", "delete", floating, "--domain", w.f1))
+    assert rc == 0, err
+    assert await w.volumes(w.f1, floating) == []
+
+
+async def test_move_keeps_a_source_another_host_reads(world: World) -> None:
+    """The copy is done and recorded; the old volume, which a download
+    reads through h1 (F1 is shared), stays until a later run finds it free.
+    h0 removed it under the download."""
+    w = world
+    raw = image(w.tmp / "m.raw", 4 * MiB, sparse=True)
+    _, disk = await w.vm_with(raw, w.f1)
+    h1 = w.cache.host("h1")
+    w.cache.add_host("h1", h1.url, h1.token, [w.f2, w.f1])
+    await w.push()
+    [vol] = [v["vol_uuid"] for v in await w.volumes(w.f1, disk)]
+    ticket = _read_ticket(w.b, w.f1, disk, vol)
+    with pytest.raises(DiskError, match=(
+            f"the old copy of disk {disk} on {w.f1} is in use: transfer ticket {ticket} on "
+            f"host h1 .*; the disk is on its new domain; run the command again")):
+        await copy_disk(w.ctx, disk, w.f2, move=True)
+    assert [d.sd_uuid for d in w.cache.disks()] == [w.f2]
+    assert len(await w.volumes(w.f1, disk)) == 1
+    w.b.request("DELETE", f"/tickets/{ticket}")
+    again = await copy_disk(w.ctx, disk, w.f2, move=True)
+    assert again["already_there"] and again["source_removed"]
+    assert await w.volumes(w.f1, disk) == []
+
+
+async def test_disk_delete_refused_half_way(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A chain whose base a ticket reads, the ticket added after every host
+    said the disk was free: the top goes, the base is refused.  The command
+    said only the host's 409; what was left looked whole."""
     w = world
     disk, base, top = (str(uuid.uuid4()) for _ in range(3))
     for vol, parent in ((base, None), (top, base)):
@@ -812,19 +878,22 @@ async def test_disk_delete_refused_half_way(world: World) -> None:
             "img_id": disk, "vol_id": vol, "size": MiB, "format": "qcow2",
             **({"parent": parent} if parent else {})})
         assert status == 201, body
-    ticket = str(uuid.uuid4())
-    status, body = w.a.request("PUT", f"/tickets/{ticket}", {
-        "uuid": ticket, "size": MiB, "ops": ["read"], "timeout": 60,
-        "sd_id": w.f1, "img_id": disk, "vol_id": base})
-    assert status == 200, body
-    rc, _, err = await asyncio.to_thread(finish, cli(
-        w, "disk", "delete", disk, "--domain", w.f1))
-    assert rc == 1 and err.count("\n") == 1, err
-    assert f"removed 1 volume of disk {disk} ({top}), then:" in err
-    assert "the rest is marked incomplete" in err
+    real_check = disks.check_unused
+    tickets = []
+
+    async def then_a_ticket(*args: Any) -> None:
+        await real_check(*args)
+        tickets.append(_read_ticket(w.a, w.f1, disk, base))
+
+    monkeypatch.setattr(diskdelete, "check_unused", then_a_ticket)
+    with pytest.raises(HostError) as refused:
+        await diskdelete.delete_disk(w.ctx, disk, w.f1)
+    assert f"removed 1 volume of disk {disk} ({top}), then:" in str(refused.value)
+    assert "the rest is marked incomplete" in str(refused.value)
     assert [(v["vol_uuid"], v["legal"]) for v in await w.volumes(w.f1, disk)] == [
         (base, False)]
-    w.a.request("DELETE", f"/tickets/{ticket}")
+    monkeypatch.setattr(diskdelete, "check_unused", real_check)
+    w.a.request("DELETE", f"/tickets/{tickets[0]}")
     rc, _, err = await asyncio.to_thread(finish, cli(
         w, "disk", "delete", disk, "--domain", w.f1))
     assert rc == 0, err

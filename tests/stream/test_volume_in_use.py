@@ -43,7 +43,9 @@ async def refused(client: Client, ref: dict[str, str], user: str) -> None:
     assert resp.status == 409, await resp.text()
     assert (await resp.json())["detail"] == (
         f"volume {ref['img_id']}/{ref['vol_id']} is in use by {user}; end it first")
-    assert (await client.get(volume_path(ref))).status == 200
+    resp = await client.get(volume_path(ref))
+    assert resp.status == 200
+    assert (await resp.json())["in_use"] == user  # what an engine asks every host
 
 
 @pytest.mark.parametrize("kind", ["file", "block"])
@@ -63,6 +65,7 @@ async def test_a_ticket_keeps_its_volume(client: Client, tmp_path: Path, kind: s
         by_path = await ticket(client, ["read"], url=f"file://{os.path.realpath(path)}")
         await refused(client, ref, f"transfer ticket {by_path}")
         assert (await client.delete(f"/tickets/{by_path}")).status == 204
+    assert (await (await client.get(volume_path(ref))).json())["in_use"] is None
     assert (await client.delete(volume_path(ref))).status == 204
     assert (await client.get(volume_path(ref))).status == 404
 
