@@ -28,9 +28,9 @@ from typing import TYPE_CHECKING
 from . import ovfrecord
 from ._ovfguard import DomainGuard, forget, remember, store_key
 from .base import Volume
-from .errors import ChecksumMismatch, Conflict, Error, InvalidRequest
+from .errors import ChecksumMismatch, Error, InvalidRequest
+from .ovfarea import HEAD, StoreArea, update_ended
 from .ovfrecord import CHUNK, NO_DIGEST, CommitRecord, aligned_view, check_digest, chunks
-from .region import RegionVolume
 from .sd import VolumeInfo, open_data
 
 if TYPE_CHECKING:
@@ -40,80 +40,9 @@ log = logging.getLogger(__name__)
 
 #: Zeroed after each archive; see :mod:`volume.ovfstore` for why 1 MiB.
 TAIL_ZERO = 1 << 20
-#: Written last (see above): the first tar header, rounded up to the largest
-#: logical block size, so it is one direct write on any device.
-HEAD = 4096
 #: How long writing a store waits for its readers before giving up on it
 #: (an engine GET of a 128 MiB store takes seconds, not minutes).
 READ_WAIT = 30.0
-
-
-def _ended() -> Conflict:
-    return Conflict("the OVF update has already ended")
-
-
-class _Area(RegionVolume):
-    """A store's archive area while it is written: its first :data:`HEAD`
-    bytes are kept in memory until :meth:`write_head`, and it refuses I/O
-    once the update has ended, so a late write can never touch a committed
-    (or abandoned) store.  Closing it closes the store's volume."""
-
-    ended = False
-
-    def __init__(self, inner: Volume, length: int) -> None:
-        super().__init__(inner, 0, length)
-        self._head = bytearray(min(HEAD, length))
-
-    def _check(self, offset: int, length: int) -> None:
-        if self.ended:
-            raise _ended()
-        super()._check(offset, length)
-
-    def _in_head(self, offset: int, length: int) -> int:
-        """How many of the bytes from ``offset`` fall in the held head."""
-        self._check(offset, length)
-        return max(0, min(length, len(self._head) - offset))
-
-    def write(self, offset: int, buf: memoryview) -> None:
-        if n := self._in_head(offset, len(buf)):
-            self._head[offset:offset + n] = buf[:n]
-            offset, buf = offset + n, buf[n:]
-        if len(buf):
-            super().write(offset, buf)
-
-    def zero(self, offset: int, length: int, punch: bool = False) -> None:
-        if n := self._in_head(offset, length):
-            self._head[offset:offset + n] = bytes(n)
-            offset, length = offset + n, length - n
-        if length:
-            super().zero(offset, length, punch)
-
-    def readinto(self, offset: int, buf: memoryview) -> int:
-        got = super().readinto(offset, buf)
-        if n := self._in_head(offset, got):
-            buf[:n] = self._head[offset:offset + n]
-        return got
-
-    def flush(self) -> None:
-        if self.ended:
-            raise _ended()
-        super().flush()
-
-    def write_head(self) -> None:
-        """Write the held bytes, synced: call once the rest of the archive is
-        synced and checked.  They are read back; bytes that differ are
-        zeroed again (ChecksumMismatch), so a tar reader still finds none."""
-        n = len(self._head)
-        with aligned_view(HEAD) as view:
-            view[:n] = self._head
-            super().write(0, view[:n])
-            self.flush()  # a committed record then implies a durable head
-            view[:n] = bytes(n)
-            if super().readinto(0, view[:n]) != n or view[:n] != self._head:
-                super().zero(0, n)
-                self.flush()
-                raise ChecksumMismatch("the archive's first block reads back other than "
-                                       "it was written")
 
 
 class Update:
@@ -139,7 +68,7 @@ class Update:
         self._capacity = capacity
         self._done = False
         self._vol: Volume | None = None
-        self._area: _Area | None = None
+        self._area: StoreArea | None = None
         self._record: CommitRecord | None = None
         self._checked = False
         owner.start_write(store_key(self.target.volume), READ_WAIT)
@@ -148,7 +77,7 @@ class Update:
             self._mark(self._vol, self.target.volume)
             #: The target's archive area, writable: stream the tar into it.
             #: Do not close it; commit and abort do.
-            self._area = _Area(self._vol, capacity)
+            self._area = StoreArea(self._vol, capacity)
             self.volume: Volume = self._area
         except BaseException:
             self._finish()
@@ -187,7 +116,7 @@ class Update:
         match ``digest``).  The update stays open: :meth:`replicate` next.
         """
         if self._vol is None or self._done or self._record is not None:
-            raise _ended()
+            raise update_ended()
         try:
             digest = check_digest(digest)
             if not isinstance(tar_length, int) or isinstance(tar_length, bool) \
@@ -224,7 +153,7 @@ class Update:
         nothing is copied: the other stores keep the previous archive.
         """
         if self._vol is None or self._done or self._record is None:
-            raise _ended()
+            raise update_ended()
         source, record = self._vol, self._record
         try:
             with aligned_view(CHUNK) as buf:
@@ -273,7 +202,7 @@ class Update:
         ovfrecord.write(vol, info.size, CommitRecord(
             self.generation, 0, NO_DIGEST, time.time(), updating=True))
 
-    def _seal(self, vol: Volume, area: _Area, info: VolumeInfo, tar_length: int,
+    def _seal(self, vol: Volume, area: StoreArea, info: VolumeInfo, tar_length: int,
               digest: str, buf: memoryview | None) -> CommitRecord:
         """Zero after the archive, sync, check it (when given ``buf`` to read
         it back through: the held head, the rest from the store), write its
@@ -298,7 +227,7 @@ class Update:
             try:
                 with closing(open_data(state.volume)) as vol:
                     self._mark(vol, state.volume)
-                    area = _Area(vol, self._capacity)  # closed with vol
+                    area = StoreArea(vol, self._capacity)  # closed with vol
                     pos = 0
                     for chunk in chunks(source, record.tar_length, buf):
                         area.write(pos, chunk)

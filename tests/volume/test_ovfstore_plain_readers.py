@@ -15,10 +15,10 @@ import pytest
 from tests.conftest import LoopDeviceFactory
 from tests.volume.ovfstore_crasher import make_tar
 from tests.volume.ovfstore_util import CAPACITY, digest, make_storage, open_stores, read_all
-from volume import ovfrecord, ovfupdate
+from volume import ovfarea, ovfrecord, ovfupdate
 from volume.base import Volume
 from volume.errors import ChecksumMismatch, VolumeError
-from volume.ovfupdate import HEAD
+from volume.ovfarea import HEAD
 from volume.sd import StorageDomain, VolumeInfo, open_data
 
 
@@ -124,14 +124,14 @@ def test_copy_failing_its_check_is_no_archive_to_tar(storage: StorageDomain,
         u.volume.write(0, memoryview(data))
         u.commit(len(data), digest(data))
 
-    class LossyArea(ovfupdate._Area):
+    class LossyArea(ovfarea.StoreArea):
         def write(self, offset: int, buf: memoryview) -> None:
             if offset == 64 << 10:  # the copy's second chunk: lost
                 return
             super().write(offset, buf)
 
     monkeypatch.setattr(ovfupdate, "CHUNK", 64 << 10)
-    monkeypatch.setattr(ovfupdate, "_Area", LossyArea)
+    monkeypatch.setattr(ovfupdate, "StoreArea", LossyArea)
     u = stores.begin()
     u.volume.write(0, memoryview(NEW))  # one write at 0: nothing lost in the target
     u.commit(len(NEW), digest(NEW))
