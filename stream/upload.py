@@ -28,9 +28,10 @@ import aiohttp
 import zstandard
 
 from volume.base import Volume
-from volume.errors import InvalidRequest, OutOfRange
+from volume.errors import InvalidRequest
 
 from .io import IO
+from .sink import ZSTD_WRITE_SIZE, Sink, too_big
 from .wire.zstdframe import BadZstd, FrameTracker
 
 log = logging.getLogger(__name__)
@@ -57,9 +58,6 @@ def pieces(content: aiohttp.StreamReader) -> Reader:
                 return data
     return read
 
-#: Decompressed output handed to the sink per call; bounds memory per stream.
-ZSTD_WRITE_SIZE = 1 << 20
-
 #: Compressed bytes handed to the decoder at once.  Decoding starts only
 #: when a staging buffer is full, and the last one only after the body
 #: ended: OVF stores shrink about 5 times, so a 4 MiB buffer held 21 MB of
@@ -73,77 +71,6 @@ ZSTD_INPUT_SIZE = 1 << 20
 #: body hold 128 MiB per upload.  8 MiB is the limit of the HTTP ``zstd``
 #: content coding (RFC 9659 §3); zstd levels up to 19 stay within it.
 ZSTD_MAX_WINDOW = 8 << 20
-
-
-def _too_big(start: int, limit: int) -> OutOfRange:
-    """416 for a write at ``start`` that ends past ``limit``; it names the
-    first byte past the limit the body tried to write, not ``start``."""
-    return OutOfRange(
-        f"upload goes past the end of the ticket ({limit} bytes) at offset "
-        f"{max(start, limit)}", limit
-    )
-
-
-class _Sink:
-    """Worker-thread side: decoded bytes to the volume at increasing offsets.
-
-    Used directly for plain bodies (whole staging buffers) and as the output
-    of the zstd stream writer (pieces of at most ZSTD_WRITE_SIZE).
-    """
-
-    def __init__(
-        self, volume: Volume, offset: int, limit: int, hasher: Any, out: mmap.mmap | None,
-        check: Callable[[], None] = lambda: None,
-    ) -> None:
-        self.volume = volume
-        self.check = check
-        self.pos = offset
-        self.limit = limit
-        self.hasher = hasher
-        self._out = out
-        self._view = memoryview(out) if out is not None else None
-        self._head = 0
-        self._fill = 0
-        if out is not None:
-            # Place data so buffer index == disk offset modulo the volume's
-            # alignment: every full buffer after the first is then aligned.
-            align = max(volume.capabilities.block_size, 1)
-            self._head = self._fill = offset % align
-
-    def put(self, view: memoryview) -> None:
-        """Write a whole decoded piece at the current position."""
-        if self.pos + len(view) > self.limit:
-            raise _too_big(self.pos, self.limit)
-        # Per piece, not only per staging buffer: one buffer of zstd may
-        # decode to the whole ticket, and a cancel must stop it.
-        self.check()
-        if self.hasher is not None:
-            self.hasher.update(view)
-        self.volume.write(self.pos, view)
-        self.pos += len(view)
-
-    # zstandard calls write() with decompressed data.
-    def write(self, data: bytes) -> int:
-        assert self._view is not None
-        src = memoryview(data)
-        while src:
-            n = min(len(src), len(self._view) - self._fill)
-            self._view[self._fill : self._fill + n] = src[:n]
-            self._fill += n
-            src = src[n:]
-            if self._fill == len(self._view):
-                self.drain()
-        return len(data)
-
-    def drain(self) -> None:
-        if self._view is not None and self._fill > self._head:
-            self.put(self._view[self._head : self._fill])
-            self._head = self._fill = 0
-
-    def release(self) -> None:
-        if self._view is not None:
-            self._view.release()
-            self._view = None
 
 
 async def receive(
@@ -183,7 +110,7 @@ async def receive(
     out = io.get_buffer(buffer_size) if zstd else None
     # The staging buffers hold what arrives: for zstd, compressed bytes.
     staging = min(buffer_size or io.buffer_size, ZSTD_INPUT_SIZE) if zstd else buffer_size
-    sink = _Sink(volume, offset, limit, hasher, out, check)
+    sink = Sink(volume, offset, limit, hasher, out, check)
     decoder = (
         zstandard.ZstdDecompressor(max_window_size=ZSTD_MAX_WINDOW).stream_writer(
             sink,  # type: ignore[arg-type]  # it only needs write()
@@ -243,7 +170,7 @@ async def receive(
                 if frames is not None:
                     frames.feed(chunk)
                 elif offset + received > limit:
-                    raise _too_big(offset + received - len(chunk), limit)
+                    raise too_big(offset + received - len(chunk), limit)
                 src = memoryview(chunk)
                 while src:
                     n = min(len(src), len(view) - fill)
