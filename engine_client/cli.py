@@ -24,6 +24,7 @@ from . import __version__, config, diskcli, flowcli, importer, localhash, loopcl
 from .cache import Cache
 from .errors import EngineError, InvalidInput, NotFound
 from .model import VmStatus, parse_domain_status
+from .schema import DB_NAME
 
 YES_NO = {"yes": True, "no": False}
 #: What names a VM or template on the command line.
@@ -215,26 +216,34 @@ def _host(cache: Cache, args: argparse.Namespace) -> int:
 
 
 def _dispatch(cfg: config.Config, args: argparse.Namespace) -> int:
+    new = not os.path.exists(os.path.join(cfg.state_dir, DB_NAME))
     with Cache.open(cfg.state_dir) as cache:
-        if args.command == "vm":
-            return _vm(cache, cfg, args)
-        if args.command == "domain":
-            if args.action in flowcli.FLOWS:
-                return flowcli.run(cache, cfg, args)
-            if args.action == "import":
-                from . import domainimport  # aiohttp: only for commands that talk to hosts
+        rc = _command(cache, cfg, args)
+    if new and rc == 0:  # a mistyped --state-dir would otherwise just look empty
+        print(f"sluice-engine: started a new engine cache in {cfg.state_dir}", file=sys.stderr)
+    return rc
 
-                return domainimport.run(cache, cfg, args)
-            return _domain(cache, args)
-        if args.command == "disk":
-            return diskcli.run_disk(cache, cfg, args)
-        if args.command == "host":
-            return _host(cache, args)
-        if args.command == "ovf":
-            return asyncio.run(loopcli.ovf(cache, cfg, args))
-        if args.command == "pool":
-            return asyncio.run(loopcli.pool(cache, cfg, args))
-        return asyncio.run(loopcli.run(cache, cfg))
+
+def _command(cache: Cache, cfg: config.Config, args: argparse.Namespace) -> int:
+    if args.command == "vm":
+        return _vm(cache, cfg, args)
+    if args.command == "domain":
+        if args.action in flowcli.FLOWS:
+            return flowcli.run(cache, cfg, args)
+        if args.action == "import":
+            from . import domainimport  # aiohttp: only for commands that talk to hosts
+
+            return domainimport.run(cache, cfg, args)
+        return _domain(cache, args)
+    if args.command == "disk":
+        return diskcli.run_disk(cache, cfg, args)
+    if args.command == "host":
+        return _host(cache, args)
+    if args.command == "ovf":
+        return asyncio.run(loopcli.ovf(cache, cfg, args))
+    if args.command == "pool":
+        return asyncio.run(loopcli.pool(cache, cfg, args))
+    return asyncio.run(loopcli.run(cache, cfg))
 
 
 def main(argv: list[str] | None = None) -> int:

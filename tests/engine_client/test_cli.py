@@ -44,6 +44,15 @@ def cli(tmp_path: Path) -> Cli:
     return Cli(tmp_path / "engine")
 
 
+def test_a_new_cache_is_announced_once(cli: Cli) -> None:
+    """A mistyped --state-dir made a new, empty cache silently: ``vm list``
+    answered an empty table as if the engine knew no VM."""
+    first = cli("vm", "list")
+    assert first.stderr == f"sluice-engine: started a new engine cache in {cli.state}\n"
+    assert (cli.state / "engine.db").exists()
+    assert cli("vm", "list").stderr == ""
+
+
 def test_vms_are_named_by_uuid_or_by_a_name_only_one_has(cli: Cli, tmp_path: Path) -> None:
     """``vm create NAME`` and ``vm list`` deal in names, but every other vm
     command took a UUID only ("VM 'web' is not a UUID")."""
