@@ -69,7 +69,7 @@ def local_format(path: str) -> tuple[str, int, int]:
     3), or raw unless it starts as another format does."""
     try:
         with open(path, "rb") as f:
-            head = f.read(64)
+            head = f.read(104)
             size = os.fstat(f.fileno()).st_size
     except OSError as e:
         raise InvalidInput(f"cannot read {path}: {e.strerror}") from None
@@ -88,6 +88,10 @@ def local_format(path: str) -> tuple[str, int, int]:
     backing_offset, = struct.unpack(">Q", head[8:16])
     if backing_offset:
         raise InvalidInput(f"{path} is a qcow2 image with a backing file; upload a "
+                           "self-contained image (qemu-img convert)")
+    # Incompatible feature bit 2 (version 3): the data lives in another file.
+    if version == 3 and len(head) >= 80 and struct.unpack(">Q", head[72:80])[0] & 4:
+        raise InvalidInput(f"{path} is a qcow2 image with an external data file; upload a "
                            "self-contained image (qemu-img convert)")
     virtual, = struct.unpack(">Q", head[24:32])
     return "qcow2", virtual, size

@@ -4,7 +4,9 @@ Both volumes are local.  ``qemu-img convert -n`` writes into the existing
 destination (the domain created it with the right format and size); a
 block-domain volume is addressed as a raw region of its device.  The
 result is verified with ``qemu-img compare``, which compares what a guest
-would see, since the two files' bytes legitimately differ.
+would see, since the two files' bytes legitimately differ.  A qcow2
+volume's header is the uploader's: it is checked first, and qemu-img is
+told the volume has no backing file.
 """
 
 from __future__ import annotations
@@ -14,9 +16,11 @@ import json
 import logging
 import re
 
-from volume.errors import ChecksumMismatch, VolumeError
+from volume import qcow2
+from volume.errors import ChecksumMismatch, InvalidRequest, VolumeError
 from volume.sd import VolumeInfo
 
+from .io import IO
 from .jobs import Job
 
 log = logging.getLogger(__name__)
@@ -25,7 +29,13 @@ _PROGRESS = re.compile(rb"\((\d+(?:\.\d+)?)/100%\)")
 
 
 def target(info: VolumeInfo) -> str:
-    """A qemu-img filename for the volume's bytes (a region for block volumes)."""
+    """A qemu-img filename for the volume's bytes (a region for block volumes).
+
+    A qcow2 volume is opened with no backing file, whatever its header says
+    (:mod:`volume.qcow2`; only a volume without a parent is converted)."""
+    if str(info.format) == "qcow2":
+        return "json:" + json.dumps({"driver": "qcow2", "backing": None,
+                                     "file": {"driver": "file", "filename": info.path}})
     if info.length is None and info.offset == 0:
         return info.path
     spec = {"driver": "raw", "offset": info.offset, "size": info.length,
@@ -47,7 +57,19 @@ async def _run(*argv: str) -> tuple[int, bytes]:
     return proc.returncode or 0, out + err
 
 
-async def convert(job: Job, src: VolumeInfo, dst: VolumeInfo) -> None:
+def check(src: VolumeInfo, dst: VolumeInfo) -> None:
+    """Refuse what qemu-img must not open: a volume of a chain (its parent
+    would be left out), a qcow2 header naming another file (blocking)."""
+    for role, info in (("source", src), ("destination", dst)):
+        if info.parent is not None:
+            raise InvalidRequest(f"the {role} volume has a parent: a snapshot chain keeps its "
+                                 "format (copy it as it is)")
+        if str(info.format) == "qcow2":
+            qcow2.check(info.path, None)
+
+
+async def convert(job: Job, io: IO, src: VolumeInfo, dst: VolumeInfo) -> None:
+    await io.run(check, src, dst)
     job.bytes_total = src.size
     argv = ["qemu-img", "convert", "-p", "-n", "-f", str(src.format), "-O", str(dst.format),
             target(src), target(dst)]

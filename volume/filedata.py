@@ -10,9 +10,23 @@ from __future__ import annotations
 import contextlib
 import os
 
-from . import qemuimg
+from . import qcow2, qemuimg
 from .durable import fsync_dir, preallocate
 from .sd import Allocation, Format, VolumeInfo
+
+#: A volume's data file: the daemon's user and group (vdsm's kvm group, for
+#: qemu) read and write it, nobody else reads a guest's disk.
+DATA_MODE = 0o660
+
+
+def _umask() -> int:
+    """The process umask, read without changing it (os.umask would, for
+    every thread at once)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    return 0o022
 
 
 def _grow_raw(fd: int, old: int, new: int, prealloc: bool) -> None:
@@ -33,8 +47,9 @@ def make(info: VolumeInfo, backing: VolumeInfo | None) -> None:
             backing_format=str(backing.format) if backing else None,
         )
         fd = os.open(info.path, os.O_RDONLY)
+        os.fchmod(fd, DATA_MODE & ~_umask())  # qemu-img made it 0666 less the umask
     else:
-        fd = os.open(info.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o660)
+        fd = os.open(info.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, DATA_MODE)
     try:
         if info.format == Format.RAW:
             _grow_raw(fd, 0, info.size, prealloc)
@@ -48,6 +63,7 @@ def grow(info: VolumeInfo, size: int) -> None:
     """Grow the data of ``info`` to ``size`` bytes (virtual, for qcow2), synced."""
     prealloc = info.allocation == Allocation.PREALLOCATED
     if info.format == Format.QCOW2:
+        qcow2.check(info.path, info.parent)  # its header is the uploader's
         qemuimg.resize(info.path, size, preallocation="falloc" if prealloc else None)
     fd = os.open(info.path, os.O_WRONLY)
     try:

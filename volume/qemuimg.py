@@ -54,11 +54,14 @@ def create(path: str, size: int, *, preallocation: str | None = None,
 
 
 def resize(path: str, size: int, *, preallocation: str | None = None) -> None:
-    """Grow the qcow2 image at ``path`` to ``size`` bytes."""
+    """Grow the qcow2 image at ``path`` to ``size`` bytes.  Its backing file
+    is not opened, whatever the header names (growing does not need it);
+    check the header first (:func:`volume.qcow2.check`) for a data file."""
     argv = [QEMU_IMG, "resize", "-q", "-f", "qcow2"]
     if preallocation:
         argv.append(f"--preallocation={preallocation}")
-    _run([*argv, path, str(size)], "resize qcow2 volume")
+    image = {"driver": "qcow2", "backing": None, "file": {"driver": "file", "filename": path}}
+    _run([*argv, "json:" + json.dumps(image), str(size)], "resize qcow2 volume")
 
 
 def info(path: str, fmt: str) -> dict[str, Any]:

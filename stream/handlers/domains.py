@@ -116,12 +116,7 @@ async def get_volume(request: web.Request) -> web.Response:
     domain can ask every host that serves it, not only the one deleting."""
     storage = await _storage(request, Access.READ)
     m = request.match_info
-
-    def lookup() -> tuple[VolumeInfo, str]:
-        info = storage.lookup(m["img"], m["vol"])
-        return info, os.path.realpath(info.path)
-
-    info, real_path = await request.app[IO_KEY].run(lookup)
+    info, real_path = await request.app[IO_KEY].run(_lookup, storage, m["img"], m["vol"])
     return web.json_response({**info.to_json(), "in_use": _user(request, info, real_path)})
 
 
@@ -140,6 +135,14 @@ async def patch_volume(request: web.Request) -> web.Response:
     if "legal" in msg and not isinstance(legal, bool):
         raise InvalidRequest(f"legal must be true or false, not {legal!r}")
     m = request.match_info
+    io = request.app[IO_KEY]
+    if size is not None:
+        info, real_path = await io.run(_lookup, storage, m["img"], m["vol"])
+        writer = request.app[AUTH].on_volume(info, real_path, writers=True)
+        if writer is not None and str(info.format) == "qcow2":
+            # qemu-img opens the header the ticket's holder may be rewriting.
+            raise Conflict(f"volume {info.img_uuid}/{info.vol_uuid} is qcow2 and transfer "
+                           f"ticket {writer.uuid} may write it; resize it once that ended")
 
     def change() -> VolumeInfo:
         info = storage.lookup(m["img"], m["vol"])
@@ -150,7 +153,7 @@ async def patch_volume(request: web.Request) -> web.Response:
         if legal is not None:
             info = storage.set_legal(m["img"], m["vol"], legal)
         return info
-    info = await request.app[IO_KEY].run(change)
+    info = await io.run(change)
     return web.json_response(info.to_json())
 
 
@@ -174,6 +177,12 @@ async def delete_volume(request: web.Request) -> web.Response:
     finally:
         deleting.discard(info.key)
     return web.Response(status=204)
+
+
+def _lookup(storage: StorageDomain, img: str, vol: str) -> tuple[VolumeInfo, str]:
+    """The volume and the real path of its data (blocking)."""
+    info = storage.lookup(img, vol)
+    return info, os.path.realpath(info.path)
 
 
 def _user(request: web.Request, info: VolumeInfo, real_path: str) -> str | None:

@@ -101,7 +101,7 @@ async def start_copy(request: web.Request) -> web.Response:
 
     async def _copy(job: Job) -> None:
         if src_info is not None and src_info.format != dst.format:
-            await convert.convert(job, src_info, dst)
+            await convert.convert(job, io, src_info, dst)
             return
         volume = await io.run(open_data, dst, False)
         source: Source | None = None

@@ -661,6 +661,10 @@ async def test_cli_upload_download_and_errors(world: World) -> None:
     small.write_bytes(os.urandom(4096))
     qcow1 = w.tmp / "x.qcow"
     qcow1.write_bytes(b"QFI\xfb\0\0\0\1" + bytes(504))
+    outside = w.tmp / "x.qcow2"
+    subprocess.run(["qemu-img", "create", "-f", "qcow2", "-o",
+                    f"data_file={w.tmp / 'x.data'},data_file_raw=on", str(outside), "1M"],
+                   check=True, capture_output=True)
     for args, code, text in [
         (["disk", "move", unknown, "--to", w.f2], 2, f"disk {unknown} is not known"),
         (["disk", "move", up["disk"], "--to", unknown], 2, f"domain {unknown} is not known"),
@@ -678,6 +682,7 @@ async def test_cli_upload_download_and_errors(world: World) -> None:
          "upload into a new disk instead"),
         (["disk", "upload", str(vmdk), "--domain", w.f1], 2, "is a VMDK image, not raw"),
         (["disk", "upload", str(qcow1), "--domain", w.f1], 2, "of version 1, not qcow2"),
+        (["disk", "upload", str(outside), "--domain", w.f1], 2, "with an external data file"),
     ]:
         rc, out, err = await asyncio.to_thread(finish, cli(w, *args))
         assert (rc, err.count("\n")) == (code, 1) and text in err, (args, rc, err)

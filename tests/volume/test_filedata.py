@@ -39,7 +39,7 @@ def test_raw_made_and_grown(tmp_path: Path, allocation: str) -> None:
 def test_qcow2_made_over_a_backing_volume_and_grown(tmp_path: Path) -> None:
     base = _info(tmp_path, "qcow2", "sparse")
     filedata.make(base, None)
-    top = _info(tmp_path, "qcow2", "sparse")
+    top = dataclasses.replace(_info(tmp_path, "qcow2", "sparse"), parent=base.vol_uuid)
     filedata.make(top, base)
     filedata.grow(top, 8 * MiB)
     found = json.loads(subprocess.run(

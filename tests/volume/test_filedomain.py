@@ -16,6 +16,7 @@ import pytest
 from volume import qemuimg
 from volume.errors import Conflict, Forbidden, InvalidRequest, NoSpace, NotFound, VolumeError
 from volume.filedomain import FileDomain, create_file_domain, open_file_domain
+from volume.qcow2 import UnsafeImage
 from volume.sd import Allocation, Content, Format, open_data
 
 MiB = 1 << 20
@@ -301,7 +302,12 @@ def test_resize_shrink(sd: FileDomain) -> None:
 
 def test_resize_corrupt_qcow2(sd: FileDomain) -> None:
     info = sd.create_volume(new_id(), new_id(), MiB, format=Format.QCOW2)
+    image = bytearray(Path(info.path).read_bytes())
     Path(info.path).write_bytes(b"not a qcow2 image" * 100)
+    with pytest.raises(UnsafeImage, match="does not start with a qcow2 header"):
+        sd.resize_volume(info.img_uuid, info.vol_uuid, 2 * MiB)
+    image[79] |= 2  # incompatible feature "corrupt": qemu-img refuses to write it
+    Path(info.path).write_bytes(image)
     with pytest.raises(VolumeError, match=r"qemu-img failed \(exit code 1\)") as e:
         sd.resize_volume(info.img_uuid, info.vol_uuid, 2 * MiB)
     assert info.path not in str(e.value)
