@@ -246,6 +246,10 @@ class Authorizer:
         self._tickets[ticket.uuid] = ticket
         return old
 
+    def peek(self, ticket_id: str) -> Ticket | None:
+        """The ticket under ``ticket_id``, whatever its state, or None."""
+        return self._tickets.get(ticket_id)
+
     def get(self, ticket_id: str) -> Ticket:
         try:
             return self._tickets[ticket_id]
@@ -269,9 +273,6 @@ class Authorizer:
         re-added under the same id meanwhile stays)."""
         if self._tickets.get(ticket.uuid) is ticket:
             del self._tickets[ticket.uuid]
-
-    def pop(self, ticket_id: str) -> Ticket | None:
-        return self._tickets.pop(ticket_id, None)
 
     def all(self) -> list[Ticket]:
         return list(self._tickets.values())

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from aiohttp import web
@@ -58,27 +59,34 @@ async def put_ticket(request: web.Request) -> web.Response:
         dirty=fields["dirty"], transfer_id=fields.get("transfer_id"),
         filename=fields.get("filename"), domain=domain_uuid,
     )
-    old = request.app[AUTH].add(ticket)
-    if info is not None:
-        # Looked up again with the ticket in place: a DELETE of the volume that
-        # ended since the first look-up would leave it naming freed space.
-        try:
-            await io.run(mgr.registry.volume, info.sd_uuid, info.img_uuid, info.vol_uuid)
-        except NotFound:
-            request.app[AUTH].pop(ticket.uuid)
-            if old is not None:
-                request.app[AUTH].add(old)
-            raise
-    if old is not None:
-        if old.path == ticket.path and not old.canceled:
-            # Re-adding the same ticket (vdsm does on retries): the one in
-            # use stays, with its transfers and open volume, renewed.
-            old.renew(ticket)
-            request.app[AUTH].add(old)
-            ticket = old
-        else:
+    auth = request.app[AUTH]
+    old = auth.peek(ticket.uuid)
+    if old is not None and old.path == ticket.path and not old.canceled:
+        # Re-adding the same ticket (vdsm does on retries): the one in use
+        # stays, renewed, with its transfers and open volume.  It never
+        # leaves the table: a request may not start on an object that then
+        # goes untracked (by DELETE, by the in-use checks of volumes).
+        old.renew(ticket)
+        ticket = old
+    else:
+        if old is not None:
+            # Refuse the old one's requests, and wait for those running; if
+            # they do not end in time, the add fails (409) and changes nothing
+            # but that: the old ticket stays, canceled, until deleted.
             await old.cancel(cfg.transfer.remove_timeout)
+        auth.add(ticket)
+        if old is not None:
             await _close(request, old)
+        if info is not None:
+            # Looked up again with the ticket in place: a DELETE of the volume
+            # that ended since the first look-up would leave it naming freed
+            # space (a DELETE that starts now sees the ticket, and refuses).
+            try:
+                await io.run(mgr.registry.volume, info.sd_uuid, info.img_uuid, info.vol_uuid)
+            except NotFound:
+                auth.discard(ticket)
+                await _retire(request, ticket)  # requests may have begun on it
+                raise
     log.info("ADD ticket=%s transfer=%s size=%d ops=%s domain=%s", ticket.uuid[:8],
              ticket.log_id, ticket.size, ",".join(ticket.ops), domain_uuid)
     return web.Response(status=200)
@@ -107,7 +115,7 @@ async def delete_ticket(request: web.Request) -> web.StreamResponse:
     targets = auth.all() if ticket_id == "" else [t for t in auth.all() if t.uuid == ticket_id]
     for ticket in targets:
         await ticket.cancel(request.app[CONFIG].transfer.remove_timeout)
-        auth.pop(ticket.uuid)
+        auth.discard(ticket)  # not one re-added under its id meanwhile
         await _close(request, ticket)
         log.info("REMOVE ticket=%s transfer=%s", ticket.uuid[:8], ticket.log_id)
     return web.Response(status=204)
@@ -116,6 +124,27 @@ async def delete_ticket(request: web.Request) -> web.StreamResponse:
 @routes.delete("/tickets/", name=ENGINE + "delete-tickets")
 async def delete_tickets(request: web.Request) -> web.StreamResponse:
     return await delete_ticket(request)
+
+
+async def _retire(request: web.Request, ticket: Ticket) -> None:
+    """Cancel ``ticket``, out of the table, and close its volume once its
+    requests have ended (now, or later if they outlast the cancel's wait)."""
+    try:
+        await ticket.cancel(request.app[CONFIG].transfer.remove_timeout)
+    except Conflict:
+        async def close_when_idle() -> None:
+            await ticket.idle()
+            await _close(request, ticket)
+
+        task = asyncio.create_task(close_when_idle(), name=f"close-{ticket.uuid[:8]}")
+        _RETIRING.add(task)
+        task.add_done_callback(_RETIRING.discard)
+        return
+    await _close(request, ticket)
+
+
+#: Closes waiting for a retired ticket's last requests (kept from the GC).
+_RETIRING: set[asyncio.Task[None]] = set()
 
 
 async def _close(request: web.Request, ticket: Ticket) -> None:
