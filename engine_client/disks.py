@@ -214,8 +214,10 @@ async def copy_volume(ctx: Ctx, src_sd: str, image: str, src: dict[str, Any], ds
         raise DiskError(f"storage domain {dst.sd_uuid} already holds other volumes of "
                         f"disk {dst.img_uuid}; remove them first")
     if old is None:
+        # Incomplete until the job verified it: a job that never ran (refused,
+        # or Ctrl-C while pending) must not leave an empty disk that looks whole.
         await create_volume(dc, dst, size, target, allocation or str(src["allocation"]),
-                            f"copy of {image} from {src_sd}", parent=parent)
+                            f"copy of {image} from {src_sd}", parent=parent, legal=False)
         ctx.report({"event": "volume", "action": "created", **dst.to_json()})
     elif (int(old["size"]), old["format"], old.get("parent")) != (size, target, parent):
         raise DiskError(f"storage domain {dst.sd_uuid} already holds volume {dst.vol_uuid} "

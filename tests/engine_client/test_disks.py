@@ -205,6 +205,30 @@ async def test_copy_keeps_source_and_format(world: World, fmt: str, sparse: bool
     assert [d.sd_uuid for d in w.cache.disks(vm)] == [w.f2]
 
 
+async def test_a_copy_that_never_ran_leaves_its_destination_incomplete(
+        world: World) -> None:
+    """The destination was created complete; a job refused (here: a write
+    ticket holds the source) or canceled while pending left an empty disk
+    that 'vm create --attach' took."""
+    w = world
+    _, disk = await w.vm_with(image(w.tmp / "n.raw", 4 * MiB, sparse=True), w.f1)
+    h1 = w.cache.host("h1")
+    w.cache.add_host("h1", h1.url, h1.token, [w.f2, w.f1])  # one host: a local source
+    await w.push()
+    [vol] = [v["vol_uuid"] for v in await w.volumes(w.f1, disk)]
+    writer = str(uuid.uuid4())
+    status, body = w.b.request("PUT", f"/tickets/{writer}", {
+        "uuid": writer, "size": 4 * MiB, "ops": ["write"], "timeout": 60,
+        "sd_id": w.f1, "img_id": disk, "vol_id": vol})
+    assert status == 200, body
+    with pytest.raises(HostError, match="may write it"):
+        await copy_disk(w.ctx, disk, w.f2, move=False)
+    assert [v["legal"] for v in await w.volumes(w.f2, disk)] == [False]
+    w.b.request("DELETE", f"/tickets/{writer}")
+    await copy_disk(w.ctx, disk, w.f2, move=False)  # a retry copies anew into it
+    assert [v["legal"] for v in await w.volumes(w.f2, disk)] == [True]
+
+
 async def test_format_change_needs_a_host_with_both(world: World) -> None:
     w = world
     raw = image(w.tmp / "c.raw", 8 * MiB, sparse=True)
