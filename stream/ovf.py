@@ -5,7 +5,8 @@ buffer checked by the sans-IO tar reader before or while it is written.  Only a
 complete, valid stream is committed; the answer goes out then, and the
 archive is copied into the other stores after it (:class:`Updates`).  Any
 failure leaves the previous generation as the newest valid one.  One
-update per domain at a time.
+update per domain at a time.  A pool map that stops OVF writes to the
+domain stops its update: uncommitted before the commit, its copies after.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from volume.sd import StorageDomain, VolumeInfo
 
 from . import upload
 from .io import IO as IOExecutor
+from .mapwatch import MapWatch
 from .wire.errors import WireError
 from .wire.manifest import is_ovf_name
 from .wire.tarread import BadTar, OvfTarReader, Summary
@@ -105,17 +107,19 @@ class Updates:
         async with self.lock(sd_uuid):
             pass
 
-    def _spawn(self, lock: asyncio.Lock, io: IOExecutor, update: Update) -> None:
+    def _spawn(self, lock: asyncio.Lock, io: IOExecutor, update: Update,
+               watch: MapWatch) -> None:
         sd_uuid = update.target.volume.sd_uuid
 
         async def run() -> None:
             try:
-                await io.run(update.replicate)
+                await io.run(update.replicate, watch.check)
                 self.copy_errors[sd_uuid] = update.replica_errors
             except Exception as e:
                 log.exception("OVF store copies of %s failed", sd_uuid)
                 self.copy_errors[sd_uuid] = [f"copying failed: {e}"]
             finally:
+                watch.close()
                 lock.release()
         task = asyncio.create_task(run(), name="ovf-replicate")
         self._tasks.add(task)
@@ -128,27 +132,47 @@ class Updates:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def receive(
-        self, read: Reader, io: IOExecutor, storage: StorageDomain, *, zstd: bool,
-        idle_timeout: float, buffer_size: int, depth: int = 1, require_manifest: bool = False,
+        self, read: Reader, io: IOExecutor, storage: StorageDomain, watch: MapWatch, *,
+        zstd: bool, idle_timeout: float, buffer_size: int, depth: int = 1,
+        require_manifest: bool = False,
     ) -> Committed:
+        """Stream ``read`` into the stores of ``storage``; the committed archive.
+
+        ``watch`` sees whether the pool map still allows OVF store writes
+        to the domain.  A map that stops allowing them before the commit
+        ends the update uncommitted (the body is cut off, or the commit
+        refused), and this raises the watch's error; after the commit, it
+        stops the copies.  The update owns ``watch``: it closes it when it
+        ends, copies included.
+        """
         lock = self.lock(storage.uuid)
-        await lock.acquire()
         try:
+            await lock.acquire()
+        except BaseException:
+            watch.close()
+            raise
+        try:
+            watch.check()  # the map may have changed while the previous update copied
             stores = await io.run(OvfStores.open, storage)
             update: Update = await io.run(stores.begin)
             try:
-                summary = await _stream(read, io, storage, stores, update, zstd=zstd,
-                                        idle_timeout=idle_timeout, buffer_size=buffer_size,
-                                        depth=depth, require_manifest=require_manifest)
+                summary = await watch.interruptible(_stream(
+                    read, io, storage, stores, update, zstd=zstd, idle_timeout=idle_timeout,
+                    buffer_size=buffer_size, depth=depth, require_manifest=require_manifest,
+                    check=watch.check))
+                # Between the last chunk and here, then (in the worker) last
+                # before the commit makes the archive visible.
+                watch.check()
                 record = await io.run(update.seal, summary.tar_length, summary.digest,
-                                      read_back=False)
+                                      read_back=False, check=watch.check)
             except BaseException:
                 await asyncio.shield(io.run(update.abort))
                 raise
         except BaseException:
             lock.release()
+            watch.close()
             raise
-        self._spawn(lock, io, update)
+        self._spawn(lock, io, update, watch)
         log.info("OVF store of %s: generation %d, %d bytes, %d entries, digest %s",
                  storage.uuid, record.generation, record.tar_length, len(summary.entries),
                  record.digest)
@@ -159,12 +183,14 @@ class Updates:
 async def _stream(
     read: Reader, io: IOExecutor, storage: StorageDomain, stores: OvfStores, update: Update,
     *, zstd: bool, idle_timeout: float, buffer_size: int, depth: int, require_manifest: bool,
+    check: Callable[[], None],
 ) -> Summary:
     """The body into the target, checked as it goes; the reader's summary.
 
     A plain body is checked on the event loop before each buffer goes to
     the worker (upload's ``inspect``); a zstd one only exists decoded in
     the worker, so there the target volume checks what it is given.
+    ``check`` raises to stop the stream; it runs before each buffer.
     """
     reader = OvfTarReader(max_total=stores.capacity, require_manifest=require_manifest)
     with ThreadPoolExecutor(1, thread_name_prefix="ovf-check") as checker:
@@ -172,7 +198,7 @@ async def _stream(
         try:
             await upload.receive(
                 read, io, target, offset=0, limit=stores.capacity, zstd=zstd,
-                hasher=None, check=lambda: None, idle_timeout=idle_timeout,
+                hasher=None, check=check, idle_timeout=idle_timeout,
                 buffer_size=buffer_size, inspect=None if zstd else reader.feed,
                 depth=depth,  # checked in order on the loop, written in any order
             )

@@ -4,7 +4,8 @@ Holds the map (in memory only), the domain registry derived from it (where
 ticket paths may point), and the monitor's view of each domain.  Applying a
 map that makes open tickets illegal cancels them: a write ticket on a domain
 that left ``Active``, any ticket on a domain that left the map.  Other users
-of domains (copy jobs) :meth:`~PoolManager.watch` the map to do the same.
+of domains (copy jobs, OVF store updates through :mod:`stream.mapwatch`)
+:meth:`~PoolManager.watch` the map to do the same.
 """
 
 from __future__ import annotations

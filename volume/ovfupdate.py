@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from contextlib import closing
 from types import TracebackType
 from typing import TYPE_CHECKING
@@ -43,6 +44,32 @@ TAIL_ZERO = 1 << 20
 #: How long writing a store waits for its readers before giving up on it
 #: (an engine GET of a 128 MiB store takes seconds, not minutes).
 READ_WAIT = 30.0
+
+#: What may stop an update (see :meth:`Update.seal`): it raises an Error
+#: once the update must not write any more.
+Check = Callable[[], None]
+
+
+def _go_on() -> None:
+    """The default :data:`Check`: nothing stops the update."""
+
+
+class _Stopped(Exception):
+    """A copy's :data:`Check` raised ``error``: no more copies."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _stopping(check: Check) -> Check:
+    """``check``, raising :class:`_Stopped` (told apart from the copy's own errors)."""
+    def wrapped() -> None:
+        try:
+            check()
+        except Exception as e:
+            raise _Stopped(e) from e
+    return wrapped
 
 
 class Update:
@@ -92,24 +119,30 @@ class Update:
                  tb: TracebackType | None) -> None:
         self.abort()
 
-    def commit(self, tar_length: int, digest: str) -> CommitRecord:
+    def commit(self, tar_length: int, digest: str, check: Check = _go_on) -> CommitRecord:
         """Commit the ``tar_length`` bytes written, whose xxh3-128 is ``digest``,
         then copy them into the other stores; returns the target's record.
 
         :meth:`seal` (reading the target back first) and :meth:`replicate`
         in one call.
         """
-        record = self.seal(tar_length, digest)
-        self.replicate()
+        record = self.seal(tar_length, digest, check=check)
+        self.replicate(check)
         return record
 
-    def seal(self, tar_length: int, digest: str, *, read_back: bool = True) -> CommitRecord:
+    def seal(self, tar_length: int, digest: str, *, read_back: bool = True,
+             check: Check = _go_on) -> CommitRecord:
         """Commit the target: zero after the archive, sync, write the record.
 
         With ``read_back`` the archive is read back and its digest checked
         before the record is written; without, that check is the first
         step of :meth:`replicate`, before any other store is touched, so
         an answer can go out as soon as the target is committed.
+
+        ``check`` is called last before the archive's first bytes are
+        written, the first write any reader can see; if it raises, nothing
+        is committed.  The caller's final say: for instance, whether the
+        pool map still allows writes to the domain.
 
         Any failure before the record is written ends the update as
         :meth:`abort` does (ChecksumMismatch if the bytes read back do not
@@ -126,7 +159,7 @@ class Update:
             assert self._area is not None
             with aligned_view(CHUNK) as buf:
                 record = self._seal(self._vol, self._area, self.target.volume, tar_length,
-                                    digest, buf if read_back else None)
+                                    digest, buf if read_back else None, check)
         except BaseException as e:
             log.warning("OVF update not committed sd=%s generation=%d: %s; store %d "
                         "stays invalid", self._sd_uuid, self.generation, e, self.target.index)
@@ -144,13 +177,19 @@ class Update:
                  tar_length, digest)
         return record
 
-    def replicate(self) -> None:
+    def replicate(self, check: Check = _go_on) -> None:
         """Copy the committed archive into the other stores, oldest first, and
         end the update.
 
         A failed copy is logged, added to :attr:`replica_errors`, and the
         next store is tried.  If the target does not read back as sealed,
         nothing is copied: the other stores keep the previous archive.
+
+        ``check`` is called before each copy and each of its chunks.  Once
+        it raises, no copy starts any more (those stores keep their
+        previous archive), and a copy already writing stops there (its
+        store stays marked updating, so no reader takes it); both go into
+        :attr:`replica_errors`.
         """
         if self._vol is None or self._done or self._record is None:
             raise update_ended()
@@ -168,8 +207,13 @@ class Update:
                             f"not {record.digest}; the other stores were left as they were")
                         return
                     remember(self._sd_uuid, self.target.volume, record)
-                for state in self._others:
-                    self._copy(source, state, record, buf)
+                for n, state in enumerate(self._others):
+                    if not self._copy(source, state, record, buf, check):
+                        left = ", ".join(str(s.index) for s in self._others[n + 1:])
+                        if left:
+                            self.replica_errors.append(f"store {left} not copied: the "
+                                                       "copies were stopped")
+                        break
         finally:
             self._finish()
 
@@ -203,11 +247,12 @@ class Update:
             self.generation, 0, NO_DIGEST, time.time(), updating=True))
 
     def _seal(self, vol: Volume, area: StoreArea, info: VolumeInfo, tar_length: int,
-              digest: str, buf: memoryview | None) -> CommitRecord:
+              digest: str, buf: memoryview | None, check: Check) -> CommitRecord:
         """Zero after the archive, sync, check it (when given ``buf`` to read
-        it back through: the held head, the rest from the store), write its
-        head (synced, read back), write the record (synced).  A failed check
-        leaves the head zero: a plain tar reader finds no archive."""
+        it back through: the held head, the rest from the store), call
+        ``check``, write its head (synced, read back), write the record
+        (synced).  A failed check leaves the head zero: a plain tar reader
+        finds no archive."""
         area.zero(tar_length, min(TAIL_ZERO, self._capacity - tar_length))
         area.flush()
         if buf is not None:
@@ -215,33 +260,48 @@ class Update:
             if found != digest:
                 raise ChecksumMismatch(f"the archive written has xxh3_128 {found}, "
                                        f"not {digest}")
+        check()
         area.write_head()
         return ovfrecord.write(vol, info.size, CommitRecord(
             self.generation, tar_length, digest, time.time(), updating=False))
 
     def _copy(self, source: Volume, state: StoreState, record: CommitRecord,
-              buf: memoryview) -> None:
+              buf: memoryview, check: Check) -> bool:
+        """Copy into one store; False if ``check`` stopped the copies."""
         name = store_key(state.volume)
+        check = _stopping(check)
+        touched = False
         try:
+            check()
             self._guard.start_write(name, READ_WAIT)
             try:
+                check()  # the wait for readers may have been long
                 with closing(open_data(state.volume)) as vol:
+                    touched = True
                     self._mark(vol, state.volume)
                     area = StoreArea(vol, self._capacity)  # closed with vol
                     pos = 0
                     for chunk in chunks(source, record.tar_length, buf):
+                        check()
                         area.write(pos, chunk)
                         pos += len(chunk)
                     copied = self._seal(vol, area, state.volume, record.tar_length,
-                                        record.digest, buf)
+                                        record.digest, buf, check)
                     remember(self._sd_uuid, state.volume, copied)
             finally:
                 self._guard.end_write(name)
+        except _Stopped as e:
+            log.warning("OVF store copies stopped sd=%s generation=%d store=%d vol=%s: %s",
+                        self._sd_uuid, self.generation, state.index, name, e.error)
+            left = "stays marked updating" if touched else "keeps its previous archive"
+            self.replica_errors.append(f"store {state.index} ({name}) {left}: {e.error}")
+            return False
         except Exception as e:  # the target is committed: go on with the others
             report = log.warning if isinstance(e, Error) else log.exception
             report("OVF store copy failed sd=%s generation=%d store=%d vol=%s: %s",
                    self._sd_uuid, self.generation, state.index, name, e)
             self.replica_errors.append(f"store {state.index} ({name}): {e}")
-            return
+            return True
         log.info("OVF store copied sd=%s generation=%d store=%d vol=%s", self._sd_uuid,
                  self.generation, state.index, name)
+        return True

@@ -10,6 +10,7 @@ from volume.validate import check_uuid
 from .. import download, ovf, upload
 from ..auth import ENGINE
 from ..errors import UnsupportedEncoding
+from ..mapwatch import MapWatch
 from ..middleware import RESPONSE
 from ..pool import Access
 from ..state import CONFIG, IO_KEY, OVF_UPDATES, POOL
@@ -30,15 +31,25 @@ MANIFEST_HEADER = "X-Ovf-Manifest"
 
 
 async def receive_store(request: web.Request, sd: str) -> ovf.Committed:
-    storage = await storage_for(request, sd, Access.OVF_WRITE)
-    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
-    if encoding not in ("identity", "zstd"):
-        raise UnsupportedEncoding(f"Content-Encoding {encoding!r} is not supported; use zstd")
+    mgr = request.app[POOL]
+    sd = check_uuid(sd, "storage domain")
+    # Checked now and watched until the update ends, its copies included:
+    # a map that stops OVF writes to the domain meanwhile stops the update.
+    watch = MapWatch(mgr, sd, Access.OVF_WRITE, "the OVF store update")
+    try:
+        storage = await request.app[IO_KEY].run(mgr.registry.storage, sd)
+        encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+        if encoding not in ("identity", "zstd"):
+            raise UnsupportedEncoding(
+                f"Content-Encoding {encoding!r} is not supported; use zstd")
+    except BaseException:
+        watch.close()
+        raise
     cfg = request.app[CONFIG]
     return await request.app[OVF_UPDATES].receive(
-        upload.pieces(request.content), request.app[IO_KEY], storage, zstd=encoding == "zstd",
-        idle_timeout=cfg.transfer.inactivity_timeout, buffer_size=cfg.ovf.buffer_size,
-        depth=cfg.transfer.write_depth,
+        upload.pieces(request.content), request.app[IO_KEY], storage, watch,
+        zstd=encoding == "zstd", idle_timeout=cfg.transfer.inactivity_timeout,
+        buffer_size=cfg.ovf.buffer_size, depth=cfg.transfer.write_depth,
         require_manifest=request.headers.get(MANIFEST_HEADER, "").strip().lower() == "required",
     )
 
