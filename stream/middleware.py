@@ -67,10 +67,11 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         started = request.get(RESPONSE)
         if started is not None and started.prepared:
             log.error("%s %s failed after the answer started: %s", request.method,
-                      request.path, e)
+                      _where(request), _redact(request, str(e)))
             return _abort(request, started)
         level = logging.ERROR if e.http_status >= 500 else logging.WARNING
-        log.log(level, "%s %s: %d %s", request.method, request.path, e.http_status, e)
+        log.log(level, "%s %s: %d %s", request.method, _where(request), e.http_status,
+                _redact(request, str(e)))
         resp = error_response(
             request, e.http_status, e.code, e.detail, getattr(e, "extra", None)
         )
@@ -82,16 +83,35 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     except (ConnectionError, OSError) as e:
         if isinstance(e, ConnectionError) or request.transport is None:
             # The client went away; nobody is listening for an answer.
-            log.info("%s %s: client disconnected: %s", request.method, request.path, e)
+            log.info("%s %s: client disconnected: %s", request.method, _where(request), e)
             raise
-        log.exception("%s %s failed", request.method, request.path)
+        log.exception("%s %s failed", request.method, _where(request))
         return _internal(request)
     except Exception:
-        log.exception("%s %s failed", request.method, request.path)
+        log.exception("%s %s failed", request.method, _where(request))
         started = request.get(RESPONSE)
         if started is not None and started.prepared:
             return _abort(request, started)
         return _internal(request)
+
+
+def _ticket_id(request: web.Request) -> str | None:
+    """The ticket id in an image URL: the secret that grants the transfer."""
+    if request.path.startswith("/images/"):
+        return request.path[len("/images/"):].split("/", 1)[0] or None
+    return None
+
+
+def _redact(request: web.Request, text: str) -> str:
+    """``text`` with the request's ticket id cut to its first 8 characters,
+    as every other log line of the daemon names tickets (imageio does too):
+    a log reader must not be able to use the transfer."""
+    ticket_id = _ticket_id(request)
+    return text.replace(ticket_id, ticket_id[:8] + "...") if ticket_id else text
+
+
+def _where(request: web.Request) -> str:
+    return _redact(request, request.path)
 
 
 def _internal(request: web.Request) -> web.Response:

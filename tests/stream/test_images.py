@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -461,3 +463,20 @@ async def test_client_disconnect_mid_upload_keeps_daemon_and_ticket(
     assert path.read_bytes() == data
     info = await (await client.get(f"/tickets/{ticket}")).json()
     assert info["active"] is False
+
+
+async def test_failed_requests_log_no_whole_ticket_id(
+    client: Client, image: Callable[..., Path], add_ticket: AddTicket,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The ticket id is the transfer's secret: the error log line of a
+    failed image request held it whole, and a log reader could use it."""
+    ticket = await add_ticket(image(MiB), ops=["read"])
+    resp = await client.put(f"/images/{ticket}", data=b"x",
+                            headers={"Content-Range": "bytes 0-0/*"})
+    assert resp.status == 403
+    assert ticket in await resp.text()  # the client knows it already
+    lines = [r.getMessage() for r in caplog.records if "forbids" in r.getMessage()]
+    assert lines and all(ticket not in line for line in lines), lines
+    assert f"/images/{ticket[:8]}..." in lines[0]
+    assert (await client.get(f"/images/{ticket}")).status == 200  # still valid
