@@ -177,7 +177,14 @@ def _transfer(cache: Cache, cfg: Config, args: argparse.Namespace,
               file=sys.stderr)
         raise
     finally:
-        with_ctx(cache, cfg, progress, lambda ctx: transfers.close(ctx, opened))
+        try:
+            with_ctx(cache, cfg, progress, lambda ctx: transfers.close(ctx, opened))
+        except (asyncio.CancelledError, KeyboardInterrupt):
+            # A second Ctrl-C: not "canceled before any byte moved" (run_disk's
+            # word for a cancel while opening); the transfer was under way.
+            raise EngineError(f"interrupted while ending the transfer, whose ticket on "
+                              f"host {opened.host} now expires by itself; run the command "
+                              f"again{again} to finish it") from None
     if upload:
         try:
             with_ctx(cache, cfg, progress, lambda ctx: transfers.complete(ctx, opened))

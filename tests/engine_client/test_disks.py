@@ -929,6 +929,42 @@ async def test_disk_delete_refused_half_way(
     assert await w.volumes(w.f1, disk) == []
 
 
+async def test_an_interrupted_close_says_how_to_finish(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A second Ctrl-C while the ticket was being closed said 'canceled
+    before any byte moved; nothing was left on the host' and hid the disk's
+    id, though its volume was there, incomplete."""
+    import argparse
+
+    from engine_client import diskcli
+    from engine_client.progress import Progress
+
+    w = world
+    src = image(w.tmp / "twice.raw", 4 * MiB, sparse=True)
+    real_close = transfers.close
+
+    async def interrupted(ctx: Any, opened: Any) -> None:
+        await real_close(ctx, opened)  # the ticket goes; the signal came as it went
+        raise asyncio.CancelledError
+
+    async def no_signals(work: Any) -> Any:  # SIGINT handlers need the main thread
+        return await work
+
+    monkeypatch.setattr(transfers, "close", interrupted)
+    monkeypatch.setattr(diskcli, "_cancellable", no_signals)
+    args = argparse.Namespace(action="upload", file=str(src), domain=w.f1, disk=None,
+                              json=True)
+    with pytest.raises(EngineError) as e:
+        await asyncio.to_thread(diskcli._transfer, w.cache, w.cfg, args,
+                                Progress("upload", True))
+    found = re.fullmatch(r"interrupted while ending the transfer, whose ticket on host h0 "
+                         r"now expires by itself; run the command again with --disk (\S+) "
+                         r"to finish it", str(e.value))
+    assert found, str(e.value)
+    assert [v["legal"] for v in await w.volumes(w.f1, found[1])] == [False]
+
+
 async def test_a_canceled_completion_says_how_to_finish(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
