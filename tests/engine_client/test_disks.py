@@ -929,40 +929,49 @@ async def test_disk_delete_refused_half_way(
     assert await w.volumes(w.f1, disk) == []
 
 
-async def test_an_interrupted_close_says_how_to_finish(
-    world: World, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A second Ctrl-C while the ticket was being closed said 'canceled
-    before any byte moved; nothing was left on the host' and hid the disk's
-    id, though its volume was there, incomplete."""
+async def _upload_interrupted(w: World, monkeypatch: pytest.MonkeyPatch, step: str,
+                              pattern: str) -> None:
+    """``disk upload`` (in-process) with a Ctrl-C at ``transfers.<step>``:
+    its one sentence must match ``pattern`` (group 1 the disk), and the
+    disk must be left incomplete."""
     import argparse
 
     from engine_client import diskcli
     from engine_client.progress import Progress
 
-    w = world
-    src = image(w.tmp / "twice.raw", 4 * MiB, sparse=True)
-    real_close = transfers.close
+    src = image(w.tmp / f"{step}.raw", 4 * MiB, sparse=True)
+    real = getattr(transfers, step)
 
     async def interrupted(ctx: Any, opened: Any) -> None:
-        await real_close(ctx, opened)  # the ticket goes; the signal came as it went
+        if step == "close":
+            await real(ctx, opened)  # the ticket goes; the signal came as it went
         raise asyncio.CancelledError
 
     async def no_signals(work: Any) -> Any:  # SIGINT handlers need the main thread
         return await work
 
-    monkeypatch.setattr(transfers, "close", interrupted)
+    monkeypatch.setattr(transfers, step, interrupted)
     monkeypatch.setattr(diskcli, "_cancellable", no_signals)
     args = argparse.Namespace(action="upload", file=str(src), domain=w.f1, disk=None,
                               json=True)
     with pytest.raises(EngineError) as e:
         await asyncio.to_thread(diskcli._transfer, w.cache, w.cfg, args,
                                 Progress("upload", True))
-    found = re.fullmatch(r"interrupted while ending the transfer, whose ticket on host h0 "
-                         r"now expires by itself; run the command again with --disk (\S+) "
-                         r"to finish it", str(e.value))
+    found = re.fullmatch(pattern, str(e.value))
     assert found, str(e.value)
     assert [v["legal"] for v in await w.volumes(w.f1, found[1])] == [False]
+
+
+async def test_an_interrupted_close_says_how_to_finish(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A second Ctrl-C while the ticket was being closed said 'canceled
+    before any byte moved; nothing was left on the host' and hid the disk's
+    id, though its volume was there, incomplete."""
+    await _upload_interrupted(
+        world, monkeypatch, "close",
+        r"interrupted while ending the transfer, whose ticket on host h0 now expires by "
+        r"itself; run the command again with --disk (\S+) to finish it")
 
 
 async def test_a_canceled_completion_says_how_to_finish(
@@ -970,28 +979,7 @@ async def test_a_canceled_completion_says_how_to_finish(
 ) -> None:
     """Ctrl-C while the verified upload was being marked complete said
     'canceled before any byte moved; nothing was left on the host'."""
-    import argparse
-
-    from engine_client import diskcli
-    from engine_client.progress import Progress
-
-    w = world
-    src = image(w.tmp / "late.raw", 4 * MiB, sparse=True)
-
-    async def interrupted(ctx: Any, opened: Any) -> None:
-        raise asyncio.CancelledError
-
-    async def no_signals(work: Any) -> Any:  # SIGINT handlers need the main thread
-        return await work
-
-    monkeypatch.setattr(transfers, "complete", interrupted)
-    monkeypatch.setattr(diskcli, "_cancellable", no_signals)
-    args = argparse.Namespace(action="upload", file=str(src), domain=w.f1, disk=None,
-                              json=True)
-    with pytest.raises(EngineError) as e:
-        await asyncio.to_thread(diskcli._transfer, w.cache, w.cfg, args,
-                                Progress("upload", True))
-    found = re.fullmatch(r"interrupted while marking disk (\S+) complete; run the command "
-                         r"again with --disk \1 to finish it", str(e.value))
-    assert found, str(e.value)
-    assert [v["legal"] for v in await w.volumes(w.f1, found[1])] == [False]
+    await _upload_interrupted(
+        world, monkeypatch, "complete",
+        r"interrupted while marking disk (\S+) complete; run the command again with "
+        r"--disk \1 to finish it")
