@@ -74,6 +74,9 @@ class Ticket:
     transfer_id: str | None = None
     filename: str | None = None
     domain: str | None = None
+    #: For a path in a file domain, the domain's directory: the path is opened
+    #: only below it, through no symlink (see :func:`volume.open_volume`).
+    within: str | None = None
     #: Set for tickets naming a volume by UUIDs: how to open its bytes.
     volume_info: VolumeInfo | None = None
     volume: Volume | None = None
@@ -140,7 +143,7 @@ class Ticket:
         path (vdsm does it on retries), keeping what is running: transfers
         in flight, the open volume, the counters."""
         for name in ("size", "ops", "timeout", "url", "inactivity_timeout", "sparse", "dirty",
-                     "transfer_id", "filename", "volume_info"):
+                     "transfer_id", "filename", "volume_info", "within"):
             setattr(self, name, getattr(new, name))
         self.touch()
 

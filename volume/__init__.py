@@ -2,7 +2,9 @@
 
 :func:`open_volume` is the one way in for a path.  It decides the backend
 from what the opened descriptor is (``fstat``), never from the name, so a
-symlink or an unusual device path cannot pick the wrong one.
+symlink or an unusual device path cannot pick the wrong one.  A file
+domain's volume is opened ``within`` the domain's directory, through no
+symlink and only as a regular file (:mod:`volume._confined`).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import logging
 import os
 import stat
 
+from . import _confined
 from ._oserror import oserrors
 from .base import Capabilities, Extent, Volume
 from .block import BlockVolume
@@ -36,21 +39,31 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-def open_volume(path: str, readonly: bool = False, *, direct: bool = True) -> Volume:
+def open_volume(path: str, readonly: bool = False, *, direct: bool = True,
+                within: str | None = None) -> Volume:
     """Open the regular file or block device at ``path``.
 
     ``readonly`` opens it ``O_RDONLY``; writes then raise ``Forbidden``.
     ``direct`` asks for ``O_DIRECT`` on files; a filesystem that refuses it
     is used buffered instead.  Block devices are always direct.  Other file
     types raise ``InvalidRequest``; failing to open raises the mapped error
-    (``NotFound``, ``Forbidden``, ...).  Blocking: run it in the executor.
+    (``NotFound``, ``Forbidden``, ...).  ``within``: the directory of the
+    file domain that ``path`` (a real path) belongs to; then ``path`` is
+    opened only as a regular file with one link, following no symlink below
+    ``within`` (``Forbidden`` otherwise).  ``None`` (a registered block
+    device) follows symlinks such as ``/dev/disk/by-id/...``.  Blocking: run
+    it in the executor.
     """
     # O_NONBLOCK: opening a FIFO read-only would otherwise wait for a writer
     # before we can refuse it (fifo(7)).  O_NOCTTY: a terminal path must not
     # become our controlling terminal.  Both are cleared or harmless below.
     flags = (os.O_RDONLY if readonly else os.O_RDWR) | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
     with oserrors("open volume"):
-        fd = _open(path, flags, direct)
+        if within is None:
+            fd = _open(path, flags, direct)
+        else:
+            fd = _confined.open_file(within, path, "volume",
+                                     lambda p: _open(p, flags, direct))
     try:
         with oserrors("open volume"):
             mode = os.fstat(fd).st_mode

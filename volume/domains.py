@@ -5,7 +5,9 @@ devices (its ``path`` is the first device, which holds the volume table).
 A ticket names its volume either by path or by UUIDs:
 
 - a path is accepted only when its real path (after symlinks) lies inside
-  a file domain's directory or is one of a domain's registered devices
+  a file domain's directory, as a regular file with one link (opened
+  later, on the first request, through no symlink: :func:`volume.open_volume`),
+  or is one of a domain's registered devices
   (:meth:`DomainRegistry.resolve`), a device for reading only: it holds
   the domain's label, volume table, OVF stores and every volume;
 - ``(sd_uuid, img_uuid, vol_uuid)`` is looked up in the domain's own
@@ -30,6 +32,8 @@ import uuid as uuidlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from . import _confined
+from ._oserror import oserrors
 from .blockdomain import open_block_domain
 from .durable import TMP_PREFIX, makedirs_durable
 from .errors import Forbidden, InvalidRequest, NotFound
@@ -175,6 +179,8 @@ class DomainRegistry:
                     if _is_metadata(real):
                         raise Forbidden(f"Invalid ticket: {path} is metadata of storage "
                                         f"domain {d.uuid}, not an image")
+                    with oserrors("check the image"):
+                        _confined.check_file(d.path, real, "image")  # a hard link?
                     if write and (info := self._volume_at(d, real[len(images) + 1:])):
                         check_write_target(info)
                     return d, real

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 
-from . import qcow2, qemuimg
+from . import _confined, qcow2, qemuimg
 from .durable import fsync_dir, preallocate
 from .sd import Allocation, Format, VolumeInfo
 
@@ -59,14 +59,24 @@ def make(info: VolumeInfo, backing: VolumeInfo | None) -> None:
     fsync_dir(os.path.dirname(info.path))
 
 
+def open_fd(info: VolumeInfo, flags: int) -> int:
+    """Open the existing data of ``info``, inside its domain if it has one."""
+    if info.within is None:
+        return os.open(info.path, flags)
+    return _confined.open_file(info.within, info.path, "volume", lambda p: os.open(p, flags))
+
+
 def grow(info: VolumeInfo, size: int) -> None:
     """Grow the data of ``info`` to ``size`` bytes (virtual, for qcow2), synced."""
     prealloc = info.allocation == Allocation.PREALLOCATED
-    if info.format == Format.QCOW2:
-        qcow2.check(info.path, info.parent)  # its header is the uploader's
-        qemuimg.resize(info.path, size, preallocation="falloc" if prealloc else None)
-    fd = os.open(info.path, os.O_WRONLY)
+    # Opened, and so checked, first; qemu-img then opens this very file
+    # (/proc/self/fd), never the name again.
+    fd = open_fd(info, (os.O_RDWR if info.format == Format.QCOW2 else os.O_WRONLY)
+                 | os.O_CLOEXEC)
     try:
+        if info.format == Format.QCOW2:
+            qcow2.check_fd(fd, info.vol_uuid, info.parent)  # its header is the uploader's
+            qemuimg.resize(fd, size, preallocation="falloc" if prealloc else None)
         if info.format == Format.RAW:
             old = os.fstat(fd).st_size
             try:

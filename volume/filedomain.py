@@ -6,6 +6,10 @@ Layout under the domain's root::
     images/<img_uuid>/<vol_uuid>     the data: raw or qcow2
     images/<img_uuid>/<vol_uuid>.meta  JSON: size, format, parent, ...
 
+Everything below the root is read and opened through no symlink, as a
+regular file with one link (:mod:`volume._confined`): others may write the
+directory (an NFS export), and must not lead a volume out of it.
+
 The ``.meta`` file is the commit point, always replaced atomically
 (:func:`volume.durable.atomic_write`):
 
@@ -29,10 +33,10 @@ import logging
 import os
 from typing import Any
 
-from . import filedata
+from . import _confined, filedata
 from ._oserror import oserrors
 from .durable import atomic_write, makedirs_durable, remove_durable
-from .errors import Conflict, InvalidRequest, NotFound, VolumeError
+from .errors import Conflict, Forbidden, InvalidRequest, NotFound, VolumeError
 from .sd import BaseDomain, Format, Space, VolumeInfo
 from .storeguard import check_deletable, check_resizable
 from .validate import check_directory, check_size, check_uuid
@@ -45,11 +49,14 @@ META_SUFFIX = ".meta"
 VERSION = 1
 READY = "ready"
 DELETING = "deleting"
+#: Far above what a volume's metadata (its description is bounded) or the
+#: domain's marker needs; keeps a planted huge file out of memory.
+MAX_METADATA = 64 * 1024
 
 
-def _read_json(path: str) -> dict[str, Any]:
-    with open(path, "rb") as f:
-        data = json.load(f)
+def _read_json(root: str, path: str, what: str) -> dict[str, Any]:
+    """The JSON object in ``path``, a file below the domain directory ``root``."""
+    data = json.loads(_confined.read_file(root, path, what, MAX_METADATA))
     if not isinstance(data, dict):
         raise ValueError("not a JSON object")
     return data
@@ -91,10 +98,10 @@ def open_file_domain(path: str, sd_uuid: str | None = None) -> FileDomain:
         sd_uuid = check_uuid(sd_uuid, "storage domain")
     root = check_directory(path)
     try:
-        meta = _read_json(os.path.join(root, DOMAIN_FILE))
+        meta = _read_json(root, os.path.join(root, DOMAIN_FILE), "domain marker")
     except FileNotFoundError:
         raise InvalidRequest(f"{path} is not a storage domain (no {DOMAIN_FILE})") from None
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, Forbidden) as e:
         raise InvalidRequest(f"{path}: unreadable {DOMAIN_FILE}: {e}") from None
     found = meta.get("uuid")
     if meta.get("type") != "file" or not isinstance(found, str):
@@ -123,8 +130,8 @@ class FileDomain(BaseDomain):
         """The volume's record and state (ready or deleting), or NotFound."""
         data, meta_path = self._paths(check_uuid(img, "image"), check_uuid(vol, "volume"))
         try:
-            meta = _read_json(meta_path)
-            info = VolumeInfo.from_meta(self._uuid, meta, path=data)
+            meta = _read_json(self._root, meta_path, "volume metadata")
+            info = VolumeInfo.from_meta(self._uuid, meta, path=data, within=self._root)
             state = meta["state"]
         except FileNotFoundError:
             raise self._not_found(img, vol) from None
@@ -149,7 +156,7 @@ class FileDomain(BaseDomain):
 
     def _create(self, info: VolumeInfo) -> VolumeInfo:
         data, meta_path = self._paths(info.img_uuid, info.vol_uuid)
-        info = dataclasses.replace(info, path=data)
+        info = dataclasses.replace(info, path=data, within=self._root)
         with self._lock, oserrors("create volume"):
             backing = self._check_parent(info)
             if os.path.exists(meta_path):
@@ -158,6 +165,9 @@ class FileDomain(BaseDomain):
                     raise Conflict(f"Volume {info.img_uuid}/{info.vol_uuid} already exists")
                 self._purge(existing)
             makedirs_durable(os.path.dirname(data))
+            # A check, not a confinement (the files below are made by name):
+            # it stops an image directory planted as a symlink beforehand.
+            _confined.check_dir(self._root, os.path.dirname(data), "image directory")
             if os.path.lexists(data):
                 log.warning("removing data left by a crashed create: %s", data)
                 remove_durable(data)
@@ -272,7 +282,7 @@ class FileDomain(BaseDomain):
                 info, state = self._read(img, vol)
             except NotFound:
                 continue  # deleted meanwhile
-            except (InvalidRequest, VolumeError) as e:
+            except (InvalidRequest, Forbidden, VolumeError) as e:
                 log.warning("skipping volume %s/%s: %s", img, vol, e)
                 continue
             if state == READY:
@@ -281,9 +291,20 @@ class FileDomain(BaseDomain):
 
     def lookup(self, img_uuid: str, vol_uuid: str) -> VolumeInfo:
         info = self._ready(img_uuid, vol_uuid)
-        if not os.path.isfile(info.path):
+        try:
+            # Only a first, early refusal: the data is opened checked again.
+            _confined.check_file(self._root, info.path, "volume")
+        except (FileNotFoundError, NotADirectoryError):
             log.error("volume metadata without data: %s", info.path)
-            raise VolumeError(f"data of volume {info.img_uuid}/{info.vol_uuid} is missing")
+            raise VolumeError(f"data of volume {info.img_uuid}/{info.vol_uuid} "
+                              "is missing") from None
+        except Forbidden as e:
+            log.error("refusing volume sd=%s img=%s vol=%s: %s", self._uuid,
+                      info.img_uuid, info.vol_uuid, e)
+            raise
+        except OSError as e:
+            raise VolumeError(f"cannot check the data of volume {info.img_uuid}/"
+                              f"{info.vol_uuid}: {e.strerror}") from e
         return info
 
     def space(self) -> Space:
@@ -293,9 +314,10 @@ class FileDomain(BaseDomain):
 
     def check(self) -> None:
         try:
-            meta = _read_json(os.path.join(self._root, DOMAIN_FILE))
+            meta = _read_json(self._root, os.path.join(self._root, DOMAIN_FILE),
+                              "domain marker")
             os.listdir(self._images)
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, Forbidden) as e:
             log.warning("domain check failed sd=%s: %s", self._uuid, e)
             raise VolumeError(f"storage domain {self._uuid} is unreachable") from e
         if meta.get("uuid") != self._uuid:

@@ -43,19 +43,26 @@ class UnsafeImage(InvalidRequest):
 
 
 def check(path: str, parent: str | None) -> None:
-    """Raise UnsafeImage unless the qcow2 image at ``path`` names no backing
-    file (``parent`` None) or exactly ``parent``, and no external data file."""
+    """:func:`check_fd` of the image at ``path``."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        head = os.pread(fd, 104, 0)
-        bits = struct.unpack_from(">I", head, 20)[0] if len(head) >= 24 else 0
-        cluster = os.pread(fd, 1 << bits, 0) \
-            if MIN_CLUSTER_BITS <= bits <= MAX_CLUSTER_BITS else head
+        check_fd(fd, os.path.basename(path), parent)
     finally:
         os.close(fd)
+
+
+def check_fd(fd: int, name: str, parent: str | None) -> None:
+    """Raise UnsafeImage unless the qcow2 image open as ``fd`` (volume
+    ``name``) names no backing file (``parent`` None) or exactly ``parent``,
+    and no external data file.  Check the descriptor qemu-img will be given
+    (``/proc/self/fd/N``): a name could lead elsewhere by then."""
+    head = os.pread(fd, 104, 0)
+    bits = struct.unpack_from(">I", head, 20)[0] if len(head) >= 24 else 0
+    cluster = os.pread(fd, 1 << bits, 0) if MIN_CLUSTER_BITS <= bits <= MAX_CLUSTER_BITS \
+        else head
     problem = header_problem(cluster, parent)
     if problem:
-        raise UnsafeImage(f"volume {os.path.basename(path)} is refused: {problem}")
+        raise UnsafeImage(f"volume {name} is refused: {problem}")
 
 
 def header_problem(cluster: bytes, parent: str | None) -> str | None:

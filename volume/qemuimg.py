@@ -19,10 +19,11 @@ log = logging.getLogger(__name__)
 QEMU_IMG = "qemu-img"
 
 
-def _run(argv: list[str], action: str) -> str:
+def _run(argv: list[str], action: str, pass_fds: tuple[int, ...] = ()) -> str:
     log.debug("running %s", argv)
     try:
-        p = subprocess.run(argv, capture_output=True, text=True, check=False)
+        p = subprocess.run(argv, capture_output=True, text=True, check=False,
+                           pass_fds=pass_fds)
     except OSError as e:
         raise VolumeError(f"{action}: cannot run {QEMU_IMG}: {e.strerror}") from e
     if p.returncode != 0:
@@ -53,15 +54,25 @@ def create(path: str, size: int, *, preallocation: str | None = None,
     _run([*argv, path, str(size)], "create qcow2 volume")
 
 
-def resize(path: str, size: int, *, preallocation: str | None = None) -> None:
-    """Grow the qcow2 image at ``path`` to ``size`` bytes.  Its backing file
-    is not opened, whatever the header names (growing does not need it);
-    check the header first (:func:`volume.qcow2.check`) for a data file."""
+def resize(fd: int, size: int, *, preallocation: str | None = None) -> None:
+    """Grow the qcow2 image open as ``fd`` to ``size`` bytes.  qemu-img gets
+    that very file (``/proc/self/fd``), not a name that could lead elsewhere
+    by then, and opens no backing file, whatever the header names (growing
+    does not need it); check the header first (:func:`volume.qcow2.check_fd`)."""
     argv = [QEMU_IMG, "resize", "-q", "-f", "qcow2"]
     if preallocation:
         argv.append(f"--preallocation={preallocation}")
-    image = {"driver": "qcow2", "backing": None, "file": {"driver": "file", "filename": path}}
-    _run([*argv, "json:" + json.dumps(image), str(size)], "resize qcow2 volume")
+    _run([*argv, image_spec("qcow2", fd), str(size)], "resize qcow2 volume", (fd,))
+
+
+def image_spec(fmt: str, fd: int) -> str:
+    """A qemu filename for the image open as ``fd`` (inherited by qemu-img):
+    no backing file is opened for a qcow2 one."""
+    spec: dict[str, Any] = {"driver": fmt, "file": {"driver": "file",
+                                                    "filename": f"/proc/self/fd/{fd}"}}
+    if fmt == "qcow2":
+        spec["backing"] = None
+    return "json:" + json.dumps(spec)
 
 
 def info(path: str, fmt: str) -> dict[str, Any]:

@@ -95,6 +95,10 @@ class VolumeInfo:
     path: str = ""
     offset: int = 0
     length: int | None = None
+    #: A file domain's directory: ``path`` lies below it and is opened only
+    #: through no symlink there (see :func:`volume.open_volume`).  None for a
+    #: region of a registered device.
+    within: str | None = None
     #: False while its content is incomplete: a copy into it started and has
     #: not been verified (vdsm's ILLEGAL), so nobody mistakes it for data.
     legal: bool = True
@@ -107,19 +111,21 @@ class VolumeInfo:
     def meta(self) -> dict[str, Any]:
         """The fields a domain stores (the location is the domain's business)."""
         d = asdict(self)
-        for key in ("sd_uuid", "path", "offset", "length"):
+        for key in ("sd_uuid", "path", "offset", "length", "within"):
             del d[key]
         return d
 
     @classmethod
     def from_meta(cls, sd_uuid: str, meta: dict[str, Any], path: str = "",
-                  offset: int = 0, length: int | None = None) -> VolumeInfo:
+                  offset: int = 0, length: int | None = None,
+                  within: str | None = None) -> VolumeInfo:
         return cls(
             sd_uuid=sd_uuid, img_uuid=meta["img_uuid"], vol_uuid=meta["vol_uuid"],
             size=meta["size"], format=Format(meta["format"]),
             allocation=Allocation(meta["allocation"]), content=Content(meta["content"]),
             parent=meta["parent"], description=meta["description"],
-            path=path, offset=offset, length=length, legal=bool(meta.get("legal", True)),
+            path=path, offset=offset, length=length, within=within,
+            legal=bool(meta.get("legal", True)),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -271,11 +277,14 @@ class BaseDomain:
 
 
 def open_data(info: VolumeInfo, readonly: bool = False, *, direct: bool = True) -> Volume:
-    """Open the bytes of a volume for I/O: the whole file, or its region."""
+    """Open the bytes of a volume for I/O: the whole file, or its region.
+
+    A file domain's volume is opened only inside the domain (``info.within``).
+    """
     # Imported here: the package's __init__ may one day import this module.
     from . import open_volume
 
-    vol = open_volume(info.path, readonly, direct=direct)
+    vol = open_volume(info.path, readonly, direct=direct, within=info.within)
     if info.length is None:
         return vol
     try:

@@ -60,6 +60,7 @@ async def ticket_volume(io: IO, ticket: Ticket) -> Volume:
             if ticket.volume_info is not None:
                 volume = await io.run(open_data, ticket.volume_info, readonly)
             else:
-                volume = await io.run(open_volume, ticket.path, readonly=readonly)
+                volume = await io.run(open_volume, ticket.path, readonly=readonly,
+                                      within=ticket.within)
             ticket.volume = volume
         return volume

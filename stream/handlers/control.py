@@ -34,6 +34,7 @@ async def put_ticket(request: web.Request) -> web.Response:
     access = Access.WRITE if "write" in fields["ops"] else Access.READ
     io = request.app[IO_KEY]
     info = None
+    within = None
     if "sd_id" in fields:
         sd = check_uuid(fields["sd_id"], "storage domain")
         mgr.check(sd, access)
@@ -48,6 +49,8 @@ async def put_ticket(request: web.Request) -> web.Response:
                                     access is Access.WRITE)
         mgr.check(domain.uuid, access)
         domain_uuid = domain.uuid
+        if domain.type == "file":
+            within = domain.path
         job = request.app[JOBS].using(path=real)
     if access is Access.WRITE and job is not None:  # one writer per volume
         what = f"volume {info.img_uuid}/{info.vol_uuid}" if info else fields["url"]
@@ -57,7 +60,7 @@ async def put_ticket(request: web.Request) -> web.Response:
         timeout=fields["timeout"], url=fields.get("url", ""), path=real, volume_info=info,
         inactivity_timeout=fields["inactivity_timeout"], sparse=fields["sparse"],
         dirty=fields["dirty"], transfer_id=fields.get("transfer_id"),
-        filename=fields.get("filename"), domain=domain_uuid,
+        filename=fields.get("filename"), domain=domain_uuid, within=within,
     )
     auth = request.app[AUTH]
     old = auth.peek(ticket.uuid)

@@ -1,0 +1,159 @@
+"""Opening a file domain's files without following anything out of the domain.
+
+A file domain is a directory that others can write: an NFS export shared by
+every host of the pool, and its storage admins.  A symlink or a hard link
+planted there must not turn a volume into a host file or a host device, so a
+path below the domain's directory is never opened by name:
+
+- every component below the directory is opened ``O_PATH | O_NOFOLLOW``
+  from its parent's descriptor, and a symlink, or anything but a directory
+  on the way, is refused;
+- the last one must be a regular file with one link (a hard link to a file
+  elsewhere on the same filesystem is invisible to ``realpath``; nothing
+  here makes hard links, see :mod:`volume.durable`);
+- only then is that same inode opened for I/O, through
+  ``/proc/self/fd/N``, which does not look the name up again; so nothing
+  that changes between a ticket's check and its first request counts;
+- last, the opened descriptor must still be that inode, and its location
+  (``readlink`` of ``/proc/self/fd/N``) inside the directory, which catches
+  the directory itself being swapped meanwhile.
+
+The directory itself is trusted: it comes from the engine or the config.
+Refusals raise :class:`~volume.errors.Forbidden`; failing system calls raise
+``OSError`` for the caller's :func:`~volume._oserror.oserrors`.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Callable
+
+from .errors import Forbidden
+
+#: Looking a component up, never opening it for I/O: a device or FIFO named
+#: so is not opened at all, and a symlink gives a descriptor of the link.
+_LOOKUP = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+
+_KINDS = ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISBLK, "a block device"),
+          (stat.S_ISCHR, "a character device"), (stat.S_ISFIFO, "a FIFO"),
+          (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a directory"),
+          (stat.S_ISREG, "a regular file"))
+
+
+def _kind(mode: int) -> str:
+    return next((name for test, name in _KINDS if test(mode)), "a special file")
+
+
+def _below(within: str, path: str, what: str) -> tuple[str, list[str]]:
+    """The real path of ``within`` and the components of ``path`` below it."""
+    root = os.path.realpath(within)
+    names = path[len(root) + 1:].split(os.sep) if path.startswith(root + os.sep) else []
+    if not names or any(name in ("", ".", "..") for name in names):
+        raise Forbidden(f"{what} {os.path.basename(path)} is not inside its storage "
+                        "domain's directory: refused")
+    return root, names
+
+
+def _lookup(root: str, names: list[str], what: str) -> tuple[int, os.stat_result]:
+    """An ``O_PATH`` descriptor of the last of ``names`` below ``root``, and its stat."""
+    fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for i, name in enumerate(names):
+            parent, fd = fd, -1
+            try:
+                fd = os.open(name, _LOOKUP, dir_fd=parent)
+            finally:
+                os.close(parent)
+            st = os.fstat(fd)
+            if i < len(names) - 1 and not stat.S_ISDIR(st.st_mode):
+                raise Forbidden(f"{what} {'/'.join(names)} of a file storage domain is "
+                                f"under {'/'.join(names[:i + 1])}, which is "
+                                f"{_kind(st.st_mode)}, not a directory: refused, so that "
+                                "it cannot lead out of the domain")
+        return fd, st
+    except BaseException:
+        if fd >= 0:
+            os.close(fd)
+        raise
+
+
+def _check_file(st: os.stat_result, names: list[str], what: str) -> None:
+    rel = "/".join(names)
+    if not stat.S_ISREG(st.st_mode):
+        raise Forbidden(f"{what} {rel} of a file storage domain is {_kind(st.st_mode)}, "
+                        "not a regular file: refused, so that it cannot lead out of the "
+                        "domain")
+    if st.st_nlink != 1:
+        raise Forbidden(f"{what} {rel} of a file storage domain has {st.st_nlink} hard "
+                        "links, and may have only one: refused")
+
+
+def check_file(within: str, path: str, what: str) -> os.stat_result:
+    """Refuse ``path`` unless it is a regular file with one link, reached
+    from the directory ``within`` through no symlink; return its stat.
+
+    ``what`` names it in messages ("volume", "volume metadata").  Blocking.
+    """
+    root, names = _below(within, path, what)
+    fd, st = _lookup(root, names, what)
+    os.close(fd)
+    _check_file(st, names, what)
+    return st
+
+
+def check_dir(within: str, path: str, what: str) -> None:
+    """Refuse ``path`` unless it is a directory reached from ``within``
+    through no symlink.  Blocking."""
+    root, names = _below(within, path, what)
+    fd, st = _lookup(root, names, what)
+    os.close(fd)
+    if not stat.S_ISDIR(st.st_mode):
+        raise Forbidden(f"{what} {'/'.join(names)} of a file storage domain is "
+                        f"{_kind(st.st_mode)}, not a directory: refused, so that it cannot "
+                        "lead out of the domain")
+
+
+def open_file(within: str, path: str, what: str,
+              opener: Callable[[str], int]) -> int:
+    """Open ``path`` as :func:`check_file` checks it, race-free.
+
+    ``opener`` opens the path it is given with the caller's flags (and its
+    own fallbacks, such as buffered I/O where ``O_DIRECT`` is refused); it is
+    given ``/proc/self/fd/N`` of the checked inode, never ``path``.  Returns
+    the new descriptor.  Blocking.
+    """
+    root, names = _below(within, path, what)
+    found, st = _lookup(root, names, what)
+    try:
+        _check_file(st, names, what)
+        fd = opener(f"/proc/self/fd/{found}")
+    finally:
+        os.close(found)
+    try:
+        opened = os.fstat(fd)
+        where = os.readlink(f"/proc/self/fd/{fd}")
+        if (opened.st_dev, opened.st_ino) != (st.st_dev, st.st_ino) \
+                or not where.startswith(root + os.sep):
+            raise Forbidden(f"{what} {'/'.join(names)} of a file storage domain was moved "
+                            "out of the domain while it was being opened: refused")
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_file(within: str, path: str, what: str, limit: int) -> bytes:
+    """The content of the small file ``path`` (at most ``limit`` bytes), as
+    :func:`open_file` opens it; ValueError if it is larger.  Blocking."""
+    fd = open_file(within, path, what,
+                   lambda p: os.open(p, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK))
+    try:
+        data = b""
+        while len(data) <= limit and (part := os.read(fd, limit + 1 - len(data))):
+            data += part
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        raise ValueError(f"larger than {limit} bytes")
+    return data
