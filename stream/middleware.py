@@ -82,9 +82,10 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return resp
     except (ConnectionError, OSError) as e:
         if isinstance(e, ConnectionError) or request.transport is None:
-            # The client went away; nobody is listening for an answer.
+            # The client went away; nobody is listening for an answer.  An
+            # answer, not the exception: aiohttp would log its traceback.
             log.info("%s %s: client disconnected: %s", request.method, _where(request), e)
-            raise
+            return _abort(request, web.Response(status=499, text="client disconnected"))
         log.exception("%s %s failed", request.method, _where(request))
         return _internal(request)
     except Exception:
