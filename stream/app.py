@@ -104,7 +104,7 @@ def make_app(cfg: Config, *, trust_tcp: bool = False) -> web.Application:
 async def _resources(app: web.Application) -> AsyncIterator[None]:
     cfg = app[CONFIG]
     t = cfg.transfer
-    io = IO(t.io_workers, t.buffer_size, t.pool_buffers)
+    io = IO(t.io_workers, t.buffer_size, t.pool_buffers, t.max_buffer_memory)
     app[IO_KEY] = io
     monitor = Monitor(cfg.monitor.interval, cfg.monitor.timeout)
     mgr = PoolManager(io, app[AUTH], monitor, t.remove_timeout)

@@ -56,6 +56,17 @@ class DaemonConfig:
     cert: str = ""
     key: str = ""
     log_level: str = "INFO"
+    #: Seconds a new data connection has to send its first request head.
+    #: imageio's idle timeout before the first request is 60 s, and its
+    #: PR #15 lowering it to 15 s broke backups: clients open their worker
+    #: connections, then wait for a slow /extents before using them.
+    request_head_timeout: int = 60
+    #: Concurrent connections (data and control) past which new data
+    #: connections are closed at once, so that descriptors never run out
+    #: (lowered at start to stay 256 below the open files limit).  imageio
+    #: sizes for 10 transfers x 4 connections; 1000 is 25 times that, and
+    #: an idle connection costs a few KiB.
+    max_connections: int = 1000
 
 
 @dataclass
@@ -69,6 +80,13 @@ class TransferConfig:
     #: expensive on this VM kind (pages are faulted in again), so reuse;
     #: 8 x 16 MiB = 128 MiB is the most we keep when idle.
     pool_buffers: int = 8
+    #: Bound on the staging buffers lent out at once (uploads, downloads,
+    #: checksums, copies); past it a new request gets 503.  Without one,
+    #: 100 downloads whose client never read took the daemon to 3.2 GiB
+    #: RSS.  2 GiB covers imageio's sizing of 10 transfers x 4 connections
+    #: with 3 default buffers each (an upload: write_depth + the one
+    #: filling; a download: 2) = 1.9 GiB.  0: no bound.
+    max_buffer_memory: int = 2048 * MiB
     #: Full buffers of one upload being written at once.  O_DIRECT writes
     #: reach 1.1 GB/s one at a time and 1.65 at queue depth 4 on this VM
     #: kind (shared/reference/measurements.md); 2 keeps the disk busy while
@@ -80,13 +98,21 @@ class TransferConfig:
     io_workers: int = 8
     #: imageio's default.  Its PR #15 lowered it and broke backups of huge
     #: disks (clients idle while /extents runs): 1 s is allowed, but going
-    #: below 60 s is asking for that.
+    #: below 60 s is asking for that.  A download whose client reads
+    #: nothing for this long is cut off (imageio's socket timeout), so that
+    #: a stalled reader cannot pin its buffers.
     inactivity_timeout: int = 60
     #: How long DELETE /tickets waits for ongoing operations before 409.
     remove_timeout: int = 60
-    #: Cap of one zero or checksum step, so cancellation and progress stay
-    #: responsive on huge ranges (imageio's Zero.MAX_STEP).
+    #: Cap of one zero step, so cancellation and progress stay responsive
+    #: on huge ranges (imageio's Zero.MAX_STEP).
     max_zero_step: int = 128 * MiB
+    #: Bytes a checksum hashes per executor call (rounded down to whole
+    #: blocks, at least one).  The executor is shared with control requests
+    #: and transfers, which wait at most about one piece per running
+    #: checksum: 32 MiB is 65 ms of blake2b here (measured, 4 MiB blocks)
+    #: plus its read, while the per-call cost (~50 us) stays negligible.
+    checksum_step: int = 32 * MiB
 
 
 @dataclass
@@ -213,14 +239,22 @@ def validate(cfg: Config) -> None:
         raise InvalidConfig("transfer.pool_buffers must be at least 0")
     if t.max_zero_step < 1 * MiB or t.max_zero_step % (1 * MiB):
         raise InvalidConfig("transfer.max_zero_step must be a whole number of MiB, at least 1")
+    if t.max_buffer_memory and t.max_buffer_memory < 4 * t.buffer_size:
+        raise InvalidConfig("transfer.max_buffer_memory must be 0 (no bound) or at least "
+                            "4 buffers of transfer.buffer_size")
+    if t.checksum_step < 1 * MiB or t.checksum_step % (1 * MiB):
+        raise InvalidConfig("transfer.checksum_step must be a whole number of MiB, at least 1")
     for name, value, least in [
         ("transfer.inactivity_timeout", t.inactivity_timeout, 1),
+        ("daemon.request_head_timeout", cfg.daemon.request_head_timeout, 1),
         ("transfer.remove_timeout", t.remove_timeout, 0),
         ("monitor.interval", cfg.monitor.interval, 1),
         ("monitor.timeout", cfg.monitor.timeout, 1),
     ]:
         if value < least:
             raise InvalidConfig(f"{name} must be at least {least} seconds, not {value}")
+    if cfg.daemon.max_connections < 1:
+        raise InvalidConfig("daemon.max_connections must be at least 1")
     if cfg.daemon.log_level.upper() not in LOG_LEVELS:
         raise InvalidConfig(f"daemon.log_level must be one of {', '.join(LOG_LEVELS)}, "
                             f"not {cfg.daemon.log_level!r}")

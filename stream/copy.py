@@ -21,7 +21,6 @@ import json
 import logging
 import mmap
 import ssl
-import threading
 from typing import Any, Protocol
 
 import aiohttp
@@ -89,7 +88,12 @@ class LocalSource:
     async def copy(self, span: Span, dst: Volume, transit: _Transit, job: Job) -> None:
         """Read ahead one buffer while the previous one is hashed and written."""
         io, src = self.io, self.volume
-        bufs = [io.get_buffer(), io.get_buffer()]
+        bufs = [io.get_buffer()]
+        try:
+            bufs.append(io.get_buffer())
+        except BaseException:
+            io.put_buffer(bufs[0])
+            raise
 
         def read(buf: mmap.mmap, offset: int, length: int) -> int:
             with memoryview(buf) as view:
@@ -136,21 +140,8 @@ class LocalSource:
         differently (a flaky disk).  It costs one more read of the source
         storage, overlapping the second half of the transfer (copyverify's
         CHECKSUM_AT); the destination's disk does not see it."""
-        buf = self.io.get_buffer(BLOCK_SIZE)
-        stop = threading.Event()
-
-        def check() -> None:
-            if stop.is_set():
-                raise VolumeError("checksum stopped")
-
-        fut = self.io.submit(checksum_mod.checksum, self.volume, self.size, ALGORITHM,
-                             BLOCK_SIZE, buf, check)
-        try:
-            return await asyncio.shield(fut)  # a cancel must not free buf under the worker
-        finally:
-            stop.set()
-            await asyncio.wait([fut])
-            self.io.put_buffer(buf)
+        return await checksum_mod.checksum(self.io, self.volume, self.size, ALGORITHM,
+                                           BLOCK_SIZE, lambda: None)
 
     async def close(self) -> None:
         await self.io.run(self.volume.close)

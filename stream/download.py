@@ -10,6 +10,12 @@ nothing more.  ``ResponseSink`` makes the transport pause the writer
 whenever anything is left unsent, so each write returns flushed; if a
 transport still holds data anyway, the buffer is retired (never reused)
 and a fresh one takes its place: slower, never wrong.
+
+A client that stops reading would pin those buffers for as long as its
+connection stays open: a write that moves no byte for ``stall_timeout``
+seconds (checked every quarter of it) aborts the connection instead, and
+the buffers go back to the pool (imageio's socket timeout on a send ends
+such a download the same way).
 """
 
 from __future__ import annotations
@@ -25,7 +31,12 @@ from aiohttp import web
 
 from volume.base import Volume, read_exactly
 
+from .errors import Stalled
 from .io import IO
+
+#: Buffers a download reads ahead into (two reads in flight keep the disk
+#: busier than one).
+DEPTH = 2
 
 
 class Sink(Protocol):
@@ -46,8 +57,10 @@ class ResponseSink:
     #: fresh allocation every time, while 1 MiB ones are reused by malloc.
     TLS_SLICE = 1024 * 1024
 
-    def __init__(self, request: web.Request, resp: web.StreamResponse) -> None:
+    def __init__(self, request: web.Request, resp: web.StreamResponse,
+                 stall_timeout: float) -> None:
         self._resp = resp
+        self._stall_timeout = stall_timeout
         self._transport = request.transport
         self._protocol = request.protocol
         tls = request.transport is not None and \
@@ -67,6 +80,35 @@ class ResponseSink:
             self._transport.set_write_buffer_limits()  # keep-alive: defaults again
 
     async def write(self, data: memoryview) -> None:
+        task = asyncio.ensure_future(self._write(data))
+        try:
+            await self._watch(task)
+        finally:
+            if not task.done():
+                task.cancel()
+                await asyncio.wait([task])
+
+    async def _watch(self, task: asyncio.Future[None]) -> None:
+        """Wait for ``task``; raise Stalled once the transport sent nothing
+        for ``stall_timeout`` seconds (checked 4 times per period)."""
+        loop = asyncio.get_running_loop()
+        last_size, last_move = -1, loop.time()
+        while True:
+            done, _ = await asyncio.wait([task], timeout=self._stall_timeout / 4)
+            if done:
+                return task.result()
+            t = self._transport
+            size = t.get_write_buffer_size() if t is not None else 0
+            now = loop.time()
+            if size != last_size:
+                last_size, last_move = size, now
+            elif now - last_move >= self._stall_timeout:
+                if t is not None:
+                    t.abort()  # drops what it holds: the buffers can go back
+                raise Stalled(f"the client read nothing for {self._stall_timeout:g} seconds: "
+                              "connection aborted")
+
+    async def _write(self, data: memoryview) -> None:
         if self._slice:
             for i in range(0, len(data), self._slice):
                 await self._resp.write(data[i:i + self._slice])
@@ -85,12 +127,12 @@ class ResponseSink:
 
 async def send(
     sink: Sink, io: IO, volume: Volume, start: int, end: int, check: Callable[[], None],
-    depth: int = 2, progress: Callable[[int], None] | None = None,
+    depth: int = DEPTH, progress: Callable[[int], None] | None = None,
 ) -> int:
     """Send ``[start, end)`` of ``volume`` to ``sink``; return bytes sent.
     ``progress`` gets the bytes sent so far after each buffer."""
     step = io.buffer_size
-    free = [io.get_buffer() for _ in range(depth)]
+    free: list[mmap.mmap] = []
     inflight: deque[tuple[asyncio.Future[int], mmap.mmap]] = deque()
 
     def read(buf: mmap.mmap, offset: int, length: int) -> int:
@@ -110,20 +152,31 @@ async def send(
             pos += length
 
     try:
+        for _ in range(depth):
+            free.append(io.get_buffer())
         refill()
         while inflight:
             fut, buf = inflight[0]
             n = await fut
             inflight.popleft()
             check()
-            await sink.write(memoryview(buf)[:n])
+            try:
+                await sink.write(memoryview(buf)[:n])
+            except BaseException:
+                if sink.holding():
+                    io.retire(buf)
+                else:
+                    free.append(buf)
+                raise
             sent += n
             if progress is not None:
                 progress(sent)
             if not sink.holding():
                 free.append(buf)
-            elif pos < end:
-                free.append(io.get_buffer())  # buf stays with the transport
+            else:
+                io.retire(buf)  # buf stays with the transport
+                if pos < end:
+                    free.append(io.get_buffer())
             refill()
         return sent
     finally:

@@ -19,3 +19,18 @@ class PartialContent(InvalidRequest):
 class BodyTooLarge(Error):
     http_status = 413
     code = "body-too-large"
+
+
+class Overloaded(Error):
+    """The daemon is at a bound it keeps to protect the host; try later."""
+
+    http_status = 503
+    code = "overloaded"
+
+
+class ClientGone(ConnectionError):
+    """The client closed its connection while its request ran."""
+
+
+class Stalled(ClientGone):
+    """The client stopped reading a body; its connection was aborted."""

@@ -20,6 +20,8 @@ from typing import ParamSpec, TypeVar
 
 from volume.buffers import aligned_buffer
 
+from .errors import Overloaded
+
 log = logging.getLogger(__name__)
 
 P = ParamSpec("P")
@@ -27,12 +29,17 @@ T = TypeVar("T")
 
 
 class IO:
-    def __init__(self, workers: int, buffer_size: int, pool_buffers: int) -> None:
+    def __init__(self, workers: int, buffer_size: int, pool_buffers: int,
+                 max_buffer_memory: int = 0) -> None:
         self._executor = ThreadPoolExecutor(workers, thread_name_prefix="io")
         self.buffer_size = buffer_size
         self._pool_max = pool_buffers
         # Idle buffers by size: image transfers and OVF streams use different sizes.
         self._free: dict[int, list[mmap.mmap]] = {}
+        #: Bytes of the buffers lent out (0: no bound).
+        self._max_in_use = max_buffer_memory
+        self.bytes_in_use = 0
+        self.buffers_in_use = 0
 
     def submit(
         self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs
@@ -45,18 +52,38 @@ class IO:
     async def run(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
         return await self.submit(fn, *args, **kwargs)
 
+    def check_room(self, count: int, size: int = 0) -> None:
+        """Raise Overloaded unless ``count`` more buffers of ``size`` fit in
+        the bound: a request asks before its answer starts, so that it gets
+        a clean 503 rather than a connection cut in the middle."""
+        size = size or self.buffer_size
+        if self._max_in_use and self.bytes_in_use + count * size > self._max_in_use:
+            raise Overloaded(
+                f"Transfer buffers are at their bound of {self._max_in_use >> 20} MiB; "
+                "try again later"
+            )
+
     def get_buffer(self, size: int = 0) -> mmap.mmap:
         """An aligned buffer of ``size`` bytes (default ``buffer_size``);
-        give it back with put_buffer."""
+        give it back with put_buffer (or retire it)."""
         size = size or self.buffer_size
+        self.check_room(1, size)
         free = self._free.get(size)
-        if free:
-            return free.pop()
-        return aligned_buffer(size)
+        buf = free.pop() if free else aligned_buffer(size)
+        self.bytes_in_use += size
+        self.buffers_in_use += 1
+        return buf
+
+    def retire(self, buf: mmap.mmap) -> None:
+        """Stop counting ``buf``, which will never come back (a transport
+        may still refer to it; the garbage collector frees it later)."""
+        self.bytes_in_use -= len(buf)
+        self.buffers_in_use -= 1
 
     def put_buffer(self, buf: mmap.mmap) -> None:
         if buf.closed:
             return
+        self.retire(buf)
         free = self._free.setdefault(len(buf), [])
         if sum(map(len, self._free.values())) < self._pool_max:
             free.append(buf)

@@ -20,6 +20,7 @@ from aiohttp import web
 
 from volume.errors import Error, OutOfRange
 
+from .errors import ClientGone, Stalled
 from .wire.errors import BadRange, WireError
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,16 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         if e.http_status == 403:
             resp.force_close()
         return resp
+    except ClientGone as e:
+        # Nobody to answer (aiohttp would log a traceback for a raise).
+        level = logging.WARNING if isinstance(e, Stalled) else logging.INFO
+        log.log(level, "%s %s: %s", request.method, _where(request), e)
+        started = request.get(RESPONSE)
+        if started is not None:
+            return _abort(request, started)
+        if request.transport is not None:
+            request.transport.abort()
+        return web.Response(status=499)  # never sent
     except (ConnectionError, OSError) as e:
         if isinstance(e, ConnectionError) or request.transport is None:
             # The client went away; nobody is listening for an answer.  An

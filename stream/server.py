@@ -6,8 +6,10 @@ import asyncio
 import contextlib
 import errno
 import fcntl
+import ipaddress
 import logging
 import os
+import resource
 import signal
 import socket
 import ssl
@@ -20,6 +22,7 @@ from volume.durable import makedirs_durable
 
 from .app import INFLIGHT, RUNNER_KWARGS, make_app
 from .config import Config, InvalidConfig
+from .connections import Guard, connection_cap, raise_nofile_limit
 
 log = logging.getLogger(__name__)
 
@@ -122,15 +125,27 @@ async def serve(cfg: Config, ctx: ssl.SSLContext | None,
     except BaseException:
         control.close()
         raise
-    data = web.TCPSite(runner, host, int(port), ssl_context=ctx, backlog=BACKLOG,
-                       reuse_address=True)
+    assert runner.server is not None
+    head_timeout = cfg.daemon.request_head_timeout
+    cap = connection_cap(cfg.daemon.max_connections)
+    guard = Guard(runner.server, head_timeout, cap)
+    loop = asyncio.get_running_loop()
+    data: asyncio.AbstractServer | None = None
     try:
-        await data.start()
+        # Not a web.TCPSite: its protocol factory is aiohttp's own, unguarded.
+        data = await loop.create_server(
+            guard, host or None, int(port), ssl=ctx, backlog=BACKLOG, reuse_address=True,
+            ssl_handshake_timeout=head_timeout if ctx else None)
         await web.SockSite(runner, control).start()
         log.info("serving data on %s://%s, control on %s",
                  "https" if ctx else "http", cfg.daemon.listen, sock_path)
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        log.info("open files limit: %d (hard limit %d); at most %d connections, "
+                 "%d s for a first request", soft, hard, cap, head_timeout)
+        warning = exposure_warning(host, ctx is not None)
+        if warning:
+            log.warning("%s", warning)
         stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         if ready is not None:
@@ -139,8 +154,9 @@ async def serve(cfg: Config, ctx: ssl.SSLContext | None,
         stop.clear()
         inflight = app[INFLIGHT]
         log.info("shutting down: %d requests to finish", inflight.count)
+        data.close()  # new connections are refused from here on
         for site in list(runner.sites):
-            await site.stop()  # new connections are refused from here on
+            await site.stop()
         # Until they are done, the drain times out, or a second signal comes.
         drained = asyncio.ensure_future(inflight.idle())
         interrupt = asyncio.ensure_future(stop.wait())
@@ -149,7 +165,35 @@ async def serve(cfg: Config, ctx: ssl.SSLContext | None,
         drained.cancel()
         interrupt.cancel()
     finally:
+        if data is not None:
+            data.close()
         await runner.cleanup()
+
+
+def exposure_warning(host: str, tls: bool) -> str | None:
+    """What to warn about when the data API listens beyond loopback without
+    TLS (the shipped container config does, and maps the port): tickets and
+    the engine's token would cross the network in clear text."""
+    if tls or _is_loopback(host):
+        return None
+    return (f"the data API listens on {host or 'all interfaces'} without TLS: ticket ids "
+            "and the engine credential travel in clear text; set daemon.cert and "
+            "daemon.key, or listen on loopback only")
+
+
+def _is_loopback(host: str) -> bool:
+    if not host:
+        return False
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except OSError:
+        return False
+    return bool(infos) and all(
+        ipaddress.ip_address(str(info[4][0]).split("%")[0]).is_loopback for info in infos)
 
 
 def _remove_socket(path: str) -> None:
@@ -184,6 +228,7 @@ def lock_data_dir(data_dir: str) -> int:
 
 def run(cfg: Config) -> None:
     d = cfg.daemon
+    raise_nofile_limit()  # logged once listening
     ctx = tls_context(d.cert, d.key, cfg.engine.ca) if d.cert else None
     makedirs_durable(str(cfg.data_path))
     lock = lock_data_dir(str(cfg.data_path))

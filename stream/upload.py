@@ -120,7 +120,12 @@ async def receive(
         else None
     )
     frames = FrameTracker() if zstd else None
-    bufs = [io.get_buffer(staging)]  # every buffer this upload holds
+    try:
+        bufs = [io.get_buffer(staging)]  # every buffer this upload holds
+    except BaseException:
+        if out is not None:
+            io.put_buffer(out)
+        raise
     free: list[mmap.mmap] = []
     inflight: deque[tuple[asyncio.Future[None], mmap.mmap, int]] = deque()
     loop = asyncio.get_running_loop()

@@ -18,7 +18,7 @@ from volume.errors import ChecksumMismatch, InvalidRequest, OutOfRange, Unsuppor
 
 from .. import checksum as checksum_mod
 from .. import download, upload
-from ..errors import PartialContent, UnsupportedEncoding
+from ..errors import ClientGone, PartialContent, UnsupportedEncoding
 from ..logctx import transfer_id
 from ..middleware import RESPONSE
 from ..state import AUTH, CONFIG, IO_KEY
@@ -147,10 +147,15 @@ async def get(request: web.Request) -> web.StreamResponse:
         if flag_param(request, "close", default=False):
             resp.force_close()
         log.info("READ offset=%d size=%d", r.start, r.length)
+        if r.length:
+            io.check_room(download.DEPTH)  # a clean 503 now, not a cut body later
         request[RESPONSE] = resp
         await resp.prepare(request)
         if r.length:
-            with download.ResponseSink(request, resp) as sink:
+            # imageio's socket timeout after the first request is the
+            # ticket's inactivity timeout: a send making no progress for
+            # that long ends the download and frees its buffers.
+            with download.ResponseSink(request, resp, ticket.inactivity_timeout) as sink:
                 with ticket.moving_from(r.start) as moved:
                     sent = await download.send(sink, io, volume, r.start, r.end, ticket.check,
                                                progress=moved)
@@ -285,16 +290,20 @@ async def checksum(request: web.Request) -> web.Response:
         raise InvalidRequest("Integer required for 'block_size'") from None
     blkhash.validate_block_size(block_size)
     io = request.app[IO_KEY]
+
+    def check() -> None:
+        ticket.check()
+        if request.transport is None:
+            # aiohttp does not cancel a handler whose client went away.
+            raise ClientGone("the client closed the connection")
+
     async with ticket.operation():
         volume = await ticket_volume(io, ticket)
         size = min(ticket.size, await io.run(volume.size))
-        buf = io.get_buffer(block_size)
-        try:
-            result = await io.run(
-                checksum_mod.checksum, volume, size, algorithm, block_size, buf, ticket.check
-            )
-        finally:
-            io.put_buffer(buf)
+        result = await checksum_mod.checksum(
+            io, volume, size, algorithm, block_size, check,
+            step=request.app[CONFIG].transfer.checksum_step,
+        )
     return web.json_response(result)
 
 

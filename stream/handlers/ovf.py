@@ -75,7 +75,8 @@ async def get_store(request: web.Request) -> web.StreamResponse:
         request[RESPONSE] = resp
         await resp.prepare(request)
         if request.method != "HEAD":  # whose answer has no body to send
-            with download.ResponseSink(request, resp) as sink:
+            idle = request.app[CONFIG].transfer.inactivity_timeout
+            with download.ResponseSink(request, resp, idle) as sink:
                 await download.send(sink, io, volume, 0, state.record.tar_length, lambda: None)
         await resp.write_eof()
         return resp

@@ -23,7 +23,7 @@ from .. import download, ovf
 from ..auth import ENGINE
 from ..middleware import RESPONSE
 from ..pool import Access
-from ..state import IO_KEY, POOL
+from ..state import CONFIG, IO_KEY, POOL
 from .ovf import receive_store, storage_for
 
 routes = web.RouteTableDef()
@@ -97,7 +97,8 @@ async def vdsm_download(request: web.Request) -> web.StreamResponse:
         request[RESPONSE] = resp
         await resp.prepare(request)
         if request.method != "HEAD":
-            with download.ResponseSink(request, resp) as sink:
+            idle = request.app[CONFIG].transfer.inactivity_timeout
+            with download.ResponseSink(request, resp, idle) as sink:
                 await download.send(sink, io, volume, 0, archive, lambda: None)
                 for at in range(archive, length, len(_ZEROS)):
                     await sink.write(_ZEROS[:length - at])

@@ -6,6 +6,7 @@ import glob
 import http.client
 import json
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -36,7 +37,8 @@ class UnixHTTPConnection(http.client.HTTPConnection):
 
 class Daemon:
     def __init__(self, data_dir: Path, tls: tuple[str, str] | None = None,
-                 args: list[str] | None = None) -> None:
+                 args: list[str] | None = None, nofile: int | None = None) -> None:
+        """``nofile``: the soft open files limit the daemon starts with."""
         self.data_dir = data_dir
         self.port = free_port()
         self.scheme = "https" if tls else "http"
@@ -47,13 +49,20 @@ class Daemon:
         cmd += args or []
         data_dir.parent.mkdir(parents=True, exist_ok=True)
         self.log = open(data_dir.parent / f"daemon-{self.port}.log", "wb")  # noqa: SIM115
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
+        def limit() -> None:
+            if nofile is not None:
+                _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+                resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, hard))
+
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT,
+                                     preexec_fn=limit if nofile is not None else None)
         self.control = str(data_dir / "control.sock")
         deadline = time.monotonic() + 20
         while not self._ready():
             if self.proc.poll() is not None or time.monotonic() > deadline:
+                output = self.read_log()
                 self.stop()
-                raise RuntimeError(f"sluice serve did not start: {self.read_log()}")
+                raise RuntimeError(f"sluice serve did not start: {output}")
             time.sleep(0.05)
         (self.domain,) = glob.glob(str(data_dir / "domains" / "*" / ""))
         self.images = Path(self.domain) / "images"

@@ -560,3 +560,26 @@ def test_client_certificate_of_another_ca_is_refused(engine_ca: EngineCA) -> Non
         ctx.maximum_version = maximum
         stage, answer = _ask_pool(port, ctx)
         assert stage == "answer" and answer.startswith(b"HTTP/1.1 200 "), (maximum, answer)
+
+
+@pytest.mark.parametrize("host,tls,warned", [
+    pytest.param("0.0.0.0", False, True, id="all-ipv4"),
+    pytest.param("::", False, True, id="all-ipv6"),
+    pytest.param("", False, True, id="empty-host"),
+    pytest.param("192.0.2.7", False, True, id="an-address"),
+    pytest.param("0.0.0.0", True, False, id="all-with-tls"),
+    pytest.param("127.0.0.1", False, False, id="loopback"),
+    pytest.param("::1", False, False, id="loopback-ipv6"),
+    pytest.param("localhost", False, False, id="localhost"),
+])
+def test_plain_data_api_beyond_loopback_is_warned(host: str, tls: bool, warned: bool) -> None:
+    from stream.server import exposure_warning
+
+    warning = exposure_warning(host, tls)
+    assert (warning is not None) == warned
+    if warning:
+        assert "without TLS" in warning
+
+
+def test_loopback_daemon_does_not_warn(daemon: Daemon) -> None:
+    assert "without TLS" not in daemon.read_log()

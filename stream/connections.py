@@ -1,0 +1,94 @@
+"""Bounds on the data listener's connections.
+
+Anyone who reaches the data port may connect, with no credential, and each
+connection costs a file descriptor.  Without bounds, ~1000 connections that
+never send a byte used up the daemon's descriptors (soft limit 1024), and
+the control socket, volume opens and the domain monitor failed with EMFILE.
+
+- At start the soft ``RLIMIT_NOFILE`` goes up to the hard limit.
+- A new connection that has not sent a whole request head within
+  ``request_head_timeout`` is closed (aiohttp's own timer on a new
+  connection is its keep-alive timeout, an hour).  Once a request came, the
+  connection keeps aiohttp's keep-alive timeout: imageio clients keep theirs
+  open between range requests.
+- Past ``max_connections`` (and never closer than :data:`FD_RESERVE` to the
+  descriptor limit) a new data connection is closed at once.  Control
+  socket connections are not refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import resource
+from typing import cast
+
+from aiohttp import web
+
+log = logging.getLogger(__name__)
+
+#: Descriptors kept for everything but data connections: control socket
+#: connections, volumes (one or two per ticket), OVF stores, the loop's own.
+#: 256 leaves room for a hundred concurrent transfers' volumes.
+FD_RESERVE = 256
+
+
+def raise_nofile_limit() -> tuple[int, int]:
+    """Raise the soft limit on open files to the hard one; return both."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError) as e:
+            log.warning("cannot raise the open files limit from %d to %d: %s", soft, hard, e)
+    return soft, hard
+
+
+def connection_cap(configured: int) -> int:
+    """``configured``, lowered to keep :data:`FD_RESERVE` descriptors free."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return max(1, min(configured, soft - FD_RESERVE))
+
+
+class _Refused(asyncio.Protocol):
+    """A connection past the cap: closed as soon as it is made."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        cast(asyncio.Transport, transport).abort()
+
+
+class Guard:
+    """The data listener's protocol factory, in front of aiohttp's."""
+
+    def __init__(self, server: web.Server, head_timeout: float, max_connections: int) -> None:
+        self._server = server
+        self._head_timeout = head_timeout
+        self._max = max_connections
+        self._full = False
+        self.refused = 0
+        self.timed_out = 0
+
+    def __call__(self) -> asyncio.BaseProtocol:
+        # Counts the control socket's connections too: there are few.
+        if len(self._server.connections) >= self._max:
+            self.refused += 1
+            if not self._full:
+                self._full = True
+                log.warning("data connections at the limit (%d): refusing new ones", self._max)
+            return _Refused()
+        if self._full:
+            self._full = False
+            log.info("data connections below the limit again (%d refused)", self.refused)
+        handler = self._server()
+        asyncio.get_running_loop().call_later(self._head_timeout, self._check_head, handler)
+        return handler
+
+    def _check_head(self, handler: web.RequestHandler) -> None:
+        # aiohttp counts the request heads it parsed on the connection.
+        if handler.transport is not None and handler._request_count == 0:
+            self.timed_out += 1
+            peer = handler.transport.get_extra_info("peername")
+            log.debug("closing a connection from %s: no request within %g s",
+                     peer, self._head_timeout)
+            handler.force_close()
