@@ -98,8 +98,8 @@ def fit_sparse(work: Path, size: int, sparse: int, data: int) -> tuple[int, int,
 
 def shm_fits(size: int, data: int) -> tuple[bool, str | None]:
     """Whether /dev/shm holds the copy-shm rows' images beside the
-    workspace's: `dense` is a hard link; dense-data and the sparse data are new."""
-    need = (data if data != size else 0) + data + MARGIN
+    workspace's: `dense` (a copy), dense-data and the sparse data are new."""
+    need = size + (data if data != size else 0) + data + MARGIN
     free = shutil.disk_usage(SHM).free
     if need <= free:
         return True, None

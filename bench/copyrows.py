@@ -2,8 +2,8 @@
 
 Images live on a source host, in its storage domain (on the disk under
 test, or on /dev/shm for the `copy-shm` rows):
-- `dense`: the workspace's random image (a hard link of its on-disk copy,
-  or of the /dev/shm original);
+- `dense`: the workspace's random image (a copy of its on-disk copy, or of
+  the /dev/shm original: a volume may have one link only);
 - `dense-data`: a dense image as large as the sparse image's data (the
   same file as `dense` when the sizes agree);
 - `sparse`: a large sparse file holding that much random data in a few
@@ -32,7 +32,7 @@ from .copyreport import DD_WRITE_READING, CopyRow
 from .limits import BLOCK, dd
 from .procs import Meter, Usage
 from .runner import Mismatch, round_failed
-from .workspace import CHUNK, Workspace, drop_cached, file_digest, remove, settled
+from .workspace import CHUNK, Workspace, copy_durable, drop_cached, file_digest, remove, settled
 
 
 @dataclass(frozen=True)
@@ -82,10 +82,11 @@ def sparse_offsets(size: int, data: int, extents: int) -> list[int]:
 def make_images(ws: Workspace, src: Host, data: int, sparse: int,
                 extents: int, dense_from: Path) -> dict[str, Image]:
     """The images in src's domain; `dense_from` (the workspace's image or
-    its on-disk copy, on src's filesystem) is hard-linked as `dense`."""
+    its on-disk copy) is copied as `dense`."""
     images: dict[str, Image] = {}
     dense = src.images / "dense.img"
-    os.link(dense_from, dense)
+    copy_durable(dense_from, dense)  # a copy: a volume may have one link only
+    drop_cached(dense)
     images["dense"] = Image("dense", dense, ws.size, ws.size, ws.digest)
     if data == ws.size:
         images["dense-data"] = Image("dense-data", dense, ws.size, ws.size, ws.digest)

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 from .. import BenchError
 from ..procs import Proc
 from ..tls import TLSFiles
-from ..workspace import Workspace, remove
+from ..workspace import Workspace, copy_durable, drop_cached, remove
 
 
 @dataclass
@@ -53,11 +53,18 @@ def new_file(path: Path, size: int) -> None:
         f.truncate(size)
 
 
-def link_source(ws: Workspace, path: Path) -> None:
-    """Serve the on-disk image copy at path (a hard link: same filesystem)."""
+def link_source(ws: Workspace, path: Path, *, copy: bool = False) -> None:
+    """Serve the on-disk image copy at path: a hard link (same filesystem),
+    or with ``copy`` a copy, out of the page cache as the source is (Sluice
+    refuses a volume with more than one link: one could lead out of its
+    domain)."""
     remove(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    os.link(ws.source, path)
+    if copy:
+        copy_durable(ws.source, path)
+        drop_cached(path)
+    else:
+        os.link(ws.source, path)
 
 
 class UnixHTTPConnection(http.client.HTTPConnection):
@@ -112,12 +119,14 @@ class TicketServer:
     """
 
     def __init__(self, proc: Proc, base_url: str, control_socket: Path, storage: Path,
-                 ws: Workspace) -> None:
+                 ws: Workspace, *, single_links: bool = False) -> None:
         self.proc = proc
         self.base_url = base_url
         self.control_socket = control_socket
         self.storage = storage
         self.ws = ws
+        #: Images get a copy of the source, not a hard link (Sluice).
+        self.single_links = single_links
 
     def _ticket(self, path: Path, ops: list[str]) -> Target:
         ticket = str(uuid.uuid4())
@@ -149,5 +158,5 @@ class TicketServer:
     def download_target(self) -> Target:
         path = self.storage / "download.img"
         if not path.exists():
-            link_source(self.ws, path)
+            link_source(self.ws, path, copy=self.single_links)
         return self._ticket(path, ["read"])

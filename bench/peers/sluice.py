@@ -60,6 +60,7 @@ def serve(ws: Workspace, tls: TLSFiles | None, name: str = "",
         proc.wait_ready(tcp_ready(port))
         proc.wait_ready(unix_ready(sock))
         storage = default_domain(data_dir) / "images" / "bench"
-        yield TicketServer(proc, f"{scheme(tls)}://127.0.0.1:{port}", sock, storage, ws)
+        yield TicketServer(proc, f"{scheme(tls)}://127.0.0.1:{port}", sock, storage, ws,
+                           single_links=True)
     finally:
         proc.stop()
