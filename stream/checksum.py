@@ -92,7 +92,9 @@ async def checksum(
         for start in range(0, size, piece):
             check()
             fut = io.submit(hash_piece, volume, h, zeros, start, min(start + piece, size), buf)
-            await fut
+            # Shielded: a cancel must leave ``fut`` running, not done, while
+            # its worker still hashes into buf (see ``finally``).
+            await asyncio.shield(fut)
         return h.result()
     finally:
         if fut is None or fut.done():

@@ -157,9 +157,11 @@ async def send(
         refill()
         while inflight:
             fut, buf = inflight[0]
-            n = await fut
+            # Shielded: a cancel must not mark the read done while its
+            # worker still fills buf (``finally`` waits for it instead).
+            n = await asyncio.shield(fut)
+            check()  # before buf leaves inflight: a refusal gives it back
             inflight.popleft()
-            check()
             try:
                 await sink.write(memoryview(buf)[:n])
             except BaseException:
