@@ -102,16 +102,19 @@ def check_file(within: str, path: str, what: str) -> os.stat_result:
     return st
 
 
-def check_dir(within: str, path: str, what: str) -> None:
-    """Refuse ``path`` unless it is a directory reached from ``within``
-    through no symlink.  Blocking."""
+def open_dir(within: str, path: str, what: str) -> int:
+    """An ``O_PATH`` descriptor of the directory ``path``, reached from
+    ``within`` through no symlink: create files in it with ``dir_fd`` and
+    ``O_NOFOLLOW``, and a swap of the directory afterwards changes nothing.
+    Blocking."""
     root, names = _below(within, path, what)
     fd, st = _lookup(root, names, what)
-    os.close(fd)
     if not stat.S_ISDIR(st.st_mode):
+        os.close(fd)
         raise Forbidden(f"{what} {'/'.join(names)} of a file storage domain is "
                         f"{_kind(st.st_mode)}, not a directory: refused, so that it cannot "
                         "lead out of the domain")
+    return fd
 
 
 def open_file(within: str, path: str, what: str,

@@ -19,16 +19,6 @@ from .sd import Allocation, Format, VolumeInfo
 DATA_MODE = 0o660
 
 
-def _umask() -> int:
-    """The process umask, read without changing it (os.umask would, for
-    every thread at once)."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    return 0o022
-
-
 def _grow_raw(fd: int, old: int, new: int, prealloc: bool) -> None:
     if prealloc:
         preallocate(fd, old, new - old)
@@ -36,22 +26,27 @@ def _grow_raw(fd: int, old: int, new: int, prealloc: bool) -> None:
         os.ftruncate(fd, new)
 
 
-def make(info: VolumeInfo, backing: VolumeInfo | None) -> None:
+def make(info: VolumeInfo, backing: VolumeInfo | None, dir_fd: int | None = None) -> None:
     """Create ``info.path`` (it must not exist), synced with its directory;
-    a qcow2 overlay names ``backing`` by its volume UUID (a sibling file)."""
+    a qcow2 overlay names ``backing`` by its volume UUID (a sibling file).
+
+    With ``dir_fd`` (its directory, opened inside the domain) the file is
+    made there, following no symlink, and qemu-img formats that very file
+    (``/proc/self/fd``): a name planted meanwhile leads nowhere else."""
     prealloc = info.allocation == Allocation.PREALLOCATED
-    if info.format == Format.QCOW2:
-        qemuimg.create(
-            info.path, info.size, preallocation="falloc" if prealloc else None,
-            backing=backing.vol_uuid if backing else None,
-            backing_format=str(backing.format) if backing else None,
-        )
-        fd = os.open(info.path, os.O_RDONLY)
-        os.fchmod(fd, DATA_MODE & ~_umask())  # qemu-img made it 0666 less the umask
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    if dir_fd is None:
+        fd = os.open(info.path, flags, DATA_MODE)
     else:
-        fd = os.open(info.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, DATA_MODE)
+        fd = os.open(os.path.basename(info.path), flags, DATA_MODE, dir_fd=dir_fd)
     try:
-        if info.format == Format.RAW:
+        if info.format == Format.QCOW2:
+            qemuimg.create(
+                fd, info.size, preallocation="falloc" if prealloc else None,
+                backing=backing.vol_uuid if backing else None,
+                backing_format=str(backing.format) if backing else None,
+            )
+        else:
             _grow_raw(fd, 0, info.size, prealloc)
         os.fsync(fd)
     finally:

@@ -165,22 +165,27 @@ class FileDomain(BaseDomain):
                     raise Conflict(f"Volume {info.img_uuid}/{info.vol_uuid} already exists")
                 self._purge(existing)
             makedirs_durable(os.path.dirname(data))
-            # A check, not a confinement (the files below are made by name):
-            # it stops an image directory planted as a symlink beforehand.
-            _confined.check_dir(self._root, os.path.dirname(data), "image directory")
-            if os.path.lexists(data):
-                log.warning("removing data left by a crashed create: %s", data)
-                remove_durable(data)
+            # The data is made in this directory, reached through no symlink,
+            # with O_EXCL|O_NOFOLLOW: a link planted at its name (or in place
+            # of the directory) after the check leads nowhere.
+            image_dir = _confined.open_dir(self._root, os.path.dirname(data),
+                                           "image directory")
             try:
-                filedata.make(info, backing)
-                self._write_meta(info, READY)
-            except BaseException:
-                # Not left for the next create of this UUID: the engine may
-                # never make one, and the data may hold the space that a
-                # failed metadata write lacked.
-                with contextlib.suppress(OSError):
+                if os.path.lexists(data):
+                    log.warning("removing data left by a crashed create: %s", data)
                     remove_durable(data)
-                raise
+                try:
+                    filedata.make(info, backing, image_dir)
+                    self._write_meta(info, READY)
+                except BaseException:
+                    # Not left for the next create of this UUID: the engine may
+                    # never make one, and the data may hold the space that a
+                    # failed metadata write lacked.
+                    with contextlib.suppress(OSError):
+                        remove_durable(data)
+                    raise
+            finally:
+                os.close(image_dir)
         log.info("created volume sd=%s img=%s vol=%s size=%d format=%s allocation=%s",
                  self._uuid, info.img_uuid, info.vol_uuid, info.size, info.format,
                  info.allocation)

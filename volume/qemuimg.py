@@ -36,13 +36,15 @@ def _run(argv: list[str], action: str, pass_fds: tuple[int, ...] = ()) -> str:
     return p.stdout
 
 
-def create(path: str, size: int, *, preallocation: str | None = None,
+def create(fd: int, size: int, *, preallocation: str | None = None,
            backing: str | None = None, backing_format: str | None = None) -> None:
-    """Create a qcow2 image of ``size`` bytes at ``path``.
+    """Format the new, empty file open as ``fd`` as a qcow2 image of
+    ``size`` bytes (qemu-img gets that very file, ``/proc/self/fd``).
 
     ``preallocation`` is a qcow2 ``preallocation=`` value (``falloc``...);
-    ``backing`` is the parent image, relative to ``path``'s directory, of
-    format ``backing_format``.
+    ``backing`` is the parent image, relative to the image's directory, of
+    format ``backing_format``.  The parent is not opened (``-u``): its
+    header is an uploader's, and could name any file, device or server.
     """
     argv = [QEMU_IMG, "create", "-q", "-f", "qcow2"]
     options = ["compat=1.1"]
@@ -50,8 +52,8 @@ def create(path: str, size: int, *, preallocation: str | None = None,
         options.append(f"preallocation={preallocation}")
     argv += ["-o", ",".join(options)]
     if backing:
-        argv += ["-b", backing, "-F", backing_format or "raw"]
-    _run([*argv, path, str(size)], "create qcow2 volume")
+        argv += ["-u", "-b", backing, "-F", backing_format or "raw"]
+    _run([*argv, f"/proc/self/fd/{fd}", str(size)], "create qcow2 volume", (fd,))
 
 
 def resize(fd: int, size: int, *, preallocation: str | None = None) -> None:

@@ -8,7 +8,10 @@ real files, a loop device for the device case.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import subprocess
+import threading
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -245,3 +248,63 @@ async def test_regular_volume_still_works(client: Client, sd: str) -> None:
     resp = await client.put(f"/images/{ticket}", data=b"hello")
     assert resp.status == 200, await resp.text()
     assert (await read_image(client, ref, MiB))[:5] == b"hello"
+
+
+@pytest.mark.parametrize("fmt", ["raw", "qcow2"])
+async def test_a_volume_is_never_made_through_a_planted_link(
+    client: Client, sd: str, domain_dir: Path, outside: Path, fmt: str
+) -> None:
+    """A link planted again and again at the new volume's name: qemu-img
+    create opened it by name (O_CREAT, no O_EXCL) and turned the host file
+    into a qcow2 image (3 of 3 tries in a review).  Now the create fails
+    or makes a real file; the host file is never touched."""
+    img, vol = str(uuid.uuid4()), str(uuid.uuid4())
+    (domain_dir / img).mkdir()
+    data = domain_dir / img / vol
+    stop = threading.Event()
+
+    def plant() -> None:
+        while not stop.is_set():
+            with contextlib.suppress(FileExistsError, FileNotFoundError):
+                os.symlink(outside, data)
+
+    racer = threading.Thread(target=plant)
+    racer.start()
+    try:
+        resp = await client.post(f"/domains/{sd}/volumes", json={
+            "img_id": img, "vol_id": vol, "size": MiB, "format": fmt})
+    finally:
+        stop.set()
+        racer.join()
+    assert resp.status in (201, 409), await resp.text()  # 409: the link is in the way
+    assert outside.read_bytes() == SECRET
+
+
+async def test_an_overlay_does_not_open_its_parents_header(
+    client: Client, sd: str, tmp_path: Path
+) -> None:
+    """qemu-img create -b opened the parent and what its uploaded header
+    named (here an NBD server: the create connected to it, and hung while
+    it said nothing, with the domain's lock held)."""
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    listener.setblocking(False)
+    try:
+        base = await new_volume(client, sd, MiB, "qcow2")
+        crafted = tmp_path / "crafted.qcow2"
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-u", "-b",
+                        f"nbd://127.0.0.1:{listener.getsockname()[1]}/x", "-F", "raw",
+                        str(crafted), "1M"], check=True)
+        data = crafted.read_bytes()
+        await write_image(client, base, len(data), {0: data})
+        resp = await client.post(f"/domains/{sd}/volumes", json={
+            "img_id": base["img_id"], "vol_id": str(uuid.uuid4()), "size": MiB,
+            "format": "qcow2", "parent": base["vol_id"]})
+        assert resp.status == 201, await resp.text()
+        with pytest.raises(BlockingIOError):
+            listener.accept()  # nobody connected
+    finally:
+        listener.close()
