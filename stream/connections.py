@@ -12,8 +12,9 @@ the control socket, volume opens and the domain monitor failed with EMFILE.
   connection keeps aiohttp's keep-alive timeout: imageio clients keep theirs
   open between range requests.
 - Past ``max_connections`` (and never closer than :data:`FD_RESERVE` to the
-  descriptor limit) a new data connection is closed at once.  Control
-  socket connections are not refused.
+  descriptor limit) the oldest data connection waiting between requests is
+  closed to make room; with none, the new one is closed at once.  Control
+  socket connections are never closed for this.
 """
 
 from __future__ import annotations
@@ -68,21 +69,44 @@ class Guard:
         self._full = False
         self.refused = 0
         self.timed_out = 0
+        self.evicted = 0
 
     def __call__(self) -> asyncio.BaseProtocol:
         # Counts the control socket's connections too: there are few.
         if len(self._server.connections) >= self._max:
-            self.refused += 1
             if not self._full:
                 self._full = True
-                log.warning("data connections at the limit (%d): refusing new ones", self._max)
-            return _Refused()
-        if self._full:
+                log.warning("data connections at the limit (%d): closing idle ones to make "
+                            "room, else refusing new ones", self._max)
+            if not self._evict_idle():
+                self.refused += 1
+                return _Refused()
+        elif self._full:
             self._full = False
             log.info("data connections below the limit again (%d refused)", self.refused)
         handler = self._server()
         asyncio.get_running_loop().call_later(self._head_timeout, self._check_head, handler)
         return handler
+
+    def _evict_idle(self) -> bool:
+        """Close the oldest data connection waiting between requests, if any.
+
+        One cheap request per connection (GET /info/, no credential) would
+        otherwise keep each slot for aiohttp's keep-alive time, an hour, and
+        every new client, transfers included, would be refused.  A client
+        whose idle connection goes opens another when it next needs one
+        (imageio's clients and ours do)."""
+        for handler in self._server.connections:  # oldest first
+            transport = handler.transport
+            if transport is None or not isinstance(
+                    transport.get_extra_info("peername"), tuple):
+                continue  # closed already, or the control socket's
+            if handler._request_in_progress or handler._messages:
+                continue
+            self.evicted += 1
+            handler.force_close()
+            return True
+        return False
 
     def _check_head(self, handler: web.RequestHandler) -> None:
         # aiohttp counts the request heads it parsed on the connection.
