@@ -21,7 +21,7 @@ from volume.ovfstore import ensure_stores
 from .auth import access_guard, load_or_create_token
 from .config import Config
 from .cors import add_cors_headers
-from .handlers import control, domains, images, jobs, ovf, pool, vdsm
+from .handlers import control, domains, imagequery, images, jobs, ovf, pool, vdsm
 from .io import IO
 from .jobs import Jobs
 from .middleware import errors
@@ -90,6 +90,7 @@ def make_app(cfg: Config, *, trust_tcp: bool = False) -> web.Application:
     app[JOBS] = Jobs()
     app[OVF_UPDATES] = Updates()
     app.add_routes(images.routes)
+    app.add_routes(imagequery.routes)
     app.add_routes(control.routes)
     app.add_routes(pool.routes)
     app.add_routes(domains.routes)

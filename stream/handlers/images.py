@@ -14,16 +14,15 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from volume.base import Volume
-from volume.errors import ChecksumMismatch, InvalidRequest, OutOfRange, Unsupported
+from volume.errors import ChecksumMismatch, InvalidRequest, OutOfRange
 
-from .. import checksum as checksum_mod
 from .. import download, upload
-from ..errors import ClientGone, PartialContent, UnsupportedEncoding
+from ..errors import PartialContent, UnsupportedEncoding
 from ..logctx import transfer_id
 from ..middleware import RESPONSE
 from ..state import AUTH, CONFIG, IO_KEY
 from ..tickets import Ticket
-from ..wire import blkhash, ranges
+from ..wire import ranges
 from ..wire.digest import parse_x_checksum
 from .common import flag_param, read_json, ticket_volume
 
@@ -32,7 +31,7 @@ log = logging.getLogger(__name__)
 routes = web.RouteTableDef()
 
 
-def _authorize(request: web.Request, op: str) -> Ticket:
+def authorize(request: web.Request, op: str) -> Ticket:
     ticket = request.app[AUTH].authorize(request.match_info["ticket_id"], op)
     transfer_id.set(ticket.log_id)
     ticket.attach(request.protocol)
@@ -49,7 +48,7 @@ def _past_ticket(start: int, end: int, ticket: Ticket) -> OutOfRange:
 
 @routes.put("/images/{ticket_id}")
 async def put(request: web.Request) -> web.Response:
-    ticket = _authorize(request, "write")
+    ticket = authorize(request, "write")
     flush = flag_param(request, "flush", default=True)
     offset = 0
     cr = None
@@ -123,7 +122,7 @@ async def put(request: web.Request) -> web.Response:
 # No HEAD: aiohttp would run GET and send the image as its body (imageio: 405).
 @routes.get("/images/{ticket_id}", allow_head=False)
 async def get(request: web.Request) -> web.StreamResponse:
-    ticket = _authorize(request, "read")
+    ticket = authorize(request, "read")
     io = request.app[IO_KEY]
     async with ticket.operation():
         volume = await ticket_volume(io, ticket)
@@ -166,7 +165,7 @@ async def get(request: web.Request) -> web.StreamResponse:
 
 @routes.patch("/images/{ticket_id}")
 async def patch(request: web.Request) -> web.Response:
-    ticket = _authorize(request, "write")
+    ticket = authorize(request, "write")
     msg = await read_json(request)
     if "op" not in msg:
         raise InvalidRequest("Missing required value for 'op'")
@@ -230,7 +229,7 @@ async def options(request: web.Request) -> web.Response:
         return web.json_response(
             {"features": features}, headers={"Allow": "OPTIONS,GET,PUT,PATCH"}
         )
-    ticket = _authorize(request, "read")
+    ticket = authorize(request, "read")
     ticket.touch()
     io = request.app[IO_KEY]
     async with ticket.operation():  # a DELETE meanwhile waits, then closes what it opened
@@ -244,67 +243,6 @@ async def options(request: web.Request) -> web.Response:
     }
     allow = "OPTIONS,GET,PUT,PATCH" if writable else "OPTIONS,GET"
     return web.json_response(body, headers={"Allow": allow})
-
-
-@routes.get("/images/{ticket_id}/extents")
-async def extents(request: web.Request) -> web.Response:
-    ticket = _authorize(request, "read")
-    context = request.query.get("context", "zero")
-    if context == "dirty":
-        raise Unsupported(
-            "Ticket does not support dirty extents" if not ticket.dirty
-            else "Dirty extents are not supported for file and block volumes"
-        )
-    if context != "zero":
-        raise InvalidRequest(f"Unsupported value {context!r} for 'context'")
-    io = request.app[IO_KEY]
-    async with ticket.operation():
-        volume = await ticket_volume(io, ticket)
-        result = await io.run(_extents, volume, ticket.size)
-    return web.json_response(result)
-
-
-def _extents(volume: Volume, limit: int) -> list[dict[str, Any]]:
-    out = []
-    for e in volume.extents():
-        if e.start >= limit:
-            break
-        length = min(e.end, limit) - e.start
-        out.append({"start": e.start, "length": length, "zero": e.zero, "hole": e.hole})
-    return out
-
-
-@routes.get("/images/{ticket_id}/checksum/algorithms")
-async def checksum_algorithms(request: web.Request) -> web.Response:
-    return web.json_response({"algorithms": blkhash.algorithms()})
-
-
-@routes.get("/images/{ticket_id}/checksum")
-async def checksum(request: web.Request) -> web.Response:
-    ticket = _authorize(request, "read")
-    algorithm = request.query.get("algorithm", blkhash.DEFAULT_ALGORITHM)
-    blkhash.hash_factory(algorithm)  # validates
-    try:
-        block_size = int(request.query.get("block_size", blkhash.DEFAULT_BLOCK_SIZE))
-    except ValueError:
-        raise InvalidRequest("Integer required for 'block_size'") from None
-    blkhash.validate_block_size(block_size)
-    io = request.app[IO_KEY]
-
-    def check() -> None:
-        ticket.check()
-        if request.transport is None:
-            # aiohttp does not cancel a handler whose client went away.
-            raise ClientGone("the client closed the connection")
-
-    async with ticket.operation():
-        volume = await ticket_volume(io, ticket)
-        size = min(ticket.size, await io.run(volume.size))
-        result = await checksum_mod.checksum(
-            io, volume, size, algorithm, block_size, check,
-            step=request.app[CONFIG].transfer.checksum_step,
-        )
-    return web.json_response(result)
 
 
 @routes.get("/info/")
