@@ -66,6 +66,9 @@ class ResponseSink:
         tls = request.transport is not None and \
             request.transport.get_extra_info("sslcontext") is not None
         self._slice = self.TLS_SLICE if tls else 0
+        #: Loop time of the last slice the transport took (TLS: its buffer
+        #: size repeats from slice to slice, and says nothing of progress).
+        self._took = 0.0
 
     def __enter__(self) -> ResponseSink:
         if self._transport is not None:
@@ -100,8 +103,8 @@ class ResponseSink:
             t = self._transport
             size = t.get_write_buffer_size() if t is not None else 0
             now = loop.time()
-            if size != last_size:
-                last_size, last_move = size, now
+            if size != last_size or self._took > last_move:
+                last_size, last_move = size, max(now, self._took)
             elif now - last_move >= self._stall_timeout:
                 if t is not None:
                     t.abort()  # drops what it holds: the buffers can go back
@@ -112,6 +115,7 @@ class ResponseSink:
         if self._slice:
             for i in range(0, len(data), self._slice):
                 await self._resp.write(data[i:i + self._slice])
+                self._took = asyncio.get_running_loop().time()
         else:
             await self._resp.write(data)
         if self.holding():

@@ -101,3 +101,38 @@ async def test_buffer_bound_refuses_then_recovers(
     finally:
         for s in socks:
             s.close()
+
+
+def test_a_slow_tls_reader_is_not_taken_for_a_stalled_one(tmp_path: Any) -> None:
+    """Over TLS the transport's buffer size repeats from slice to slice
+    while the client reads: a reader slower than one buffer per inactivity
+    timeout (here 4 MiB per second) was cut off as stalled, half way."""
+    import ssl
+
+    from .daemon import Daemon, make_cert
+
+    (tmp_path / "tls").mkdir()
+    cert = make_cert(tmp_path / "tls")
+    conf = tmp_path / "sluice.toml"
+    conf.write_text("[transfer]\nbuffer_size = 4194304\n")
+    d = Daemon(tmp_path / "data", cert, args=["--config", str(conf)])
+    try:
+        image = d.images / "slow.raw"
+        image.write_bytes(bytes(12 * MiB))
+        url = d.add_ticket(image, inactivity_timeout=1)
+        ctx = ssl.create_default_context(cafile=cert[0])
+        with socket.create_connection(("127.0.0.1", d.port)) as raw, \
+                ctx.wrap_socket(raw, server_hostname="127.0.0.1") as s:
+            path = url.split(str(d.port), 1)[1]
+            s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+                      .encode())
+            got = 0
+            start = time.monotonic()
+            while chunk := s.recv(65536):
+                got += len(chunk)
+                # 2 MiB/s: 2 s per 4 MiB buffer, half a second per TLS slice
+                time.sleep(max(0.0, start + got / (2 * MiB) - time.monotonic()))
+            assert got >= 12 * MiB, (got, time.monotonic() - start)
+        assert "read nothing" not in d.read_log()
+    finally:
+        d.stop()
