@@ -12,8 +12,9 @@ the control socket, volume opens and the domain monitor failed with EMFILE.
   connection keeps aiohttp's keep-alive timeout: imageio clients keep theirs
   open between range requests.
 - Past ``max_connections`` (and never closer than :data:`FD_RESERVE` to the
-  descriptor limit) the oldest data connection waiting between requests is
-  closed to make room; with none, the new one is closed at once.  Control
+  descriptor limit) the data connection silent longest, with no request in
+  progress or arriving, is closed to make room; with none, the new one is
+  closed at once.  Control
   socket connections are never closed for this.
 """
 
@@ -22,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import resource
-from typing import cast
+from typing import Any, cast
 
 from aiohttp import web
 
@@ -59,6 +60,27 @@ class _Refused(asyncio.Protocol):
         cast(asyncio.Transport, transport).abort()
 
 
+#: Seconds a connection must have been silent to be closed at the cap: one
+#: that is sending a request head (it arrives in one piece from any real
+#: client) is never taken for an idle one.
+QUIET = 1.0
+
+
+class _Heard(web.RequestHandler):
+    """aiohttp's handler, noting when it last received bytes (its parser
+    keeps a half-received head out of sight)."""
+
+    __slots__ = ("heard",)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.heard = self._loop.time()
+
+    def data_received(self, data: bytes) -> None:
+        self.heard = self._loop.time()
+        super().data_received(data)
+
+
 class Guard:
     """The data listener's protocol factory, in front of aiohttp's."""
 
@@ -84,29 +106,31 @@ class Guard:
         elif self._full:
             self._full = False
             log.info("data connections below the limit again (%d refused)", self.refused)
-        handler = self._server()
+        # As web.Server.__call__ makes them, with the time of the last bytes.
+        handler = _Heard(self._server, loop=self._server._loop, **self._server._kwargs)
         asyncio.get_running_loop().call_later(self._head_timeout, self._check_head, handler)
         return handler
 
     def _evict_idle(self) -> bool:
-        """Close the oldest data connection waiting between requests, if any.
+        """Close the data connection silent longest (at least :data:`QUIET`
+        seconds) with no request in progress, if any.
 
         One cheap request per connection (GET /info/, no credential) would
         otherwise keep each slot for aiohttp's keep-alive time, an hour, and
         every new client, transfers included, would be refused.  A client
         whose idle connection goes opens another when it next needs one
         (imageio's clients and ours do)."""
-        for handler in self._server.connections:  # oldest first
-            transport = handler.transport
-            if transport is None or not isinstance(
-                    transport.get_extra_info("peername"), tuple):
-                continue  # closed already, or the control socket's
-            if handler._request_in_progress or handler._messages:
-                continue
-            self.evicted += 1
-            handler.force_close()
-            return True
-        return False
+        now = asyncio.get_running_loop().time()
+        idle = [h for h in self._server.connections
+                if isinstance(h, _Heard) and h.transport is not None
+                and isinstance(h.transport.get_extra_info("peername"), tuple)
+                and not h._request_in_progress and not h._messages
+                and now - h.heard >= QUIET]
+        if not idle:
+            return False
+        self.evicted += 1
+        min(idle, key=lambda h: h.heard).force_close()
+        return True
 
     def _check_head(self, handler: web.RequestHandler) -> None:
         # aiohttp counts the request heads it parsed on the connection.

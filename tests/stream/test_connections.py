@@ -105,15 +105,45 @@ def test_at_the_cap_the_oldest_idle_connection_makes_room(tmp_path: Path) -> Non
         held = [connect(d) for _ in range(5)]
         for s in held:  # each sent one request, then waits: idle, not closed
             assert b" 200 " in ask_info(s)
+        time.sleep(1.2)  # silent for long enough (QUIET)
         with connect(d) as extra:
             assert b" 200 " in ask_info(extra)  # room was made for it
-        assert closed_by_server(held[0])  # the oldest idle one
+        assert closed_by_server(held[0])  # the one silent longest
         # The control socket still answers, and so does a newer connection.
         image = d.images / "image.raw"
         image.write_bytes(b"x" * 4096)
         d.add_ticket(image)
         assert b" 200 " in ask_info(held[-1])
         assert "data connections at the limit (5)" in d.read_log()
+    finally:
+        for s in held:
+            s.close()
+        d.stop()
+
+
+def test_a_request_head_being_sent_is_never_evicted(tmp_path: Path) -> None:
+    """The parser hides a half-received head: a transfer's keep-alive
+    connection sending its next request was closed to make room (found by
+    a review); the connection silent longest goes instead."""
+    d = start(tmp_path, "[daemon]\nmax_connections = 5\n")
+    held: list[socket.socket] = []
+    try:
+        held = [connect(d) for _ in range(5)]
+        for s in held:
+            assert b" 200 " in ask_info(s)
+        time.sleep(1.2)
+        sending = held[0]  # the oldest, and silent longest, until now
+        sending.sendall(INFO[:20])  # half a head
+        with connect(d) as extra:
+            assert b" 200 " in ask_info(extra)
+        assert closed_by_server(held[1])  # now the one silent longest
+        sending.sendall(INFO[20:])
+        answer = b""
+        while not answer.rstrip().endswith(b"}"):
+            chunk = sending.recv(4096)
+            assert chunk, f"closed after {answer!r}"
+            answer += chunk
+        assert b" 200 " in answer
     finally:
         for s in held:
             s.close()
