@@ -81,22 +81,16 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         if e.http_status == 403:
             resp.force_close()
         return resp
-    except ClientGone as e:
-        # Nobody to answer (aiohttp would log a traceback for a raise).
-        level = logging.WARNING if isinstance(e, Stalled) else logging.INFO
-        log.log(level, "%s %s: %s", request.method, _where(request), e)
-        started = request.get(RESPONSE)
-        if started is not None:
-            return _abort(request, started)
-        if request.transport is not None:
-            request.transport.abort()
-        return web.Response(status=499)  # never sent
     except (ConnectionError, OSError) as e:
         if isinstance(e, ConnectionError) or request.transport is None:
-            # The client went away; nobody is listening for an answer.  An
-            # answer, not the exception: aiohttp would log its traceback.
-            log.info("%s %s: client disconnected: %s", request.method, _where(request), e)
-            return _abort(request, web.Response(status=499, text="client disconnected"))
+            # The client went away, or stopped reading (Stalled): nobody is
+            # listening.  An answer, not the exception: aiohttp would log
+            # its traceback.
+            level = logging.WARNING if isinstance(e, Stalled) else logging.INFO
+            what = e if isinstance(e, ClientGone) else f"client disconnected: {e}"
+            log.log(level, "%s %s: %s", request.method, _where(request), what)
+            started = request.get(RESPONSE)
+            return _abort(request, started if started is not None else web.Response(status=499))
         log.exception("%s %s failed", request.method, _where(request))
         return _internal(request)
     except Exception:

@@ -9,7 +9,7 @@ file became, once converted to raw, a disk holding the token; one naming
 a host file as its data file had that file written by a copy and grown by
 a resize.
 
-So before ``qemu-img`` opens a volume, :func:`check` reads its header and
+So before ``qemu-img`` opens a volume, :func:`check_fd` reads its header and
 refuses it unless the only other file it names is its parent volume, by
 the name the domain gave it (the parent's UUID, a sibling file).  The
 qcow2 layout is docs/interop/qcow2.txt of QEMU: a big-endian header, then
@@ -40,15 +40,6 @@ class UnsafeImage(InvalidRequest):
 
     http_status = 422
     code = "unsafe-image"
-
-
-def check(path: str, parent: str | None) -> None:
-    """:func:`check_fd` of the image at ``path``."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        check_fd(fd, os.path.basename(path), parent)
-    finally:
-        os.close(fd)
 
 
 def check_fd(fd: int, name: str, parent: str | None) -> None:

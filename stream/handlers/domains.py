@@ -162,9 +162,9 @@ async def delete_volume(request: web.Request) -> web.Response:
     storage = await _storage(request, Access.WRITE)
     m = request.match_info
     io = request.app[IO_KEY]
-    info = await io.run(storage.lookup, m["img"], m["vol"])
+    info, real_path = await io.run(_lookup, storage, m["img"], m["vol"])
     check_deletable(info)  # the domain refuses it too; first, so not a 409 if in use
-    user = _user(request, info, await io.run(os.path.realpath, info.path))
+    user = _user(request, info, real_path)
     if user is not None:
         # A block domain gives a deleted volume's space to the next one: the
         # late writes of a transfer would land in another disk.
