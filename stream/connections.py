@@ -16,6 +16,9 @@ the control socket, volume opens and the domain monitor failed with EMFILE.
   progress or arriving, is closed to make room; with none, the new one is
   closed at once.  Control
   socket connections are never closed for this.
+- Over TLS a connection counts from its accept (see ``handshake``), and a
+  handshake still going on after :data:`QUIET` seconds may be closed to
+  make room like an idle connection.
 """
 
 from __future__ import annotations
@@ -23,9 +26,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import resource
+import ssl
 from typing import Any, cast
 
 from aiohttp import web
+
+from .handshake import Handshake
 
 log = logging.getLogger(__name__)
 
@@ -82,20 +88,28 @@ class _Heard(web.RequestHandler):
 
 
 class Guard:
-    """The data listener's protocol factory, in front of aiohttp's."""
+    """The data listener's protocol factory, in front of aiohttp's; with
+    ``tls``, the listener itself is plain and each connection is upgraded
+    here (see :class:`Handshake`)."""
 
-    def __init__(self, server: web.Server, head_timeout: float, max_connections: int) -> None:
+    def __init__(self, server: web.Server, head_timeout: float, max_connections: int,
+                 tls: ssl.SSLContext | None = None) -> None:
         self._server = server
         self._head_timeout = head_timeout
         self._max = max_connections
+        self._tls = tls
         self._full = False
+        #: TLS connections accepted whose handshake is not done.
+        self._handshakes: set[Handshake] = set()
         self.refused = 0
         self.timed_out = 0
         self.evicted = 0
 
     def __call__(self) -> asyncio.BaseProtocol:
-        # Counts the control socket's connections too: there are few.
-        if len(self._server.connections) >= self._max:
+        # Data connections only: the control socket's (aiohttp's own
+        # handlers, from its own site) are never counted nor closed.
+        data = sum(isinstance(h, _Heard) for h in self._server.connections)
+        if data + len(self._handshakes) >= self._max:
             if not self._full:
                 self._full = True
                 log.warning("data connections at the limit (%d): closing idle ones to make "
@@ -106,14 +120,35 @@ class Guard:
         elif self._full:
             self._full = False
             log.info("data connections below the limit again (%d refused)", self.refused)
-        # As web.Server.__call__ makes them, with the time of the last bytes.
-        handler = _Heard(self._server, loop=self._server._loop, **self._server._kwargs)
+        if self._tls is not None:
+            handshake = Handshake(self, self._tls, self._head_timeout)
+            self._handshakes.add(handshake)
+            return handshake
+        handler = self.handler()
         asyncio.get_running_loop().call_later(self._head_timeout, self._check_head, handler)
         return handler
 
+    def handler(self) -> _Heard:
+        """A new aiohttp handler, as web.Server.__call__ makes them, with the
+        time of the last bytes."""
+        return _Heard(self._server, loop=self._server._loop, **self._server._kwargs)
+
+    def upgraded(self, handshake: Handshake, handler: web.RequestHandler | None) -> None:
+        """``handshake`` ended: with ``handler`` serving it, or closed."""
+        self._handshakes.discard(handshake)
+        if handler is not None:
+            left = handshake.since + self._head_timeout - asyncio.get_running_loop().time()
+            asyncio.get_running_loop().call_later(max(left, 0), self._check_head, handler)
+
+    def close(self) -> None:
+        """Close the connections still in their handshake (at shutdown)."""
+        for handshake in list(self._handshakes):
+            handshake.abort()
+
     def _evict_idle(self) -> bool:
         """Close the data connection silent longest (at least :data:`QUIET`
-        seconds) with no request in progress, if any.
+        seconds) with no request in progress, if any: one in its TLS
+        handshake counts as silent since its accept.
 
         One cheap request per connection (GET /info/, no credential) would
         otherwise keep each slot for aiohttp's keep-alive time, an hour, and
@@ -121,15 +156,21 @@ class Guard:
         whose idle connection goes opens another when it next needs one
         (imageio's clients and ours do)."""
         now = asyncio.get_running_loop().time()
-        idle = [h for h in self._server.connections
-                if isinstance(h, _Heard) and h.transport is not None
-                and isinstance(h.transport.get_extra_info("peername"), tuple)
-                and not h._request_in_progress and not h._messages
-                and now - h.heard >= QUIET]
+        idle: list[tuple[float, _Heard | Handshake]] = [
+            (h.heard, h) for h in self._server.connections
+            if isinstance(h, _Heard) and h.transport is not None
+            and isinstance(h.transport.get_extra_info("peername"), tuple)
+            and not h._request_in_progress and not h._messages
+            and now - h.heard >= QUIET]
+        idle += [(hs.since, hs) for hs in self._handshakes if now - hs.since >= QUIET]
         if not idle:
             return False
         self.evicted += 1
-        min(idle, key=lambda h: h.heard).force_close()
+        _, oldest = min(idle, key=lambda pair: pair[0])
+        if isinstance(oldest, Handshake):
+            oldest.abort()
+        else:
+            oldest.force_close()
         return True
 
     def _check_head(self, handler: web.RequestHandler) -> None:

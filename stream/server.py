@@ -128,14 +128,14 @@ async def serve(cfg: Config, ctx: ssl.SSLContext | None,
     assert runner.server is not None
     head_timeout = cfg.daemon.request_head_timeout
     cap = connection_cap(cfg.daemon.max_connections)
-    guard = Guard(runner.server, head_timeout, cap)
+    guard = Guard(runner.server, head_timeout, cap, ctx)
     loop = asyncio.get_running_loop()
     data: asyncio.AbstractServer | None = None
     try:
         # Not a web.TCPSite: its protocol factory is aiohttp's own, unguarded.
+        # Plain even with TLS: the guard does each handshake, to count it.
         data = await loop.create_server(
-            guard, host or None, int(port), ssl=ctx, backlog=BACKLOG, reuse_address=True,
-            ssl_handshake_timeout=head_timeout if ctx else None)
+            guard, host or None, int(port), backlog=BACKLOG, reuse_address=True)
         await web.SockSite(runner, control).start()
         log.info("serving data on %s://%s, control on %s",
                  "https" if ctx else "http", cfg.daemon.listen, sock_path)
@@ -155,6 +155,7 @@ async def serve(cfg: Config, ctx: ssl.SSLContext | None,
         inflight = app[INFLIGHT]
         log.info("shutting down: %d requests to finish", inflight.count)
         data.close()  # new connections are refused from here on
+        guard.close()
         for site in list(runner.sites):
             await site.stop()
         # Until they are done, the drain times out, or a second signal comes.

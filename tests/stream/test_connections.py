@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import resource
 import socket
+import ssl
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import cast
 
 import pytest
 
-from .daemon import Daemon
+from .daemon import Daemon, make_cert
 
 INFO = b"GET /info/ HTTP/1.1\r\nHost: x\r\n\r\n"
 
@@ -147,4 +150,88 @@ def test_a_request_head_being_sent_is_never_evicted(tmp_path: Path) -> None:
     finally:
         for s in held:
             s.close()
+        d.stop()
+
+
+def test_at_the_cap_with_no_idle_connection_the_new_one_is_refused(tmp_path: Path) -> None:
+    """Connections with a request in progress are never closed to make
+    room: past the cap the new connection is closed at once, unanswered,
+    and the transfers go on."""
+    d = start(tmp_path, "[daemon]\nmax_connections = 2\n")
+    uploads: list[socket.socket] = []
+    try:
+        size = 1 << 20
+        for i in range(2):
+            image = d.images / f"image{i}.raw"
+            image.write_bytes(b"")
+            url = d.add_ticket(image, size=size)
+            s = connect(d)
+            path = url.split(f":{d.port}", 1)[1]
+            s.sendall(f"PUT {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {size}\r\n\r\n"
+                      .encode() + b"a" * 4096)
+            uploads.append(s)
+        time.sleep(1.2)  # silent for longer than QUIET, but in a request
+        with connect(d) as extra:
+            extra.settimeout(5)
+            with contextlib.suppress(OSError):  # closed before it went out
+                extra.sendall(INFO)
+            assert closed_by_server(extra)
+        assert "data connections at the limit (2)" in d.read_log()
+        for i, s in enumerate(uploads):
+            s.sendall(b"a" * (size - 4096))
+            head = s.recv(4096)
+            assert head.startswith(b"HTTP/1.1 200 "), head
+            assert (d.images / f"image{i}.raw").read_bytes() == b"a" * size
+    finally:
+        for s in uploads:
+            s.close()
+        d.stop()
+
+
+def test_tls_connections_count_from_their_accept(tmp_path: Path) -> None:
+    """Over TLS a connection counted only once its handshake was done: 600
+    connections that never sent a ClientHello held descriptors past the cap
+    until the daemon ran out.  Now one in its handshake counts, and after
+    QUIET seconds it may be closed to make room."""
+    cert = make_cert(tmp_path)
+    path = tmp_path / "sluice.toml"
+    path.write_text("[daemon]\nmax_connections = 5\n")
+    d = Daemon(tmp_path / "data", tls=cert, args=["--config", str(path)])
+    silent: list[socket.socket] = []
+    try:
+        silent = [connect(d) for _ in range(5)]  # no ClientHello, ever
+        time.sleep(2.5)  # QUIET, with room for a loaded host
+        newer = [connect(d) for _ in range(5)]  # each takes an old one's place
+        silent += newer
+        for s in silent[:5]:
+            s.settimeout(5)
+            assert closed_by_server(s)  # not after the 60 s handshake timeout
+        time.sleep(2.5)  # QUIET, with room for a loaded host
+        ctx = ssl.create_default_context(cafile=cert[0])
+        with ctx.wrap_socket(connect(d), server_hostname="127.0.0.1") as tls:
+            assert b" 200 " in ask_info(cast(socket.socket, tls))
+        assert closed_by_server(newer[0])
+        assert "data connections at the limit (5)" in d.read_log()
+    finally:
+        for s in silent:
+            s.close()
+        d.stop()
+
+
+def test_a_failed_handshake_frees_its_place(tmp_path: Path) -> None:
+    cert = make_cert(tmp_path)
+    path = tmp_path / "sluice.toml"
+    path.write_text("[daemon]\nmax_connections = 3\n")
+    d = Daemon(tmp_path / "data", tls=cert, args=["--config", str(path)])
+    try:
+        for _ in range(10):  # plain HTTP to the TLS port: the handshake fails
+            with connect(d) as s:
+                s.sendall(INFO)
+                assert closed_by_server(s)
+        ctx = ssl.create_default_context(cafile=cert[0])
+        for _ in range(3):  # at once, with no wait for an eviction
+            with ctx.wrap_socket(connect(d), server_hostname="127.0.0.1") as tls:
+                assert b" 200 " in ask_info(cast(socket.socket, tls))
+        assert "at the limit" not in d.read_log()
+    finally:
         d.stop()
