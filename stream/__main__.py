@@ -9,7 +9,7 @@ from typing import Any
 
 from volume.errors import Error
 
-from . import __version__, config, logctx
+from . import __version__, config, configload, logctx
 
 log = logging.getLogger("stream")
 
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         if value is not None:
             overrides[f"daemon.{name}"] = value
     try:
-        cfg = config.load(args.config, overrides)
+        cfg = configload.load(args.config, overrides)
     except Error as e:
         print(f"sluice: {e}", file=sys.stderr)
         return 2

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from stream import config
+from stream import configload
 from stream.app import make_app
 from stream.config import Config, InvalidConfig
 from stream.server import bind_control
@@ -54,14 +54,14 @@ def test_domains_of_the_example_config_load(tmp_path: Path) -> None:
                           f'path = "/srv/sluice/nfs-domain"\n'
                           f'[[domains]]\nuuid = "{uuid.uuid4()}"\ntype = "block"\n'
                           f'devices = ["/dev/sdb", "/dev/sdc"]\n')
-    cfg = config.load(path)
+    cfg = configload.load(path)
     first = cfg.domains[0]
     assert (first.uuid, first.type, first.path) == (SD, "file", "/srv/sluice/nfs-domain")
     assert cfg.domains[1].devices == ["/dev/sdb", "/dev/sdc"]
     example = Path(__file__).parents[2] / "conf" / "sluice.toml.example"
     uncommented = example.read_text().replace("# [[domains]]", "[[domains]]").replace(
         "# uuid", "uuid").replace("# type", "type").replace("# path", "path")
-    assert len(config.load(toml(tmp_path, uncommented)).domains) == 1
+    assert len(configload.load(toml(tmp_path, uncommented)).domains) == 1
 
 
 @pytest.mark.parametrize("text,args,says", [
@@ -111,7 +111,7 @@ def test_bad_config_is_one_sentence(
 ])
 def test_values_out_of_range_are_refused(section: str, key: str, value: Any) -> None:
     with pytest.raises(InvalidConfig, match=rf"{section}\.{key}"):
-        config.parse({section: {key: value}})
+        configload.parse({section: {key: value}})
 
 
 @pytest.mark.parametrize("listen,says", [
@@ -124,13 +124,13 @@ def test_values_out_of_range_are_refused(section: str, key: str, value: Any) -> 
 ])
 def test_a_bad_listen_address_says_what_is_wrong(listen: str, says: str) -> None:
     with pytest.raises(InvalidConfig) as e:
-        config.parse({"daemon": {"listen": listen}})
+        configload.parse({"daemon": {"listen": listen}})
     assert str(e.value).startswith(says), str(e.value)
 
 
 @pytest.mark.parametrize("listen", ["127.0.0.1:1", "[::1]:65535", "0.0.0.0:54322"])
 def test_ports_1_to_65535_are_accepted(listen: str) -> None:
-    assert config.parse({"daemon": {"listen": listen}}).daemon.listen == listen
+    assert configload.parse({"daemon": {"listen": listen}}).daemon.listen == listen
 
 
 def test_show_config_masks_the_engine_token(tmp_path: Path) -> None:
