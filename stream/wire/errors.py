@@ -37,3 +37,12 @@ class BadContentRange(WireError):
 
 class BadChecksum(WireError):
     code = "invalid-checksum"
+
+
+class BadTar(WireError):
+    """The stream is not a valid store.  Always 422, truncation included: the
+    HTTP body arrived whole, what it holds is wrong (the sender stopped
+    early or sent a tar shorter than it meant to)."""
+
+    http_status = 422
+    code = "invalid-ovf-tar"

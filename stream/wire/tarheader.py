@@ -189,6 +189,28 @@ def pax_overrides(records: dict[str, bytes]) -> tuple[bytes | None, int | None]:
     return path, None if size is None else int(size)
 
 
+def entry_name(raw: RawHeader, pax: dict[str, bytes] | None,
+               longname: bytes | None) -> tuple[bytes, int]:
+    """The name and size of the entry ``raw`` heads, with the PAX records
+    (:func:`parse_pax`) and GNU long name (:func:`parse_longname`) read
+    before it, if any, applied.  Both may not name it."""
+    path = size = None
+    if pax is not None or longname is not None:
+        path, size = pax_overrides(pax or {})
+        if path is not None and longname is not None:
+            raise ValueError("both a PAX path and a GNU long name")
+    return path or longname or raw.name, raw.size if size is None else size
+
+
+def shown_name(raw: RawHeader, pax: dict[str, bytes] | None, longname: bytes | None) -> str:
+    """The name of the entry ``raw`` heads for a message refusing it: the
+    overrides applied as :func:`entry_name` does, but unchecked."""
+    name = longname
+    if pax is not None:
+        name = pax.get("path", name)
+    return (name or raw.name).decode("utf-8", "replace")
+
+
 def parse_longname(body: bytes) -> bytes:
     """The name in a GNU ``L`` body: NUL-terminated, only NULs after it."""
     name, _, rest = body.partition(b"\0")

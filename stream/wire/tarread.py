@@ -29,6 +29,7 @@ from typing import Any
 
 import xxhash
 
+from .errors import BadTar
 from .manifest import (
     INFO_NAME,
     METADATA_NAME,
@@ -40,7 +41,7 @@ from .manifest import (
 )
 from .tarbody import Entry
 from .tarheader import BLOCK, EOF_SIZE, ZERO_BLOCK
-from .tarstream import BadTar, TarStream
+from .tarstream import TarStream
 
 __all__ = ["BadTar", "Entry", "OvfTarReader", "Summary", "index"]
 

@@ -18,7 +18,7 @@ from typing import NoReturn
 
 import xxhash
 
-from .errors import WireError
+from .errors import BadTar
 from .tarbody import Body, Entry, is_zero
 from .tarheader import (
     BLOCK,
@@ -29,25 +29,17 @@ from .tarheader import (
     REGULAR,
     ZERO_BLOCK,
     RawHeader,
+    entry_name,
     name_problem,
     padding,
     parse_header,
     parse_longname,
     parse_pax,
-    pax_overrides,
+    shown_name,
 )
 
 # States of the stream.
 _HEADER, _DATA, _PADDING, _EOF2, _DONE = "header", "data", "padding", "eof2", "done"
-
-
-class BadTar(WireError):
-    """The stream is not a valid store.  Always 422, truncation included: the
-    HTTP body arrived whole, what it holds is wrong (the sender stopped
-    early or sent a tar shorter than it meant to)."""
-
-    http_status = 422
-    code = "invalid-ovf-tar"
 
 
 class TarStream:
@@ -209,14 +201,9 @@ class TarStream:
             self._start_extension(raw, offset)
         else:
             kind = KINDS.get(raw.type, f"type {raw.type!r}")
-            self._fail(f"entry {self._pending_name(raw)!r} at offset {offset}: "
+            name = shown_name(raw, self._pax, self._longname)
+            self._fail(f"entry {name!r} at offset {offset}: "
                        f"{kind} entries are not allowed, only regular files")
-
-    def _pending_name(self, raw: RawHeader) -> str:
-        name = self._longname
-        if self._pax is not None:
-            name = self._pax.get("path", name)
-        return (name or raw.name).decode("utf-8", "replace")
 
     def _start_extension(self, raw: RawHeader, offset: int) -> None:
         what = "PAX header" if raw.type == PAX else "GNU long name"
@@ -232,21 +219,15 @@ class TarStream:
     def _start_entry(self, raw: RawHeader, offset: int) -> None:
         if len(self.names) >= self._max_entries:
             self._fail(f"more than {self._max_entries} entries (at offset {offset})")
-        path = size = None
-        if self._pax is not None or self._longname is not None:
-            try:
-                path, size = pax_overrides(self._pax or {})
-                if path is not None and self._longname is not None:
-                    raise ValueError("both a PAX path and a GNU long name")
-            except ValueError as e:
-                self._fail(f"entry at offset {offset}: {e}")
-        name_bytes = path or self._longname or raw.name
+        try:
+            name_bytes, size = entry_name(raw, self._pax, self._longname)
+        except ValueError as e:
+            self._fail(f"entry at offset {offset}: {e}")
         self._pax = self._longname = None
         try:
             name = name_bytes.decode("utf-8")
         except UnicodeDecodeError:
             self._fail(f"entry {name_bytes!r} at offset {offset}: name is not UTF-8")
-        size = raw.size if size is None else size
         problem = name_problem(name) or ("duplicate name" if name in self.names else None)
         if problem is not None:
             self._fail(f"entry {name!r} at offset {offset}: {problem}")
