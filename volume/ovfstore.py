@@ -37,7 +37,8 @@ holding the previous generation or the new one, whole and verified (with
 a single store there is no other copy: until the commit, none is valid).
 A store is read only through a record and a digest that match, and,
 within this daemon, never while an update writes it (:mod:`volume._ovfguard`).
-The write half lives in :mod:`volume.ovfupdate`.
+The write half lives in :mod:`volume.ovfupdate`, the check of one store
+(:class:`StoreState`) in :mod:`volume.ovfstate`.
 
 Why zero 1 MiB after the tar: ``tar`` stops at the end-of-archive marker
 (1024 zero bytes) the producer writes, so for oVirt's readers that is
@@ -55,16 +56,13 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from collections.abc import Callable
 from contextlib import closing
-from dataclasses import dataclass
-from typing import Any
 
-from . import ovfrecord
-from ._ovfguard import DomainGuard, forget, guard, remember, store_key, verified
+from ._ovfguard import DomainGuard, guard, store_key
 from .base import Volume
 from .errors import Conflict, Error, InvalidRequest, NotFound
-from .ovfrecord import CHUNK, RECORD_SIZE, CommitRecord, aligned_view, record_offset, tar_digest
+from .ovfrecord import CHUNK, RECORD_SIZE, CommitRecord, aligned_view, record_offset
+from .ovfstate import Observe, StoreState, age, verify
 from .ovfupdate import Update
 from .region import RegionVolume
 from .sd import Allocation, Content, Format, MiB, StorageDomain, VolumeInfo, open_data
@@ -73,9 +71,6 @@ __all__ = ["DEFAULT_COUNT", "DEFAULT_SIZE", "RECORD_SIZE", "CommitRecord", "OvfS
            "StoreState", "Update", "ensure_stores"]
 
 log = logging.getLogger(__name__)
-
-#: Given a store, what sees its archive's bytes in order (see OvfStores.states).
-Observe = Callable[[VolumeInfo], Callable[[memoryview], None]]
 
 DEFAULT_COUNT = 2  # oVirt's StorageDomainOvfStoreCount
 MAX_COUNT = 16  # the engine's limit for that setting
@@ -136,59 +131,6 @@ def ensure_stores(storage: StorageDomain, count: int = DEFAULT_COUNT,
     return sorted(stores, key=lambda v: (v.img_uuid, v.vol_uuid))
 
 
-@dataclass(frozen=True)
-class StoreState:
-    """One store as read and verified just now."""
-
-    #: Position in :meth:`OvfStores.states` (stores sorted by UUIDs).
-    index: int
-    volume: VolumeInfo
-    #: The record, if one decodes (it may say "updating"); None if the area
-    #: is zero (never updated) or does not verify.
-    record: CommitRecord | None
-    #: The record is committed and the tar matches its digest.
-    valid: bool
-    #: Why the store is not valid; None when it is.
-    error: str | None
-
-    def to_json(self) -> dict[str, Any]:
-        return {"index": self.index, "img_uuid": self.volume.img_uuid,
-                "vol_uuid": self.volume.vol_uuid, "size": self.volume.size,
-                "valid": self.valid, "error": self.error,
-                "record": None if self.record is None else self.record.to_json()}
-
-
-def _age(state: StoreState) -> tuple[int, int, float, int]:
-    """Sort key, oldest first: invalid stores, then valid ones by generation
-    and commit time.  Generation before time: hosts' clocks disagree."""
-    if not state.valid or state.record is None:
-        return (0, 0, 0.0, state.index)
-    return (1, state.record.generation, state.record.committed_at, state.index)
-
-
-def _verify(vol: Volume, sd_uuid: str, info: VolumeInfo, buf: memoryview,
-            trusted: bool, observe: Observe | None = None
-            ) -> tuple[CommitRecord | None, str | None]:
-    """The store's record and, if it is not valid, why.  ``trusted``: a
-    record this process has read back its archive under needs no hashing.
-    ``observe`` makes an observer of the archive's bytes as they are hashed."""
-    record, error = ovfrecord.read(vol, info.size)
-    if record is None:
-        return None, error
-    if record.updating:
-        return record, f"the update to generation {record.generation} did not complete"
-    if record.tar_length > record_offset(info.size):
-        return record, "the archive length exceeds the store"
-    if trusted and verified(sd_uuid, info, record):
-        return record, None
-    seen = observe(info) if observe is not None else None
-    if tar_digest(vol, record.tar_length, buf, seen) != record.digest:
-        forget(sd_uuid, info)
-        return record, "archive checksum mismatch"
-    remember(sd_uuid, info, record)
-    return record, None
-
-
 class _ReadView(RegionVolume):
     """The archive of a store, read-only; closing it lets updates write the store."""
 
@@ -243,7 +185,7 @@ class OvfStores:
                trusted: bool = False, observe: Observe | None = None) -> StoreState:
         try:
             with closing(open_data(info, readonly=True)) as vol:
-                record, error = _verify(vol, self._sd_uuid, info, buf, trusted, observe)
+                record, error = verify(vol, self._sd_uuid, info, buf, trusted, observe)
         except Error as e:
             log.warning("cannot read OVF store sd=%s vol=%s: %s", self._sd_uuid, store_key(info), e)
             return StoreState(index, info, None, False, f"cannot read the store: {e}")
@@ -269,7 +211,7 @@ class OvfStores:
                 valid = [s for s in (self._state(i, info, buf) for i, info in held) if s.valid]
             if not valid:
                 return None
-            best = max(valid, key=_age)
+            best = max(valid, key=age)
             assert best.record is not None
             vol = open_data(best.volume, readonly=True)
             try:
@@ -297,7 +239,7 @@ class OvfStores:
         try:
             # Trusted: the stores this daemon wrote or read back are not
             # hashed again; only the choice of target depends on it.
-            order = sorted(self.states(trusted=True), key=_age)
+            order = sorted(self.states(trusted=True), key=age)
             return Update(self._sd_uuid, self._guard, order, self.capacity)
         except BaseException:
             self._guard.end_update()

@@ -24,7 +24,6 @@ import time
 from collections.abc import Callable
 from contextlib import closing
 from types import TracebackType
-from typing import TYPE_CHECKING
 
 from . import ovfrecord
 from ._ovfguard import DomainGuard, forget, remember, store_key
@@ -32,10 +31,8 @@ from .base import Volume
 from .errors import ChecksumMismatch, Error, InvalidRequest
 from .ovfarea import HEAD, StoreArea, update_ended
 from .ovfrecord import CHUNK, NO_DIGEST, CommitRecord, aligned_view, check_digest, chunks
+from .ovfstate import StoreState
 from .sd import VolumeInfo, open_data
-
-if TYPE_CHECKING:
-    from .ovfstore import StoreState
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ from tests.volume.ovfstore_util import (
     update,
 )
 from tests.volume.test_blockdomain import write as poke
-from volume import ovfrecord, ovfstore, ovfupdate
+from volume import ovfrecord, ovfstate, ovfupdate
 from volume.base import Volume
 from volume.errors import ChecksumMismatch, Conflict, InvalidRequest, OutOfRange, VolumeError
 from volume.ovfstore import RECORD_SIZE, OvfStores, StoreState
@@ -256,7 +256,7 @@ def test_begin_trusts_only_what_it_read_back(storage: StorageDomain,
         hashed.append(length)
         return real(vol, length, buf, observe)
 
-    monkeypatch.setattr(ovfstore, "tar_digest", counting)
+    monkeypatch.setattr(ovfstate, "tar_digest", counting)
     u = stores.begin()
     assert hashed == []
     u.abort()
