@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from contextlib import closing
 from types import TracebackType
 
@@ -32,6 +31,7 @@ from .errors import ChecksumMismatch, Error, InvalidRequest
 from .ovfarea import HEAD, StoreArea, update_ended
 from .ovfrecord import CHUNK, NO_DIGEST, CommitRecord, aligned_view, check_digest, chunks
 from .ovfstate import StoreState
+from .ovfstop import Check, Stopped, go_on, stopping
 from .sd import VolumeInfo, open_data
 
 log = logging.getLogger(__name__)
@@ -41,33 +41,6 @@ TAIL_ZERO = 1 << 20
 #: How long writing a store waits for its readers before giving up on it
 #: (an engine GET of a 128 MiB store takes seconds, not minutes).
 READ_WAIT = 30.0
-
-#: What may stop an update (see :meth:`Update.seal`): it raises an Error
-#: once the update must not write any more.
-Check = Callable[[], None]
-
-
-def _go_on() -> None:
-    """The default :data:`Check`: nothing stops the update."""
-
-
-class _Stopped(Exception):
-    """A copy's :data:`Check` raised ``error``: no more copies."""
-
-    def __init__(self, error: Exception) -> None:
-        super().__init__(str(error))
-        self.error = error
-
-
-def _stopping(check: Check) -> Check:
-    """``check``, raising :class:`_Stopped` (told apart from the copy's own errors)."""
-    def wrapped() -> None:
-        try:
-            check()
-        except Exception as e:
-            raise _Stopped(e) from e
-    return wrapped
-
 
 class Update:
     """One incoming archive.  Made by :meth:`OvfStores.begin`, which passes
@@ -116,7 +89,7 @@ class Update:
                  tb: TracebackType | None) -> None:
         self.abort()
 
-    def commit(self, tar_length: int, digest: str, check: Check = _go_on) -> CommitRecord:
+    def commit(self, tar_length: int, digest: str, check: Check = go_on) -> CommitRecord:
         """Commit the ``tar_length`` bytes written, whose xxh3-128 is ``digest``,
         then copy them into the other stores; returns the target's record.
 
@@ -128,7 +101,7 @@ class Update:
         return record
 
     def seal(self, tar_length: int, digest: str, *, read_back: bool = True,
-             check: Check = _go_on) -> CommitRecord:
+             check: Check = go_on) -> CommitRecord:
         """Commit the target: zero after the archive, sync, write the record.
 
         With ``read_back`` the archive is read back and its digest checked
@@ -174,7 +147,7 @@ class Update:
                  tar_length, digest)
         return record
 
-    def replicate(self, check: Check = _go_on) -> None:
+    def replicate(self, check: Check = go_on) -> None:
         """Copy the committed archive into the other stores, oldest first, and
         end the update.
 
@@ -266,7 +239,7 @@ class Update:
               buf: memoryview, check: Check) -> bool:
         """Copy into one store; False if ``check`` stopped the copies."""
         name = store_key(state.volume)
-        check = _stopping(check)
+        check = stopping(check)
         touched = False
         try:
             check()
@@ -287,7 +260,7 @@ class Update:
                     remember(self._sd_uuid, state.volume, copied)
             finally:
                 self._guard.end_write(name)
-        except _Stopped as e:
+        except Stopped as e:
             log.warning("OVF store copies stopped sd=%s generation=%d store=%d vol=%s: %s",
                         self._sd_uuid, self.generation, state.index, name, e.error)
             left = "stays marked updating" if touched else "keeps its previous archive"
