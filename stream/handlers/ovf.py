@@ -7,7 +7,7 @@ from aiohttp import web
 from volume.sd import StorageDomain
 from volume.validate import check_uuid
 
-from .. import download, ovf, upload
+from .. import download, ovf, ovfread, upload
 from ..auth import ENGINE
 from ..errors import UnsupportedEncoding
 from ..mapwatch import MapWatch
@@ -64,7 +64,7 @@ async def put_store(request: web.Request) -> web.Response:
 async def get_store(request: web.Request) -> web.StreamResponse:
     storage = await storage_for(request, request.match_info["sd"], Access.READ)
     io = request.app[IO_KEY]
-    state, volume = await io.run(ovf.newest, storage)
+    state, volume = await io.run(ovfread.newest, storage)
     try:
         assert state.record is not None
         resp = web.StreamResponse()
@@ -90,7 +90,7 @@ async def store_info(request: web.Request) -> web.Response:
     # After the copies of a running update, so that all stores show it.
     updates = request.app[OVF_UPDATES]
     await updates.settled(storage.uuid)
-    stores = await request.app[IO_KEY].run(ovf.states, storage)
+    stores = await request.app[IO_KEY].run(ovfread.states, storage)
     return web.json_response({"sd_uuid": storage.uuid, "stores": stores,
                               "copy_errors": updates.copy_errors.get(storage.uuid, [])})
 
@@ -98,5 +98,5 @@ async def store_info(request: web.Request) -> web.Response:
 @routes.get("/domains/{sd}/ovf-store/{name}", name=ENGINE + "get-ovf")
 async def get_ovf(request: web.Request) -> web.Response:
     storage = await storage_for(request, request.match_info["sd"], Access.READ)
-    data = await request.app[IO_KEY].run(ovf.read_member, storage, request.match_info["name"])
+    data = await request.app[IO_KEY].run(ovfread.read_member, storage, request.match_info["name"])
     return web.Response(body=data, content_type="application/xml")

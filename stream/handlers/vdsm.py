@@ -19,7 +19,7 @@ from aiohttp import web
 from volume.errors import Conflict, InvalidRequest
 from volume.validate import check_uuid
 
-from .. import download, ovf
+from .. import download, ovfread
 from ..auth import ENGINE
 from ..middleware import RESPONSE
 from ..pool import Access
@@ -84,7 +84,7 @@ async def vdsm_download(request: web.Request) -> web.StreamResponse:
     length = int(found.group(1)) + 1
     storage = await storage_for(request, sd, Access.READ)
     io = request.app[IO_KEY]
-    state, volume = await io.run(ovf.newest, storage, image, length)
+    state, volume = await io.run(ovfread.newest, storage, image, length)
     try:
         assert state.record is not None
         archive = min(length, state.record.tar_length)

@@ -20,7 +20,7 @@ from engine_client.flows import FlowFailed, Flows
 from engine_client.model import DomainStatus
 from engine_client.passreport import PassReport
 from engine_client.updater import Updater
-from stream import ovf
+from stream import ovfread
 from stream.wire.tarread import index
 from tests.stream.daemon import Daemon, free_port
 from volume.base import read_exactly
@@ -41,7 +41,7 @@ def host_status(m: Member) -> str | None:
 def on_storage(m: Member) -> set[str]:
     """The entities in the domain's newest store, read from its directory
     (the host no longer serves a detached domain)."""
-    state, vol = ovf.newest(open_file_domain(m.daemon.domain))
+    state, vol = ovfread.newest(open_file_domain(m.daemon.domain))
     with closing(vol):
         assert state.record is not None
         data = bytearray(state.record.tar_length)

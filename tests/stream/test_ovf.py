@@ -20,7 +20,7 @@ import xxhash
 import zstandard
 from aiohttp import web
 
-from stream import ovf
+from stream import ovfread
 from stream.app import make_app
 from stream.config import Config
 from stream.wire.manifest import java_date
@@ -344,7 +344,7 @@ def test_info_counts_entries_of_valid_stores_only(tmp_path: Path) -> None:
         plant(bad, b"not a tar archive".ljust(2048, b"\0"), 2)  # its record verifies
     finally:
         stores.close()
-    found = {s["vol_uuid"]: s for s in ovf.states(storage)}
+    found = {s["vol_uuid"]: s for s in ovfread.states(storage)}
     assert (found[good.vol_uuid]["entries"], found[good.vol_uuid]["ovfs"]) == (5, 3)
     assert found[bad.vol_uuid]["valid"] and found[bad.vol_uuid]["entries"] is None
     assert "header at offset 0" in found[bad.vol_uuid]["entries_error"]
