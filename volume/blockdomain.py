@@ -20,8 +20,7 @@ import dataclasses
 import logging
 import os
 import uuid as uuidlib
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from typing import Any
 
 from . import _linux, blockmeta
@@ -30,7 +29,7 @@ from .blockmeta import AREA
 from .errors import Conflict, InvalidRequest, NoSpace, VolumeError
 from .sd import Allocation, BaseDomain, Format, MiB, Space, VolumeInfo
 from .storeguard import check_deletable, check_resizable
-from .validate import check_block_device, check_size, check_uuid
+from .validate import check_block_devices, check_size, check_uuid
 
 log = logging.getLogger(__name__)
 
@@ -41,27 +40,6 @@ def _round_up(n: int) -> int:
     return (n + MiB - 1) // MiB * MiB
 
 
-@contextmanager
-def _device(path: str, write: bool = False) -> Iterator[int]:
-    fd = blockmeta.open_device(path, write)
-    try:
-        yield fd
-    finally:
-        os.close(fd)
-
-
-def _check_devices(devices: Sequence[str]) -> tuple[str, ...]:
-    if isinstance(devices, str) or not devices:
-        raise InvalidRequest("a block storage domain needs a list of one or more devices")
-    seen = set()
-    for dev in devices:
-        st = check_block_device(dev)
-        if st.st_rdev in seen:
-            raise InvalidRequest(f"device {dev} is given twice")
-        seen.add(st.st_rdev)
-    return tuple(devices)
-
-
 def create_block_domain(devices: Sequence[str], sd_uuid: str) -> BlockDomain:
     """Format ``devices`` as a new, empty block domain.
 
@@ -69,10 +47,10 @@ def create_block_domain(devices: Sequence[str], sd_uuid: str) -> BlockDomain:
     destroys the volume table, so wipe the label first to reuse a device.
     """
     sd_uuid = check_uuid(sd_uuid, "storage domain")
-    devices = _check_devices(devices)
+    devices = check_block_devices(devices)
     with oserrors("create storage domain"):
         for dev in devices:
-            with _device(dev) as fd:
+            with blockmeta.device(dev) as fd:
                 label = blockmeta.read_label(fd)
                 size = _linux.device_size(fd)
             if label is not None:
@@ -81,12 +59,12 @@ def create_block_domain(devices: Sequence[str], sd_uuid: str) -> BlockDomain:
             if size < AREA + MiB:
                 raise InvalidRequest(f"device {dev} is too small: {size} bytes")
         ids = [str(uuidlib.uuid4()) for _ in devices]
-        with _device(devices[0], write=True) as fd:
+        with blockmeta.device(devices[0], write=True) as fd:
             blockmeta.clear_slots(fd)
             blockmeta.write_table(fd, 1, {"sd_uuid": sd_uuid, "devices": ids, "volumes": []})
         # The first device's label last: until it is written, this is no domain.
         for index in reversed(range(len(devices))):
-            with _device(devices[index], write=True) as fd:
+            with blockmeta.device(devices[index], write=True) as fd:
                 blockmeta.write_label(fd, {"sd_uuid": sd_uuid, "index": index,
                                            "dev_uuid": ids[index]})
     log.info("created block domain sd=%s devices=%s", sd_uuid, ",".join(devices))
@@ -97,11 +75,11 @@ def open_block_domain(devices: Sequence[str], sd_uuid: str | None = None) -> Blo
     """Attach to the block domain on ``devices`` (any order); if ``sd_uuid``
     is given, it must be the UUID recorded on them."""
     expected = None if sd_uuid is None else check_uuid(sd_uuid, "storage domain")
-    devices = _check_devices(devices)
+    devices = check_block_devices(devices)
     labels = []
     with oserrors("open storage domain"):
         for dev in devices:
-            with _device(dev) as fd:
+            with blockmeta.device(dev) as fd:
                 label = blockmeta.read_label(fd)
             if label is None:
                 raise InvalidRequest(f"device {dev} is not part of a storage domain")
@@ -133,7 +111,7 @@ class BlockDomain(BaseDomain):
         self._devices = devices
 
     def _load(self) -> tuple[int, Table]:
-        with oserrors("read storage domain metadata"), _device(self._devices[0]) as fd:
+        with oserrors("read storage domain metadata"), blockmeta.device(self._devices[0]) as fd:
             found = blockmeta.read_table(fd, self._uuid)
         if found is None:
             raise VolumeError(f"storage domain {self._uuid} has no valid volume table")
@@ -141,7 +119,7 @@ class BlockDomain(BaseDomain):
 
     def _commit(self, generation: int, table: Table) -> None:
         with oserrors("write storage domain metadata"), \
-                _device(self._devices[0], write=True) as fd:
+                blockmeta.device(self._devices[0], write=True) as fd:
             blockmeta.write_table(fd, generation + 1, table)
 
     def _info(self, entry: dict[str, Any]) -> VolumeInfo:
@@ -167,7 +145,7 @@ class BlockDomain(BaseDomain):
         with oserrors("read device size"):
             sizes = []
             for dev in self._devices:
-                with _device(dev) as fd:
+                with blockmeta.device(dev) as fd:
                     sizes.append(_linux.device_size(fd) // MiB * MiB)
             return sizes
 
@@ -186,7 +164,7 @@ class BlockDomain(BaseDomain):
         raise NoSpace(f"no free region of {extent} bytes in storage domain {self._uuid}")
 
     def _zero(self, dev: int, offset: int, length: int) -> None:
-        with oserrors("zero volume"), _device(self._devices[dev], write=True) as fd:
+        with oserrors("zero volume"), blockmeta.device(self._devices[dev], write=True) as fd:
             _linux.blkzeroout(fd, offset, length)
             os.fsync(fd)
 
@@ -273,7 +251,7 @@ class BlockDomain(BaseDomain):
         sizes: dict[int, int] = {}
         with oserrors("read device size"):
             for dev in sorted({e["dev"] for e in entries}):
-                with _device(self._devices[dev]) as fd:
+                with blockmeta.device(self._devices[dev]) as fd:
                     sizes[dev] = _linux.device_size(fd)
         for e in entries:
             if e["offset"] + e["size"] > sizes[e["dev"]]:
@@ -292,7 +270,7 @@ class BlockDomain(BaseDomain):
     def check(self) -> None:
         try:
             for index, dev in enumerate(self._devices):
-                with _device(dev) as fd:
+                with blockmeta.device(dev) as fd:
                     label = blockmeta.read_label(fd)
                 if label is None or label.get("sd_uuid") != self._uuid \
                         or label.get("index") != index:

@@ -27,6 +27,8 @@ import errno
 import json
 import os
 import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import xxhash
@@ -84,6 +86,16 @@ def decode(magic: bytes, record: bytes) -> tuple[int, dict[str, Any]] | None:
 def open_device(path: str, write: bool = False) -> int:
     flags = (os.O_RDWR if write else os.O_RDONLY) | os.O_DIRECT | os.O_CLOEXEC
     return os.open(path, flags)
+
+
+@contextmanager
+def device(path: str, write: bool = False) -> Iterator[int]:
+    """:func:`open_device`, closed when the block ends."""
+    fd = open_device(path, write)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
 
 
 def read_at(fd: int, offset: int, size: int) -> bytes:

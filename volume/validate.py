@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from enum import StrEnum
 from typing import TypeVar
 
@@ -75,3 +75,17 @@ def check_directory(path: str) -> str:
 def check_block_device(path: str) -> os.stat_result:
     """A block domain's device: an existing block device."""
     return _check_location(path, "device", stat.S_ISBLK, "block device")
+
+
+def check_block_devices(devices: Sequence[str]) -> tuple[str, ...]:
+    """A block domain's devices: a list of one or more, each an existing
+    block device, none given twice (under any name)."""
+    if isinstance(devices, str) or not devices:
+        raise InvalidRequest("a block storage domain needs a list of one or more devices")
+    seen = set()
+    for dev in devices:
+        st = check_block_device(dev)
+        if st.st_rdev in seen:
+            raise InvalidRequest(f"device {dev} is given twice")
+        seen.add(st.st_rdev)
+    return tuple(devices)
