@@ -18,6 +18,10 @@ path below the domain's directory is never opened by name:
   (``readlink`` of ``/proc/self/fd/N``) inside the directory, which catches
   the directory itself being swapped meanwhile.
 
+A name is removed the same way (:func:`remove`): unlinked from its
+directory's descriptor, so a link planted there goes and what it leads to
+stays; that is how a volume whose file was replaced by a link is deleted.
+
 The directory itself is trusted: it comes from the engine or the config.
 Refusals raise :class:`~volume.errors.Forbidden`; failing system calls raise
 ``OSError`` for the caller's :func:`~volume._oserror.oserrors`.
@@ -102,12 +106,36 @@ def check_file(within: str, path: str, what: str) -> os.stat_result:
     return st
 
 
-def open_dir(within: str, path: str, what: str) -> int:
-    """An ``O_PATH`` descriptor of the directory ``path``, reached from
-    ``within`` through no symlink: create files in it with ``dir_fd`` and
-    ``O_NOFOLLOW``, and a swap of the directory afterwards changes nothing.
-    Blocking."""
+def _planted(st: os.stat_result) -> str | None:
+    """What stands at a name in place of a regular file with one link, and
+    goes with the name: a symbolic link, a hard link, a device node, a FIFO
+    or a socket.  None for such a file, and for a directory."""
+    if stat.S_ISDIR(st.st_mode) or (stat.S_ISREG(st.st_mode) and st.st_nlink == 1):
+        return None
+    if stat.S_ISREG(st.st_mode):
+        return f"a hard link (one of {st.st_nlink} names of a file)"
+    return _kind(st.st_mode)
+
+
+def planted(within: str, path: str, what: str) -> str | None:
+    """What :func:`check_file` would refuse at ``path`` that :func:`remove`
+    can take away ("a symbolic link", "a hard link (...)"), or None: a
+    regular file with one link, a directory, or nothing at all.  A component
+    on the way that is no directory is refused, as everywhere.  Blocking."""
     root, names = _below(within, path, what)
+    try:
+        fd, st = _lookup(root, names, what)
+    except FileNotFoundError:
+        return None
+    os.close(fd)
+    return _planted(st)
+
+
+def _dir(root: str, names: list[str], what: str) -> int:
+    """An ``O_PATH`` descriptor of the directory ``names`` below ``root``
+    (``root`` itself for no names)."""
+    if not names:
+        return os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     fd, st = _lookup(root, names, what)
     if not stat.S_ISDIR(st.st_mode):
         os.close(fd)
@@ -115,6 +143,52 @@ def open_dir(within: str, path: str, what: str) -> int:
                         f"{_kind(st.st_mode)}, not a directory: refused, so that it cannot "
                         "lead out of the domain")
     return fd
+
+
+def open_dir(within: str, path: str, what: str) -> int:
+    """An ``O_PATH`` descriptor of the directory ``path``, reached from
+    ``within`` through no symlink: create files in it with ``dir_fd`` and
+    ``O_NOFOLLOW``, and a swap of the directory afterwards changes nothing.
+    Blocking."""
+    root, names = _below(within, path, what)
+    return _dir(root, names, what)
+
+
+def remove(within: str, path: str, what: str) -> str | None:
+    """Remove the name ``path`` (a file, or an empty directory) from its
+    directory, reached from ``within`` through no symlink, then fsync that
+    directory, as :func:`volume.durable.remove_durable` does.
+
+    The name is unlinked relative to the directory's descriptor, never
+    opened nor followed: a link planted there goes, and what it leads to (a
+    host file, the other names of a hard link) is left as it was.  A name
+    already gone is fine.  Returns what was planted there, if anything (as
+    :func:`planted` says it, a symbolic link with its target), for the
+    caller's log.  Blocking.
+    """
+    root, names = _below(within, path, what)
+    found = _dir(root, names[:-1], f"directory of the {what}")
+    try:
+        fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=found)
+    finally:
+        os.close(found)
+    try:
+        name, was = names[-1], None
+        try:
+            st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            was = _planted(st)
+            if stat.S_ISLNK(st.st_mode):
+                was = f"{was} to {os.readlink(name, dir_fd=fd)!r}"
+            if stat.S_ISDIR(st.st_mode):
+                os.rmdir(name, dir_fd=fd)
+            else:
+                os.unlink(name, dir_fd=fd)
+        except FileNotFoundError:
+            pass
+        os.fsync(fd)
+        return was
+    finally:
+        os.close(fd)
 
 
 def open_file(within: str, path: str, what: str,

@@ -19,6 +19,10 @@ The ``.meta`` file is the commit point, always replaced atomically
 - delete first marks the metadata ``deleting`` (from then on the volume
   is gone for lookups and lists), then removes the data, then the
   metadata; a crash in between is finished by deleting again;
+- a link planted in place of the data or the metadata does not stop a
+  delete: the name is unlinked, never followed, and the link's target is
+  left alone (:func:`volume._confined.remove`); metadata that is a link is
+  never read, and needs no mark: such a volume is gone for lookups already;
 - resize grows the data first and records the new size last, so the
   metadata never claims bytes the data lacks.
 """
@@ -37,7 +41,7 @@ from . import _confined, filedata
 from ._oserror import oserrors
 from .durable import atomic_write, makedirs_durable, remove_durable
 from .errors import Conflict, Forbidden, InvalidRequest, NotFound, VolumeError
-from .sd import BaseDomain, Format, Space, VolumeInfo
+from .sd import Allocation, BaseDomain, Content, Format, Space, VolumeInfo
 from .storeguard import check_deletable, check_resizable
 from .validate import check_directory, check_size, check_uuid
 
@@ -49,6 +53,8 @@ META_SUFFIX = ".meta"
 VERSION = 1
 READY = "ready"
 DELETING = "deleting"
+#: Not a state on the storage: the metadata is a link planted in its place.
+PLANTED = "planted"
 #: Far above what a volume's metadata (its description is bounded) or the
 #: domain's marker needs; keeps a planted huge file out of memory.
 MAX_METADATA = 64 * 1024
@@ -142,12 +148,31 @@ class FileDomain(BaseDomain):
             raise VolumeError(f"corrupt metadata of volume {img}/{vol}") from None
         return info, state
 
+    def _read_to_delete(self, img: str, vol: str) -> tuple[VolumeInfo, str]:
+        """As :meth:`_read`, but metadata replaced by a planted link is not
+        refused: it is never read, and the record names the volume only."""
+        img, vol = check_uuid(img, "image"), check_uuid(vol, "volume")
+        data, meta_path = self._paths(img, vol)
+        try:
+            return self._read(img, vol)
+        except Forbidden:
+            with oserrors("read volume metadata"):
+                if not _confined.planted(self._root, meta_path, "volume metadata"):
+                    raise
+        # Its metadata is whatever the link leads to: a plain data volume, as
+        # it is no OVF store to the daemon (a store is one it lists).
+        return VolumeInfo(self._uuid, img, vol, 0, Format.RAW, Allocation.SPARSE,
+                          Content.DATA, None, "", path=data, within=self._root), PLANTED
+
     def _ready(self, img: str, vol: str) -> VolumeInfo:
         info, state = self._read(img, vol)
         if state != READY:
-            raise NotFound(f"Volume {img}/{vol} of storage domain {self._uuid} is "
-                           "being deleted")
+            raise self._being_deleted(img, vol)
         return info
+
+    def _being_deleted(self, img: str, vol: str) -> NotFound:
+        return NotFound(f"Volume {img}/{vol} of storage domain {self._uuid} is "
+                        "being deleted")
 
     def _write_meta(self, info: VolumeInfo, state: str) -> None:
         meta = {"version": VERSION, "state": state, **info.meta()}
@@ -227,14 +252,16 @@ class FileDomain(BaseDomain):
 
     def delete_volume(self, img_uuid: str, vol_uuid: str) -> None:
         with self._lock, oserrors("delete volume"):
-            info, state = self._read(img_uuid, vol_uuid)
-            if state == READY:  # one being deleted (a crash) is finished, whatever it is
+            info, state = self._read_to_delete(img_uuid, vol_uuid)
+            # One being deleted (a crash) is finished, whatever it is.
+            if state in (READY, PLANTED):
                 check_deletable(info)
                 children = [v.vol_uuid for v in self._list(info.img_uuid)
                             if v.parent == info.vol_uuid]
                 if children:
                     raise Conflict(f"Volume {info.img_uuid}/{info.vol_uuid} is the parent "
                                    f"of {', '.join(children)}")
+            if state == READY:
                 try:
                     self._write_meta(info, DELETING)
                 except OSError as e:
@@ -246,7 +273,7 @@ class FileDomain(BaseDomain):
                     # finishes.
                     log.warning("domain full, removing the data of %s/%s before marking "
                                 "it deleted", info.img_uuid, info.vol_uuid)
-                    remove_durable(info.path)
+                    self._remove(info.path, "volume")
                     self._write_meta(info, DELETING)
             self._purge(info)
         log.info("deleted volume sd=%s img=%s vol=%s", self._uuid, info.img_uuid,
@@ -255,13 +282,21 @@ class FileDomain(BaseDomain):
     def _purge(self, info: VolumeInfo) -> None:
         """Remove data, then metadata, then the image directory if empty."""
         data, meta_path = self._paths(info.img_uuid, info.vol_uuid)
-        remove_durable(data)
-        remove_durable(meta_path)
+        self._remove(data, "volume")
+        self._remove(meta_path, "volume metadata")
         try:
-            remove_durable(os.path.dirname(data))
+            self._remove(os.path.dirname(data), "image directory")
         except OSError as e:
             if e.errno != errno.ENOTEMPTY:
                 raise
+
+    def _remove(self, path: str, what: str) -> None:
+        """Remove the name ``path``, never what a link planted there leads to."""
+        planted = _confined.remove(self._root, path, what)
+        if planted is not None:
+            log.warning("removed %s planted in place of %s %s of storage domain %s; "
+                        "what it led to is left as it was", planted, what,
+                        os.path.relpath(path, self._root), self._uuid)
 
     def list_volumes(self, img_uuid: str | None = None) -> list[VolumeInfo]:
         with oserrors("list volumes"):
@@ -295,10 +330,27 @@ class FileDomain(BaseDomain):
         return found
 
     def lookup(self, img_uuid: str, vol_uuid: str) -> VolumeInfo:
-        info = self._ready(img_uuid, vol_uuid)
+        return self._check_data(self._ready(img_uuid, vol_uuid))
+
+    def lookup_to_delete(self, img_uuid: str, vol_uuid: str) -> VolumeInfo:
+        """The volume that :meth:`delete_volume` would delete, for the checks
+        before it (is it in use?): as :meth:`lookup`, but a link planted in
+        place of its data or its metadata does not refuse it, since the
+        delete removes the link and never follows it."""
+        info, state = self._read_to_delete(img_uuid, vol_uuid)
+        if state == PLANTED:
+            return info  # gone for lookups: what is left of it goes, whatever it is
+        if state != READY:
+            raise self._being_deleted(info.img_uuid, info.vol_uuid)
+        return self._check_data(info, planted_ok=True)
+
+    def _check_data(self, info: VolumeInfo, planted_ok: bool = False) -> VolumeInfo:
+        """``info``, unless its data is missing or (but for a link planted
+        there, with ``planted_ok``) refused by :func:`volume._confined.check_file`."""
         try:
             # Only a first, early refusal: the data is opened checked again.
-            _confined.check_file(self._root, info.path, "volume")
+            if not (planted_ok and _confined.planted(self._root, info.path, "volume")):
+                _confined.check_file(self._root, info.path, "volume")
         except (FileNotFoundError, NotADirectoryError):
             log.error("volume metadata without data: %s", info.path)
             raise VolumeError(f"data of volume {info.img_uuid}/{info.vol_uuid} "

@@ -16,7 +16,7 @@ from aiohttp import web
 
 from volume.blockdomain import create_block_domain
 from volume.errors import Conflict, InvalidRequest
-from volume.filedomain import create_file_domain
+from volume.filedomain import FileDomain, create_file_domain
 from volume.ovfstore import ensure_stores
 from volume.sd import Content, StorageDomain, VolumeInfo
 from volume.storeguard import check_deletable, check_write_target
@@ -162,7 +162,7 @@ async def delete_volume(request: web.Request) -> web.Response:
     storage = await _storage(request, Access.WRITE)
     m = request.match_info
     io = request.app[IO_KEY]
-    info, real_path = await io.run(_lookup, storage, m["img"], m["vol"])
+    info, real_path = await io.run(_lookup_to_delete, storage, m["img"], m["vol"])
     check_deletable(info)  # the domain refuses it too; first, so not a 409 if in use
     user = _user(request, info, real_path)
     if user is not None:
@@ -183,6 +183,22 @@ def _lookup(storage: StorageDomain, img: str, vol: str) -> tuple[VolumeInfo, str
     """The volume and the real path of its data (blocking)."""
     info = storage.lookup(img, vol)
     return info, os.path.realpath(info.path)
+
+
+def _lookup_to_delete(storage: StorageDomain, img: str,
+                      vol: str) -> tuple[VolumeInfo, str]:
+    """The volume to delete and the real path of its data's name (blocking).
+
+    Only a file domain's directory can hold a link planted in place of a
+    volume's file, and its delete removes the link, never following it: so
+    the link does not refuse the delete, and a ticket added by the file's
+    path (its real path then) is found by the name, not by the link's target.
+    """
+    if not isinstance(storage, FileDomain):
+        return _lookup(storage, img, vol)
+    info = storage.lookup_to_delete(img, vol)
+    where = os.path.realpath(os.path.dirname(info.path))
+    return info, os.path.join(where, os.path.basename(info.path))
 
 
 def _user(request: web.Request, info: VolumeInfo, real_path: str) -> str | None:

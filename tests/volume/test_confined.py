@@ -7,17 +7,19 @@ the domain, whether it is there at lookup or appears just before the open.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import stat
 from pathlib import Path
+from unittest import mock
 
 import pytest
 
 from tests.conftest import LoopDeviceFactory
 from volume import FileVolume, open_volume
 from volume.domains import DomainRegistry
-from volume.errors import Forbidden
+from volume.errors import Forbidden, VolumeError
 from volume.filedomain import FileDomain, create_file_domain
 from volume.sd import VolumeInfo, open_data
 
@@ -207,3 +209,69 @@ def test_domain_reached_through_a_symlink(tmp_path: Path) -> None:
     open_data(vol).close()
     open_volume(str(real / "images" / vol.img_uuid / vol.vol_uuid),
                 within=str(tmp_path / "mnt")).close()
+
+
+# Deleting: the planted name goes, what it leads to stays (the API's side
+# is tests/stream/test_planted_delete.py).
+
+
+def test_a_delete_with_planted_metadata_is_finished_after_a_crash(
+    sd: FileDomain, vol: VolumeInfo, outside: Path
+) -> None:
+    """Never marked (nothing of it is read): a crash after the data went
+    leaves the link alone, which a second delete takes."""
+    from volume import _confined  # here: the module is what this test checks
+
+    meta = vol.path + ".meta"
+    os.unlink(meta)
+    os.symlink(outside, meta)
+    real = _confined.remove
+
+    def crash_at_metadata(within: str, path: str, what: str) -> str | None:
+        if path == meta:
+            raise OSError(errno.EIO, "Input/output error")
+        return real(within, path, what)
+
+    with mock.patch("volume._confined.remove", crash_at_metadata), \
+            pytest.raises(VolumeError):
+        sd.delete_volume(vol.img_uuid, vol.vol_uuid)
+    assert not os.path.lexists(vol.path) and os.path.islink(meta)
+    assert sd.lookup_to_delete(vol.img_uuid, vol.vol_uuid).key == vol.key
+    sd.delete_volume(vol.img_uuid, vol.vol_uuid)
+    assert not os.path.lexists(os.path.dirname(vol.path))
+    assert outside.read_bytes() == SECRET
+
+
+@pytest.mark.timeout(10)
+def test_a_fifo_planted_in_place_of_metadata_is_deleted_unopened(
+    sd: FileDomain, vol: VolumeInfo
+) -> None:
+    os.unlink(vol.path + ".meta")
+    os.mkfifo(vol.path + ".meta")
+    sd.delete_volume(vol.img_uuid, vol.vol_uuid)
+    assert not os.path.lexists(os.path.dirname(vol.path))
+
+
+def test_a_delete_still_refuses_an_image_directory_symlinked_out(
+    sd: FileDomain, vol: VolumeInfo, tmp_path: Path
+) -> None:
+    """Only a link at the volume's own names is removed: one higher up is
+    the way to other files, and nothing is removed through it."""
+    image = os.path.dirname(vol.path)
+    elsewhere = tmp_path / "elsewhere"
+    os.rename(image, elsewhere)
+    os.symlink(elsewhere, image)
+    for attempt in (sd.lookup_to_delete, sd.delete_volume):
+        with pytest.raises(Forbidden, match=f"is under images/{vol.img_uuid}, which is a "
+                                            "symbolic link"):
+            attempt(vol.img_uuid, vol.vol_uuid)
+    assert sorted(os.listdir(elsewhere)) == [vol.vol_uuid, vol.vol_uuid + ".meta"]
+
+
+def test_lookup_to_delete_of_a_regular_volume_is_its_lookup(
+    sd: FileDomain, vol: VolumeInfo
+) -> None:
+    assert sd.lookup_to_delete(vol.img_uuid.upper(), vol.vol_uuid) == vol
+    os.unlink(vol.path)
+    with pytest.raises(VolumeError, match="is missing"):  # refused as before
+        sd.lookup_to_delete(vol.img_uuid, vol.vol_uuid)

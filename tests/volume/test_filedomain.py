@@ -17,7 +17,7 @@ from volume import qemuimg
 from volume.errors import Conflict, Forbidden, InvalidRequest, NoSpace, NotFound, VolumeError
 from volume.filedomain import FileDomain, create_file_domain, open_file_domain
 from volume.qcow2 import UnsafeImage
-from volume.sd import Allocation, Content, Format, open_data
+from volume.sd import Allocation, Content, Format, VolumeInfo, open_data
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -349,7 +349,7 @@ def test_delete_refuses_an_ovf_store(sd: FileDomain) -> None:
 def test_delete_interrupted(sd: FileDomain) -> None:
     info = sd.create_volume(new_id(), new_id(), MiB)
     eio = OSError(errno.EIO, "Input/output error")
-    with mock.patch("volume.filedomain.remove_durable", side_effect=eio), \
+    with mock.patch("volume._confined.remove", side_effect=eio), \
             pytest.raises(VolumeError):
         sd.delete_volume(info.img_uuid, info.vol_uuid)
     # The data is still there, but the volume is gone for every reader...
@@ -363,9 +363,26 @@ def test_delete_interrupted(sd: FileDomain) -> None:
     assert not os.path.exists(info.path + ".meta")
 
 
+def test_delete_on_a_full_domain_removes_the_data_before_the_mark(sd: FileDomain) -> None:
+    """The mark is a new file: with no room for it, the data goes first."""
+    info = sd.create_volume(new_id(), new_id(), MiB)
+    write_meta, full = sd._write_meta, [OSError(errno.ENOSPC, "No space left on device")]
+
+    def mark(record: VolumeInfo, state: str) -> None:
+        if full:
+            raise full.pop()
+        assert not os.path.exists(info.path)
+        write_meta(record, state)
+
+    with mock.patch.object(sd, "_write_meta", side_effect=mark) as marked:
+        sd.delete_volume(info.img_uuid, info.vol_uuid)
+    assert marked.call_count == 2
+    assert os.listdir(os.path.join(sd.location[0], "images")) == []
+
+
 def test_create_over_interrupted_delete(sd: FileDomain) -> None:
     info = sd.create_volume(new_id(), new_id(), MiB)
-    with mock.patch("volume.filedomain.remove_durable",
+    with mock.patch("volume._confined.remove",
                     side_effect=OSError(errno.EIO, "Input/output error")), \
             pytest.raises(VolumeError):
         sd.delete_volume(info.img_uuid, info.vol_uuid)
