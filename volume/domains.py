@@ -37,13 +37,8 @@ from ._oserror import oserrors
 from .blockdomain import open_block_domain
 from .durable import TMP_PREFIX, makedirs_durable
 from .errors import Forbidden, InvalidRequest, NotFound
-from .filedomain import (
-    DOMAIN_FILE,
-    IMAGES,
-    META_SUFFIX,
-    create_file_domain,
-    open_file_domain,
-)
+from .filedomain import create_file_domain, open_file_domain
+from .filerecords import DOMAIN_FILE, IMAGES, META_SUFFIX
 from .sd import StorageDomain, VolumeInfo
 from .storeguard import check_write_target
 from .validate import check_uuid

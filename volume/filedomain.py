@@ -25,6 +25,10 @@ The ``.meta`` file is the commit point, always replaced atomically
   never read, and needs no mark: such a volume is gone for lookups already;
 - resize grows the data first and records the new size last, so the
   metadata never claims bytes the data lacks.
+
+The metadata files are found, read, listed and written by
+:mod:`volume.filerecords`; this module makes domains, and makes, changes
+and deletes their volumes.
 """
 
 from __future__ import annotations
@@ -35,37 +39,26 @@ import errno
 import json
 import logging
 import os
-from typing import Any
 
 from . import _confined, filedata
 from ._oserror import oserrors
 from .durable import atomic_write, makedirs_durable, remove_durable
-from .errors import Conflict, Forbidden, InvalidRequest, NotFound, VolumeError
-from .sd import Allocation, BaseDomain, Content, Format, Space, VolumeInfo
+from .errors import Conflict, Forbidden, InvalidRequest, VolumeError
+from .filerecords import (
+    DELETING,
+    DOMAIN_FILE,
+    IMAGES,
+    PLANTED,
+    READY,
+    VERSION,
+    FileRecords,
+    read_json,
+)
+from .sd import Format, Space, VolumeInfo
 from .storeguard import check_deletable, check_resizable
 from .validate import check_directory, check_size, check_uuid
 
 log = logging.getLogger(__name__)
-
-DOMAIN_FILE = "domain.json"
-IMAGES = "images"
-META_SUFFIX = ".meta"
-VERSION = 1
-READY = "ready"
-DELETING = "deleting"
-#: Not a state on the storage: the metadata is a link planted in its place.
-PLANTED = "planted"
-#: Far above what a volume's metadata (its description is bounded) or the
-#: domain's marker needs; keeps a planted huge file out of memory.
-MAX_METADATA = 64 * 1024
-
-
-def _read_json(root: str, path: str, what: str) -> dict[str, Any]:
-    """The JSON object in ``path``, a file below the domain directory ``root``."""
-    data = json.loads(_confined.read_file(root, path, what, MAX_METADATA))
-    if not isinstance(data, dict):
-        raise ValueError("not a JSON object")
-    return data
 
 
 def create_file_domain(path: str, sd_uuid: str) -> FileDomain:
@@ -104,7 +97,7 @@ def open_file_domain(path: str, sd_uuid: str | None = None) -> FileDomain:
         sd_uuid = check_uuid(sd_uuid, "storage domain")
     root = check_directory(path)
     try:
-        meta = _read_json(root, os.path.join(root, DOMAIN_FILE), "domain marker")
+        meta = read_json(root, os.path.join(root, DOMAIN_FILE), "domain marker")
     except FileNotFoundError:
         raise InvalidRequest(f"{path} is not a storage domain (no {DOMAIN_FILE})") from None
     except (OSError, ValueError, Forbidden) as e:
@@ -117,67 +110,11 @@ def open_file_domain(path: str, sd_uuid: str | None = None) -> FileDomain:
     return FileDomain(root, found)
 
 
-class FileDomain(BaseDomain):
+class FileDomain(FileRecords):
     """A file domain; build it with :func:`create_file_domain` or
     :func:`open_file_domain`."""
 
     type = "file"
-
-    def __init__(self, root: str, sd_uuid: str) -> None:
-        super().__init__(sd_uuid, (root,))
-        self._root = root
-        self._images = os.path.join(root, IMAGES)
-
-    def _paths(self, img: str, vol: str) -> tuple[str, str]:
-        data = os.path.join(self._images, img, vol)
-        return data, data + META_SUFFIX
-
-    def _read(self, img: str, vol: str) -> tuple[VolumeInfo, str]:
-        """The volume's record and state (ready or deleting), or NotFound."""
-        data, meta_path = self._paths(check_uuid(img, "image"), check_uuid(vol, "volume"))
-        try:
-            meta = _read_json(self._root, meta_path, "volume metadata")
-            info = VolumeInfo.from_meta(self._uuid, meta, path=data, within=self._root)
-            state = meta["state"]
-        except FileNotFoundError:
-            raise self._not_found(img, vol) from None
-        except OSError as e:
-            raise VolumeError(f"cannot read volume metadata: {e.strerror}") from e
-        except (ValueError, KeyError, TypeError):
-            log.error("corrupt volume metadata: %s", meta_path)
-            raise VolumeError(f"corrupt metadata of volume {img}/{vol}") from None
-        return info, state
-
-    def _read_to_delete(self, img: str, vol: str) -> tuple[VolumeInfo, str]:
-        """As :meth:`_read`, but metadata replaced by a planted link is not
-        refused: it is never read, and the record names the volume only."""
-        img, vol = check_uuid(img, "image"), check_uuid(vol, "volume")
-        data, meta_path = self._paths(img, vol)
-        try:
-            return self._read(img, vol)
-        except Forbidden:
-            with oserrors("read volume metadata"):
-                if not _confined.planted(self._root, meta_path, "volume metadata"):
-                    raise
-        # Its metadata is whatever the link leads to: a plain data volume, as
-        # it is no OVF store to the daemon (a store is one it lists).
-        return VolumeInfo(self._uuid, img, vol, 0, Format.RAW, Allocation.SPARSE,
-                          Content.DATA, None, "", path=data, within=self._root), PLANTED
-
-    def _ready(self, img: str, vol: str) -> VolumeInfo:
-        info, state = self._read(img, vol)
-        if state != READY:
-            raise self._being_deleted(img, vol)
-        return info
-
-    def _being_deleted(self, img: str, vol: str) -> NotFound:
-        return NotFound(f"Volume {img}/{vol} of storage domain {self._uuid} is "
-                        "being deleted")
-
-    def _write_meta(self, info: VolumeInfo, state: str) -> None:
-        meta = {"version": VERSION, "state": state, **info.meta()}
-        atomic_write(self._paths(info.img_uuid, info.vol_uuid)[1],
-                     json.dumps(meta, sort_keys=True).encode())
 
     def _create(self, info: VolumeInfo) -> VolumeInfo:
         data, meta_path = self._paths(info.img_uuid, info.vol_uuid)
@@ -298,37 +235,6 @@ class FileDomain(BaseDomain):
                         "what it led to is left as it was", planted, what,
                         os.path.relpath(path, self._root), self._uuid)
 
-    def list_volumes(self, img_uuid: str | None = None) -> list[VolumeInfo]:
-        with oserrors("list volumes"):
-            if img_uuid is not None:
-                return self._list(check_uuid(img_uuid, "image"))
-            found: list[VolumeInfo] = []
-            for img in sorted(os.listdir(self._images)):
-                if os.path.isdir(os.path.join(self._images, img)):
-                    found += self._list(img)
-            return found
-
-    def _list(self, img: str) -> list[VolumeInfo]:
-        try:
-            names = sorted(os.listdir(os.path.join(self._images, img)))
-        except FileNotFoundError:
-            return []
-        found = []
-        for name in names:
-            vol = name.removesuffix(META_SUFFIX)
-            if vol == name:
-                continue
-            try:
-                info, state = self._read(img, vol)
-            except NotFound:
-                continue  # deleted meanwhile
-            except (InvalidRequest, Forbidden, VolumeError) as e:
-                log.warning("skipping volume %s/%s: %s", img, vol, e)
-                continue
-            if state == READY:
-                found.append(info)
-        return found
-
     def lookup(self, img_uuid: str, vol_uuid: str) -> VolumeInfo:
         return self._check_data(self._ready(img_uuid, vol_uuid))
 
@@ -371,7 +277,7 @@ class FileDomain(BaseDomain):
 
     def check(self) -> None:
         try:
-            meta = _read_json(self._root, os.path.join(self._root, DOMAIN_FILE),
+            meta = read_json(self._root, os.path.join(self._root, DOMAIN_FILE),
                               "domain marker")
             os.listdir(self._images)
         except (OSError, ValueError, Forbidden) as e:
