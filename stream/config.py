@@ -59,9 +59,10 @@ class DaemonConfig:
     #: connections, then wait for a slow /extents before using them.
     request_head_timeout: int = 60
     #: Concurrent data connections (TLS ones from their accept, through
-    #: their handshake) past which the oldest idle one is closed to make room (or, with none idle, the new
-    #: one is refused), so that descriptors never run out
-    #: (lowered at start to stay 256 below the open files limit).  imageio
+    #: their handshake) past which the oldest idle one is closed to make
+    #: room (or, with none idle, the new one is refused), so that
+    #: descriptors never run out (lowered at start to stay 256 below the
+    #: open files limit).  imageio
     #: sizes for 10 transfers x 4 connections; 1000 is 25 times that, and
     #: an idle connection costs a few KiB.
     max_connections: int = 1000
