@@ -33,7 +33,7 @@ import os
 import stat
 from collections.abc import Callable
 
-from .errors import Forbidden
+from .errors import Forbidden, Unsupported
 
 #: Looking a component up, never opening it for I/O: a device or FIFO named
 #: so is not opened at all, and a symlink gives a descriptor of the link.
@@ -234,3 +234,20 @@ def read_file(within: str, path: str, what: str, limit: int) -> bytes:
     if len(data) > limit:
         raise ValueError(f"larger than {limit} bytes")
     return data
+
+
+def check_proc() -> None:
+    """Raise :class:`~volume.errors.Unsupported` unless ``/proc/self/fd``
+    leads to the process's descriptors: every confined open and check goes
+    through it, and without it each volume would fail on its own, with an
+    error that names a path under ``/proc``."""
+    fd = os.open("/", os.O_PATH | os.O_CLOEXEC)
+    try:
+        found = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        found = None
+    finally:
+        os.close(fd)
+    if found != "/":
+        raise Unsupported("/proc is not mounted: volumes are opened through /proc/self/fd, "
+                          "so that a link planted in a domain leads nowhere")

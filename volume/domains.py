@@ -96,6 +96,7 @@ def open_storage(domain: Domain) -> StorageDomain:
 
 class DomainRegistry:
     def __init__(self) -> None:
+        _confined.check_proc()  # once, here, rather than at each volume
         self._domains: dict[str, Domain] = {}
         self._storage: dict[str, StorageDomain] = {}
         self._lock = threading.Lock()

@@ -292,6 +292,26 @@ def test_a_daemon_that_cannot_listen_writes_nothing(tmp_path: Path, blocked: str
     assert "domains" not in left and "engine.token" not in left, left
 
 
+def test_a_daemon_without_proc_says_so(tmp_path: Path) -> None:
+    """Volumes are opened through /proc/self/fd; without /proc each volume
+    failed on its own, with an error naming a path under /proc."""
+    unshare = shutil.which("unshare")
+    if unshare is None or os.geteuid() != 0:
+        pytest.skip("needs root and unshare(1) to hide /proc in a mount namespace")
+    probe = subprocess.run([unshare, "--mount", "--propagation", "private", "true"],
+                           capture_output=True, text=True)
+    if probe.returncode != 0:
+        pytest.skip(f"mount namespaces are not permitted here: {probe.stderr.strip()}")
+    serve = [sys.executable, "-m", "stream", "serve", "--data-dir", str(tmp_path / "data"),
+             "--listen", f"127.0.0.1:{free_port()}"]
+    r = subprocess.run([unshare, "--mount", "--propagation", "private", "sh", "-c",
+                        'mount -t tmpfs none /proc && exec "$@"', "sh", *serve],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr
+    assert r.stderr.startswith("sluice: cannot start: /proc is not mounted: "), r.stderr
+    assert not (tmp_path / "data" / "control.sock").exists()
+
+
 def test_control_socket_option(tmp_path: Path) -> None:
     sock = tmp_path / "run" / "sluice.sock"
     sock.parent.mkdir()
