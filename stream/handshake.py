@@ -45,9 +45,11 @@ class Handshake(asyncio.Protocol):
         self.since = asyncio.get_running_loop().time()
         self._raw: asyncio.Transport | None = None
         self._task: asyncio.Task[None] | None = None
+        self._peer: object = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         raw = self._raw = cast(asyncio.Transport, transport)
+        self._peer = raw.get_extra_info("peername")  # not after it closed
         early = _Early()
         try:
             # Begun here, not in a task: the TLS layer must own the
@@ -76,7 +78,9 @@ class Handshake(asyncio.Protocol):
     async def _finish(self, started: _Started[asyncio.Transport | None], early: _Early) -> None:
         try:
             transport = await started
-            if transport is None:  # the loop's way of saying it was closed
+            # asyncio: None; uvloop: its transport, closed (the waiter got
+            # None from connection_lost during the handshake).
+            if transport is None or transport.is_closing():
                 raise ConnectionAbortedError("closed during the handshake")
         except (Exception, asyncio.CancelledError) as e:
             self._failed(e)
@@ -91,7 +95,7 @@ class Handshake(asyncio.Protocol):
         assert self._raw is not None
         self._raw.abort()
         self._owner.upgraded(self, None)
-        peer = self._raw.get_extra_info("peername")
+        peer = self._peer
         if isinstance(e, (OSError, asyncio.CancelledError)):  # ssl.SSLError included
             log.debug("TLS handshake with %s failed: %r", peer, e)
         else:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
+import struct
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -120,3 +121,45 @@ def test_a_silent_connection_times_out(tmp_path: Path) -> None:
     assert uvloop.run(main()) == b""
     assert owner.ended == [False]
     assert owner.handlers == []
+
+
+@pytest.mark.parametrize("new_loop", [asyncio.new_event_loop, uvloop.new_event_loop],
+                         ids=["asyncio", "uvloop"])
+@pytest.mark.parametrize("how", ["fin", "reset"])
+def test_a_connection_closed_at_once_is_no_handler(
+        tmp_path: Path, new_loop: Callable[[], asyncio.AbstractEventLoop], how: str) -> None:
+    """A client that connects and closes (a health check, a port scan):
+    uvloop reads its FIN before the TLS layer starts, and its start_tls
+    returned a closed transport, which got a handler that no one ever
+    removed.  1000 of them held every place under the cap for good (found
+    by a review); a reset made each one log a traceback."""
+    cert, key = make_cert(tmp_path)
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(cert, key)
+    owner = Owner()
+    errors: list[dict[str, Any]] = []
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(lambda _, context: errors.append(context))
+        server = await loop.create_server(lambda: Handshake(owner, ctx, 10), "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        for _ in range(20):
+            s = socket.create_connection(("127.0.0.1", port))
+            if how == "reset":
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            s.close()
+        for _ in range(250):
+            if len(owner.ended) == 20:
+                break
+            await asyncio.sleep(0.02)
+        server.close()
+
+    loop = new_loop()
+    try:
+        loop.run_until_complete(main())
+    finally:
+        loop.close()
+    assert owner.ended == [False] * 20
+    assert owner.handlers == []
+    assert errors == []
