@@ -8,7 +8,7 @@ import socket
 import ssl
 import struct
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, cast
 
@@ -54,6 +54,23 @@ class Owner:
         self.ended.append(handler is not None)
 
 
+def server_context(tmp_path: Path) -> tuple[str, ssl.SSLContext]:
+    """A new certificate, and a server context with it."""
+    cert, key = make_cert(tmp_path)
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(cert, key)
+    return cert, ctx
+
+
+def run(new_loop: Callable[[], asyncio.AbstractEventLoop],
+        main: Coroutine[Any, Any, None]) -> None:
+    loop = new_loop()
+    try:
+        loop.run_until_complete(main)
+    finally:
+        loop.close()
+
+
 def clients(port: int, cafile: str, count: int, results: list[bytes]) -> None:
     """``count`` HTTPS requests, each sent as the handshake ends (often in
     the same read as the client's last handshake message)."""
@@ -75,9 +92,7 @@ def test_every_request_reaches_its_handler(
     """uvloop reads the ClientHello as soon as ``connection_made`` returns,
     paused or not (in a task, 3 handshakes of 40 hung); asyncio hands over
     the first request before the handshake's waiter wakes anyone."""
-    cert, key = make_cert(tmp_path)
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.load_cert_chain(cert, key)
+    cert, ctx = server_context(tmp_path)
     owner = Owner()
     results: list[bytes] = []
 
@@ -91,20 +106,14 @@ def test_every_request_reaches_its_handler(
             await asyncio.sleep(0.05)
         server.close()
 
-    loop = new_loop()
-    try:
-        loop.run_until_complete(main())
-    finally:
-        loop.close()
+    run(new_loop, main())
     assert results == [ANSWER] * 40
     assert owner.ended == [True] * 40
     assert all(h.received.startswith(b"GET / HTTP/1.1\r\n") for h in owner.handlers)
 
 
 def test_a_silent_connection_times_out(tmp_path: Path) -> None:
-    cert, key = make_cert(tmp_path)
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.load_cert_chain(cert, key)
+    _, ctx = server_context(tmp_path)
     owner = Owner()
 
     async def main() -> bytes:
@@ -133,9 +142,7 @@ def test_a_connection_closed_at_once_is_no_handler(
     returned a closed transport, which got a handler that no one ever
     removed.  1000 of them held every place under the cap for good (found
     by a review); a reset made each one log a traceback."""
-    cert, key = make_cert(tmp_path)
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.load_cert_chain(cert, key)
+    _, ctx = server_context(tmp_path)
     owner = Owner()
     errors: list[dict[str, Any]] = []
 
@@ -155,11 +162,7 @@ def test_a_connection_closed_at_once_is_no_handler(
             await asyncio.sleep(0.02)
         server.close()
 
-    loop = new_loop()
-    try:
-        loop.run_until_complete(main())
-    finally:
-        loop.close()
+    run(new_loop, main())
     assert owner.ended == [False] * 20
     assert owner.handlers == []
     assert errors == []
