@@ -117,18 +117,32 @@ def _planted(st: os.stat_result) -> str | None:
     return _kind(st.st_mode)
 
 
-def planted(within: str, path: str, what: str) -> str | None:
-    """What :func:`check_file` would refuse at ``path`` that :func:`remove`
-    can take away ("a symbolic link", "a hard link (...)"), or None: a
-    regular file with one link, a directory, or nothing at all.  A component
-    on the way that is no directory is refused, as everywhere.  Blocking."""
+def _stat(within: str, path: str, what: str) -> os.stat_result | None:
+    """The status of the name ``path`` itself (a link is not followed),
+    reached from ``within`` through no link; None if nothing is there."""
     root, names = _below(within, path, what)
     try:
         fd, st = _lookup(root, names, what)
     except FileNotFoundError:
         return None
     os.close(fd)
-    return _planted(st)
+    return st
+
+
+def planted(within: str, path: str, what: str) -> str | None:
+    """What :func:`check_file` would refuse at ``path`` that :func:`remove`
+    can take away ("a symbolic link", "a hard link (...)"), or None: a
+    regular file with one link, a directory, or nothing at all.  A component
+    on the way that is no directory is refused, as everywhere.  Blocking."""
+    st = _stat(within, path, what)
+    return None if st is None else _planted(st)
+
+
+def is_symlink(within: str, path: str, what: str) -> bool:
+    """Whether the name ``path`` is a symbolic link (looked at, not
+    followed), reached from ``within`` through no link.  Blocking."""
+    st = _stat(within, path, what)
+    return st is not None and stat.S_ISLNK(st.st_mode)
 
 
 def _dir(root: str, names: list[str], what: str) -> int:

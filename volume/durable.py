@@ -11,7 +11,6 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import tempfile
 
 from . import _linux
 
@@ -33,8 +32,22 @@ def fsync_dir(path: str) -> None:
 
 def atomic_write(path: str, data: bytes, mode: int = 0o644) -> None:
     """Replace ``path`` with ``data`` durably and atomically."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=TMP_PREFIX, suffix=".part")
+    directory = os.open(os.path.dirname(os.path.abspath(path)),
+                        os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        atomic_write_at(directory, os.path.basename(path), data, mode)
+    finally:
+        os.close(directory)
+
+
+def atomic_write_at(dir_fd: int, name: str, data: bytes, mode: int = 0o644) -> None:
+    """Replace ``name`` in the directory ``dir_fd`` (``O_PATH`` will do)
+    with ``data``, durably and atomically: a temporary file made there with
+    ``O_EXCL|O_NOFOLLOW``, fsynced, renamed over ``name`` (a link at
+    ``name`` is replaced, never followed), then the directory fsynced."""
+    tmp = f"{TMP_PREFIX}{os.urandom(8).hex()}.part"  # O_EXCL catches a repeat
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 0o600, dir_fd=dir_fd)
     try:
         view = memoryview(data)
         while view:
@@ -46,14 +59,18 @@ def atomic_write(path: str, data: bytes, mode: int = 0o644) -> None:
         # fails, so the cleanup below must not close that number again.
         fd, closing = -1, fd
         os.close(closing)
-        os.rename(tmp, path)
+        os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
         tmp = ""
-        fsync_dir(directory)
+        synced = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dir_fd)
+        try:
+            os.fsync(synced)
+        finally:
+            os.close(synced)
     finally:
         if fd >= 0:
             os.close(fd)
         if tmp:
-            os.unlink(tmp)
+            os.unlink(tmp, dir_fd=dir_fd)
 
 
 def makedirs_durable(path: str, mode: int = 0o755) -> None:

@@ -193,7 +193,9 @@ class FileDomain(FileRecords):
             # One being deleted (a crash) is finished, whatever it is.
             if state in (READY, PLANTED):
                 check_deletable(info)
-                children = [v.vol_uuid for v in self._list(info.img_uuid)
+                # Strict: a volume that cannot be read may be a child.
+                children = [v.vol_uuid for v in self._list(info.img_uuid, strict=True,
+                                                           but=info.vol_uuid)
                             if v.parent == info.vol_uuid]
                 if children:
                     raise Conflict(f"Volume {info.img_uuid}/{info.vol_uuid} is the parent "

@@ -5,9 +5,10 @@ and next to it ``<vol_uuid>.meta``: JSON, the volume's record (size,
 format, parent, ...) and its state, ``ready`` or ``deleting``.  The layout
 and the order of writes are told in :mod:`volume.filedomain`.
 
-:class:`FileRecords` finds, reads, lists and writes these files, reading
-each through no link (:mod:`volume._confined`), or, for a delete, not at
-all where a link was planted in place of one;
+:class:`FileRecords` finds, reads, lists and writes these files, each
+through no link (:mod:`volume._confined`); a record must name its own
+volume.  For a delete, metadata that is not the volume's own (a link
+planted in its place, another volume's ids) is not read at all;
 :class:`~volume.filedomain.FileDomain` makes, changes and deletes volumes
 on top of it.  The names of the layout and :func:`read_json`, which also
 reads the domain's marker, are here too.
@@ -22,8 +23,8 @@ from typing import Any
 
 from . import _confined
 from ._oserror import oserrors
-from .durable import atomic_write
-from .errors import Forbidden, InvalidRequest, NotFound, VolumeError
+from .durable import atomic_write_at
+from .errors import Conflict, Forbidden, InvalidRequest, NotFound, VolumeError
 from .sd import Allocation, BaseDomain, Content, Format, VolumeInfo
 from .validate import check_uuid
 
@@ -35,7 +36,8 @@ META_SUFFIX = ".meta"
 VERSION = 1
 READY = "ready"
 DELETING = "deleting"
-#: Not a state on the storage: the metadata is a link planted in its place.
+#: Not a state on the storage: the metadata is a link planted in its place,
+#: or a file that is not this volume's (corrupt, or another's ids in it).
 PLANTED = "planted"
 #: Far above what a volume's metadata (its description is bounded) or the
 #: domain's marker needs; keeps a planted huge file out of memory.
@@ -65,33 +67,42 @@ class FileRecords(BaseDomain):
 
     def _read(self, img: str, vol: str) -> tuple[VolumeInfo, str]:
         """The volume's record and state (ready or deleting), or NotFound."""
-        data, meta_path = self._paths(check_uuid(img, "image"), check_uuid(vol, "volume"))
+        img, vol = check_uuid(img, "image"), check_uuid(vol, "volume")
+        data, meta_path = self._paths(img, vol)
         try:
             meta = read_json(self._root, meta_path, "volume metadata")
             info = VolumeInfo.from_meta(self._uuid, meta, path=data, within=self._root)
             state = meta["state"]
+            # The ids name the files every later step works on (the delete's
+            # mark, its unlinks): another volume's, or "../..", lead elsewhere.
+            if (info.img_uuid, info.vol_uuid) != (img, vol):
+                raise ValueError(f"it names volume {info.img_uuid}/{info.vol_uuid}")
         except FileNotFoundError:
             raise self._not_found(img, vol) from None
         except OSError as e:
             raise VolumeError(f"cannot read volume metadata: {e.strerror}") from e
-        except (ValueError, KeyError, TypeError):
-            log.error("corrupt volume metadata: %s", meta_path)
-            raise VolumeError(f"corrupt metadata of volume {img}/{vol}") from None
+        except (ValueError, KeyError, TypeError) as e:
+            log.error("corrupt volume metadata: %s: %s", meta_path, e)
+            raise CorruptMetadata(f"corrupt metadata of volume {img}/{vol}") from None
         return info, state
 
     def _read_to_delete(self, img: str, vol: str) -> tuple[VolumeInfo, str]:
-        """As :meth:`_read`, but metadata replaced by a planted link is not
-        refused: it is never read, and the record names the volume only."""
+        """As :meth:`_read`, but metadata that cannot be trusted (a link
+        planted in its place, a file that is not this volume's) is not
+        refused: the record names the volume only, and the delete works on
+        those names."""
         img, vol = check_uuid(img, "image"), check_uuid(vol, "volume")
         data, meta_path = self._paths(img, vol)
         try:
             return self._read(img, vol)
+        except CorruptMetadata:
+            pass
         except Forbidden:
             with oserrors("read volume metadata"):
                 if not _confined.planted(self._root, meta_path, "volume metadata"):
                     raise
-        # Its metadata is whatever the link leads to: a plain data volume, as
-        # it is no OVF store to the daemon (a store is one it lists).
+        # Its metadata is not its own: a plain data volume, as it is no OVF
+        # store to the daemon (a store is one it lists).
         return VolumeInfo(self._uuid, img, vol, 0, Format.RAW, Allocation.SPARSE,
                           Content.DATA, None, "", path=data, within=self._root), PLANTED
 
@@ -106,9 +117,18 @@ class FileRecords(BaseDomain):
                         "being deleted")
 
     def _write_meta(self, info: VolumeInfo, state: str) -> None:
+        """Replace the volume's metadata, in its image directory reached
+        through no link (a directory swapped for one meanwhile changes
+        nothing)."""
         meta = {"version": VERSION, "state": state, **info.meta()}
-        atomic_write(self._paths(info.img_uuid, info.vol_uuid)[1],
-                     json.dumps(meta, sort_keys=True).encode())
+        _, meta_path = self._paths(info.img_uuid, info.vol_uuid)
+        directory = _confined.open_dir(self._root, os.path.dirname(meta_path),
+                                       "image directory")
+        try:
+            atomic_write_at(directory, os.path.basename(meta_path),
+                            json.dumps(meta, sort_keys=True).encode())
+        finally:
+            os.close(directory)
 
     def list_volumes(self, img_uuid: str | None = None) -> list[VolumeInfo]:
         with oserrors("list volumes"):
@@ -120,7 +140,12 @@ class FileRecords(BaseDomain):
                     found += self._list(img)
             return found
 
-    def _list(self, img: str) -> list[VolumeInfo]:
+    def _list(self, img: str, strict: bool = False, but: str = "") -> list[VolumeInfo]:
+        """The ready volumes of image ``img`` (all but ``but``).  One that
+        cannot be read is skipped, or with ``strict`` refused (Conflict): it
+        may be anyone's child, its metadata given a second link by a backup,
+        say.  A symbolic link in place of metadata is no volume's record,
+        and is skipped either way."""
         try:
             names = sorted(os.listdir(os.path.join(self._images, img)))
         except FileNotFoundError:
@@ -128,15 +153,24 @@ class FileRecords(BaseDomain):
         found = []
         for name in names:
             vol = name.removesuffix(META_SUFFIX)
-            if vol == name:
+            if vol in (name, but):
                 continue
             try:
                 info, state = self._read(img, vol)
             except NotFound:
                 continue  # deleted meanwhile
             except (InvalidRequest, Forbidden, VolumeError) as e:
+                if strict and not _confined.is_symlink(
+                        self._root, os.path.join(self._images, img, name), "volume metadata"):
+                    raise Conflict(f"volume {img}/{vol} cannot be read ({e}), and it may "
+                                   "be a child; delete it first") from None
                 log.warning("skipping volume %s/%s: %s", img, vol, e)
                 continue
             if state == READY:
                 found.append(info)
         return found
+
+
+class CorruptMetadata(VolumeError):
+    """A volume's metadata is not a record of it (bad JSON, missing fields,
+    another volume's ids)."""

@@ -10,6 +10,7 @@ Real daemon, real files; the target is a host file outside every domain.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import uuid
@@ -40,6 +41,16 @@ async def assert_deleted(client: Client, ref: dict[str, str], path: Path) -> Non
     assert (await client.get(volume_path(ref))).status == 404
     assert ref["vol_id"] not in await listed(client, ref["sd_id"])
     assert not path.parent.exists()  # its image's directory went too
+
+
+async def new_child(client: Client, base: dict[str, str]) -> dict[str, str]:
+    """A qcow2 volume over ``base``, in its image."""
+    top = {**base, "vol_id": str(uuid.uuid4())}
+    resp = await client.post(f"/domains/{base['sd_id']}/volumes", json={
+        "img_id": base["img_id"], "vol_id": top["vol_id"], "size": MiB,
+        "format": "qcow2", "parent": base["vol_id"]})
+    assert resp.status == 201, await resp.text()
+    return top
 
 
 def meta_of(path: Path) -> Path:
@@ -106,11 +117,7 @@ async def test_a_parent_with_planted_metadata_is_not_deleted_under_its_child(
     client: Client, sd: str, outside: Path
 ) -> None:
     base = await new_volume(client, sd, MiB, "qcow2")
-    top = {**base, "vol_id": str(uuid.uuid4())}
-    resp = await client.post(f"/domains/{sd}/volumes", json={
-        "img_id": base["img_id"], "vol_id": top["vol_id"], "size": MiB,
-        "format": "qcow2", "parent": base["vol_id"]})
-    assert resp.status == 201, await resp.text()
+    top = await new_child(client, base)
     path = await data_path(client, base)
     swap(meta_of(path), outside)
     resp = await client.delete(volume_path(base))
@@ -121,3 +128,68 @@ async def test_a_parent_with_planted_metadata_is_not_deleted_under_its_child(
     assert (await client.delete(volume_path(top))).status == 204
     await assert_deleted(client, base, path)
     assert outside.read_bytes() == SECRET
+
+
+def rewrite_meta(path: Path, **fields: str) -> None:
+    """Give the volume at ``path`` metadata with ``fields`` changed: a
+    regular file with one link, as an edit in place (or a restore) leaves it."""
+    meta = json.loads(meta_of(path).read_text())
+    meta.update(fields)
+    meta_of(path).write_text(json.dumps(meta))
+
+
+async def test_metadata_with_another_volumes_ids_deletes_only_its_own_volume(
+    client: Client, sd: str
+) -> None:
+    """The delete worked on the ids inside the metadata: A's holding B's
+    ids deleted B (found by a review)."""
+    a, b = await new_volume(client, sd, MiB), await new_volume(client, sd, MiB)
+    a_path, b_path = await data_path(client, a), await data_path(client, b)
+    rewrite_meta(a_path, img_uuid=b["img_id"], vol_uuid=b["vol_id"])
+    await assert_deleted(client, a, a_path)
+    assert (await client.get(volume_path(b))).status == 200
+    assert b_path.exists() and meta_of(b_path).exists()
+
+
+@pytest.mark.parametrize("where", ["dot-dot", "symlinked-dir"])
+async def test_metadata_naming_a_place_outside_writes_nothing_there(
+    client: Client, sd: str, tmp_path: Path, where: str
+) -> None:
+    """An image id of "../../..", or of a link to a host directory, in a
+    volume's metadata made the delete write its "deleting" mark there, and
+    before a2c4a93 remove a host file (found by a review)."""
+    host_dir = tmp_path / "host-dir"
+    host_dir.mkdir()
+    (host_dir / "keep.txt").write_bytes(SECRET)
+    ref = await new_volume(client, sd, MiB)
+    path = await data_path(client, ref)
+    images = path.parent.parent
+    if where == "dot-dot":
+        img = os.path.relpath(host_dir, path.parent)
+    else:
+        (images / "lnk").symlink_to(host_dir)
+        img = "lnk"
+    rewrite_meta(path, img_uuid=img)
+    await assert_deleted(client, ref, path)
+    assert sorted(p.name for p in host_dir.iterdir()) == ["keep.txt"]
+    assert (host_dir / "keep.txt").read_bytes() == SECRET
+
+
+async def test_a_parent_is_kept_while_a_child_cannot_be_read(
+    client: Client, sd: str, tmp_path: Path
+) -> None:
+    """A child whose metadata got a second hard link (a hard-link backup of
+    the export, say) cannot be read, so the child check skipped it and its
+    parent was deleted under it (found by a review)."""
+    base = await new_volume(client, sd, MiB, "qcow2")
+    top = await new_child(client, base)
+    base_path = await data_path(client, base)
+    backup = tmp_path / "backup.meta"
+    os.link(meta_of(base_path.with_name(top["vol_id"])), backup)
+    resp = await client.delete(volume_path(base))
+    assert resp.status == 409, await resp.text()
+    assert "cannot be read" in (await resp.json())["detail"]
+    assert (await client.get(volume_path(base))).status == 200
+    backup.unlink()
+    assert (await client.delete(volume_path(top))).status == 204
+    await assert_deleted(client, base, base_path)

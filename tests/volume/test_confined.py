@@ -275,3 +275,19 @@ def test_lookup_to_delete_of_a_regular_volume_is_its_lookup(
     os.unlink(vol.path)
     with pytest.raises(VolumeError, match="is missing"):  # refused as before
         sd.lookup_to_delete(vol.img_uuid, vol.vol_uuid)
+
+
+def test_metadata_is_written_in_the_image_directory_reached_through_no_link(
+    sd: FileDomain, vol: VolumeInfo, tmp_path: Path
+) -> None:
+    """The "deleting" mark and every other metadata write went by path: an
+    image directory swapped for a link after the read put the file in the
+    link's host directory (found by a review, with a race)."""
+    host_dir = tmp_path / "host-dir"
+    host_dir.mkdir()
+    image_dir = Path(vol.path).parent
+    shutil.move(image_dir, tmp_path / "moved")
+    image_dir.symlink_to(host_dir)
+    with pytest.raises(Forbidden):
+        sd._write_meta(vol, "deleting")
+    assert list(host_dir.iterdir()) == []
