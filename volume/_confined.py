@@ -138,11 +138,12 @@ def planted(within: str, path: str, what: str) -> str | None:
     return None if st is None else _planted(st)
 
 
-def is_symlink(within: str, path: str, what: str) -> bool:
-    """Whether the name ``path`` is a symbolic link (looked at, not
-    followed), reached from ``within`` through no link.  Blocking."""
+def is_file(within: str, path: str, what: str) -> bool:
+    """Whether the name ``path`` (not followed) is a file: neither missing,
+    nor a symbolic link, nor a directory.  Reached from ``within`` through
+    no link.  Blocking."""
     st = _stat(within, path, what)
-    return st is not None and stat.S_ISLNK(st.st_mode)
+    return st is not None and not stat.S_ISLNK(st.st_mode) and not stat.S_ISDIR(st.st_mode)
 
 
 def _dir(root: str, names: list[str], what: str) -> int:
@@ -183,11 +184,17 @@ def remove(within: str, path: str, what: str) -> str | None:
     root, names = _below(within, path, what)
     found = _dir(root, names[:-1], f"directory of the {what}")
     try:
-        fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=found)
+        return remove_at(found, names[-1])
     finally:
         os.close(found)
+
+
+def remove_at(dir_fd: int, name: str) -> str | None:
+    """:func:`remove` of ``name`` in the directory ``dir_fd`` (an ``O_PATH``
+    descriptor will do), which the caller reached through no link."""
+    fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dir_fd)
     try:
-        name, was = names[-1], None
+        was = None
         try:
             st = os.stat(name, dir_fd=fd, follow_symlinks=False)
             was = _planted(st)

@@ -45,6 +45,8 @@ def atomic_write_at(dir_fd: int, name: str, data: bytes, mode: int = 0o644) -> N
     with ``data``, durably and atomically: a temporary file made there with
     ``O_EXCL|O_NOFOLLOW``, fsynced, renamed over ``name`` (a link at
     ``name`` is replaced, never followed), then the directory fsynced."""
+    if "/" in name or name in ("", ".", ".."):
+        raise ValueError(f"not a name in a directory: {name!r}")
     tmp = f"{TMP_PREFIX}{os.urandom(8).hex()}.part"  # O_EXCL catches a repeat
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                  0o600, dir_fd=dir_fd)

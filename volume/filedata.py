@@ -51,7 +51,14 @@ def make(info: VolumeInfo, backing: VolumeInfo | None, dir_fd: int | None = None
         os.fsync(fd)
     finally:
         os.close(fd)
-    fsync_dir(os.path.dirname(info.path))
+    if dir_fd is None:
+        fsync_dir(os.path.dirname(info.path))
+    else:
+        synced = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dir_fd)
+        try:
+            os.fsync(synced)
+        finally:
+            os.close(synced)
 
 
 def open_fd(info: VolumeInfo, flags: int) -> int:

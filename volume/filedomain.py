@@ -42,7 +42,7 @@ import os
 
 from . import _confined, filedata
 from ._oserror import oserrors
-from .durable import atomic_write, makedirs_durable, remove_durable
+from .durable import atomic_write, makedirs_durable
 from .errors import Conflict, Forbidden, InvalidRequest, VolumeError
 from .filerecords import (
     DELETING,
@@ -133,9 +133,13 @@ class FileDomain(FileRecords):
             image_dir = _confined.open_dir(self._root, os.path.dirname(data),
                                            "image directory")
             try:
-                if os.path.lexists(data):
+                # Removed in that directory too, never by a path that a
+                # directory swapped for a link meanwhile would lead out.
+                name = os.path.basename(data)
+                with contextlib.suppress(FileNotFoundError):
+                    os.stat(name, dir_fd=image_dir, follow_symlinks=False)
                     log.warning("removing data left by a crashed create: %s", data)
-                    remove_durable(data)
+                    _confined.remove_at(image_dir, name)
                 try:
                     filedata.make(info, backing, image_dir)
                     self._write_meta(info, READY)
@@ -144,7 +148,7 @@ class FileDomain(FileRecords):
                     # never make one, and the data may hold the space that a
                     # failed metadata write lacked.
                     with contextlib.suppress(OSError):
-                        remove_durable(data)
+                        _confined.remove_at(image_dir, name)
                     raise
             finally:
                 os.close(image_dir)

@@ -77,6 +77,9 @@ class FileRecords(BaseDomain):
             # mark, its unlinks): another volume's, or "../..", lead elsewhere.
             if (info.img_uuid, info.vol_uuid) != (img, vol):
                 raise ValueError(f"it names volume {info.img_uuid}/{info.vol_uuid}")
+            # And its parent as check_uuid spells it: the child check compares.
+            if info.parent is not None and check_uuid(info.parent, "parent") != info.parent:
+                raise ValueError(f"its parent is spelled {info.parent!r}")
         except FileNotFoundError:
             raise self._not_found(img, vol) from None
         except OSError as e:
@@ -144,8 +147,9 @@ class FileRecords(BaseDomain):
         """The ready volumes of image ``img`` (all but ``but``).  One that
         cannot be read is skipped, or with ``strict`` refused (Conflict): it
         may be anyone's child, its metadata given a second link by a backup,
-        say.  A symbolic link in place of metadata is no volume's record,
-        and is skipped either way."""
+        say.  A name that is no UUID, and a symbolic link or a directory in
+        place of metadata, are no volume's record, and are skipped either
+        way."""
         try:
             names = sorted(os.listdir(os.path.join(self._images, img)))
         except FileNotFoundError:
@@ -159,11 +163,14 @@ class FileRecords(BaseDomain):
                 info, state = self._read(img, vol)
             except NotFound:
                 continue  # deleted meanwhile
-            except (InvalidRequest, Forbidden, VolumeError) as e:
-                if strict and not _confined.is_symlink(
+            except InvalidRequest as e:  # a name that is no volume's
+                log.warning("skipping %s in image %s: %s", name, img, e)
+                continue
+            except (Forbidden, VolumeError) as e:
+                if strict and _confined.is_file(
                         self._root, os.path.join(self._images, img, name), "volume metadata"):
                     raise Conflict(f"volume {img}/{vol} cannot be read ({e}), and it may "
-                                   "be a child; delete it first") from None
+                                   "be a child") from None
                 log.warning("skipping volume %s/%s: %s", img, vol, e)
                 continue
             if state == READY:

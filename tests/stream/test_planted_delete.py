@@ -193,3 +193,37 @@ async def test_a_parent_is_kept_while_a_child_cannot_be_read(
     backup.unlink()
     assert (await client.delete(volume_path(top))).status == 204
     await assert_deleted(client, base, base_path)
+
+
+@pytest.mark.parametrize("stray", ["notes.meta", "bak", "directory"])
+async def test_a_name_that_is_no_volume_blocks_no_delete(
+    client: Client, sd: str, stray: str
+) -> None:
+    """The child check refused every delete in an image holding a stray
+    ``.meta`` name that no delete can take away (found by a review)."""
+    ref = await new_volume(client, sd, MiB)
+    path = await data_path(client, ref)
+    if stray == "notes.meta":
+        (path.parent / "notes.meta").write_text("{}")
+    elif stray == "bak":
+        (path.parent / f"{uuid.uuid4()}.bak.meta").write_text("{}")
+    else:
+        (path.parent / f"{uuid.uuid4()}.meta").mkdir()
+    resp = await client.delete(volume_path(ref))
+    assert resp.status == 204, await resp.text()
+    assert not path.exists() and not meta_of(path).exists()
+
+
+async def test_a_parent_is_kept_under_a_child_that_spells_it_otherwise(
+    client: Client, sd: str
+) -> None:
+    """A child's metadata naming its parent in capitals was read, but the
+    child check compared spellings, and the parent went (found by a
+    review).  Such metadata is now corrupt, so it keeps the parent."""
+    base = await new_volume(client, sd, MiB, "qcow2")
+    top = await new_child(client, base)
+    base_path = await data_path(client, base)
+    rewrite_meta(base_path.with_name(top["vol_id"]), parent=base["vol_id"].upper())
+    resp = await client.delete(volume_path(base))
+    assert resp.status == 409, await resp.text()
+    assert (await client.get(volume_path(base))).status == 200

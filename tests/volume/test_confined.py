@@ -17,7 +17,7 @@ from unittest import mock
 import pytest
 
 from tests.conftest import LoopDeviceFactory
-from volume import FileVolume, open_volume
+from volume import FileVolume, filedata, open_volume
 from volume.domains import DomainRegistry
 from volume.errors import Forbidden, VolumeError
 from volume.filedomain import FileDomain, create_file_domain
@@ -291,3 +291,30 @@ def test_metadata_is_written_in_the_image_directory_reached_through_no_link(
     with pytest.raises(Forbidden):
         sd._write_meta(vol, "deleting")
     assert list(host_dir.iterdir()) == []
+
+
+def test_a_failed_create_removes_its_data_in_its_own_directory(
+    sd: FileDomain, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The image directory swapped for a link while the volume was made: the
+    metadata write refuses it, and the cleanup then removed the data by
+    path, through the link: a host file named as the volume went (found by
+    a review; a thread swapping the directory during qemu-img won 5 of 5)."""
+    host_dir = tmp_path / "host-dir"
+    host_dir.mkdir()
+    img, vol = new_id(), new_id()
+    (host_dir / vol).write_bytes(SECRET)
+    real_make = filedata.make
+
+    def make_then_swap(info: VolumeInfo, backing: VolumeInfo | None,
+                       dir_fd: int | None = None) -> None:
+        real_make(info, backing, dir_fd)
+        image_dir = Path(info.path).parent
+        image_dir.rename(tmp_path / "moved")
+        image_dir.symlink_to(host_dir)
+
+    monkeypatch.setattr(filedata, "make", make_then_swap)
+    with pytest.raises(Forbidden):
+        sd.create_volume(img, vol, MiB)
+    assert (host_dir / vol).read_bytes() == SECRET
+    assert list((tmp_path / "moved").iterdir()) == []  # its own data went
