@@ -16,7 +16,7 @@ import pytest
 from tests.conftest import LoopDeviceFactory
 from volume import open_volume
 from volume.blockdomain import create_block_domain, open_block_domain
-from volume.durable import atomic_write
+from volume.durable import atomic_write, atomic_write_at
 from volume.errors import NoSpace, VolumeError
 from volume.file import create
 from volume.filedomain import create_file_domain
@@ -197,6 +197,20 @@ def test_atomic_write_failed_close_keeps_the_old_copy(tmp_path: Path) -> None:
     assert len(calls) == len(set(calls))  # no descriptor closed twice
     assert path.read_bytes() == b"old"
     assert os.listdir(tmp_path) == ["meta"]  # the temp file is gone
+
+
+@pytest.mark.parametrize("name", ["../escape", "a/b", "..", ".", ""])
+def test_atomic_write_at_writes_a_name_in_its_directory_only(tmp_path: Path, name: str) -> None:
+    inner = tmp_path / "inner"
+    inner.mkdir()
+    fd = os.open(inner, os.O_PATH | os.O_DIRECTORY)
+    try:
+        with pytest.raises(ValueError, match="not a name in a directory"):
+            atomic_write_at(fd, name, b"x")
+        atomic_write_at(fd, "meta", b"x")
+    finally:
+        os.close(fd)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["inner", "meta"]
 
 
 # A device that shrank under its volumes: the domain said all was well,
