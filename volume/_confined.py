@@ -33,6 +33,7 @@ import os
 import stat
 from collections.abc import Callable
 
+from .durable import fsync_dir_at
 from .errors import Forbidden, Unsupported
 
 #: Looking a component up, never opening it for I/O: a device or FIFO named
@@ -192,24 +193,20 @@ def remove(within: str, path: str, what: str) -> str | None:
 def remove_at(dir_fd: int, name: str) -> str | None:
     """:func:`remove` of ``name`` in the directory ``dir_fd`` (an ``O_PATH``
     descriptor will do), which the caller reached through no link."""
-    fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dir_fd)
+    was = None
     try:
-        was = None
-        try:
-            st = os.stat(name, dir_fd=fd, follow_symlinks=False)
-            was = _planted(st)
-            if stat.S_ISLNK(st.st_mode):
-                was = f"{was} to {os.readlink(name, dir_fd=fd)!r}"
-            if stat.S_ISDIR(st.st_mode):
-                os.rmdir(name, dir_fd=fd)
-            else:
-                os.unlink(name, dir_fd=fd)
-        except FileNotFoundError:
-            pass
-        os.fsync(fd)
-        return was
-    finally:
-        os.close(fd)
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        was = _planted(st)
+        if stat.S_ISLNK(st.st_mode):
+            was = f"{was} to {os.readlink(name, dir_fd=dir_fd)!r}"
+        if stat.S_ISDIR(st.st_mode):
+            os.rmdir(name, dir_fd=dir_fd)
+        else:
+            os.unlink(name, dir_fd=dir_fd)
+    except FileNotFoundError:
+        pass
+    fsync_dir_at(dir_fd)
+    return was
 
 
 def open_file(within: str, path: str, what: str,

@@ -30,6 +30,16 @@ def fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+def fsync_dir_at(dir_fd: int) -> None:
+    """fsync the directory ``dir_fd``; an ``O_PATH`` descriptor will do (it
+    cannot be fsynced itself, so the directory is opened again through it)."""
+    fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dir_fd)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def atomic_write(path: str, data: bytes, mode: int = 0o644) -> None:
     """Replace ``path`` with ``data`` durably and atomically."""
     directory = os.open(os.path.dirname(os.path.abspath(path)),
@@ -63,11 +73,7 @@ def atomic_write_at(dir_fd: int, name: str, data: bytes, mode: int = 0o644) -> N
         os.close(closing)
         os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
         tmp = ""
-        synced = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dir_fd)
-        try:
-            os.fsync(synced)
-        finally:
-            os.close(synced)
+        fsync_dir_at(dir_fd)
     finally:
         if fd >= 0:
             os.close(fd)

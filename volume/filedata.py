@@ -11,7 +11,7 @@ import contextlib
 import os
 
 from . import _confined, qcow2, qemuimg
-from .durable import fsync_dir, preallocate
+from .durable import fsync_dir, fsync_dir_at, preallocate
 from .sd import Allocation, Format, VolumeInfo
 
 #: A volume's data file: the daemon's user and group (vdsm's kvm group, for
@@ -54,11 +54,7 @@ def make(info: VolumeInfo, backing: VolumeInfo | None, dir_fd: int | None = None
     if dir_fd is None:
         fsync_dir(os.path.dirname(info.path))
     else:
-        synced = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dir_fd)
-        try:
-            os.fsync(synced)
-        finally:
-            os.close(synced)
+        fsync_dir_at(dir_fd)
 
 
 def open_fd(info: VolumeInfo, flags: int) -> int:
