@@ -74,13 +74,26 @@ QUIET = 1.0
 
 class _Heard(web.RequestHandler):
     """aiohttp's handler, noting when it last received bytes (its parser
-    keeps a half-received head out of sight)."""
+    keeps a half-received head out of sight), and in ``live`` while its
+    connection is open: the guard's count, kept as connections come and go
+    rather than counted at each accept.  In order of connection: of those
+    silent equally long (the loop's clock has millisecond steps), the
+    oldest is evicted."""
 
-    __slots__ = ("heard",)
+    __slots__ = ("_live", "heard")
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, live: dict[_Heard, None], *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.heard = self._loop.time()
+        self._live = live
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._live[self] = None
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._live.pop(self, None)
+        super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
         self.heard = self._loop.time()
@@ -99,6 +112,9 @@ class Guard:
         self._max = max_connections
         self._tls = tls
         self._full = False
+        #: Data connections open (the control socket's, aiohttp's own
+        #: handlers from its own site, are never counted nor closed).
+        self._live: dict[_Heard, None] = {}
         #: TLS connections accepted whose handshake is not done.
         self._handshakes: set[Handshake] = set()
         self.refused = 0
@@ -106,10 +122,7 @@ class Guard:
         self.evicted = 0
 
     def __call__(self) -> asyncio.BaseProtocol:
-        # Data connections only: the control socket's (aiohttp's own
-        # handlers, from its own site) are never counted nor closed.
-        data = sum(isinstance(h, _Heard) for h in self._server.connections)
-        if data + len(self._handshakes) >= self._max:
+        if len(self._live) + len(self._handshakes) >= self._max:
             if not self._full:
                 self._full = True
                 log.warning("data connections at the limit (%d): closing idle ones to make "
@@ -131,7 +144,7 @@ class Guard:
     def handler(self) -> _Heard:
         """A new aiohttp handler, as web.Server.__call__ makes them, with the
         time of the last bytes."""
-        return _Heard(self._server, loop=self._server._loop, **self._server._kwargs)
+        return _Heard(self._live, self._server, loop=self._server._loop, **self._server._kwargs)
 
     def upgraded(self, handshake: Handshake, handler: web.RequestHandler | None) -> None:
         """``handshake`` ended: with ``handler`` serving it, or closed."""
@@ -157,10 +170,8 @@ class Guard:
         (imageio's clients and ours do)."""
         now = asyncio.get_running_loop().time()
         idle: list[tuple[float, _Heard | Handshake]] = [
-            (h.heard, h) for h in self._server.connections
-            if isinstance(h, _Heard) and h.transport is not None
-            and isinstance(h.transport.get_extra_info("peername"), tuple)
-            and not h._request_in_progress and not h._messages
+            (h.heard, h) for h in self._live
+            if h.transport is not None and not h._request_in_progress and not h._messages
             and now - h.heard >= QUIET]
         idle += [(hs.since, hs) for hs in self._handshakes if now - hs.since >= QUIET]
         if not idle:
