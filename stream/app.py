@@ -129,6 +129,6 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         await app[OVF_UPDATES].close()
         await mgr.close()
         for ticket in app[AUTH].all():
-            if ticket.volume is not None:
-                await io.run(ticket.volume.close)
+            for volume in ticket.take_volumes():
+                await io.run(volume.close)
         io.close()

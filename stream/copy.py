@@ -195,8 +195,8 @@ class RemoteSource:
                     n = await upload.receive(
                         upload.pieces(resp.content), self.io, dst, offset=start, limit=end,
                         zstd=False, hasher=None, check=lambda: None,
-                        idle_timeout=IDLE_TIMEOUT, inspect=transit.update,
-                        depth=self.write_depth)
+                        idle_timeout=IDLE_TIMEOUT, length=end - start,
+                        inspect=transit.update, depth=self.write_depth)
             except (aiohttp.ClientError, TimeoutError) as e:
                 raise SourceError(f"source host failed at offset {start}: "
                                   f"{e or type(e).__name__}") from None

@@ -10,6 +10,13 @@ class UnsupportedEncoding(Error):
     code = "unsupported-encoding"
 
 
+class UnsupportedTransferCoding(Error):
+    """A transfer coding other than chunked (RFC 9112 §6.1: 501)."""
+
+    http_status = 501
+    code = "unsupported-transfer-coding"
+
+
 class PartialContent(InvalidRequest):
     """The client sent less than it announced, or went away mid-body."""
 

@@ -130,7 +130,7 @@ class Updates:
     async def receive(
         self, read: Reader, io: IOExecutor, storage: StorageDomain, watch: MapWatch, *,
         zstd: bool, idle_timeout: float, buffer_size: int, depth: int = 1,
-        require_manifest: bool = False,
+        require_manifest: bool = False, length: int | None = None,
     ) -> Committed:
         """Stream ``read`` into the stores of ``storage``; the committed archive.
 
@@ -154,8 +154,8 @@ class Updates:
             try:
                 summary = await watch.interruptible(_stream(
                     read, io, storage, stores, update, zstd=zstd, idle_timeout=idle_timeout,
-                    buffer_size=buffer_size, depth=depth, require_manifest=require_manifest,
-                    check=watch.check))
+                    length=length, buffer_size=buffer_size, depth=depth,
+                    require_manifest=require_manifest, check=watch.check))
                 # Between the last chunk and here, then (in the worker) last
                 # before the commit makes the archive visible.
                 watch.check()
@@ -178,8 +178,8 @@ class Updates:
 
 async def _stream(
     read: Reader, io: IOExecutor, storage: StorageDomain, stores: OvfStores, update: Update,
-    *, zstd: bool, idle_timeout: float, buffer_size: int, depth: int, require_manifest: bool,
-    check: Callable[[], None],
+    *, zstd: bool, idle_timeout: float, length: int | None, buffer_size: int, depth: int,
+    require_manifest: bool, check: Callable[[], None],
 ) -> Summary:
     """The body into the target, checked as it goes; the reader's summary.
 
@@ -194,7 +194,7 @@ async def _stream(
         try:
             await upload.receive(
                 read, io, target, offset=0, limit=stores.capacity, zstd=zstd,
-                hasher=None, check=check, idle_timeout=idle_timeout,
+                hasher=None, check=check, idle_timeout=idle_timeout, length=length,
                 buffer_size=buffer_size, inspect=None if zstd else reader.feed,
                 depth=depth,  # checked in order on the loop, written in any order
             )

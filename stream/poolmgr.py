@@ -124,8 +124,7 @@ class PoolManager:
             log.warning("%s; removing it once they end", e)
             await ticket.idle()
         self._auth.discard(ticket)
-        if ticket.volume is not None:
-            volume, ticket.volume = ticket.volume, None
+        for volume in ticket.take_volumes():
             await self._io.run(volume.close)
 
     def check(self, sd_uuid: str, access: Access) -> DomainEntry:

@@ -6,6 +6,7 @@ domain registry's business (``volume.domains``).
 
 from __future__ import annotations
 
+import re
 import urllib.parse
 from typing import Any
 
@@ -32,6 +33,16 @@ _OPS = ("read", "write")
 #: Timeouts are seconds added to monotonic time, a float: 2**32 s (136
 #: years) is plenty and keeps the sum exact; 10**400 would overflow it.
 MAX_TIMEOUT = 2**32
+#: In a header (filename goes into Content-Disposition), a log line or a
+#: path (NUL), these break what they are put into.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _printable(name: str, value: str) -> str:
+    if _CONTROL.search(value):
+        raise InvalidRequest(f"Invalid ticket: Invalid value for {name!r}: "
+                             "control characters are not allowed")
+    return value
 
 
 def check_timeout(name: str, value: Any, least: int = 0) -> int:
@@ -63,6 +74,9 @@ def parse_ticket(body: Any, default_inactivity: int) -> dict[str, Any]:
                 f"Invalid ticket: Invalid value for {name!r}: {value!r} is not {kind.__name__}"
             )
         clean[name] = value
+    for name in ("filename", "transfer_id"):
+        if name in clean:
+            _printable(name, clean[name])
     if clean["size"] < 0:
         raise InvalidRequest("Invalid ticket: Invalid value for 'size': must be >= 0")
     for name in ("timeout", "inactivity_timeout"):
@@ -94,7 +108,7 @@ def parse_ticket(body: Any, default_inactivity: int) -> dict[str, Any]:
         )
     if not url.path.startswith("/") or url.netloc not in ("", "localhost"):
         raise InvalidRequest("Invalid ticket: 'url' must be file:///absolute/path")
-    clean["path"] = urllib.parse.unquote(url.path)
+    clean["path"] = _printable("url", urllib.parse.unquote(url.path))
     clean.setdefault("inactivity_timeout", default_inactivity)
     clean.setdefault("sparse", False)
     clean.setdefault("dirty", False)

@@ -80,6 +80,9 @@ class Ticket:
     #: Set for tickets naming a volume by UUIDs: how to open its bytes.
     volume_info: VolumeInfo | None = None
     volume: Volume | None = None
+    #: Volumes replaced while requests may still use them (see
+    #: :meth:`reopening`), closed with the ticket.
+    _replaced: list[Volume] = field(default_factory=list)
     expires: float = 0.0
     #: When the last operation completed (monotonic): idle_time counts from it.
     accessed: float = 0.0
@@ -146,6 +149,21 @@ class Ticket:
                      "transfer_id", "filename", "volume_info", "within"):
             setattr(self, name, getattr(new, name))
         self.touch()
+
+    def retire_readonly_volume(self) -> None:
+        """Let the next request open the volume again, read-write, if a
+        re-add (:meth:`renew`) granted write since it was opened read-only.
+        Requests running on the old one keep it until the ticket closes
+        (:meth:`take_volumes`)."""
+        if self.volume is not None and self.volume.readonly and self.may("write"):
+            self._replaced.append(self.volume)
+            self.volume = None
+
+    def take_volumes(self) -> list[Volume]:
+        """Every volume the ticket opened, to close: it holds none after."""
+        found = [*self._replaced, *([self.volume] if self.volume is not None else [])]
+        self._replaced, self.volume = [], None
+        return found
 
     def may(self, op: str) -> bool:
         return op in self.ops or (op == "read" and "write" in self.ops)

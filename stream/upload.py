@@ -72,6 +72,16 @@ ZSTD_INPUT_SIZE = 1 << 20
 #: content coding (RFC 9659 §3); zstd levels up to 19 stay within it.
 ZSTD_MAX_WINDOW = 8 << 20
 
+#: The smallest staging buffer: a body of known length smaller than the
+#: daemon's buffer gets the power of two that holds it, at least this.  A
+#: full 16 MiB buffer for each 2-byte PUT let 130 stalled ones hold the
+#: whole 2 GiB bound.
+SMALL_BUFFER = 64 * 1024
+
+#: Seconds between moves of an upload's idle deadline (one timer change
+#: per chunk would cost more than the chunk).
+RESCHEDULE = 1.0
+
 
 async def receive(
     read: Reader,
@@ -84,6 +94,7 @@ async def receive(
     hasher: Any,
     check: Callable[[], None],
     idle_timeout: float,
+    length: int | None = None,
     buffer_size: int = 0,
     depth: int = 1,
     inspect: Callable[[memoryview], None] | None = None,
@@ -94,7 +105,8 @@ async def receive(
     ``read`` is :func:`pieces` of the body.  ``buffer_size`` (default: the
     daemon's) sizes the staging buffers.  ``check`` raises if the ticket
     was cancelled meanwhile; it runs once per buffer.  ``idle_timeout`` ends
-    the upload when no byte arrives for that long.  ``depth``: full buffers
+    the upload when no byte arrives for that long.  ``length``: the body's
+    bytes, when the request says (a small body gets small buffers).  ``depth``: full buffers
     being written at once, each at its own offset (O_DIRECT writes at
     queue depth 2 outrun one at a time); only for plain bodies without a
     ``hasher``, which both need the bytes in order.  ``inspect`` sees each
@@ -107,9 +119,17 @@ async def receive(
         raise ValueError("inspect sees plain bodies only; check zstd ones in the volume")
     if zstd or hasher is not None:
         depth = 1
-    out = io.get_buffer(buffer_size) if zstd else None
+    size = buffer_size or io.buffer_size
     # The staging buffers hold what arrives: for zstd, compressed bytes.
-    staging = min(buffer_size or io.buffer_size, ZSTD_INPUT_SIZE) if zstd else buffer_size
+    staging = min(size, ZSTD_INPUT_SIZE) if zstd else size
+    count = depth + 1  # those being written, and the one filling
+    if length is not None and not zstd:
+        need = offset % max(volume.capabilities.block_size, 1) + length
+        # Room for one byte more than the body: a buffer it fills exactly
+        # would be followed by another, taken after the body was written.
+        staging = min(staging, max(SMALL_BUFFER, 1 << need.bit_length()))
+        count = min(count, need // staging + 1)
+    out, bufs = _reserve(io, size if zstd else 0, staging, count)
     sink = Sink(volume, offset, limit, hasher, out, check)
     decoder = (
         zstandard.ZstdDecompressor(max_window_size=ZSTD_MAX_WINDOW).stream_writer(
@@ -120,13 +140,7 @@ async def receive(
         else None
     )
     frames = FrameTracker() if zstd else None
-    try:
-        bufs = [io.get_buffer(staging)]  # every buffer this upload holds
-    except BaseException:
-        if out is not None:
-            io.put_buffer(out)
-        raise
-    free: list[mmap.mmap] = []
+    free = bufs[1:]  # bufs: every buffer this upload holds
     inflight: deque[tuple[asyncio.Future[None], mmap.mmap, int]] = deque()
     loop = asyncio.get_running_loop()
 
@@ -161,15 +175,18 @@ async def receive(
         head = fill = 0 if zstd else offset % max(volume.capabilities.block_size, 1)
         received = 0
         at = offset  # where the next full buffer goes (plain bodies)
-        async with asyncio.timeout(idle_timeout) as deadline:
+        # Moved at most every RESCHEDULE seconds, the deadline is kept that
+        # much past ``idle_timeout`` after the last move: never early for a
+        # byte that came since, at most that late.
+        async with asyncio.timeout(idle_timeout + RESCHEDULE) as deadline:
             last = loop.time()
             while True:
                 chunk = await read()
                 if not chunk:
                     break
                 now = loop.time()
-                if now - last > 1.0:
-                    deadline.reschedule(now + idle_timeout)
+                if now - last > RESCHEDULE:
+                    deadline.reschedule(now + idle_timeout + RESCHEDULE)
                     last = now
                 received += len(chunk)
                 if frames is not None:
@@ -225,6 +242,24 @@ async def receive(
         sink.release()
         if out is not None:
             io.put_buffer(out)
+
+
+def _reserve(io: IO, out_size: int, staging: int,
+             count: int) -> tuple[mmap.mmap | None, list[mmap.mmap]]:
+    """The buffers an upload needs (a zstd output buffer if ``out_size``,
+    ``count`` staging buffers), all taken before its body is read: at the
+    bound, the answer is a clean 503, not one cut in the middle of a body
+    already partly written."""
+    out = io.get_buffer(out_size) if out_size else None
+    bufs: list[mmap.mmap] = []
+    try:
+        while len(bufs) < count:
+            bufs.append(io.get_buffer(staging))
+    except BaseException:
+        for buf in [*bufs, *([out] if out is not None else [])]:
+            io.put_buffer(buf)
+        raise
+    return out, bufs
 
 
 #: What ``inspect`` sees at once; the event loop runs other tasks in between.

@@ -12,7 +12,7 @@ from volume.base import Volume
 from volume.errors import InvalidRequest
 from volume.sd import open_data
 
-from ..errors import BodyTooLarge
+from ..errors import BodyTooLarge, UnsupportedEncoding, UnsupportedTransferCoding
 from ..io import IO
 from ..tickets import Ticket
 
@@ -27,6 +27,32 @@ def flag_param(request: web.Request, name: str, default: bool) -> bool:
     if value not in ("y", "n"):
         raise InvalidRequest(f"Invalid value {value!r} for {name!r}, expecting 'y' or 'n'")
     return value == "y"
+
+
+def body_coding(request: web.Request) -> tuple[bool, bool]:
+    """Whether a data body is zstd-encoded, and whether it is chunked;
+    any other coding is refused.
+
+    Every line of each header counts: ``headers.get`` sees the first only,
+    and two ``Content-Encoding: zstd`` lines mean a body compressed twice,
+    which decoded once is not the data.  aiohttp removes the chunking and
+    nothing else, so ``Transfer-Encoding: gzip, chunked`` would reach the
+    volume still gzipped.
+    """
+    content = [c for c in _codings(request, "Content-Encoding") if c != "identity"]
+    if content not in ([], ["zstd"]):
+        raise UnsupportedEncoding(
+            f"Content-Encoding {', '.join(content)!r} is not supported; use zstd, once")
+    transfer = _codings(request, "Transfer-Encoding")
+    if transfer not in ([], ["chunked"]):
+        raise UnsupportedTransferCoding(
+            f"Transfer-Encoding {', '.join(transfer)!r} is not supported; use chunked alone")
+    return bool(content), bool(transfer)
+
+
+def _codings(request: web.Request, header: str) -> list[str]:
+    return [c.strip().lower() for line in request.headers.getall(header, ())
+            for c in line.split(",") if c.strip()]
 
 
 async def read_json(request: web.Request) -> dict[str, Any]:
@@ -54,6 +80,7 @@ async def read_json(request: web.Request) -> dict[str, Any]:
 async def ticket_volume(io: IO, ticket: Ticket) -> Volume:
     """The ticket's volume, opened once and shared by its connections."""
     async with ticket.open_lock:
+        ticket.retire_readonly_volume()
         volume = ticket.volume
         if volume is None:
             readonly = not ticket.may("write")

@@ -151,6 +151,5 @@ _RETIRING: set[asyncio.Task[None]] = set()
 
 
 async def _close(request: web.Request, ticket: Ticket) -> None:
-    volume, ticket.volume = ticket.volume, None
-    if volume is not None:
+    for volume in ticket.take_volumes():
         await request.app[IO_KEY].run(volume.close)

@@ -17,14 +17,14 @@ from volume.base import Volume
 from volume.errors import ChecksumMismatch, InvalidRequest, OutOfRange
 
 from .. import download, upload
-from ..errors import PartialContent, UnsupportedEncoding
+from ..errors import PartialContent
 from ..logctx import transfer_id
 from ..middleware import RESPONSE
 from ..state import AUTH, CONFIG, IO_KEY
 from ..tickets import Ticket
 from ..wire import ranges
 from ..wire.digest import parse_x_checksum
-from .common import flag_param, read_json, ticket_volume
+from .common import body_coding, flag_param, read_json, ticket_volume
 
 log = logging.getLogger(__name__)
 
@@ -55,14 +55,12 @@ async def put(request: web.Request) -> web.Response:
     if "Content-Range" in request.headers:
         cr = ranges.parse_content_range(request.headers["Content-Range"])
         offset = cr.start
-    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
-    if encoding not in ("identity", "zstd"):
-        raise UnsupportedEncoding(f"Content-Encoding {encoding!r} is not supported; use zstd")
-    zstd = encoding == "zstd"
+    zstd, chunked = body_coding(request)
     length = request.content_length
-    chunked = "chunked" in request.headers.get("Transfer-Encoding", "").lower()
     if length is None and not chunked:
         raise InvalidRequest("Content-Length header is required (or chunked encoding)")
+    if offset > ticket.size:  # whatever the body: an empty one writes nothing either
+        raise _past_ticket(offset, offset, ticket)
     if length is not None and not zstd:
         if offset + length > ticket.size:
             raise _past_ticket(offset, offset + length, ticket)
@@ -90,7 +88,8 @@ async def put(request: web.Request) -> web.Response:
                     upload.pieces(request.content), io, volume,
                     offset=offset, limit=limit, zstd=zstd, hasher=hasher,
                     check=ticket.check, idle_timeout=ticket.inactivity_timeout,
-                    depth=request.app[CONFIG].transfer.write_depth, progress=moved,
+                    length=length, depth=request.app[CONFIG].transfer.write_depth,
+                    progress=moved,
                 )
                 ticket.transferred.add(offset, offset + written)  # written, flushed or not
         except (HttpProcessingError, ConnectionError) as e:

@@ -9,11 +9,11 @@ from volume.validate import check_uuid
 
 from .. import download, ovf, ovfread, upload
 from ..auth import ENGINE
-from ..errors import UnsupportedEncoding
 from ..mapwatch import MapWatch
 from ..middleware import RESPONSE
 from ..pool import Access
 from ..state import CONFIG, IO_KEY, OVF_UPDATES, POOL
+from .common import body_coding
 
 routes = web.RouteTableDef()
 
@@ -38,18 +38,16 @@ async def receive_store(request: web.Request, sd: str) -> ovf.Committed:
     watch = MapWatch(mgr, sd, Access.OVF_WRITE, "the OVF store update")
     try:
         storage = await request.app[IO_KEY].run(mgr.registry.storage, sd)
-        encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
-        if encoding not in ("identity", "zstd"):
-            raise UnsupportedEncoding(
-                f"Content-Encoding {encoding!r} is not supported; use zstd")
+        zstd, _ = body_coding(request)
     except BaseException:
         watch.close()
         raise
     cfg = request.app[CONFIG]
     return await request.app[OVF_UPDATES].receive(
         upload.pieces(request.content), request.app[IO_KEY], storage, watch,
-        zstd=encoding == "zstd", idle_timeout=cfg.transfer.inactivity_timeout,
-        buffer_size=cfg.ovf.buffer_size, depth=cfg.transfer.write_depth,
+        zstd=zstd, idle_timeout=cfg.transfer.inactivity_timeout,
+        length=request.content_length, buffer_size=cfg.ovf.buffer_size,
+        depth=cfg.transfer.write_depth,
         require_manifest=request.headers.get(MANIFEST_HEADER, "").strip().lower() == "required",
     )
 

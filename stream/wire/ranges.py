@@ -33,8 +33,9 @@ def parse_range(header: str, size: int) -> ByteRange:
 
     Raises BadRange (416, with ``size`` for ``Content-Range: bytes */size``)
     for suffix ranges, multiple ranges, junk, ``first > last`` and ranges
-    that start at or past ``size``.  A ``last`` past the end is clipped, as
-    RFC 9110 §14.1.2 says; imageio refuses it, and its client never sends one.
+    that end past ``size``.  RFC 9110 §14.1.2 would clip a ``last`` past
+    the end; imageio refuses it, and so do we: a client asking for bytes
+    past the image has the wrong size, and a short 206 would hide that.
     """
     value = header.strip()
     if value.startswith("bytes=-"):
@@ -49,11 +50,13 @@ def parse_range(header: str, size: int) -> ByteRange:
         last = int(m.group(2)) if m.group(2) else size - 1
     except ValueError:  # more digits than int() converts
         raise BadRange(f"invalid Range header: {header[:100]!r}", size) from None
-    if first > last:
-        raise BadRange(f"invalid range {first}-{last}: first byte after last", size)
     if first >= size:
         raise BadRange(f"range starts at {first}, past the end ({size} bytes)", size)
-    return ByteRange(first, min(last + 1, size))
+    if first > last:
+        raise BadRange(f"invalid range {first}-{last}: first byte after last", size)
+    if last >= size:
+        raise BadRange(f"range {first}-{last} ends past the end ({size} bytes)", size)
+    return ByteRange(first, last + 1)
 
 
 @dataclass(frozen=True)
@@ -68,8 +71,9 @@ class ContentRange:
 def parse_content_range(header: str) -> ContentRange:
     """Parse ``Content-Range: bytes first-last/complete`` of an upload.
 
-    As in imageio, ``last`` and ``complete`` may be ``*``.  Malformed values
-    and ``first > last`` raise BadContentRange (400).
+    As in imageio, ``last`` and ``complete`` may be ``*``.  Malformed values,
+    ``first > last`` and a ``last`` at or past ``complete`` raise
+    BadContentRange (400).
     """
     m = _CONTENT_RANGE.match(header.strip())
     if m is None:
@@ -82,6 +86,9 @@ def parse_content_range(header: str) -> ContentRange:
         raise BadContentRange(f"invalid Content-Range header: {header[:100]!r}") from None
     if end is not None and end <= first:
         raise BadContentRange(f"invalid Content-Range {header!r}: first byte after last")
+    if end is not None and complete is not None and end > complete:
+        raise BadContentRange(f"invalid Content-Range {header!r}: last byte past the "
+                              "complete length")
     return ContentRange(first, end, complete)
 
 

@@ -123,9 +123,32 @@ async def test_upload_past_the_ticket_names_the_first_byte_past_it(
     resp = await client.put(f"/images/{ticket}", data=chunks(body), headers=headers)
     assert resp.status == 416
     assert resp.headers["Content-Range"] == "bytes */1024"
-    assert await resp.text() == (
-        f"upload goes past the end of the ticket (1024 bytes) at offset {max(start, 1024)}\n")
+    if start > 1024:  # refused before the body is read
+        assert await resp.text() == (
+            f"Requested offset {start} is past the ticket size (1024 bytes)\n")
+    else:
+        assert await resp.text() == (
+            "upload goes past the end of the ticket (1024 bytes) at offset 1024\n")
     assert path.read_bytes() == before
+
+
+@pytest.mark.parametrize("zstd", [False, True], ids=["chunked", "zstd"])
+async def test_empty_upload_past_the_ticket_is_refused(
+    client: Client, image: Any, add_ticket: AddTicket, zstd: bool
+) -> None:
+    """An empty chunked or zstd body starting past the ticket answered 200
+    (a Content-Length one 416, as imageio)."""
+    path = image(data=random_data(1024))
+    ticket = await add_ticket(path)
+    headers = {"Content-Range": "bytes 2000-*/*"}
+    body = b""
+    if zstd:
+        body = zstandard.ZstdCompressor().compress(b"")
+        headers["Content-Encoding"] = "zstd"
+    resp = await client.put(f"/images/{ticket}", data=chunks(body), headers=headers)
+    assert resp.status == 416
+    assert resp.headers["Content-Range"] == "bytes */1024"
+    assert os.path.getsize(path) == 1024
 
 
 @pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
@@ -251,7 +274,8 @@ async def test_flush_param_must_be_y_or_n(
 @pytest.mark.parametrize("header,status,body_range", [
     pytest.param("bytes=0-99", 206, (0, 100), id="first-last"),
     pytest.param("bytes=5000-", 206, (5000, 8192), id="open-ended"),
-    pytest.param("bytes=8000-9999", 206, (8000, 8192), id="last-clipped"),
+    pytest.param("bytes=8000-8191", 206, (8000, 8192), id="to-the-end"),
+    pytest.param("bytes=8000-9999", 416, None, id="last-past-end"),
     pytest.param("bytes=-100", 416, None, id="suffix"),
     pytest.param("bytes=0-1,5-6", 416, None, id="multiple"),
     pytest.param("bytes=9000-9100", 416, None, id="past-end"),

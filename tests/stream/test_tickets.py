@@ -13,7 +13,9 @@ from aiohttp import web
 
 from stream.app import make_app
 from stream.config import Config
+from stream.state import AUTH
 from tests.conftest import LoopDeviceFactory
+from volume.errors import Error
 
 from .conftest import AddTicket, Client, MiB
 
@@ -63,6 +65,16 @@ async def test_delete_all(client: Client, image: Any, add_ticket: AddTicket) -> 
                  "Invalid value for 'ops'", id="bad-op"),
     pytest.param({"uuid": "x", "size": 1, "url": "s3://bucket/x", "timeout": 1, "ops": ["read"]},
                  "Unsupported url scheme: s3", id="s3"),
+    # A NUL in the path made a 500; CR LF in the filename went into every
+    # GET's Content-Disposition, which aiohttp refused by dropping the answer.
+    pytest.param({"uuid": "x", "size": 1, "url": "file:///x%00y", "timeout": 1,
+                  "ops": ["read"]}, "'url': control characters", id="nul-in-url"),
+    pytest.param({"uuid": "x", "size": 1, "url": "file:///x", "timeout": 1, "ops": ["read"],
+                  "filename": "a\r\nX-Injected: 1"}, "'filename': control characters",
+                 id="crlf-in-filename"),
+    pytest.param({"uuid": "x", "size": 1, "url": "file:///x", "timeout": 1, "ops": ["read"],
+                  "transfer_id": "t\n2"}, "'transfer_id': control characters",
+                 id="newline-in-transfer-id"),
 ])
 async def test_invalid_ticket(client: Client, body: Any, detail: str) -> None:
     if isinstance(body, str):
@@ -175,3 +187,31 @@ async def test_unregistered_block_device_is_refused(
     t = ticket_json(device, size=4 * MiB, ops=["read"])
     resp = await client.put(f"/tickets/{t['uuid']}", json=t)
     assert resp.status == 200, await resp.text()
+
+
+async def test_readd_granting_write_reopens_the_volume(
+        client: Client, image: Any, add_ticket: AddTicket) -> None:
+    """A re-add keeps the ticket and its open volume (vdsm retries), but one
+    that grants write to a ticket whose volume was opened read-only must let
+    writes through: the volume is opened again, read-write, and the old one
+    is closed with the ticket."""
+    path = image(4096)
+    t = await add_ticket(path, ops=["read"])
+    assert (await client.get(f"/images/{t}")).status == 200  # opens it read-only
+    app = client.app
+    assert app is not None
+    ticket = app[AUTH].get(t)
+    first = ticket.volume
+    assert first is not None and first.readonly
+    body = ticket_json(path, uuid=t, ops=["read", "write"])
+    assert (await client.put(f"/tickets/{t}", json=body)).status == 200
+    assert app[AUTH].get(t) is ticket  # renewed, not replaced
+    resp = await client.put(f"/images/{t}", data=b"x" * 4096)
+    assert resp.status == 200, await resp.text()
+    zero = await client.patch(f"/images/{t}", json={"op": "zero", "offset": 0, "size": 512})
+    assert zero.status == 200, await zero.text()
+    assert Path(path).read_bytes() == b"\0" * 512 + b"x" * 3584
+    assert (await client.delete(f"/tickets/{t}")).status == 204
+    assert ticket.take_volumes() == []  # both closed and dropped by the delete
+    with pytest.raises(Error, match="Bad file descriptor"):  # the old one is closed
+        first.readinto(0, memoryview(bytearray(512)))
