@@ -136,6 +136,8 @@ def validate(cfg: Config) -> None:
                             f"bytes, at least {ovfstore.MIN_SIZE}")
     if cfg.ovf.buffer_size < 1 * MiB or cfg.ovf.buffer_size % (1 * MiB):
         raise InvalidConfig("ovf.buffer_size must be a whole number of MiB, at least 1")
+    if cfg.ovf.update_timeout < 0:
+        raise InvalidConfig("ovf.update_timeout must be 0 (no bound) or more seconds")
     for d in cfg.domains:
         try:
             d.uuid = check_uuid(d.uuid, "domains.uuid")

@@ -23,6 +23,13 @@ class PartialContent(InvalidRequest):
     code = "partial-content"
 
 
+class TooSlow(InvalidRequest):
+    """The body did not arrive within the request's deadline."""
+
+    http_status = 408
+    code = "too-slow"
+
+
 class BodyTooLarge(Error):
     http_status = 413
     code = "body-too-large"

@@ -20,12 +20,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from volume.base import Volume
-from volume.errors import Error, OutOfRange
+from volume.errors import Conflict, Error, OutOfRange
 from volume.ovfstore import OvfStores, Update
 from volume.region import RegionVolume
 from volume.sd import StorageDomain
 
 from . import upload
+from .errors import ClientGone, TooSlow
 from .io import IO as IOExecutor
 from .mapwatch import MapWatch
 from .wire.tarread import OvfTarReader, Summary
@@ -33,6 +34,12 @@ from .wire.tarread import OvfTarReader, Summary
 log = logging.getLogger(__name__)
 
 Reader = Callable[[], Awaitable[bytes]]
+
+
+#: How long an update waits for the domain's previous one (and ``info``
+#: for the running one): a store of 128 MiB is written in seconds, so
+#: longer means a slow or stuck client, and the engine retries later.
+LOCK_WAIT = 30.0
 
 
 class StoreTooSmall(Error):
@@ -98,10 +105,17 @@ class Updates:
     def lock(self, sd_uuid: str) -> asyncio.Lock:
         return self._locks.setdefault(sd_uuid, asyncio.Lock())
 
-    async def settled(self, sd_uuid: str) -> None:
-        """Return once no update of the domain is running."""
-        async with self.lock(sd_uuid):
-            pass
+    async def settled(self, sd_uuid: str, wait: float = LOCK_WAIT) -> None:
+        """Return once no update of the domain is running, or after ``wait``
+        seconds anyway (an update whose client trickles its body may run
+        until its deadline)."""
+        lock = self.lock(sd_uuid)
+        try:
+            async with asyncio.timeout(wait):
+                await lock.acquire()
+        except TimeoutError:
+            return
+        lock.release()
 
     def _spawn(self, lock: asyncio.Lock, io: IOExecutor, update: Update,
                watch: MapWatch) -> None:
@@ -131,6 +145,7 @@ class Updates:
         self, read: Reader, io: IOExecutor, storage: StorageDomain, watch: MapWatch, *,
         zstd: bool, idle_timeout: float, buffer_size: int, depth: int = 1,
         require_manifest: bool = False, length: int | None = None,
+        deadline: float = 0.0, client_gone: Callable[[], bool] = lambda: False,
     ) -> Committed:
         """Stream ``read`` into the stores of ``storage``; the committed archive.
 
@@ -140,29 +155,46 @@ class Updates:
         refused), and this raises the watch's error; after the commit, it
         stops the copies.  The update owns ``watch``: it closes it when it
         ends, copies included.
+
+        Another update of the domain is waited for at most LOCK_WAIT
+        seconds (then 409), and one whose client left meanwhile touches
+        no store.  ``deadline`` (seconds, 0: none) bounds the body's
+        arrival: a client trickling a byte now and then would otherwise
+        keep the domain's updates waiting for good.
         """
         lock = self.lock(storage.uuid)
         try:
-            await lock.acquire()
-        except BaseException:
+            async with asyncio.timeout(LOCK_WAIT):
+                await lock.acquire()
+        except BaseException as e:
             watch.close()
+            if isinstance(e, TimeoutError):
+                raise Conflict(f"another OVF store update of domain {storage.uuid} has "
+                               f"run for over {LOCK_WAIT:.0f} s; try again later") from None
             raise
         try:
+            if client_gone():
+                raise ClientGone("the client left while waiting for the domain's "
+                                 "previous OVF store update; no store was touched")
             watch.check()  # the map may have changed while the previous update copied
             stores = await io.run(OvfStores.open, storage)
             update: Update = await io.run(stores.begin)
             try:
-                summary = await watch.interruptible(_stream(
-                    read, io, storage, stores, update, zstd=zstd, idle_timeout=idle_timeout,
-                    length=length, buffer_size=buffer_size, depth=depth,
-                    require_manifest=require_manifest, check=watch.check))
+                async with asyncio.timeout(deadline or None):
+                    summary = await watch.interruptible(_stream(
+                        read, io, storage, stores, update, zstd=zstd,
+                        idle_timeout=idle_timeout, length=length, buffer_size=buffer_size,
+                        depth=depth, require_manifest=require_manifest, check=watch.check))
                 # Between the last chunk and here, then (in the worker) last
                 # before the commit makes the archive visible.
                 watch.check()
                 record = await io.run(update.seal, summary.tar_length, summary.digest,
                                       read_back=False, check=watch.check)
-            except BaseException:
+            except BaseException as e:
                 await asyncio.shield(io.run(update.abort))
+                if isinstance(e, TimeoutError):
+                    raise TooSlow(f"the OVF tar did not arrive within {deadline:.0f} s; "
+                                  "nothing was committed") from None
                 raise
         except BaseException:
             lock.release()
@@ -192,12 +224,13 @@ async def _stream(
     with ThreadPoolExecutor(1, thread_name_prefix="ovf-check") as checker:
         target = _CheckedVolume(update.volume, reader, checker) if zstd else update.volume
         try:
-            await upload.receive(
-                read, io, target, offset=0, limit=stores.capacity, zstd=zstd,
-                hasher=None, check=check, idle_timeout=idle_timeout, length=length,
-                buffer_size=buffer_size, inspect=None if zstd else reader.feed,
-                depth=depth,  # checked in order on the loop, written in any order
-            )
+            with upload.client_errors(idle_timeout):
+                await upload.receive(
+                    read, io, target, offset=0, limit=stores.capacity, zstd=zstd,
+                    hasher=None, check=check, idle_timeout=idle_timeout, length=length,
+                    buffer_size=buffer_size, inspect=None if zstd else reader.feed,
+                    depth=depth,  # checked in order on the loop, written in any order
+                )
         except OutOfRange:
             raise StoreTooSmall(
                 f"the OVF tar is larger than the stores of domain {storage.uuid} "

@@ -21,15 +21,18 @@ import asyncio
 import logging
 import mmap
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import aiohttp
 import zstandard
+from aiohttp.http_exceptions import HttpProcessingError
 
 from volume.base import Volume
 from volume.errors import InvalidRequest
 
+from .errors import PartialContent
 from .io import IO
 from .sink import ZSTD_WRITE_SIZE, Sink, too_big
 from .wire.zstdframe import BadZstd, FrameTracker
@@ -242,6 +245,18 @@ async def receive(
         sink.release()
         if out is not None:
             io.put_buffer(out)
+
+
+@contextmanager
+def client_errors(idle_timeout: float) -> Iterator[None]:
+    """What the client did to the body, as the 400 it is, not a 500: it
+    went away or sent a malformed one, or nothing for ``idle_timeout``."""
+    try:
+        yield
+    except (HttpProcessingError, ConnectionError) as e:
+        raise PartialContent(f"The client sent an incomplete body: {e}") from e
+    except TimeoutError:
+        raise PartialContent(f"No data received for {idle_timeout} seconds") from None
 
 
 def _reserve(io: IO, out_size: int, staging: int,

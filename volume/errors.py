@@ -73,6 +73,13 @@ class VolumeError(Error):
     code = "volume-error"
 
 
+class StoreUnavailable(Error):
+    """An OVF store update would have to risk the domain's last valid store."""
+
+    http_status = 503
+    code = "ovf-store-unavailable"
+
+
 class Unsupported(Error):
     """The backend cannot do this operation (for example dirty extents)."""
 

@@ -30,7 +30,10 @@ One incoming archive updates all stores of a domain:
 
 Before an update, every store is checked to choose the target; a store
 this process has read back under the same record is not hashed again
-(see ``volume._ovfguard.verified``).  Readers always hash what they serve.
+(see ``volume._ovfguard.verified``), except the one that is to stay the
+good copy while the target is overwritten: rotten since its last check,
+it would leave no valid store should the update fail.  Readers always
+hash what they serve.
 
 A SIGKILL or power loss at any instant leaves the newest valid store
 holding the previous generation or the new one, whole and verified (with
@@ -60,7 +63,7 @@ from contextlib import closing
 
 from ._ovfguard import DomainGuard, guard, store_key
 from .base import Volume
-from .errors import Conflict, Error, InvalidRequest, NotFound
+from .errors import Conflict, Error, InvalidRequest, NotFound, StoreUnavailable
 from .ovfrecord import CHUNK, RECORD_SIZE, CommitRecord, aligned_view, record_offset
 from .ovfstate import Observe, StoreState, age, verify
 from .ovfupdate import Update
@@ -74,7 +77,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_COUNT = 2  # oVirt's StorageDomainOvfStoreCount
 MAX_COUNT = 16  # the engine's limit for that setting
-DEFAULT_SIZE = 128 * MiB  # oVirt's OVF_STORE disks; 10,000 OVFs of 20 KiB fit
+DEFAULT_SIZE = 128 * MiB  # oVirt's OVF_STORE disks; about 6,400 OVFs of 20 KiB fit
 MIN_SIZE = 1 * MiB
 # uuid5 namespace of the stores this module names (see ensure_stores).
 _NAMESPACE = uuid.UUID("dfbbf365-4a57-45e6-a4fb-66a3f94004aa")
@@ -238,12 +241,58 @@ class OvfStores:
         self._guard.start_update()
         try:
             # Trusted: the stores this daemon wrote or read back are not
-            # hashed again; only the choice of target depends on it.
+            # hashed again to sort them ...
             order = sorted(self.states(trusted=True), key=age)
-            return Update(self._sd_uuid, self._guard, order, self.capacity)
+            # ... but before a valid store is overwritten, the copy that is
+            # to stay is read back: one that rotted since it was checked
+            # would otherwise leave no good store if this update fails.
+            order = self._confirm_other(order)
+            return self._start(order)
         except BaseException:
             self._guard.end_update()
             raise
+
+    def _confirm_other(self, order: list[StoreState]) -> list[StoreState]:
+        """``order`` again, once a valid store other than the first valid
+        one (the target, unless invalid ones go first) is known valid by
+        hashing it now, newest first; those found bad sort first."""
+        target = next((s for s in order if s.valid), None)
+        if target is None:
+            return order
+        fresh = list(order)
+        with aligned_view(CHUNK) as buf:
+            for i in sorted((i for i, s in enumerate(order) if s.valid and s is not target),
+                            key=lambda i: age(order[i]), reverse=True):
+                s = order[i]
+                fresh[i] = self._state(s.index, s.volume, buf)
+                if fresh[i].valid:
+                    break
+                log.error("OVF store sd=%s vol=%s went bad since it was checked: %s",
+                          self._sd_uuid, store_key(s.volume), fresh[i].error)
+        return sorted(fresh, key=age)
+
+    def _start(self, order: list[StoreState]) -> Update:
+        """The update of the first store in ``order`` that opens.  An
+        invalid store that cannot be opened (its file gone) is passed
+        over; a valid one is the target only while another valid store
+        stays, so that a failed update never takes the last good copy."""
+        failed: list[str] = []
+        for i, target in enumerate(order):
+            rest = order[:i] + order[i + 1:]
+            if i and target.valid and not any(s.valid for s in rest):
+                break
+            try:
+                return Update(self._sd_uuid, self._guard, [target, *rest], self.capacity)
+            except Conflict:
+                raise
+            except Error as e:
+                if target.valid:
+                    raise
+                failed.append(f"store {store_key(target.volume)}: {e}")
+        raise StoreUnavailable(
+            f"the OVF stores of storage domain {self._sd_uuid} cannot be updated without "
+            f"risking the last valid one ({'; '.join(failed)}); repair or remove the "
+            "broken store")
 
     def close(self) -> None:
         """Nothing stays open between calls; here for ``closing()``."""

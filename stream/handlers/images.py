@@ -11,13 +11,11 @@ from typing import Any
 
 import xxhash
 from aiohttp import web
-from aiohttp.http_exceptions import HttpProcessingError
 
 from volume.base import Volume
 from volume.errors import ChecksumMismatch, InvalidRequest, OutOfRange
 
 from .. import download, upload
-from ..errors import PartialContent
 from ..logctx import transfer_id
 from ..middleware import RESPONSE
 from ..state import AUTH, CONFIG, IO_KEY
@@ -83,7 +81,8 @@ async def put(request: web.Request) -> web.Response:
         log.info("WRITE offset=%d size=%s zstd=%s flush=%s", offset,
                  length if length is not None else "chunked", zstd, flush)
         try:
-            with ticket.moving_from(offset) as moved:
+            with upload.client_errors(ticket.inactivity_timeout), \
+                    ticket.moving_from(offset) as moved:
                 written = await upload.receive(
                     upload.pieces(request.content), io, volume,
                     offset=offset, limit=limit, zstd=zstd, hasher=hasher,
@@ -92,12 +91,6 @@ async def put(request: web.Request) -> web.Response:
                     progress=moved,
                 )
                 ticket.transferred.add(offset, offset + written)  # written, flushed or not
-        except (HttpProcessingError, ConnectionError) as e:
-            raise PartialContent(f"The client sent an incomplete body: {e}") from e
-        except TimeoutError:
-            raise PartialContent(
-                f"No data received for {ticket.inactivity_timeout} seconds"
-            ) from None
         except OutOfRange as e:
             if limit == ticket.size or e.size != limit:
                 raise

@@ -49,6 +49,8 @@ async def receive_store(request: web.Request, sd: str) -> ovf.Committed:
         length=request.content_length, buffer_size=cfg.ovf.buffer_size,
         depth=cfg.transfer.write_depth,
         require_manifest=request.headers.get(MANIFEST_HEADER, "").strip().lower() == "required",
+        deadline=cfg.ovf.update_timeout,
+        client_gone=lambda: request.transport is None or request.transport.is_closing(),
     )
 
 

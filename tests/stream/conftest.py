@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import glob
 import os
 import uuid
@@ -89,3 +90,14 @@ def add_ticket(client: Client) -> AddTicket:
         return str(ticket["uuid"])
 
     return add
+
+
+async def open_put(client: Client, target: str, length: int,
+                   sent: bytes) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A PUT of ``target`` announcing ``length`` bytes, of which it sends
+    ``sent`` and waits (the caller goes on, or closes the writer)."""
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    writer.write(f"PUT {target} HTTP/1.1\r\nHost: x\r\n"
+                 f"Content-Length: {length}\r\n\r\n".encode() + sent)
+    await writer.drain()
+    return reader, writer

@@ -13,7 +13,7 @@ import pytest
 from stream.config import Config
 from stream.state import IO_KEY
 
-from .conftest import AddTicket, Client, MiB
+from .conftest import AddTicket, Client, MiB, open_put
 
 
 @pytest.fixture
@@ -22,15 +22,6 @@ def cfg(cfg: Config) -> Config:
     cfg.transfer.max_buffer_memory = 4 * MiB
     cfg.transfer.write_depth = 2
     return cfg
-
-
-async def _stalled_put(client: Client, ticket: str, length: int, sent: bytes) -> Any:
-    """A PUT announcing ``length`` bytes that sends ``sent`` and stops."""
-    _, writer = await asyncio.open_connection(client.host, client.port)
-    writer.write(f"PUT /images/{ticket} HTTP/1.1\r\nHost: x\r\n"
-                 f"Content-Length: {length}\r\n\r\n".encode() + sent)
-    await writer.drain()
-    return writer
 
 
 async def _until(predicate: Any) -> None:
@@ -51,7 +42,7 @@ async def test_small_stalled_uploads_leave_room(
     stalled = []
     for _ in range(8):
         ticket = await add_ticket(image(4096))
-        stalled.append(await _stalled_put(client, ticket, 2, b"x"))
+        stalled.append((await open_put(client, f"/images/{ticket}", 2, b"x"))[1])
     await _until(lambda: io.buffers_in_use == 8)
     assert io.bytes_in_use <= 8 * 64 * 1024
     other = await add_ticket(image(data=b"y" * 4096))
@@ -72,7 +63,7 @@ async def test_upload_at_the_bound_is_refused_before_its_body(
     assert app is not None
     io = app[IO_KEY]
     first = await add_ticket(image(8 * MiB))
-    holder = await _stalled_put(client, first, 8 * MiB, b"a" * (2 * MiB + 100))
+    _, holder = await open_put(client, f"/images/{first}", 8 * MiB, b"a" * (2 * MiB + 100))
     await _until(lambda: io.bytes_in_use == 3 * MiB)
     path: Path = image(data=b"\0" * (8 * MiB))
     second = await add_ticket(path)

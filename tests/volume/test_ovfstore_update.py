@@ -28,7 +28,14 @@ from tests.volume.ovfstore_util import (
 from tests.volume.test_blockdomain import write as poke
 from volume import ovfrecord, ovfstate, ovfupdate
 from volume.base import Volume
-from volume.errors import ChecksumMismatch, Conflict, InvalidRequest, OutOfRange, VolumeError
+from volume.errors import (
+    ChecksumMismatch,
+    Conflict,
+    InvalidRequest,
+    OutOfRange,
+    StoreUnavailable,
+    VolumeError,
+)
 from volume.ovfstore import RECORD_SIZE, OvfStores, StoreState
 from volume.sd import StorageDomain, VolumeInfo, open_data
 
@@ -245,7 +252,8 @@ def test_seal_answers_before_the_copies(storage: StorageDomain) -> None:
 def test_begin_trusts_only_what_it_read_back(storage: StorageDomain,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     """begin() does not hash again the stores this process wrote or read back
-    under the same record; a record changed elsewhere is read again."""
+    under the same record to choose the target, but for the one that is to
+    stay the good copy; a record changed elsewhere is read again."""
     stores = open_stores(storage)
     update(stores, b"gen one")
     hashed: list[int] = []
@@ -258,7 +266,8 @@ def test_begin_trusts_only_what_it_read_back(storage: StorageDomain,
 
     monkeypatch.setattr(ovfstate, "tar_digest", counting)
     u = stores.begin()
-    assert hashed == []
+    assert hashed == [len(b"gen one")]  # the copy that stays, not the target
+    hashed.clear()
     u.abort()
     other = stores.stores[1 - u.target.index]
     plant(other, b"another host's", 5)  # another host's update: a new record
@@ -267,3 +276,45 @@ def test_begin_trusts_only_what_it_read_back(storage: StorageDomain,
     assert u.generation == 6 and u.target.volume != other  # the aborted one again
     u.abort()
     assert len(stores.states()) == 2 and len(hashed) == 2  # readers always hash
+
+
+def test_a_store_rotten_since_its_check_is_not_kept_as_the_good_one(
+        storage: StorageDomain) -> None:
+    """The copy that stays when the target is overwritten was trusted from
+    its last check: rotten since, it made a failed update leave no valid
+    store, the good one overwritten."""
+    stores = open_stores(storage)
+    update(stores, b"gen one" * 100)
+    newest_state, _ = newest(stores)
+    poke(newest_state.volume, 10, b"X")  # one byte of the newest copy rots
+    u = stores.begin()
+    assert u.target.volume == newest_state.volume  # the rotten one is overwritten
+    u.abort()  # the update fails (a refused stream)
+    state, data = newest(stores)
+    assert data == b"gen one" * 100 and state.volume != newest_state.volume
+
+
+def test_a_store_that_cannot_be_opened_is_passed_over(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A store whose file is gone made every update fail with 404 'no such
+    volume'.  It is passed over while another valid store stays; with two
+    stores the last valid one is never the target (503, nothing written)."""
+    storage = make_storage("file", tmp_path)
+    stores = open_stores(storage, count=3)
+    update(stores, b"gen one")
+    states = sorted(stores.states(), key=ovfstate.age)
+    gone = states[0].volume
+    Path(gone.path).unlink()
+    u, _ = update(stores, b"gen two")
+    assert u.target.volume != gone
+    assert newest(stores)[1] == b"gen two"
+    assert u.replica_errors  # the copy into the missing store failed, said so
+
+    (tmp_path / "two").mkdir()
+    stores = open_stores(make_storage("file", tmp_path / "two"))
+    update(stores, b"gen one")
+    gone = stores.states()[0].volume
+    Path(gone.path).unlink()
+    with pytest.raises(StoreUnavailable, match="risking the last valid one"):
+        stores.begin()
+    assert newest(stores)[1] == b"gen one"
