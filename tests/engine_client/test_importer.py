@@ -78,3 +78,31 @@ def test_domain_overrides(cache: Cache, add_domain: Callable[..., str], tmp_path
                    disk_domains={str(uuid.uuid4()): a})
     with pytest.raises(InvalidInput, match="takes DISK=DOMAIN"):
         parse_disk_domains(["abc"])
+
+
+def test_which_error_an_import_reports(cache: Cache, add_domain: Callable[..., str],
+                                       tmp_path: Path) -> None:
+    """Files are stored as they are read, but the error is the one of a
+    whole read first: a file that cannot be read anywhere, then a
+    --disk-domain that names no disk, then a --domain that is not a UUID,
+    then the first file the cache refuses."""
+    sd, d = add_domain(), tmp_path / "ovfs"
+    vm, other = str(uuid.uuid4()), str(uuid.uuid4())
+    write(d, "a" + vm[1:], vm_ovf(vm, "unknown-domain", [DiskSpec(str(uuid.uuid4()))]))
+    write(d, "b" + other[1:], vm_ovf(other, "fine", [DiskSpec(sd)]))
+    stray = {str(uuid.uuid4()): sd}
+    with pytest.raises(InvalidInput, match="which is not known") as refused:
+        import_dir(cache, str(d), MAX)
+    assert str(refused.value).startswith(str(d / f"a{vm[1:]}.ovf: disk "))
+    with pytest.raises(InvalidInput, match="storage domain 'nowhere' is not a UUID"):
+        import_dir(cache, str(d), MAX, "nowhere")
+    for domain in (None, "nowhere"):
+        with pytest.raises(InvalidInput, match=r"names disk .* which no OVF"):
+            import_dir(cache, str(d), MAX, domain, disk_domains=stray)
+    (d / "zz-bad.ovf").write_bytes(b"hello")
+    with pytest.raises(OvfError, match="is not well-formed XML"):
+        import_dir(cache, str(d), MAX, "nowhere", disk_domains=stray)
+    (d / "zz-bad.ovf").write_bytes(vm_ovf(other, "copy"))
+    with pytest.raises(InvalidInput, match=f"describe the same VM {other}"):
+        import_dir(cache, str(d), MAX)
+    assert cache.entities() == []
