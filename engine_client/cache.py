@@ -223,9 +223,10 @@ class Cache:
 
     # -- VMs and templates
 
-    def import_entities(self, items: Sequence[ImportItem], default_domain: str | None = None,
+    def import_entities(self, items: Iterable[ImportItem], default_domain: str | None = None,
                         disk_domains: Mapping[str, str] | None = None) -> list[Imported]:
-        """Add or update entities from parsed OVFs: all of them, or none on error."""
+        """Add or update entities from parsed OVFs: all of them, or none on error.
+        ``items`` is read inside the transaction, one by one (see importer)."""
         with self._tx() as c:
             return entities.import_items(c, items, default_domain, disk_domains or {})
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import xxhash
 
-from .errors import InvalidInput, NotFound
+from .errors import EngineError, InvalidInput, NotFound
 from .model import SNAPSHOT_LOCKED, SNAPSHOT_OK, Disk, Entity, Snapshot, VmStatus
 from .ovf import Ovf, canonical_uuid
 from .ovfedit import set_shareable, set_storage_ids
@@ -146,55 +146,70 @@ def _placement(item: ImportItem, default_domain: str | None,
     return placed
 
 
-def import_items(c: sqlite3.Connection, items: Sequence[ImportItem],
+def import_items(c: sqlite3.Connection, items: Iterable[ImportItem],
                  default_domain: str | None = None,
                  disk_domains: Mapping[str, str] = {}) -> list[Imported]:
-    """Add or update entities from parsed OVFs; all of them or none."""
+    """Add or update entities from parsed OVFs; all of them or none.
+
+    ``items`` may be read as it goes (``importer``), each item dropped once
+    stored.  After the first item refused, the rest are still read, none
+    stored: an error of the reading wins, as when all were read first."""
     done = []
-    for item in items:
-        ovf = item.ovf
-        placed = _placement(item, default_domain, disk_domains)
-        for disk, sd in placed.items():
-            _require_domain(c, sd, f"{item.source}: disk {disk} of {ovf.kind} {ovf.name} "
-                                   f"({ovf.uuid})")
-        moves = {d.disk_uuid: placed[d.disk_uuid] for d in ovf.disks
-                 if placed[d.disk_uuid] != d.sd_uuid}
-        data = set_storage_ids(item.data, moves, item.source) if moves else item.data
-        digest = put_blob(c, data)
-        old = entity_rows(c, "WHERE e.uuid = ?", (ovf.uuid,))
-        old_disks = {d.disk_uuid: d for d in disks_by_entity(c, ovf.uuid).get(ovf.uuid, [])}
-        same_disks = {(d.disk_uuid, placed[d.disk_uuid], d.shareable) for d in ovf.disks} == {
-            (d.disk_uuid, d.sd_uuid, d.shareable) for d in old_disks.values()}
-        if not old:
-            generation, action = max(1, ovf.generation or 0), "added"
-            c.execute("INSERT INTO entities (uuid, name, kind, origin, db_generation, "
-                      "source_digest) VALUES (?, ?, ?, ?, ?, ?)",
-                      (ovf.uuid, ovf.name, ovf.kind, ovf.origin, generation, digest))
-        elif (old[0].source_digest, old[0].name, old[0].kind) == (digest, ovf.name,
-                                                                ovf.kind) and same_disks:
-            generation, action = old[0].db_generation, "unchanged"
-        else:
-            generation = max(old[0].db_generation + 1, ovf.generation or 0)
-            action = "changed"
-            c.execute("UPDATE entities SET name = ?, kind = ?, origin = ?, db_generation = ?, "
-                      "source_digest = ? WHERE uuid = ?",
-                      (ovf.name, ovf.kind, ovf.origin, generation, digest, ovf.uuid))
-        # In the cache now: no longer held for the stores (see schema._V2).
-        c.execute("DELETE FROM held_ovfs WHERE entity_uuid = ?", (ovf.uuid,))
-        c.execute("DELETE FROM disks WHERE entity_uuid = ?", (ovf.uuid,))
-        # Active and locked are the engine's state, not the OVF's: a disk
-        # imported again keeps them (an inactive one stays out of stores).
-        c.executemany("INSERT INTO disks VALUES (?, ?, ?, ?, ?, ?)", [
-            (ovf.uuid, d.disk_uuid, placed[d.disk_uuid], d.shareable,
-             old_disks[d.disk_uuid].active if d.disk_uuid in old_disks else True,
-             d.disk_uuid in old_disks and old_disks[d.disk_uuid].locked) for d in ovf.disks])
-        old_snaps = {s.uuid: s.status for s in snapshots(c, ovf.uuid)}
-        c.execute("DELETE FROM snapshots WHERE entity_uuid = ?", (ovf.uuid,))
-        c.executemany("INSERT INTO snapshots VALUES (?, ?, ?, ?)", [
-            (ovf.uuid, s.uuid, s.type, old_snaps.get(s.uuid, SNAPSHOT_OK))
-            for s in ovf.snapshots])
-        done.append(Imported(ovf.uuid, ovf.name, ovf.kind, item.source, action, generation))
+    rest = iter(items)
+    for item in rest:
+        try:
+            done.append(_import_one(c, item, default_domain, disk_domains))
+        except EngineError:
+            for _ in rest:
+                pass
+            raise
     return done
+
+
+def _import_one(c: sqlite3.Connection, item: ImportItem, default_domain: str | None,
+                disk_domains: Mapping[str, str]) -> Imported:
+    ovf = item.ovf
+    placed = _placement(item, default_domain, disk_domains)
+    for disk, sd in placed.items():
+        _require_domain(c, sd, f"{item.source}: disk {disk} of {ovf.kind} {ovf.name} "
+                               f"({ovf.uuid})")
+    moves = {d.disk_uuid: placed[d.disk_uuid] for d in ovf.disks
+             if placed[d.disk_uuid] != d.sd_uuid}
+    data = set_storage_ids(item.data, moves, item.source) if moves else item.data
+    digest = put_blob(c, data)
+    old = entity_rows(c, "WHERE e.uuid = ?", (ovf.uuid,))
+    old_disks = {d.disk_uuid: d for d in disks_by_entity(c, ovf.uuid).get(ovf.uuid, [])}
+    same_disks = {(d.disk_uuid, placed[d.disk_uuid], d.shareable) for d in ovf.disks} == {
+        (d.disk_uuid, d.sd_uuid, d.shareable) for d in old_disks.values()}
+    if not old:
+        generation, action = max(1, ovf.generation or 0), "added"
+        c.execute("INSERT INTO entities (uuid, name, kind, origin, db_generation, "
+                  "source_digest) VALUES (?, ?, ?, ?, ?, ?)",
+                  (ovf.uuid, ovf.name, ovf.kind, ovf.origin, generation, digest))
+    elif (old[0].source_digest, old[0].name, old[0].kind) == (digest, ovf.name,
+                                                            ovf.kind) and same_disks:
+        generation, action = old[0].db_generation, "unchanged"
+    else:
+        generation = max(old[0].db_generation + 1, ovf.generation or 0)
+        action = "changed"
+        c.execute("UPDATE entities SET name = ?, kind = ?, origin = ?, db_generation = ?, "
+                  "source_digest = ? WHERE uuid = ?",
+                  (ovf.name, ovf.kind, ovf.origin, generation, digest, ovf.uuid))
+    # In the cache now: no longer held for the stores (see schema._V2).
+    c.execute("DELETE FROM held_ovfs WHERE entity_uuid = ?", (ovf.uuid,))
+    c.execute("DELETE FROM disks WHERE entity_uuid = ?", (ovf.uuid,))
+    # Active and locked are the engine's state, not the OVF's: a disk
+    # imported again keeps them (an inactive one stays out of stores).
+    c.executemany("INSERT INTO disks VALUES (?, ?, ?, ?, ?, ?)", [
+        (ovf.uuid, d.disk_uuid, placed[d.disk_uuid], d.shareable,
+         old_disks[d.disk_uuid].active if d.disk_uuid in old_disks else True,
+         d.disk_uuid in old_disks and old_disks[d.disk_uuid].locked) for d in ovf.disks])
+    old_snaps = {s.uuid: s.status for s in snapshots(c, ovf.uuid)}
+    c.execute("DELETE FROM snapshots WHERE entity_uuid = ?", (ovf.uuid,))
+    c.executemany("INSERT INTO snapshots VALUES (?, ?, ?, ?)", [
+        (ovf.uuid, s.uuid, s.type, old_snaps.get(s.uuid, SNAPSHOT_OK))
+        for s in ovf.snapshots])
+    return Imported(ovf.uuid, ovf.name, ovf.kind, item.source, action, generation)
 
 
 def _bump(c: sqlite3.Connection, entity: str) -> None:
