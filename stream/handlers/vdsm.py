@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import re
 import uuid as uuidlib
+from contextlib import closing
 
 from aiohttp import web
 
-from volume.errors import Conflict, InvalidRequest
+from volume.errors import Conflict, InvalidRequest, NotFound
+from volume.ovfstore import OvfStores
+from volume.sd import StorageDomain
 from volume.validate import check_uuid
 
 from .. import download, ovfread
@@ -59,12 +62,23 @@ def _image(request: web.Request) -> tuple[str, str]:
             check_uuid(request.headers["Image-Id"], "Image-Id"))
 
 
+def _check_store(storage: StorageDomain, image: str) -> None:
+    """The image a ``PUT /`` names must be one of the domain's OVF stores,
+    as for ``GET /`` (the update itself picks which store it writes)."""
+    with closing(OvfStores.open(storage)) as stores:
+        if image not in {info.img_uuid for info in stores.stores}:
+            raise NotFound(f"image {image} is not an OVF_STORE of storage domain "
+                           f"{storage.uuid}")
+
+
 @routes.put("/", name=ENGINE + "vdsm-upload")
 async def vdsm_upload(request: web.Request) -> web.Response:
     """The body takes the path of ``PUT /domains/{sd}/ovf-store``."""
-    sd, _ = _image(request)
+    sd, image = _image(request)
     if request.content_length is None:
         raise LengthRequired("Content-Length header is required")
+    storage = await storage_for(request, sd, Access.READ)
+    await request.app[IO_KEY].run(_check_store, storage, image)
     committed = await receive_store(request, sd)
     resp = web.json_response(committed.to_json())
     resp.headers["Task-Id"] = str(uuidlib.uuid4())

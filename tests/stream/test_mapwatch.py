@@ -74,17 +74,18 @@ async def maps(client: Client, sd: str, domain_dir: Path, tmp_path: Path) -> Map
     return m
 
 
-def put_path(route: str, sd: str) -> tuple[str, dict[str, str]]:
+async def put_path(client: Client, route: str, sd: str) -> tuple[str, dict[str, str]]:
     if route == "engine":
         return f"/domains/{sd}/ovf-store", {"X-Ovf-Manifest": "required"}
+    info = await (await client.get(f"/domains/{sd}/ovf-store/info")).json()
     return "/", {"Storage-Pool-Id": POOL, "Storage-Domain-Id": sd,
-                 "Image-Id": str(uuid.uuid4()), "Volume-Id": str(uuid.uuid4())}
+                 "Image-Id": info["stores"][0]["img_uuid"], "Volume-Id": str(uuid.uuid4())}
 
 
 async def begin_put(client: Client, route: str, sd: str, body: bytes
                     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """A PUT of ``body`` with its first half sent."""
-    path, headers = put_path(route, sd)
+    path, headers = await put_path(client, route, sd)
     reader, writer = await asyncio.open_connection(client.host, client.port)
     head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
     writer.write(f"PUT {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n"

@@ -41,7 +41,10 @@ async def engine_pool(client: Client, sd: str, domain_dir: Path) -> str:
 
 async def test_vdsm_upload_form(client: Client, sd: str, domain_dir: Path) -> None:
     tar, _ = build_tar(sd, with_manifest=False)
-    headers = vdsm_headers(sd)
+    # An image that is none of the domain's stores: 404, as for GET /.
+    resp = await client.put("/", data=tar, headers=vdsm_headers(sd))
+    assert resp.status == 404 and "is not an OVF_STORE" in (await resp.json())["detail"]
+    headers = vdsm_headers(sd, (await store_images(client, sd))[1]["img_uuid"])
     resp = await client.put("/", data=tar, headers=headers)
     assert resp.status == 200, await resp.text()
     assert "Task-Id" in resp.headers
