@@ -170,12 +170,12 @@ class Updater:
                 errors.append(f"no host serves domain {sd}; add one with "
                               f"'sluice-engine host add ... --domain {sd}'")
             if store.generation is None and not store.claimed and order:
-                checked, foreign = await self._foreign_store(sd, order)
-                if foreign:
-                    return await self._failed(store, content, foreign,
+                why_not = await self._foreign_store(sd, order)
+                if why_not is not None:
+                    return await self._failed(store, content, why_not,
                                               time.monotonic() - start)
-                if checked:  # holding no OVF: this engine's from now on
-                    await self._run(self.cache.claim_store, sd)
+                # Holding no OVF: this engine's from now on.
+                await self._run(self.cache.claim_store, sd)
             for host in order:
                 client = self._clients(host)
                 try:
@@ -197,27 +197,31 @@ class Updater:
             return await self._failed(store, content, "; ".join(errors),
                                       time.monotonic() - start)
 
-    async def _foreign_store(self, sd: str, order: list[Host]) -> tuple[bool, str | None]:
-        """(whether a host answered, why the store of ``sd`` must not be
-        pushed if it must not): this engine never pushed it nor imported it,
-        and a host says it holds OVFs (another engine's, or this one's before
-        its cache was lost).  Pushing would replace them with only what this
-        cache knows."""
+    async def _foreign_store(self, sd: str, order: list[Host]) -> str | None:
+        """Why the store of ``sd`` must not be pushed, or None if a host says
+        it holds no OVF.  This engine never pushed it nor imported it: if it
+        holds OVFs (another engine's, or this one's before its cache was
+        lost), pushing would replace them with only what this cache knows.
+        If no host can list it, that is as unknown: the listing and the PUT
+        fail apart (a 5xx, a proxy, a listing waiting for slow copies), so a
+        push going through would replace what nobody looked at."""
+        errors = []
         for host in order:
             try:
                 info = await self._clients(host).ovf_store_info(sd)
-            except HostError:
-                continue  # the next host; or the push itself reports them all
+            except HostError as e:
+                errors.append(str(e))
+                continue
             held = [s for s in info.get("stores", []) if isinstance(s, dict)
                     and s.get("valid") and isinstance(s.get("ovfs"), int) and s["ovfs"] > 0]
             if not held:
-                return True, None
+                return None
             newest = max(held, key=lambda s: int(s.get("record", {}).get("generation", 0)))
-            return True, (f"domain {sd} holds an OVF store this engine never wrote nor "
-                          f"imported (generation {newest.get('record', {}).get('generation')}, "
-                          f"{count(newest['ovfs'], 'OVF')}, host {host.name}); run 'sluice-engine "
-                          f"domain import {sd}' first, so that they are kept")
-        return False, None
+            return (f"domain {sd} holds an OVF store this engine never wrote nor "
+                    f"imported (generation {newest.get('record', {}).get('generation')}, "
+                    f"{count(newest['ovfs'], 'OVF')}, host {host.name}); run 'sluice-engine "
+                    f"domain import {sd}' first, so that they are kept")
+        return "could not check the domain's existing OVF store: " + "; ".join(errors)
 
     async def _pushed(self, content: StoreContent, r: PushResult, seconds: float) -> DomainReport:
         updated = await self._run(self.cache.store_pushed, content, r.generation,

@@ -89,6 +89,13 @@ def daemons(tmp_path: Path) -> Iterator[Callable[[], Daemon]]:
         d.stop()
 
 
+async def no_store(request: web.Request) -> web.Response:
+    """``GET .../ovf-store/info`` of a fake host: the domain holds no store
+    yet, so the updater may push its first one."""
+    return web.json_response({"sd_uuid": request.match_info["sd"], "stores": [],
+                              "copy_errors": []})
+
+
 @pytest.fixture
 async def wrong_digest_url(aiohttp_server: Any) -> str:
     """A host that takes a whole OVF store upload and answers a wrong digest
@@ -109,6 +116,7 @@ async def wrong_digest_url(aiohttp_server: Any) -> str:
 
     app = web.Application()
     app.router.add_get("/info/", info)
+    app.router.add_get("/domains/{sd}/ovf-store/info", no_store)
     app.router.add_put("/domains/{sd}/ovf-store", put)
     server = await aiohttp_server(app, auto_decompress=False)
     return f"http://127.0.0.1:{server.port}"

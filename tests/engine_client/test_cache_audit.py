@@ -52,6 +52,7 @@ async def proxy_url(aiohttp_server: Any) -> str:
 
     app = web.Application()
     app.router.add_get("/info/", page)
+    app.router.add_get("/domains/{sd}/ovf-store/info", page)
     app.router.add_get("/stats", multiline)
     server = await aiohttp_server(app)
     return f"http://127.0.0.1:{server.port}"

@@ -106,8 +106,9 @@ async def test_host_errors_mark_nothing(cache: Cache, cfg: Config, updater: Upda
     r = await updater.run_once()
     (d,) = r.domains
     assert d.outcome == "failed"
-    assert d.detail == (f"host {m.host}: PUT /domains/{m.sd}/ovf-store answered 401 "
-                        "unauthorized: this route needs the engine's credential")
+    assert d.detail == (f"could not check the domain's existing OVF store: host {m.host}: "
+                        f"GET /domains/{m.sd}/ovf-store/info answered 401 unauthorized: this "
+                        "route needs the engine's credential")
     cache.add_host(m.host, m.url, m.daemon.token, [m.sd])
     # The host's map says Maintenance: it refuses the write with 409.
     cache.set_domain_status(m.sd, DomainStatus.MAINTENANCE)

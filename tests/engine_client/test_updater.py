@@ -28,6 +28,7 @@ from engine_client.phase import Outcome
 from engine_client.updater import Updater
 from tests.stream.daemon import free_port
 
+from .conftest import no_store
 from .ovfs import DiskSpec, vm_ovf
 
 AddDomain = Callable[..., str]
@@ -148,7 +149,9 @@ async def test_host_down_leaves_outdated_and_backs_off(cache: Cache, cfg: Config
     before = time.time()
     r = await updater.run_once()
     (d,) = r.domains
-    assert d.outcome == "failed" and "host h1: GET /info/: cannot connect to" in (d.detail or "")
+    assert d.outcome == "failed" and (d.detail or "").startswith(
+        f"could not check the domain's existing OVF store: host h1: "
+        f"GET /domains/{sd}/ovf-store/info: cannot connect to")
     s = cache.store(sd)
     assert s.outdated and s.failures == 1 and s.generation is None
     assert before + 30 <= s.next_attempt <= time.time() + 30
@@ -310,6 +313,7 @@ async def test_concurrency_bounds_pushes_in_flight(cache: Cache, cfg: Config,
 
     app = web.Application()
     app.router.add_get("/info/", info)
+    app.router.add_get("/domains/{sd}/ovf-store/info", no_store)
     app.router.add_put("/domains/{sd}/ovf-store", put)
     server = await aiohttp_server(app)
     sds = [add_domain() for _ in range(4)]
@@ -341,6 +345,7 @@ async def test_a_canceled_pass_drops_its_host_lookups(cache: Cache, updater: Upd
 
     app = web.Application()
     app.router.add_get("/info/", info)
+    app.router.add_get("/domains/{sd}/ovf-store/info", no_store)
     server = await aiohttp_server(app)
     sds = [add_domain(), add_domain()]
     add_vm(cache, "diskless", [])  # marks every active domain
