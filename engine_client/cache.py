@@ -176,10 +176,12 @@ class Cache:
             return stores.read_blobs(c, digests)
 
     def store_pushed(self, content: StoreContent, generation: int, digest: str,
-                     tar_length: int, host: str, when: float) -> bool:
-        """Record a verified push; True if the store is now up to date (see stores)."""
+                     tar_length: int, host: str, when: float, started: float) -> bool:
+        """Record a verified push that started at ``started``; True if the
+        store is now up to date (see stores)."""
         with self._tx() as c:
-            return stores.pushed(c, content, generation, digest, tar_length, host, when)
+            return stores.pushed(c, content, generation, digest, tar_length, host, when,
+                                 started)
 
     def store_imported(self, sd_uuid: str, generation: int, digest: str, tar_length: int,
                        host: str, entities: Iterable[str]) -> None:

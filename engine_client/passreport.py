@@ -13,8 +13,9 @@ from .phase import Outcome
 class DomainReport:
     sd_uuid: str
     #: "updated"; "superseded" (pushed, but marked again meanwhile: stays
-    #: outdated); "failed"; "waiting" (retry not due, or the domain's status
-    #: does not allow OVF writes).
+    #: outdated, pushed again at once the first time, then with backoff);
+    #: "failed"; "waiting" (retry not due, or the domain's status does not
+    #: allow OVF writes).
     outcome: str
     detail: str | None = None
     host: str | None = None

@@ -6,6 +6,7 @@ transaction; ``Cache`` runs each in one.
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 from collections.abc import Iterable, Sequence
 
@@ -13,6 +14,8 @@ from . import decide, entities
 from .errors import NotFound
 from .model import Member, Store, StoreContent
 from .ovf import EXTERNAL_ORIGIN
+
+log = logging.getLogger(__name__)
 
 
 def group(c: sqlite3.Connection, table: str, key: str, value: str) -> dict[str, list[str]]:
@@ -125,23 +128,40 @@ def read_blobs(c: sqlite3.Connection, digests: Sequence[str]) -> dict[str, bytes
 
 
 def pushed(c: sqlite3.Connection, content: StoreContent, generation: int, digest: str,
-           tar_length: int, host: str, when: float) -> bool:
-    """Record a verified push; True if the store is now up to date.
+           tar_length: int, host: str, when: float, started: float) -> bool:
+    """Record a verified push that started at ``started``; True if the store
+    is now up to date.
 
     It stays outdated when something marked it after ``content`` was read:
-    the host holds what was pushed, not what the store needs now.
+    the host holds what was pushed, not what the store needs now.  Its
+    failures and retry time stay then, for the updater to back off.
     """
     sd = content.sd_uuid
     if not _exists(c, sd):  # the domain left the pool (a detach) during the push
         return False
-    (known,) = c.execute("SELECT generation FROM ovf_stores WHERE sd_uuid = ?", (sd,)).fetchone()
+    known, last = c.execute("SELECT generation, last_updated FROM ovf_stores "
+                            "WHERE sd_uuid = ?", (sd,)).fetchone()
     if known is not None and generation < known:
-        # Two pushes answered out of order: the newer one is on storage.
-        return not _seq(c, sd)[1]
-    c.execute("UPDATE ovf_stores SET generation = ?, last_updated = ?, digest = ?, "
-              "tar_length = ?, host = ?, failures = 0, next_attempt = 0, last_error = NULL, "
-              "outdated = CASE WHEN outdated_seq = ? THEN 0 ELSE 1 END WHERE sd_uuid = ?",
-              (generation, when, digest, tar_length, host, content.outdated_seq, sd))
+        if last is not None and last >= started:
+            # Two pushes answered out of order: the newer one, recorded
+            # while this one was on its way, is on storage.
+            return not _seq(c, sd)[1]
+        # The generation was recorded before this push began: the stores
+        # themselves went back (a storage snapshot or backup restored), and
+        # the host's answer is what they hold now.  Taking the old one for
+        # the newest had every push since called "superseded", and pushed
+        # again every second until the host's count caught up.
+        log.warning("the OVF stores of domain %s went back in generation: host %s wrote "
+                    "generation %d after generation %d (restored from a snapshot or a "
+                    "backup?)", sd, host, generation, known)
+    c.execute("UPDATE ovf_stores SET generation = :generation, last_updated = :when, "
+              "digest = :digest, tar_length = :tar_length, host = :host, "
+              "failures = CASE WHEN outdated_seq = :seq THEN 0 ELSE failures END, "
+              "next_attempt = CASE WHEN outdated_seq = :seq THEN 0 ELSE next_attempt END, "
+              "last_error = CASE WHEN outdated_seq = :seq THEN NULL ELSE last_error END, "
+              "outdated = CASE WHEN outdated_seq = :seq THEN 0 ELSE 1 END WHERE sd_uuid = :sd",
+              {"generation": generation, "when": when, "digest": digest,
+               "tar_length": tar_length, "host": host, "seq": content.outdated_seq, "sd": sd})
     # Only the difference: a push mostly lists what the store listed (and
     # ``content`` added them all already), and rewriting every row put
     # megabytes into the WAL on each pass.

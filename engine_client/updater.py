@@ -163,7 +163,7 @@ class Updater:
                            features: dict[str, asyncio.Task[bool]]) -> DomainReport:
         sd = store.sd_uuid
         async with limit:
-            start = time.monotonic()
+            start, started = time.monotonic(), self._clock()
             content = await self._run(self.cache.store_content, sd)
             errors: list[str] = []
             if not order:
@@ -185,15 +185,18 @@ class Updater:
                         self.cfg.http.chunk_size, self._worker)
                 except ContentChanged as e:  # marked meanwhile: the next pass pushes
                     log.info("OVF store of domain %s not pushed: %s", sd, e)
+                    retry_at = await self._superseded(store, content, str(e))
                     return DomainReport(sd, "superseded", f"{e}; stays outdated",
-                                        seconds=round(time.monotonic() - start, 3))
+                                        seconds=round(time.monotonic() - start, 3),
+                                        retry_at=retry_at)
                 except (HostError, CacheCorrupt) as e:
                     log.warning("OVF store of domain %s not pushed: %s", sd, e)
                     errors.append(str(e))
                     if isinstance(e, CacheCorrupt):
                         break
                     continue
-                return await self._pushed(content, result, time.monotonic() - start)
+                return await self._pushed(store, content, result, started,
+                                          time.monotonic() - start)
             return await self._failed(store, content, "; ".join(errors),
                                       time.monotonic() - start)
 
@@ -223,16 +226,37 @@ class Updater:
                     f"domain import {sd}' first, so that they are kept")
         return "could not check the domain's existing OVF store: " + "; ".join(errors)
 
-    async def _pushed(self, content: StoreContent, r: PushResult, seconds: float) -> DomainReport:
+    async def _pushed(self, store: Store, content: StoreContent, r: PushResult,
+                      started: float, seconds: float) -> DomainReport:
         updated = await self._run(self.cache.store_pushed, content, r.generation,
-                                  r.digest, r.tar_length, r.host, self._clock())
+                                  r.digest, r.tar_length, r.host, self._clock(), started)
         outcome = "updated" if updated else "superseded"
         log.info("OVF store of domain %s %s on host %s: generation %d, %d OVFs, %d bytes "
                  "(%d sent, zstd=%s) in %.2f s", r.sd_uuid, outcome, r.host, r.generation,
                  r.entities, r.tar_length, r.sent, r.zstd, seconds)
-        detail = None if updated else "changed while it was pushed; stays outdated"
+        detail = retry_at = None
+        if not updated:
+            detail = "changed while it was pushed; stays outdated"
+            retry_at = await self._superseded(store, content, "changed while it was pushed")
         return DomainReport(r.sd_uuid, outcome, detail, r.host, r.generation, r.tar_length,
-                            r.digest, r.entities, r.sent, r.zstd, round(seconds, 3))
+                            r.digest, r.entities, r.sent, r.zstd, round(seconds, 3),
+                            retry_at)
+
+    async def _superseded(self, store: Store, content: StoreContent, why: str) -> float | None:
+        """Schedule the push of a store marked again while it was pushed; when
+        it is retried, or None for the next pass.
+
+        The first time, that is at once: the mark is a change the store still
+        lacks.  Marked again during each push after that (another process
+        marking it as fast as it is pushed), it waits as a failure does, so
+        that the store is not pushed back to back, whole, without end.
+        """
+        u = self.cfg.updater
+        delay = 0.0 if store.failures == 0 else decide.backoff_delay(
+            store.failures, u.backoff_base, u.backoff_max, u.jitter, self._rand())
+        retry_at = self._clock() + delay
+        await self._run(self.cache.store_failed, content, f"superseded: {why}", retry_at)
+        return retry_at if delay else None
 
     async def _failed(self, store: Store, content: StoreContent, error: str,
                       seconds: float) -> DomainReport:

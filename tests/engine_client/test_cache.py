@@ -194,10 +194,10 @@ def test_push_of_a_store_marked_meanwhile_stays_outdated(cache: Cache,
     vm = str(uuid.uuid4())
     cache.import_entities([item(vm, "a", [DiskSpec(sd)])])
     cache.process_entities(cache.outdated_entities("", 10))  # marks sd during "the push"
-    assert not cache.store_pushed(content, 1, "0" * 32, 2048, "h1", 1.0)
+    assert not cache.store_pushed(content, 1, "0" * 32, 2048, "h1", 1.0, 0.5)
     s = cache.store(sd)
     assert s.outdated and s.generation == 1 and s.stored == frozenset()
-    assert cache.store_pushed(cache.store_content(sd), 2, "1" * 32, 4096, "h1", 2.0)
+    assert cache.store_pushed(cache.store_content(sd), 2, "1" * 32, 4096, "h1", 2.0, 1.5)
     s = cache.store(sd)
     assert not s.outdated and s.stored == {vm} and (s.generation, s.tar_length) == (2, 4096)
 

@@ -3,7 +3,10 @@ read back over their API and compared with the engine cache."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,7 +25,7 @@ from engine_client.poolsync import PoolSync
 from engine_client.updater import Updater
 from tests.stream.daemon import Daemon, free_port
 
-from .clusters import Cluster, add, cached, get, stored
+from .clusters import Cluster, Member, add, cached, get, stored
 from .ovfs import DiskSpec, vm_ovf, write
 
 
@@ -128,6 +131,62 @@ async def test_host_errors_mark_nothing(cache: Cache, cfg: Config, updater: Upda
     r = await updater.run_once(retry_now=True)
     assert [d.outcome for d in r.domains] == ["updated"]
     assert cache.store(m.sd).failures == 0
+
+
+async def test_stores_restored_to_an_older_generation(
+        cache: Cache, cfg: Config, updater: Updater, cluster: Cluster, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The domain's files restored from a backup (a storage snapshot): its
+    stores go back in generation.  The next push lands and is what they hold
+    now: updated at the host's generation, with a warning, and not pushed
+    again and again as if each answer were an old one come late."""
+    (m,) = await cluster(1)
+    vm = add(cache, "vm", [DiskSpec(m.sd)])
+    assert (await updater.run_once()).ok
+    data, backup = m.daemon.data_dir, tmp_path / "backup"
+    started: list[Daemon] = []
+
+    async def restart(restore: bool) -> Member:
+        """Stop the host, restore the domain's files if asked, start it again."""
+        m.daemon.stop()
+        if restore:
+            shutil.rmtree(data / "domains")
+            shutil.copytree(backup, data / "domains", symlinks=True)
+        else:
+            shutil.copytree(data / "domains", backup, symlinks=True)
+        m.daemon = await asyncio.to_thread(Daemon, data)
+        started.append(m.daemon)
+        cache.add_host(m.host, m.url, m.daemon.token, [m.sd])
+        sync = PoolSync(cache, cfg)
+        try:
+            assert {r.state for r in await sync.sync_once()} == {"pushed"}
+        finally:
+            await sync.close()
+        return m
+
+    try:
+        await restart(restore=False)  # the backup, at generation 1
+        for _ in range(4):
+            cache.mark_outdated(m.sd)
+            assert (await updater.run_once()).ok
+        assert cache.store(m.sd).generation == 5
+        await restart(restore=True)
+        assert (await stored(m)).generation == 1
+        add(cache, "vm-renamed", [DiskSpec(m.sd)], vm=vm)
+        with caplog.at_level(logging.WARNING, "engine_client"):
+            (d,) = (await updater.run_once()).domains
+        assert (d.outcome, d.detail, d.generation) == ("updated", None, 2)
+        s, on_host = cache.store(m.sd), await stored(m)
+        assert not s.outdated and (s.generation, s.digest) == (2, on_host.digest) == (
+            on_host.generation, d.digest)
+        assert parse(on_host.ovfs[vm]).name == "vm-renamed"
+        assert (f"the OVF stores of domain {m.sd} went back in generation: host {m.host} "
+                "wrote generation 2 after generation 5 (restored from a snapshot or a "
+                "backup?)") in caplog.text
+        assert (await updater.run_once()).domains == [], "pushed once, not again"
+    finally:
+        for daemon in started:
+            daemon.stop()
 
 
 @pytest.mark.parametrize("zstd", [True, False], ids=["zstd", "plain"])

@@ -206,7 +206,7 @@ def test_detach_in_the_cache(cache: Cache, add_domain: Callable[..., str]) -> No
     vm = add(cache, "vm", [DiskSpec(b)])
     cache.process_entities(cache.outdated_entities("", 100))
     content = cache.store_content(b)
-    assert cache.store_pushed(content, 1, "0" * 32, 10240, "h0", 0.0)  # b lists vm
+    assert cache.store_pushed(content, 1, "0" * 32, 10240, "h0", 0.0, 0.0)  # b lists vm
     (disk,) = cache.disks(vm)
     cache.set_disk(vm, disk.disk_uuid, a)  # not processed: b still lists it
     assert not cache.store(b).outdated

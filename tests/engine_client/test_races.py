@@ -9,7 +9,9 @@ import json
 import time
 import uuid
 from collections.abc import Callable
+from typing import Any
 
+import xxhash
 from aiohttp import web
 
 from engine_client.cache import Cache
@@ -20,6 +22,7 @@ from engine_client.model import Host
 from engine_client.ovf import parse
 from engine_client.updater import Updater
 
+from .conftest import no_store
 from .ovfs import DiskSpec, vm_ovf
 
 AddDomain = Callable[..., str]
@@ -44,7 +47,7 @@ def test_a_vm_deleted_while_pushed_has_that_store_rewritten(
     content = cache.store_content(sd)  # a push starts with it
     assert [m.uuid for m in content.members] == [vm]
     assert cache.delete_entity(vm) == [sd]  # the store may get it: rewrite it
-    assert cache.store_pushed(content, 1, "0" * 32, 10240, "h", time.time())  # it did
+    assert cache.store_pushed(content, 1, "0" * 32, 10240, "h", time.time(), 0.0)  # it did
     assert cache.process_deletions() == [(vm, [sd])]  # the next pass...
     assert cache.store(sd).outdated  # ...rewrites it without the VM
 
@@ -56,7 +59,7 @@ def test_a_domain_detached_while_pushed(cache: Cache, add_domain: AddDomain) -> 
     content = cache.store_content(sd)
     cache.detach_domain(sd)
     # Neither answer may fail on the store that is gone (it stopped `run`).
-    assert cache.store_pushed(content, 1, "0" * 32, 10240, "h", time.time()) is False
+    assert cache.store_pushed(content, 1, "0" * 32, 10240, "h", time.time(), 0.0) is False
     cache.store_failed(content, "boom", time.time() + 60)
     assert [s.sd_uuid for s in cache.stores()] == [other]
 
@@ -67,10 +70,70 @@ def test_answers_out_of_order_keep_the_newer_generation(
     add_vm(cache, "vm", [DiskSpec(sd)])
     process(cache)
     content = cache.store_content(sd)
-    assert cache.store_pushed(content, 2, "2" * 32, 10240, "h2", time.time())
-    assert cache.store_pushed(content, 1, "1" * 32, 10240, "h1", time.time())
+    started = time.time()  # both pushes; the second answer comes last
+    assert cache.store_pushed(content, 2, "2" * 32, 10240, "h2", time.time(), started)
+    assert cache.store_pushed(content, 1, "1" * 32, 10240, "h1", time.time(), started)
     store = cache.store(sd)
     assert (store.generation, store.digest, store.host) == (2, "2" * 32, "h2")
+
+
+def test_a_lower_generation_after_the_last_push_is_taken(
+        cache: Cache, add_domain: AddDomain) -> None:
+    """A generation below the cached one, recorded before this push began:
+    the stores went back (a snapshot restored), and hold this push now."""
+    sd = add_domain()
+    add_vm(cache, "vm", [DiskSpec(sd)])
+    process(cache)
+    assert cache.store_pushed(cache.store_content(sd), 5, "5" * 32, 10240, "h", 10.0, 9.0)
+    cache.mark_outdated(sd)
+    assert cache.store_pushed(cache.store_content(sd), 2, "2" * 32, 10240, "h", 21.0, 20.0)
+    store = cache.store(sd)
+    assert not store.outdated
+    assert (store.generation, store.digest, store.last_updated) == (2, "2" * 32, 21.0)
+
+
+async def test_a_store_marked_during_every_push_backs_off(
+        cache: Cache, cfg: Config, add_domain: AddDomain, aiohttp_server: Any) -> None:
+    """Marked again while each push is on its way (another process's changes
+    or refreshes): the first "superseded" is pushed again at once (the mark
+    is a real change), the next ones wait as failures do, not a second."""
+    sd = add_domain()
+    add_vm(cache, "vm", [DiskSpec(sd)])
+
+    async def info(request: web.Request) -> web.Response:
+        return web.json_response({"server": "sluice", "features": ["ovf-store"]})
+
+    async def put(request: web.Request) -> web.Response:
+        body = await request.read()
+        with Cache.open(cache.state_dir) as other:  # as another process would
+            other.mark_outdated(sd)
+        return web.json_response({"generation": 1, "tar_length": len(body),
+                                  "digest": xxhash.xxh3_128_hexdigest(body)})
+
+    app = web.Application()
+    app.router.add_get("/info/", info)
+    app.router.add_get("/domains/{sd}/ovf-store/info", no_store)
+    app.router.add_put("/domains/{sd}/ovf-store", put)
+    server = await aiohttp_server(app)
+    cache.add_host("h", f"http://127.0.0.1:{server.port}", "t", [sd])
+    updater = Updater(cache, cfg, rand=lambda: 0.0)
+    try:
+        (d,) = (await updater.run_once()).domains
+        assert (d.outcome, d.retry_at) == ("superseded", None)
+        domains = {x.uuid: x for x in cache.domains()}
+        assert updater._next_wakeup(cache.stores(), domains) == 1.0, "again at once"
+        (d,) = (await updater.run_once()).domains
+        assert d.outcome == "superseded" and d.retry_at is not None
+        s = cache.store(sd)
+        assert s.outdated and s.next_attempt == d.retry_at >= time.time() + 29
+        assert 29 < updater._next_wakeup(cache.stores(), domains) <= 30
+        (d,) = (await updater.run_once()).domains
+        assert d.outcome == "waiting"
+        (d,) = (await updater.run_once(retry_now=True)).domains
+        assert d.outcome == "superseded" and d.retry_at is not None
+        assert cache.store(sd).next_attempt >= time.time() + 59, "the delay doubled"
+    finally:
+        await updater.close()
 
 
 def test_an_overdue_retry_wakes_the_loop_at_once(cache: Cache, cfg: Config,

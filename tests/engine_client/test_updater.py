@@ -111,15 +111,15 @@ async def test_which_domains_are_marked(cache: Cache, updater: Updater,
     diskless = add_vm(cache, "diskless", [])
     await updater.run_once()
     for sd in (a, b):  # pretend a and b got stores with what they hold now
-        cache.store_pushed(cache.store_content(sd), 1, "0" * 32, 1024, "h", time.time())
+        cache.store_pushed(cache.store_content(sd), 1, "0" * 32, 1024, "h", time.time(), 0.0)
     assert {s.sd_uuid: s.stored for s in cache.stores() if not s.outdated} == {
         a: frozenset({vm, diskless}), b: frozenset({diskless})}
     cache.set_disk(vm, disk.disk, b)
     r = await updater.run_once()
     assert [(o.uuid, o.domains) for o in r.processed] == [(vm, tuple(sorted([a, b])))], \
         "the old domain (its store lists the VM) and the new one"
-    cache.store_pushed(cache.store_content(a), 2, "0" * 32, 1024, "h", time.time())
-    cache.store_pushed(cache.store_content(b), 2, "0" * 32, 1024, "h", time.time())
+    cache.store_pushed(cache.store_content(a), 2, "0" * 32, 1024, "h", time.time(), 0.0)
+    cache.store_pushed(cache.store_content(b), 2, "0" * 32, 1024, "h", time.time(), 0.0)
     add_vm(cache, "diskless2", [], vm=diskless)
     r = await updater.run_once()
     assert r.processed[0].domains == tuple(sorted([a, b])), "every Active domain, not c"
@@ -131,7 +131,7 @@ async def test_deletion_marks_the_domains(cache: Cache, updater: Updater,
     sd = add_domain()
     vm = add_vm(cache, "a", [DiskSpec(sd)])
     await updater.run_once()
-    cache.store_pushed(cache.store_content(sd), 1, "0" * 32, 1024, "h", time.time())
+    cache.store_pushed(cache.store_content(sd), 1, "0" * 32, 1024, "h", time.time(), 0.0)
     assert not cache.store(sd).outdated
     cache.delete_entity(vm)
     assert not cache.store(sd).outdated, "marked by the next pass, not at once"
