@@ -10,10 +10,14 @@ kept as they are:
   is processed is checked by the cache when it commits);
 - processing marks outdated the domains holding an active non-shareable
   disk of the entity, those whose store lists it, and for an entity with
-  no disks every Active domain;
+  no active non-shareable disk every Active domain;
 - a store holds every entity with an active non-shareable disk on its
-  domain, plus every entity without disks, and ``metadata.json`` lists the
-  VMs that are not Down.
+  domain, plus every entity with no active non-shareable disk anywhere
+  (no disks, or only shareable ones: oVirt's
+  ``GetVmsAndTemplatesIdsWithoutAttachedImageDisks(pool, shareable=false)``,
+  which §1.5 of the reference shortens to "diskless"), so that those can be
+  recovered from any domain; ``metadata.json`` lists the VMs that are not
+  Down.
 
 Done better: failed domains are retried with exponential backoff and
 jitter instead of waiting for the next hourly run, and hosts are tried in
@@ -59,13 +63,32 @@ def lock_reason(entity: Entity, disks: Sequence[Disk], snapshots: Sequence[Snaps
     return None
 
 
+def anchors(disks: Sequence[Disk]) -> list[Disk]:
+    """The disks that tie an entity to their domains' stores: the active,
+    non-shareable ones.  An entity with none is in every store.
+
+    oVirt's two queries look at image disks, not at their attachment:
+    ``GetVmAndTemplatesIdsByStorageDomainId(sd, false, true)`` takes the
+    non-shareable ones whose image is the active volume (not a snapshot's),
+    and ``GetVmsAndTemplatesIdsWithoutAttachedImageDisks(pool, false)`` the
+    entities with no non-shareable one, plugged or not.  The cache holds no
+    snapshot volumes, and its ``active`` is the attachment's (a deactivated
+    disk).  It keeps its choice that an inactive disk counts as no disk: it
+    puts its entity in no store of its own, so such an entity with no other
+    goes to every store instead, where oVirt keeps it in its disk's.  That
+    way it is still in some store, never in none.
+    """
+    return [d for d in disks if d.active and not d.shareable]
+
+
 def domains_to_mark(
     disks: Sequence[Disk], listed_in: Iterable[str], active_domains: Iterable[str]
 ) -> set[str]:
     """The domains whose stores must be rewritten after an entity changed."""
-    marks = {d.sd_uuid for d in disks if d.active and not d.shareable}
+    tied = anchors(disks)
+    marks = {d.sd_uuid for d in tied}
     marks.update(listed_in)
-    if not disks:
+    if not tied:
         marks.update(active_domains)
     return marks
 
@@ -76,9 +99,8 @@ def active_domains(domains: Iterable[Domain]) -> list[str]:
 
 def holds(sd_uuid: str, disks: Sequence[Disk]) -> bool:
     """Whether a store of ``sd_uuid`` holds an entity with these disks."""
-    return not disks or any(
-        d.sd_uuid == sd_uuid and d.active and not d.shareable for d in disks
-    )
+    tied = anchors(disks)
+    return not tied or any(d.sd_uuid == sd_uuid for d in tied)
 
 
 def store_members(

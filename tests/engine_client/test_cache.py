@@ -232,8 +232,12 @@ def test_store_content_applies_the_rules_of_decide(cache: Cache, add_domain: Add
         assert list(content.members) == members and members
         assert content.vm_status == decide.vm_statuses(ents, members)
     names = {e.uuid: e.name for e in ents}
+    # No active non-shareable disk (a shareable one only, an inactive one
+    # only) is as no disk: in every store.
     assert sorted(names[m.uuid] for m in cache.store_content(a).members) == [
-        "both", "diskless", "on-a", "template"]
+        "both", "diskless", "inactive-a", "on-a", "shared-a", "template"]
+    assert sorted(names[m.uuid] for m in cache.store_content(b).members) == [
+        "both", "diskless", "inactive-a", "on-b", "shared-a", "shared-a-own-b", "template"]
 
 
 def test_gc_blobs_keeps_what_entities_refer_to(cache: Cache, add_domain: AddDomain) -> None:

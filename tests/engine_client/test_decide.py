@@ -62,7 +62,11 @@ def test_domains_to_mark() -> None:
         "active non-shareable disks, plus the stores that list it"
     assert decide.domains_to_mark([], [], [SD1, SD2]) == {SD1, SD2}, \
         "a VM without disks goes to every Active domain"
-    assert decide.domains_to_mark([disk(SD2, shareable=True)], [], [SD1]) == set()
+    # oVirt's GetVmsAndTemplatesIdsWithoutAttachedImageDisks(pool, shareable=false):
+    # no non-shareable disk is as no disk at all.
+    assert decide.domains_to_mark([disk(SD2, shareable=True)], [], [SD1, SD3]) == {SD1, SD3}
+    assert decide.domains_to_mark([disk(SD3, active=False)], [SD3], [SD1, SD2]) == {
+        SD1, SD2, SD3}, "an inactive disk counts as none (see decide.holds)"
 
 
 def test_active_domains() -> None:
@@ -78,15 +82,21 @@ def test_store_members_and_statuses() -> None:
         entity("c1", kind="template"),             # disk on SD1
         entity("d1", origin=4),                    # external: never
         entity("e1", cached=False),                # never processed: no cached OVF
-        entity("f1", status=VmStatus.PAUSED),      # only a shareable disk on SD1
+        entity("f1", status=VmStatus.PAUSED),      # only a shareable disk: everywhere
+        entity("g1"),                              # only an inactive disk: everywhere
+        entity("h1"),                              # shareable on SD1, own disk on SD2
     ]
     disks = {"b1": [disk(SD1, owner="b1")], "c1": [disk(SD1, owner="c1")],
              "d1": [disk(SD1, owner="d1")], "e1": [disk(SD1, owner="e1")],
-             "f1": [disk(SD1, shareable=True, owner="f1")]}
+             "f1": [disk(SD1, shareable=True, owner="f1")],
+             "g1": [disk(SD1, active=False, owner="g1")],
+             "h1": [disk(SD1, shareable=True, owner="h1"), disk(SD2, owner="h1")]}
     members = decide.store_members(SD1, ents, disks)
-    assert [m.uuid for m in members] == ["a1", "b1", "c1"]
-    assert [m.uuid for m in decide.store_members(SD2, ents, disks)] == ["a1"]
-    assert decide.vm_statuses(ents, members) == {"b1": 1}, "only VMs that are not Down"
+    assert [m.uuid for m in members] == ["a1", "b1", "c1", "f1", "g1"]
+    assert [m.uuid for m in decide.store_members(SD2, ents, disks)] == ["a1", "f1", "g1",
+                                                                        "h1"]
+    assert decide.vm_statuses(ents, members) == {"b1": 1, "f1": VmStatus.PAUSED}, \
+        "only VMs that are not Down"
 
 
 def test_backoff_grows_is_capped_and_jittered() -> None:

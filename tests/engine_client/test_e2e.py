@@ -36,7 +36,8 @@ async def test_updates_through_changes(cache: Cache, updater: Updater, cluster: 
     vm2 = add(cache, "vm2", [DiskSpec(b.sd)])
     tpl = add(cache, "tpl", [DiskSpec(a.sd)], template=True)
     vm3 = add(cache, "diskless", [])
-    add(cache, "shared-only", [DiskSpec(a.sd, shareable=True)])
+    shared_disk = DiskSpec(a.sd, shareable=True)
+    shared = add(cache, "shared-only", [shared_disk])  # in every store, as vm3
     cache.set_status(vm2, VmStatus.UP)
     cache.set_status(tpl, VmStatus.UP)  # templates never go into "VM Status"
 
@@ -44,7 +45,7 @@ async def test_updates_through_changes(cache: Cache, updater: Updater, cluster: 
     assert r.ok and {d.sd_uuid: d.outcome for d in r.domains} == {a.sd: "updated",
                                                                     b.sd: "updated"}
     sa, sb = await stored(a), await stored(b)
-    assert set(sa.ovfs) == {vm1, tpl, vm3} and set(sb.ovfs) == {vm2, vm3}
+    assert set(sa.ovfs) == {vm1, tpl, vm3, shared} and set(sb.ovfs) == {vm2, vm3, shared}
     assert all(data == cached(cache, vm) for s in (sa, sb) for vm, data in s.ovfs.items())
     assert (sa.vm_status, sb.vm_status) == ({}, {vm2: 1})
     for m, s in ((a, sa), (b, sb)):
@@ -76,10 +77,19 @@ async def test_updates_through_changes(cache: Cache, updater: Updater, cluster: 
     assert [d.sd_uuid for d in r.domains] == [b.sd]
     assert parse((await stored(b)).ovfs[vm2]).name == "vm2-renamed"
 
+    cache.set_disk(shared, shared_disk.disk, shareable=False)  # a disk of its own now
+    r = await updater.run_once()
+    assert {d.sd_uuid: d.outcome for d in r.domains} == {a.sd: "updated", b.sd: "updated"}
+    assert shared in (await stored(a)).ovfs and shared not in (await stored(b)).ovfs
+    cache.set_disk(shared, shared_disk.disk, shareable=True)  # back in every store
+    r = await updater.run_once()
+    assert {d.sd_uuid: d.outcome for d in r.domains} == {a.sd: "updated", b.sd: "updated"}
+    assert shared in (await stored(b)).ovfs
+
     cache.delete_entity(tpl)
     r = await updater.run_once()
     assert [d.sd_uuid for d in r.domains] == [a.sd]
-    assert set((await stored(a)).ovfs) == {vm3}
+    assert set((await stored(a)).ovfs) == {vm3, shared}
 
 
 async def test_several_hosts_one_down(cache: Cache, cfg: Config, updater: Updater,
