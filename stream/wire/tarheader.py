@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 
 BLOCK = 512
@@ -48,9 +49,50 @@ KINDS = {
     b"N": "GNU old long name",
 }
 
-#: PAX keys that would change what the data means; refused, never ignored.
-_PAX_REFUSED = ("linkpath", "hdrcharset")
-_PAX_REFUSED_PREFIX = "GNU.sparse."
+#: A PAX time as GNU tar reads it (an optional '-', digits, a fraction) and
+#: commons-compress does (Double.parseDouble); 18 digits fit a 64-bit time_t.
+_PAX_TIME = re.compile(rb"-?[0-9]{1,18}(?:\.[0-9]{1,9})?")
+#: A PAX uid or gid: GNU tar refuses a sign or a value beyond uid_t (2**32 - 1).
+_PAX_ID = re.compile(rb"[0-9]{1,10}")
+
+
+def _is_id(value: bytes) -> bool:
+    return _PAX_ID.fullmatch(value) is not None and int(value) < 1 << 32
+
+
+def _is_text(value: bytes) -> bool:
+    try:
+        value.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return b"\0" not in value
+
+
+#: The only PAX keys a store may use, and what each value must be: what GNU
+#: tar (1.34) and commons-compress 1.21 (the engine's reader) both read
+#: without an error, tried against both; a value one of them refuses would
+#: cost the engine or an operator the OVFs after it.  Nothing legitimate
+#: needs more: Sluice plans PAX with tarfile, which writes only path, size,
+#: mtime, uid, gid, uname and gname (for values a ustar field cannot hold),
+#: the engine's TarArchiveOutputStream, with its default settings
+#: (LONGFILE_ERROR, BIGNUMBER_ERROR), writes no PAX at all, and ``tar
+#: --format=posix`` adds atime and ctime (times to the nanosecond).  Every
+#: other key is refused, never ignored: GNU.sparse.* and SCHILY.filetype=sparse
+#: turn the data into a sparse map for commons-compress, linkpath and
+#: hdrcharset change what the name means, and the rest (SCHILY.devmajor=x,
+#: unknown keys) has no use here worth finding out which reader chokes on it.
+_PAX_VALUES: dict[str, tuple[Callable[[bytes], object], str]] = {
+    "path": (bool, "a name"),  # not empty; then checked as a flat name
+    "size": (_DECIMAL.fullmatch, "a decimal number"),
+    "mtime": (_PAX_TIME.fullmatch, "a decimal time"),
+    "atime": (_PAX_TIME.fullmatch, "a decimal time"),
+    "ctime": (_PAX_TIME.fullmatch, "a decimal time"),
+    "uid": (_is_id, "a decimal below 2**32"),
+    "gid": (_is_id, "a decimal below 2**32"),
+    "uname": (_is_text, "UTF-8 without NUL"),
+    "gname": (_is_text, "UTF-8 without NUL"),
+    "comment": (_is_text, "UTF-8 without NUL"),
+}
 
 
 def padding(size: int) -> int:
@@ -122,7 +164,12 @@ def _check_numbers(block: bytes) -> None:
 
 
 def _check_sum(block: bytes) -> None:
-    stored = _number(block[148:156], "checksum")
+    # Octal only, as GNU tar writes it: tarfile would read base-256 here, but
+    # commons-compress and GNU tar refuse it and lose the entry.
+    m = _OCTAL.fullmatch(block[148:156])
+    if m is None:
+        raise ValueError(f"malformed checksum field {block[148:156]!r}")
+    stored = int(m.group(1), 8)
     unsigned = sum(block) - sum(block[148:156]) + 8 * 0x20
     # Old writers summed signed chars; tarfile and GNU tar accept both.
     if stored != unsigned and stored != sum(_SIGNED.unpack(block)) + 8 * 0x20:
@@ -148,9 +195,9 @@ def parse_header(block: bytes) -> RawHeader:
 def parse_pax(body: bytes) -> dict[str, bytes]:
     """The records ``"<len> <key>=<value>\\n"`` of a PAX extended header.
 
-    Strict: every record's length must be exact, keys unique, and no key
-    may change how the data is read (``linkpath``, ``hdrcharset``,
-    ``GNU.sparse.*``).  Values stay bytes; keys are UTF-8.
+    Strict: every record's length must be exact, keys unique, and only the
+    keys of ``_PAX_VALUES`` are allowed, each with a value every reader of
+    the store reads.  Values stay bytes; keys are UTF-8.
     """
     records: dict[str, bytes] = {}
     pos = 0
@@ -171,8 +218,11 @@ def parse_pax(body: bytes) -> dict[str, bytes]:
             raise ValueError(f"malformed PAX record at byte {pos}")
         if key in records:
             raise ValueError(f"PAX key {key!r} given twice")
-        if key in _PAX_REFUSED or key.startswith(_PAX_REFUSED_PREFIX):
+        rule = _PAX_VALUES.get(key)
+        if rule is None:
             raise ValueError(f"PAX key {key!r} is not allowed")
+        if not rule[0](value):
+            raise ValueError(f"PAX {key} {value[:40]!r} is not {rule[1]}")
         records[key] = value
         pos = end
     return records
@@ -180,13 +230,8 @@ def parse_pax(body: bytes) -> dict[str, bytes]:
 
 def pax_overrides(records: dict[str, bytes]) -> tuple[bytes | None, int | None]:
     """The ``path`` and ``size`` a PAX header sets for the next entry."""
-    path = records.get("path")
-    if path is not None and not path:
-        raise ValueError("PAX path is empty")
-    size = records.get("size")
-    if size is not None and not _DECIMAL.fullmatch(size):
-        raise ValueError(f"PAX size {size!r} is not a decimal number")
-    return path, None if size is None else int(size)
+    size = records.get("size")  # checked by parse_pax, as the path is
+    return records.get("path"), None if size is None else int(size)
 
 
 def entry_name(raw: RawHeader, pax: dict[str, bytes] | None,
