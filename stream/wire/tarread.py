@@ -39,6 +39,7 @@ from .manifest import (
     parse_info,
     parse_metadata,
 )
+from .strictjson import value_bound
 from .tarbody import Entry
 from .tarheader import BLOCK, EOF_SIZE, ZERO_BLOCK
 from .tarstream import TarStream
@@ -48,6 +49,17 @@ __all__ = ["BadTar", "Entry", "OvfTarReader", "Summary", "index"]
 KiB = 1 << 10
 MiB = 1 << 20
 _JSON_NAMES = (INFO_NAME, METADATA_NAME)
+#: What info.json and metadata.json need for a store of ``max_entries``
+#: entries; both are kept and parsed (on the daemon's event loop), and 16 MiB
+#: of ``{},`` took 300 MiB and seconds.  Bytes: ``build_store_info`` writes
+#: 156 a manifest entry (a name of 41, a digest of 32, a size of 8 digits,
+#: keys and indents), the engine about 48 a VM status; 64 KiB more for
+#: oVirt's keys and the domains.  Values (``strictjson.value_bound``): 4 a
+#: manifest entry (its object, a comma before each other value and before
+#: the next entry), 1 a VM status.  A legitimate 100,000 entries take 82 MiB
+#: and a fraction of a second to parse; what these bounds let through, no more.
+_JSON_BYTES_PER_ENTRY, _JSON_BYTES_BESIDES = 160, 64 * KiB
+_JSON_VALUES_PER_ENTRY, _JSON_VALUES_BESIDES = 4, 1024
 #: The usual header of an OVF: the name field exactly a canonical
 #: ``<uuid>.ovf``, mode, uid, gid, size and mtime in octal digits, the
 #: checksum 6 and NUL space, a regular file, ustar magic, devmajor, devminor
@@ -84,10 +96,11 @@ class OvfTarReader(TarStream):
     empty entries is refused at its first entry anyway, empty entries being
     invalid), ``max_entry_size`` each OVF, ``max_pax`` each PAX or GNU
     long-name body, ``max_meta`` ``info.json`` and ``metadata.json`` (kept
-    in memory to be parsed).  ``ignore_trailing``: bytes after the end
-    blocks are not looked at (reading a store volume, whose tail may hold
-    an older tar); otherwise they must be zeros.  ``require_manifest``:
-    ``info.json`` must carry a manifest (a Sluice sender says it sent one).
+    in memory to be parsed; no more than ``max_entries`` entries need).
+    ``ignore_trailing``: bytes after the end blocks are not looked at
+    (reading a store volume, whose tail may hold an older tar); otherwise
+    they must be zeros.  ``require_manifest``: ``info.json`` must carry a
+    manifest (a Sluice sender says it sent one).
     """
 
     def __init__(
@@ -105,7 +118,9 @@ class OvfTarReader(TarStream):
                          ignore_trailing=ignore_trailing)
         self._require_manifest = require_manifest
         self._max_entry_size = max_entry_size
-        self._max_meta = max_meta
+        self._max_meta = min(max_meta, _JSON_BYTES_PER_ENTRY * max_entries
+                             + _JSON_BYTES_BESIDES)
+        self._max_values = _JSON_VALUES_PER_ENTRY * max_entries + _JSON_VALUES_BESIDES
         self._info: dict[str, Any] = {}
         self._manifest: Manifest | None = None
         self._expected: dict[str, ManifestEntry] | None = None
@@ -148,6 +163,9 @@ class OvfTarReader(TarStream):
             listed = self._expected[entry.name]
             if listed.digest != entry.digest:
                 raise ValueError(f"digest {entry.digest}, the manifest says {listed.digest}")
+        if entry.name in _JSON_NAMES and (n := value_bound(data)) > self._max_values:
+            raise ValueError(f"up to {n} JSON values, more than the {self._max_values} "
+                             f"that {self._max_entries} entries need")
         if entry.name == INFO_NAME:
             self._info, self._manifest = parse_info(data)
             if self._manifest is None and self._require_manifest:
