@@ -49,10 +49,15 @@ def newest(storage: StorageDomain, image: str | None = None, length: int = 0
 
 
 class _Census:
-    """Counts a store's entries from the bytes ``states`` hashes anyway."""
+    """Counts a store's entries from the bytes ``states`` hashes anyway.
+
+    Headers only: ``info.json`` is not parsed again (up to 16 MB for 100,000
+    entries, parsed for every store at every ``info``, took 80 MiB each, and
+    700 MiB for one of tiny values committed before they were refused).  Its
+    record verifies the archive is the one the reader accepted whole."""
 
     def __init__(self, size: int) -> None:
-        self._reader = OvfTarReader(max_total=size, ignore_trailing=True)
+        self._reader = OvfTarReader(max_total=size, ignore_trailing=True, entries_only=True)
         self._error: str | None = None
 
     def feed(self, data: memoryview) -> None:
