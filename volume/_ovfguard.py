@@ -17,7 +17,11 @@ another host can hash what it streams and compare with the record.
 
 from __future__ import annotations
 
+import math
+import os
+import stat
 import threading
+import time
 import weakref
 from collections import Counter
 
@@ -106,13 +110,32 @@ def guard(sd_uuid: str) -> DomainGuard:
 # and any change of its record (another host's update, which marks it
 # first) no longer matches the entry, so only rot under an unchanged
 # record escapes it, and a reader still refuses such a store.
-_verified: dict[tuple[str, str], CommitRecord] = {}
+#
+# Each entry keeps when, and the file's identity and times then: a write
+# to a file volume by anything but this daemon changes those, so it is
+# no longer trusted (a block device's node shows no writes; there only
+# ``within`` bounds the trust).
+_verified: dict[tuple[str, str], tuple[CommitRecord, float, tuple[int, ...] | None]] = {}
 _verified_lock = threading.Lock()
 
 
+def _signature(info: VolumeInfo) -> tuple[int, ...] | None:
+    """A file's identity and times; None for anything else (a device node's
+    times move with writes anywhere on the device, this daemon's too)."""
+    try:
+        st = os.lstat(info.path)
+    except OSError:
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        return None
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
 def remember(sd_uuid: str, info: VolumeInfo, record: CommitRecord) -> None:
+    """``info``'s archive was just read back (or written) under ``record``."""
+    found = (record, time.monotonic(), _signature(info))
     with _verified_lock:
-        _verified[sd_uuid, store_key(info)] = record
+        _verified[sd_uuid, store_key(info)] = found
 
 
 def forget(sd_uuid: str, info: VolumeInfo) -> None:
@@ -120,7 +143,11 @@ def forget(sd_uuid: str, info: VolumeInfo) -> None:
         _verified.pop((sd_uuid, store_key(info)), None)
 
 
-def verified(sd_uuid: str, info: VolumeInfo, record: CommitRecord) -> bool:
-    """Whether this process read back ``info``'s archive under ``record``."""
+def verified(sd_uuid: str, info: VolumeInfo, record: CommitRecord,
+             within: float = math.inf) -> bool:
+    """Whether this process read back ``info``'s archive under ``record``,
+    ``within`` seconds ago at most, and (a file) nothing wrote it since."""
     with _verified_lock:
-        return _verified.get((sd_uuid, store_key(info))) == record
+        found = _verified.get((sd_uuid, store_key(info)))
+    return found is not None and found[0] == record \
+        and time.monotonic() - found[1] <= within and found[2] == _signature(info)

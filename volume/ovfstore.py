@@ -32,8 +32,9 @@ Before an update, every store is checked to choose the target; a store
 this process has read back under the same record is not hashed again
 (see ``volume._ovfguard.verified``), except the one that is to stay the
 good copy while the target is overwritten: rotten since its last check,
-it would leave no valid store should the update fail.  Readers always
-hash what they serve.
+it would leave no valid store should the update fail.  It is hashed
+again unless read back within CONFIRM_TRUST seconds (and, a file, not
+written since).  Readers always hash what they serve.
 
 A SIGKILL or power loss at any instant leaves the newest valid store
 holding the previous generation or the new one, whole and verified (with
@@ -58,6 +59,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import uuid
 from contextlib import closing
 
@@ -65,7 +67,7 @@ from ._ovfguard import DomainGuard, guard, store_key
 from .base import Volume
 from .errors import Conflict, Error, InvalidRequest, NotFound, StoreUnavailable
 from .ovfrecord import CHUNK, RECORD_SIZE, CommitRecord, aligned_view, record_offset
-from .ovfstate import Observe, StoreState, age, verify
+from .ovfstate import CONFIRM_TRUST, Observe, StoreState, age, confirm_kept, verify
 from .ovfupdate import Update
 from .region import RegionVolume
 from .sd import Allocation, Content, Format, MiB, StorageDomain, VolumeInfo, open_data
@@ -181,11 +183,12 @@ class OvfStores:
         as they are hashed (a caller counting its entries); it implies
         ``trusted=False``."""
         with aligned_view(CHUNK) as buf:
-            return [self._state(i, info, buf, trusted and observe is None, observe)
+            trust = math.inf if trusted and observe is None else 0.0
+            return [self._state(i, info, buf, trust, observe)
                     for i, info in enumerate(self._stores)]
 
     def _state(self, index: int, info: VolumeInfo, buf: memoryview,
-               trusted: bool = False, observe: Observe | None = None) -> StoreState:
+               trusted: float = 0.0, observe: Observe | None = None) -> StoreState:
         try:
             with closing(open_data(info, readonly=True)) as vol:
                 record, error = verify(vol, self._sd_uuid, info, buf, trusted, observe)
@@ -244,32 +247,15 @@ class OvfStores:
             # hashed again to sort them ...
             order = sorted(self.states(trusted=True), key=age)
             # ... but before a valid store is overwritten, the copy that is
-            # to stay is read back: one that rotted since it was checked
-            # would otherwise leave no good store if this update fails.
-            order = self._confirm_other(order)
+            # to stay is read back unless checked moments ago: one that
+            # rotted since would leave no good store if this update fails.
+            with aligned_view(CHUNK) as buf:
+                order = confirm_kept(order, lambda s: self._state(s.index, s.volume, buf,
+                                                                  CONFIRM_TRUST))
             return self._start(order)
         except BaseException:
             self._guard.end_update()
             raise
-
-    def _confirm_other(self, order: list[StoreState]) -> list[StoreState]:
-        """``order`` again, once a valid store other than the first valid
-        one (the target, unless invalid ones go first) is known valid by
-        hashing it now, newest first; those found bad sort first."""
-        target = next((s for s in order if s.valid), None)
-        if target is None:
-            return order
-        fresh = list(order)
-        with aligned_view(CHUNK) as buf:
-            for i in sorted((i for i, s in enumerate(order) if s.valid and s is not target),
-                            key=lambda i: age(order[i]), reverse=True):
-                s = order[i]
-                fresh[i] = self._state(s.index, s.volume, buf)
-                if fresh[i].valid:
-                    break
-                log.error("OVF store sd=%s vol=%s went bad since it was checked: %s",
-                          self._sd_uuid, store_key(s.volume), fresh[i].error)
-        return sorted(fresh, key=age)
 
     def _start(self, order: list[StoreState]) -> Update:
         """The update of the first store in ``order`` that opens.  An

@@ -26,8 +26,9 @@ from tests.volume.ovfstore_util import (
     update,
 )
 from tests.volume.test_blockdomain import write as poke
-from volume import ovfrecord, ovfstate, ovfupdate
+from volume import ovfrecord, ovfstate, ovfstore, ovfupdate
 from volume.base import Volume
+from volume.blockdomain import BlockDomain
 from volume.errors import (
     ChecksumMismatch,
     Conflict,
@@ -252,8 +253,9 @@ def test_seal_answers_before_the_copies(storage: StorageDomain) -> None:
 def test_begin_trusts_only_what_it_read_back(storage: StorageDomain,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     """begin() does not hash again the stores this process wrote or read back
-    under the same record to choose the target, but for the one that is to
-    stay the good copy; a record changed elsewhere is read again."""
+    under the same record to choose the target; the one that is to stay the
+    good copy only if read back within CONFIRM_TRUST seconds; a record
+    changed elsewhere is read again."""
     stores = open_stores(storage)
     update(stores, b"gen one")
     hashed: list[int] = []
@@ -266,7 +268,13 @@ def test_begin_trusts_only_what_it_read_back(storage: StorageDomain,
 
     monkeypatch.setattr(ovfstate, "tar_digest", counting)
     u = stores.begin()
-    assert hashed == [len(b"gen one")]  # the copy that stays, not the target
+    assert hashed == []  # all read back moments ago
+    u.abort()
+    update(stores, b"gen two")
+    hashed.clear()
+    monkeypatch.setattr(ovfstore, "CONFIRM_TRUST", 0.0)  # as if a minute had passed
+    u = stores.begin()
+    assert hashed == [len(b"gen two")]  # the copy that stays, not the target
     hashed.clear()
     u.abort()
     other = stores.stores[1 - u.target.index]
@@ -279,10 +287,14 @@ def test_begin_trusts_only_what_it_read_back(storage: StorageDomain,
 
 
 def test_a_store_rotten_since_its_check_is_not_kept_as_the_good_one(
-        storage: StorageDomain) -> None:
+        storage: StorageDomain, monkeypatch: pytest.MonkeyPatch) -> None:
     """The copy that stays when the target is overwritten was trusted from
     its last check: rotten since, it made a failed update leave no valid
-    store, the good one overwritten."""
+    store, the good one overwritten.  A file written since is never
+    trusted; a block device shows no writes, so there the check must be
+    older than CONFIRM_TRUST."""
+    if isinstance(storage, BlockDomain):
+        monkeypatch.setattr(ovfstore, "CONFIRM_TRUST", 0.0)
     stores = open_stores(storage)
     update(stores, b"gen one" * 100)
     newest_state, _ = newest(stores)
