@@ -231,10 +231,11 @@ async def test_ovf_store_symlinked_out_is_neither_read_nor_written(
     assert states[stores[1]["vol_uuid"]]["valid"] is True
     assert await served(client, sd) == (1, tar)  # from the other store
     # The next update's first target is the oldest store: the refused one.
-    # It fails closed (as for a store that cannot be opened at all), and the
-    # host file is not written.
+    # It is passed over, as a store that cannot be opened at all, and the
+    # other is the last valid one: the update is refused (503, naming the
+    # link), and the host file is not written.
     status, body = await push(client, sd, build_tar(sd, count=3)[0])
-    assert status == 403, body
+    assert status == 503, body
     assert "is a symbolic link" in body["detail"]
     assert outside.read_bytes() == before
     assert await served(client, sd) == (1, tar)
