@@ -66,6 +66,10 @@ class DaemonConfig:
     #: sizes for 10 transfers x 4 connections; 1000 is 25 times that, and
     #: an idle connection costs a few KiB.
     max_connections: int = 1000
+    #: Seconds a SIGTERM waits for requests in flight before they are
+    #: cut: systemd's default stop timeout is 90 s, and the cut requests
+    #: get a few more seconds (server.SHUTDOWN_GRACE, twice) to clean up.
+    drain_timeout: int = 60
 
 
 @dataclass

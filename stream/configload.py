@@ -103,6 +103,8 @@ def validate(cfg: Config) -> None:
         ("transfer.inactivity_timeout", t.inactivity_timeout, 1),
         ("daemon.request_head_timeout", cfg.daemon.request_head_timeout, 1),
         ("transfer.remove_timeout", t.remove_timeout, 0),
+        ("daemon.drain_timeout", cfg.daemon.drain_timeout, 0),
+        ("ovf.update_timeout", cfg.ovf.update_timeout, 0),
         ("monitor.interval", cfg.monitor.interval, 1),
         ("monitor.timeout", cfg.monitor.timeout, 1),
     ]:
@@ -136,8 +138,6 @@ def validate(cfg: Config) -> None:
                             f"bytes, at least {ovfstore.MIN_SIZE}")
     if cfg.ovf.buffer_size < 1 * MiB or cfg.ovf.buffer_size % (1 * MiB):
         raise InvalidConfig("ovf.buffer_size must be a whole number of MiB, at least 1")
-    if cfg.ovf.update_timeout < 0:
-        raise InvalidConfig("ovf.update_timeout must be 0 (no bound) or more seconds")
     for d in cfg.domains:
         try:
             d.uuid = check_uuid(d.uuid, "domains.uuid")

@@ -28,9 +28,11 @@ log = logging.getLogger(__name__)
 
 #: imageio's listen backlog: "10 transfers x 4 connections".
 BACKLOG = 40
-#: How long a SIGTERM waits for requests in flight (aiohttp's own shutdown
-#: timeout; systemd's default stop timeout, 90 s, leaves room for cleanup).
-DRAIN_TIMEOUT = 60
+#: aiohttp's shutdown timeout, once the drain (daemon.drain_timeout) is
+#: over: it waits this long for handlers, cancels them, and waits as long
+#: again for their cleanup.  Its default, 60 s, came on top of the drain:
+#: a slow OVF GET made a SIGTERM take 181 s, past systemd's 90 s.
+SHUTDOWN_GRACE = 5.0
 
 
 def tls_context(cert: str, key: str, engine_ca: str = "") -> ssl.SSLContext:
@@ -119,7 +121,8 @@ async def serve(cfg: Config, ctx: ssl.SSLContext | None,
     check_bindable(host, int(port))
     control = bind_control(sock_path)
     app = make_app(cfg)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, **RUNNER_KWARGS)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False,
+                           shutdown_timeout=SHUTDOWN_GRACE, **RUNNER_KWARGS)
     try:
         await runner.setup()
     except BaseException:
@@ -161,7 +164,7 @@ async def serve(cfg: Config, ctx: ssl.SSLContext | None,
         # Until they are done, the drain times out, or a second signal comes.
         drained = asyncio.ensure_future(inflight.idle())
         interrupt = asyncio.ensure_future(stop.wait())
-        await asyncio.wait([drained, interrupt], timeout=DRAIN_TIMEOUT,
+        await asyncio.wait([drained, interrupt], timeout=cfg.daemon.drain_timeout,
                            return_when=asyncio.FIRST_COMPLETED)
         drained.cancel()
         interrupt.cancel()
