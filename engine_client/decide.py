@@ -171,3 +171,27 @@ def host_order(sd_uuid: str, hosts: Iterable[Host],
 
     serving = [h for h in hosts if sd_uuid in h.domains]
     return sorted(serving, key=lambda h: (rank(h), h.name))
+
+
+def foreign_store(sd: str, host: str, info: Mapping[str, Any]) -> str | None:
+    """Why a store this engine never pushed nor imported must not be pushed,
+    from a host's ``GET .../ovf-store/info`` answer; None if it holds no OVF.
+    A valid store whose OVFs the host could not count is as unknown, not
+    as empty (its reader may refuse what an older daemon committed)."""
+    valid = [s for s in info.get("stores", []) if isinstance(s, dict) and s.get("valid")]
+    uncounted = [s for s in valid
+                 if not isinstance(s.get("ovfs"), int) or isinstance(s["ovfs"], bool)]
+    if uncounted:
+        why = uncounted[0].get("entries_error") or "no count given"
+        return (f"domain {sd} holds a valid OVF store whose OVFs host {host} could not "
+                f"count ({why}); check it, or import it with 'sluice-engine domain import "
+                f"{sd}', before this engine replaces it")
+    held = [s for s in valid if s["ovfs"] > 0]
+    if not held:
+        return None
+    newest = max(held, key=lambda s: int(s.get("record", {}).get("generation", 0)))
+    n = newest["ovfs"]
+    return (f"domain {sd} holds an OVF store this engine never wrote nor imported "
+            f"(generation {newest.get('record', {}).get('generation')}, {n} "
+            f"OVF{'s' * (n != 1)}, host {host}); run 'sluice-engine domain import {sd}' "
+            "first, so that they are kept")

@@ -40,7 +40,6 @@ from .hostapi import Clients, HostClient
 from .model import Domain, Host, Store, StoreContent
 from .passreport import DomainReport, PassReport
 from .push import CacheCorrupt, ContentChanged, PushResult, push_store
-from .report import count
 
 log = logging.getLogger(__name__)
 
@@ -215,15 +214,7 @@ class Updater:
             except HostError as e:
                 errors.append(str(e))
                 continue
-            held = [s for s in info.get("stores", []) if isinstance(s, dict)
-                    and s.get("valid") and isinstance(s.get("ovfs"), int) and s["ovfs"] > 0]
-            if not held:
-                return None
-            newest = max(held, key=lambda s: int(s.get("record", {}).get("generation", 0)))
-            return (f"domain {sd} holds an OVF store this engine never wrote nor "
-                    f"imported (generation {newest.get('record', {}).get('generation')}, "
-                    f"{count(newest['ovfs'], 'OVF')}, host {host.name}); run 'sluice-engine "
-                    f"domain import {sd}' first, so that they are kept")
+            return decide.foreign_store(sd, host.name, info)
         return "could not check the domain's existing OVF store: " + "; ".join(errors)
 
     async def _pushed(self, store: Store, content: StoreContent, r: PushResult,

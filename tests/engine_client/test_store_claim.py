@@ -47,14 +47,23 @@ async def test_own_store_after_a_lost_answer(cache: Cache, updater: Updater,
 
 
 @pytest.fixture
-async def info_fails(aiohttp_server: Any) -> Callable[[Member], Awaitable[str]]:
+async def info_fails(aiohttp_server: Any) -> Callable[..., Awaitable[str]]:
     """``await info_fails(m)``: the URL of a proxy to ``m``'s real daemon that
     answers 503 to ``GET .../ovf-store/info`` alone (a listing that fails or
-    times out behind a proxy) and forwards everything else."""
+    times out behind a proxy) and forwards everything else.  With
+    ``uncounted=True`` it forwards the listing, its stores' OVFs uncounted
+    (as a daemon answers for a store its reader can no longer count)."""
 
-    async def make(m: Member) -> str:
+    async def make(m: Member, uncounted: bool = False) -> str:
         async def forward(request: web.Request) -> web.Response:
             if request.method == "GET" and request.path.endswith("/ovf-store/info"):
+                if uncounted:
+                    async with aiohttp.ClientSession() as s, s.get(
+                            m.url + request.path_qs, headers=dict(request.headers)) as r:
+                        info = await r.json()
+                    for store in info["stores"]:
+                        store.update(entries=None, ovfs=None, entries_error="a PAX key")
+                    return web.json_response(info)
                 return web.json_response({"error": "unavailable",
                                           "detail": "store listing failed"}, status=503)
             drop = {"host", "content-length", "transfer-encoding"}
@@ -77,7 +86,7 @@ async def info_fails(aiohttp_server: Any) -> Callable[[Member], Awaitable[str]]:
 
 async def test_store_unchecked_is_not_replaced(cache: Cache, updater: Updater, cfg: Config,
                                                cluster: Cluster, tmp_path: Path,
-                                               info_fails: Callable[[Member], Awaitable[str]]
+                                               info_fails: Callable[..., Awaitable[str]]
                                                ) -> None:
     """A second engine (or this one after losing its cache) whose hosts cannot
     say what the domain's store holds must not replace it unseen: the domain
@@ -107,3 +116,32 @@ async def test_store_unchecked_is_not_replaced(cache: Cache, updater: Updater, c
         assert s.outdated and not s.claimed and s.generation is None and s.failures == 1
         assert s.next_attempt >= start + 30
     assert await stored(m) == before  # the first engine's store, untouched
+
+
+async def test_store_uncounted_is_not_replaced(cache: Cache, updater: Updater, cfg: Config,
+                                               cluster: Cluster, tmp_path: Path,
+                                               info_fails: Callable[..., Awaitable[str]]
+                                               ) -> None:
+    """A valid store the host lists without a count of its OVFs (its reader
+    refuses something an older daemon committed) was taken for an empty one,
+    claimed and replaced: the first engine's OVFs were gone."""
+    (m,) = await cluster(1)
+    vms = {add(cache, f"vm{i}", [DiskSpec(m.sd)]) for i in range(3)}
+    assert (await updater.run_once()).ok
+    before = await stored(m)
+    assert set(before.ovfs) == vms
+    cfg2 = Config(state_dir=str(tmp_path / "engine2"))
+    with Cache.open(cfg2.state_dir) as cache2:
+        cache2.add_domain(m.sd, "file", [m.daemon.domain.rstrip("/")])
+        cache2.add_host(m.host, await info_fails(m, uncounted=True), m.daemon.token, [m.sd])
+        add(cache2, "mine", [DiskSpec(m.sd)])
+        updater2 = Updater(cache2, cfg2, rand=lambda: 0.0)
+        try:
+            (d,) = (await updater2.run_once()).domains
+        finally:
+            await updater2.close()
+        assert d.outcome == "failed"
+        assert d.detail is not None and "could not count" in d.detail, d.detail
+        assert "a PAX key" in d.detail
+        assert not cache2.store(m.sd).claimed
+    assert await stored(m) == before
