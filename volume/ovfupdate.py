@@ -77,7 +77,9 @@ class Update:
             self._area = StoreArea(self._vol, capacity)
             self.volume: Volume = self._area
         except BaseException:
-            self._finish()
+            # The domain's update stays its caller's (OvfStores.begin),
+            # which may try another target.
+            self._finish(end_update=False)
             raise
         log.info("OVF update began sd=%s generation=%d target=%d vol=%s", sd_uuid,
                  self.generation, self.target.index, store_key(self.target.volume))
@@ -195,7 +197,7 @@ class Update:
                         self._sd_uuid, self.generation, self.target.index)
         self._finish()
 
-    def _finish(self) -> None:
+    def _finish(self, end_update: bool = True) -> None:
         if self._done:
             return
         self._done = True
@@ -206,7 +208,8 @@ class Update:
                 self._vol.close()
         finally:
             self._guard.end_write(store_key(self.target.volume))
-            self._guard.end_update()
+            if end_update:
+                self._guard.end_update()
 
     def _mark(self, vol: Volume, info: VolumeInfo) -> None:
         """Zero the head (a plain tar reader now finds no archive) and mark
