@@ -81,7 +81,7 @@ class Ticket:
     volume_info: VolumeInfo | None = None
     volume: Volume | None = None
     #: Volumes replaced while requests may still use them (see
-    #: :meth:`reopening`), closed with the ticket.
+    #: :meth:`replace_volume`), closed with the ticket.
     _replaced: list[Volume] = field(default_factory=list)
     expires: float = 0.0
     #: When the last operation completed (monotonic): idle_time counts from it.
@@ -150,14 +150,12 @@ class Ticket:
             setattr(self, name, getattr(new, name))
         self.touch()
 
-    def retire_readonly_volume(self) -> None:
-        """Let the next request open the volume again, read-write, if a
-        re-add (:meth:`renew`) granted write since it was opened read-only.
-        Requests running on the old one keep it until the ticket closes
-        (:meth:`take_volumes`)."""
-        if self.volume is not None and self.volume.readonly and self.may("write"):
+    def replace_volume(self, volume: Volume) -> None:
+        """Serve new requests from ``volume``; requests running on the one
+        it replaces keep that until the ticket closes (:meth:`take_volumes`)."""
+        if self.volume is not None:
             self._replaced.append(self.volume)
-            self.volume = None
+        self.volume = volume
 
     def take_volumes(self) -> list[Volume]:
         """Every volume the ticket opened, to close: it holds none after."""

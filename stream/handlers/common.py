@@ -9,7 +9,7 @@ from aiohttp import web
 
 from volume import open_volume
 from volume.base import Volume
-from volume.errors import InvalidRequest
+from volume.errors import Error, InvalidRequest
 from volume.sd import open_data
 
 from ..errors import BodyTooLarge, UnsupportedEncoding, UnsupportedTransferCoding
@@ -78,16 +78,25 @@ async def read_json(request: web.Request) -> dict[str, Any]:
 
 
 async def ticket_volume(io: IO, ticket: Ticket) -> Volume:
-    """The ticket's volume, opened once and shared by its connections."""
+    """The ticket's volume, opened once and shared by its connections.
+
+    A re-add (:meth:`Ticket.renew`) that granted write to a ticket whose
+    volume is open read-only has it opened again, read-write; should that
+    fail (an immutable file), reads go on through the read-only one."""
     async with ticket.open_lock:
-        ticket.retire_readonly_volume()
         volume = ticket.volume
-        if volume is None:
+        if volume is None or (volume.readonly and ticket.may("write")):
             readonly = not ticket.may("write")
-            if ticket.volume_info is not None:
-                volume = await io.run(open_data, ticket.volume_info, readonly)
-            else:
-                volume = await io.run(open_volume, ticket.path, readonly=readonly,
-                                      within=ticket.within)
-            ticket.volume = volume
+            try:
+                if ticket.volume_info is not None:
+                    opened = await io.run(open_data, ticket.volume_info, readonly)
+                else:
+                    opened = await io.run(open_volume, ticket.path, readonly=readonly,
+                                          within=ticket.within)
+            except Error:
+                if volume is None:
+                    raise
+                return volume  # writes are refused by it, as before the re-add
+            ticket.replace_volume(opened)
+            volume = opened
         return volume

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
 import uuid
 from pathlib import Path
 from typing import Any
@@ -215,3 +216,23 @@ async def test_readd_granting_write_reopens_the_volume(
     assert ticket.take_volumes() == []  # both closed and dropped by the delete
     with pytest.raises(Error, match="Bad file descriptor"):  # the old one is closed
         first.readinto(0, memoryview(bytearray(512)))
+
+
+async def test_readd_granting_write_keeps_reads_when_the_file_cannot_be_written(
+        client: Client, image: Any, add_ticket: AddTicket) -> None:
+    """The read-only volume was dropped before opening it read-write; when
+    that open failed (an immutable file), GETs that worked got 403 too."""
+    path = image(data=b"r" * 4096)
+    t = await add_ticket(path, ops=["read"])
+    assert (await client.get(f"/images/{t}")).status == 200
+    if subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode:
+        pytest.skip("chattr +i is not available here")
+    try:
+        body = ticket_json(path, uuid=t, ops=["read", "write"])
+        assert (await client.put(f"/tickets/{t}", json=body)).status == 200
+        resp = await client.get(f"/images/{t}")
+        assert resp.status == 200 and await resp.read() == b"r" * 4096
+        assert (await client.put(f"/images/{t}", data=b"w" * 4096)).status == 403
+    finally:
+        subprocess.run(["chattr", "-i", str(path)], check=True)
+    assert (await client.delete(f"/tickets/{t}")).status == 204
