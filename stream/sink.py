@@ -44,15 +44,19 @@ class Sink:
         self.pos = offset
         self.limit = limit
         self.hasher = hasher
-        self._out = out
-        self._view = memoryview(out) if out is not None else None
+        self._view: memoryview | None = None
         self._head = 0
         self._fill = 0
         if out is not None:
-            # Place data so buffer index == disk offset modulo the volume's
-            # alignment: every full buffer after the first is then aligned.
-            align = max(volume.capabilities.block_size, 1)
-            self._head = self._fill = offset % align
+            self.attach(out)
+
+    def attach(self, out: mmap.mmap) -> None:
+        """Gather decoded bytes in ``out`` (before the first write)."""
+        self._view = memoryview(out)
+        # Place data so buffer index == disk offset modulo the volume's
+        # alignment: every full buffer after the first is then aligned.
+        align = max(self.volume.capabilities.block_size, 1)
+        self._head = self._fill = self.pos % align
 
     def put(self, view: memoryview) -> None:
         """Write a whole decoded piece at the current position."""

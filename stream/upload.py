@@ -75,10 +75,9 @@ ZSTD_INPUT_SIZE = 1 << 20
 #: content coding (RFC 9659 §3); zstd levels up to 19 stay within it.
 ZSTD_MAX_WINDOW = 8 << 20
 
-#: The smallest staging buffer: a body of known length smaller than the
-#: daemon's buffer gets the power of two that holds it, at least this.  A
-#: full 16 MiB buffer for each 2-byte PUT let 130 stalled ones hold the
-#: whole 2 GiB bound.
+#: The smallest staging buffer: a smaller body of known length gets the
+#: power of two that holds it, at least this (a 16 MiB buffer for each
+#: 2-byte PUT let 130 stalled ones hold the whole 2 GiB bound).
 SMALL_BUFFER = 64 * 1024
 
 #: Seconds between moves of an upload's idle deadline (one timer change
@@ -126,14 +125,21 @@ async def receive(
     # The staging buffers hold what arrives: for zstd, compressed bytes.
     staging = min(size, ZSTD_INPUT_SIZE) if zstd else size
     count = depth + 1  # those being written, and the one filling
-    if length is not None and not zstd:
-        need = offset % max(volume.capabilities.block_size, 1) + length
+    if length is not None:
+        need = length + (0 if zstd else offset % max(volume.capabilities.block_size, 1))
         # Room for one byte more than the body: a buffer it fills exactly
         # would be followed by another, taken after the body was written.
         staging = min(staging, max(SMALL_BUFFER, 1 << need.bit_length()))
         count = min(count, need // staging + 1)
-    out, bufs = _reserve(io, size if zstd else 0, staging, count)
-    sink = Sink(volume, offset, limit, hasher, out, check)
+    # One buffer now; the rest (and zstd's output buffer) just before the
+    # first write, all at once: a body that never fills its first buffer
+    # holds no more, and at the bound the answer is a clean 503, nothing
+    # written (taken as the body came, they failed half way through it).
+    out: mmap.mmap | None = None
+    taken = False
+    bufs = [io.get_buffer(staging)]  # every buffer this upload holds
+    free: list[mmap.mmap] = []
+    sink = Sink(volume, offset, limit, hasher, None, check)
     decoder = (
         zstandard.ZstdDecompressor(max_window_size=ZSTD_MAX_WINDOW).stream_writer(
             sink,  # type: ignore[arg-type]  # it only needs write()
@@ -143,9 +149,18 @@ async def receive(
         else None
     )
     frames = FrameTracker() if zstd else None
-    free = bufs[1:]  # bufs: every buffer this upload holds
     inflight: deque[tuple[asyncio.Future[None], mmap.mmap, int]] = deque()
     loop = asyncio.get_running_loop()
+
+    def take_rest(more: int) -> None:
+        nonlocal out, taken
+        taken = True
+        if zstd and out is None:
+            out = io.get_buffer(size)
+            sink.attach(out)
+        for _ in range(more):
+            free.append(io.get_buffer(staging))
+            bufs.append(free[-1])
 
     def job(buf: mmap.mmap, start: int, end: int, at: int) -> None:
         with memoryview(buf) as view:
@@ -206,6 +221,8 @@ async def receive(
                         check()
                         if inspect is not None:
                             await _inspect(inspect, view[head:fill])
+                        if not taken:
+                            take_rest(count - 1)
                         if len(inflight) >= depth:
                             free.append(await oldest())
                         end = at + fill - head
@@ -225,13 +242,16 @@ async def receive(
             free.append(await oldest())
         if fill > head:
             check()
+            if not taken:
+                take_rest(0)
             end = at + fill - head
             inflight.append((io.submit(job, cur, head, fill, at), cur, end))
             await oldest()
             at += fill - head
-        if decoder is not None and frames is not None and out is not None:
+        if decoder is not None and frames is not None:
             if not frames.complete:
                 raise InvalidRequest("zstd stream ends in the middle of a frame")
+            assert out is not None  # a complete frame was decoded
             inflight.append((io.submit(sink.drain), out, at))
             await oldest()
         return (at if depth > 1 else sink.pos) - offset
@@ -257,24 +277,6 @@ def client_errors(idle_timeout: float) -> Iterator[None]:
         raise PartialContent(f"The client sent an incomplete body: {e}") from e
     except TimeoutError:
         raise PartialContent(f"No data received for {idle_timeout} seconds") from None
-
-
-def _reserve(io: IO, out_size: int, staging: int,
-             count: int) -> tuple[mmap.mmap | None, list[mmap.mmap]]:
-    """The buffers an upload needs (a zstd output buffer if ``out_size``,
-    ``count`` staging buffers), all taken before its body is read: at the
-    bound, the answer is a clean 503, not one cut in the middle of a body
-    already partly written."""
-    out = io.get_buffer(out_size) if out_size else None
-    bufs: list[mmap.mmap] = []
-    try:
-        while len(bufs) < count:
-            bufs.append(io.get_buffer(staging))
-    except BaseException:
-        for buf in [*bufs, *([out] if out is not None else [])]:
-            io.put_buffer(buf)
-        raise
-    return out, bufs
 
 
 #: What ``inspect`` sees at once; the event loop runs other tasks in between.

@@ -75,3 +75,32 @@ async def test_upload_at_the_bound_is_refused_before_its_body(
     await _until(lambda: io.buffers_in_use == 0)
     resp = await client.put(f"/images/{second}", data=b"b" * (8 * MiB))
     assert resp.status == 200, await resp.text()
+
+
+async def test_stalled_uploads_hold_one_buffer_until_their_first_write(
+        client: Client, image: Any, add_ticket: AddTicket) -> None:
+    """Taking every buffer before the body (7af708d) made a chunked or large
+    upload that sent one byte and stopped hold three, and a small zstd one
+    its whole output buffer: fewer stalled clients filled the bound."""
+    app = client.app
+    assert app is not None
+    io = app[IO_KEY]
+    ticket = await add_ticket(image(8 * MiB))
+    heads = [
+        "Transfer-Encoding: chunked\r\n\r\n1\r\nx\r\n",  # chunked, one byte
+        f"Content-Length: {8 * MiB}\r\n\r\nx",  # a large body, one byte of it
+        "Content-Encoding: zstd\r\nContent-Length: 10\r\n\r\n\x28\xb5",  # small zstd
+    ]
+    writers = []
+    for head in heads:
+        _, w = await asyncio.open_connection(client.host, client.port)
+        w.write(f"PUT /images/{ticket} HTTP/1.1\r\nHost: x\r\n{head}".encode("latin-1"))
+        await w.drain()
+        writers.append(w)
+    await _until(lambda: io.buffers_in_use == 3)
+    await asyncio.sleep(0.2)
+    assert io.buffers_in_use == 3  # one each, none taken since
+    assert io.bytes_in_use == 2 * MiB + 64 * 1024
+    for w in writers:
+        w.close()
+    await _until(lambda: io.buffers_in_use == 0)
