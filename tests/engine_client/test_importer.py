@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+import os
+import sqlite3
 import uuid
 import weakref
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 
@@ -12,6 +15,7 @@ from engine_client.cache import Cache
 from engine_client.errors import InvalidInput
 from engine_client.importer import import_dir, parse_disk_domains
 from engine_client.ovf import Ovf, OvfError, parse
+from engine_client.schema import DB_NAME
 
 from .ovfs import DiskSpec, vm_ovf, write
 
@@ -82,28 +86,67 @@ def test_domain_overrides(cache: Cache, add_domain: Callable[..., str], tmp_path
         parse_disk_domains(["abc"])
 
 
-def test_files_are_stored_one_by_one(cache: Cache, add_domain: Callable[..., str],
-                                     tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every file's bytes and parsed OVF were kept until all were read:
-    20,000 OVFs of 20 KiB took 531 MiB.  A parsed OVF must be gone once stored."""
+def test_files_are_parsed_unlocked_and_their_bytes_dropped(
+        cache: Cache, add_domain: Callable[..., str], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every file's bytes were kept until all were read (20,000 OVFs of
+    20 KiB: 531 MiB); then, stored as read, they were parsed holding the
+    cache's write lock (22 s), and other writers gave up after 10 s.  The
+    bytes of a file must be gone once it is parsed or stored, and no write
+    lock held while files are parsed."""
     sd = add_domain()
     vms = sorted(str(uuid.uuid4()) for _ in range(20))
     for i, vm in enumerate(vms):
         write(tmp_path / "ovfs", vm, vm_ovf(vm, f"vm{i}", [DiskSpec(sd)]))
-    alive: weakref.WeakSet[Ovf] = weakref.WeakSet()
+
+    class Bytes(bytearray):
+        pass  # bytes can have no weak references, even subclassed
+
+    refs: list[weakref.ref[Bytes]] = []
     most = 0
+    real_read = importer._read
 
-    def counting_parse(data: bytes, source: str = "OVF") -> Ovf:
+    def counting_read(path: str, limit: int) -> bytes:
         nonlocal most
-        ovf = parse(data, source)
-        alive.add(ovf)
-        most = max(most, len(alive))
-        return ovf
+        data = Bytes(real_read(path, limit))
+        refs.append(weakref.ref(data))
+        most = max(most, sum(r() is not None for r in refs))
+        return cast(bytes, data)
 
-    monkeypatch.setattr(importer, "parse", counting_parse)
+    def unlocked_parse(data: bytes, source: str = "OVF") -> Ovf:
+        other = sqlite3.connect(os.path.join(cache.state_dir, DB_NAME), timeout=0)
+        try:
+            other.execute("BEGIN IMMEDIATE")  # "database is locked" if the import holds it
+            other.rollback()
+        finally:
+            other.close()
+        return parse(data, source)
+
+    monkeypatch.setattr(importer, "_read", counting_read)
+    monkeypatch.setattr(importer, "parse", unlocked_parse)
     done = import_dir(cache, str(tmp_path / "ovfs"), MAX)
     assert [(i.uuid, i.action) for i in done] == [(vm, "added") for vm in vms]
-    assert most <= 2, f"{most} parsed OVFs were alive at once"
+    assert most <= 2, f"the bytes of {most} files were alive at once"
+
+
+def test_a_file_changed_between_parse_and_store_imports_nothing(
+        cache: Cache, add_domain: Callable[..., str], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    sd = add_domain()
+    vms = sorted(str(uuid.uuid4()) for _ in range(3))
+    for i, vm in enumerate(vms):
+        write(tmp_path / "ovfs", vm, vm_ovf(vm, f"vm{i}", [DiskSpec(sd)]))
+    real = importer.read_dir
+
+    def then_change(*a: Any) -> Any:
+        parsed = real(*a)
+        write(tmp_path / "ovfs", vms[2], vm_ovf(vms[2], "renamed", [DiskSpec(sd)]))
+        return parsed
+
+    monkeypatch.setattr(importer, "read_dir", then_change)
+    with pytest.raises(InvalidInput, match="changed while it was imported"):
+        import_dir(cache, str(tmp_path / "ovfs"), MAX)
+    assert cache.entities() == []
 
 
 def test_which_error_an_import_reports(cache: Cache, add_domain: Callable[..., str],
