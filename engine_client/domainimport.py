@@ -151,7 +151,7 @@ async def _download(client: HostClient, sd: str, spool: IO[bytes]
     async def sink(chunk: bytes) -> None:
         nonlocal reader
         if reader is None:
-            reader = OvfTarReader(max_total=MAX_STORE)
+            reader = OvfTarReader(max_total=MAX_STORE, committed=True)
         try:
             reader.feed(chunk)
         except ValueError as e:  # BadTar is one; anything else from the reader too

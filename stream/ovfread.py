@@ -57,7 +57,8 @@ class _Census:
     record verifies the archive is the one the reader accepted whole."""
 
     def __init__(self, size: int) -> None:
-        self._reader = OvfTarReader(max_total=size, ignore_trailing=True, entries_only=True)
+        self._reader = OvfTarReader(max_total=size, ignore_trailing=True, entries_only=True,
+                                    committed=True)
         self._error: str | None = None
 
     def feed(self, data: memoryview) -> None:

@@ -163,22 +163,26 @@ def _check_numbers(block: bytes) -> None:
             raise ValueError(f"malformed {what} field {field!r}")
 
 
-def _check_sum(block: bytes) -> None:
+def _check_sum(block: bytes, strict: bool) -> None:
     # Octal only, as GNU tar writes it: tarfile would read base-256 here, but
-    # commons-compress and GNU tar refuse it and lose the entry.
-    m = _OCTAL.fullmatch(block[148:156])
-    if m is None:
-        raise ValueError(f"malformed checksum field {block[148:156]!r}")
-    stored = int(m.group(1), 8)
+    # commons-compress and GNU tar refuse it and lose the entry.  (Not
+    # ``strict``: a store committed before, read as it was then accepted.)
+    if strict:
+        m = _OCTAL.fullmatch(block[148:156])
+        if m is None:
+            raise ValueError(f"malformed checksum field {block[148:156]!r}")
+        stored = int(m.group(1), 8)
+    else:
+        stored = _number(block[148:156], "checksum")
     unsigned = sum(block) - sum(block[148:156]) + 8 * 0x20
     # Old writers summed signed chars; tarfile and GNU tar accept both.
     if stored != unsigned and stored != sum(_SIGNED.unpack(block)) + 8 * 0x20:
         raise ValueError(f"bad header checksum (stored {stored:o}, computed {unsigned:o})")
 
 
-def parse_header(block: bytes) -> RawHeader:
+def parse_header(block: bytes, strict: bool = True) -> RawHeader:
     """Parse one non-zero 512-byte header block."""
-    _check_sum(block)
+    _check_sum(block, strict)
     magic = block[257:265]
     if magic not in (_POSIX_MAGIC, _GNU_MAGIC):
         raise ValueError(f"not a ustar, PAX or GNU header (magic {magic!r})")
@@ -192,12 +196,15 @@ def parse_header(block: bytes) -> RawHeader:
     return RawHeader(name, block[156:157], _number(block[124:136], "size"))
 
 
-def parse_pax(body: bytes) -> dict[str, bytes]:
+def parse_pax(body: bytes, strict: bool = True) -> dict[str, bytes]:
     """The records ``"<len> <key>=<value>\\n"`` of a PAX extended header.
 
-    Strict: every record's length must be exact, keys unique, and only the
-    keys of ``_PAX_VALUES`` are allowed, each with a value every reader of
-    the store reads.  Values stay bytes; keys are UTF-8.
+    Every record's length must be exact, keys unique, and (``strict``)
+    only the keys of ``_PAX_VALUES`` are allowed, each with a value every
+    reader of the store reads.  Not ``strict`` (a store committed before
+    these rules, read as it was accepted then): only keys that change what
+    the data means are refused, and path and size checked.  Values stay
+    bytes; keys are UTF-8.
     """
     records: dict[str, bytes] = {}
     pos = 0
@@ -219,9 +226,10 @@ def parse_pax(body: bytes) -> dict[str, bytes]:
         if key in records:
             raise ValueError(f"PAX key {key!r} given twice")
         rule = _PAX_VALUES.get(key)
-        if rule is None:
+        if rule is None and (strict or key in ("linkpath", "hdrcharset")
+                             or key.startswith("GNU.sparse.")):
             raise ValueError(f"PAX key {key!r} is not allowed")
-        if not rule[0](value):
+        if rule is not None and (strict or key in ("path", "size")) and not rule[0](value):
             raise ValueError(f"PAX {key} {value[:40]!r} is not {rule[1]}")
         records[key] = value
         pos = end

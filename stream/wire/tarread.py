@@ -117,9 +117,10 @@ class OvfTarReader(TarStream):
         ignore_trailing: bool = False,
         require_manifest: bool = False,
         entries_only: bool = False,
+        committed: bool = False,
     ) -> None:
         super().__init__(max_total=max_total, max_entries=max_entries, max_pax=max_pax,
-                         ignore_trailing=ignore_trailing)
+                         ignore_trailing=ignore_trailing, committed=committed)
         self._require_manifest = require_manifest
         self._entries_only = entries_only
         self._max_entry_size = max_entry_size
@@ -251,6 +252,6 @@ def index(data: bytes | bytearray | memoryview) -> list[Entry]:
     longer tar left there); those bytes are not looked at.  Serve one OVF
     as ``data[e.offset : e.offset + e.size]``.
     """
-    reader = OvfTarReader(max_total=len(data), ignore_trailing=True)
+    reader = OvfTarReader(max_total=len(data), ignore_trailing=True, committed=True)
     reader.feed(data)
     return list(reader.finish().entries)

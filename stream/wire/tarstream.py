@@ -49,12 +49,16 @@ class TarStream:
     (with its padding and the end blocks) is refused at its header.
     ``max_entries``: members at most.  ``max_pax``: bytes of a PAX or GNU
     long-name body.  ``ignore_trailing``: bytes after the end blocks are
-    not looked at; otherwise they must be zeros.
+    not looked at; otherwise they must be zeros.  ``committed``: a stored
+    archive, read with the header rules it was committed under (see
+    :func:`parse_pax`), not those of an upload.
     """
 
     def __init__(
-        self, *, max_total: int, max_entries: int, max_pax: int, ignore_trailing: bool
+        self, *, max_total: int, max_entries: int, max_pax: int, ignore_trailing: bool,
+        committed: bool = False,
     ) -> None:
+        self._strict = not committed
         self._max_total = max_total
         self._max_entries = max_entries
         self._max_pax = max_pax
@@ -192,7 +196,7 @@ class TarStream:
             self._state = _EOF2
             return
         try:
-            raw = parse_header(block)
+            raw = parse_header(block, self._strict)
         except ValueError as e:
             self._fail(f"header at offset {offset}: {e}")
         if raw.type in REGULAR:
@@ -267,7 +271,7 @@ class TarStream:
         data = bytes(body.buf) if body.buf is not None else b""
         try:
             if body.kind == PAX:
-                self._pax = parse_pax(data)
+                self._pax = parse_pax(data, self._strict)
             elif body.kind == GNU_LONGNAME:
                 self._longname = parse_longname(data)
             else:

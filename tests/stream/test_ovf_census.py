@@ -9,10 +9,15 @@ import tarfile
 import tracemalloc
 from pathlib import Path
 
+import pytest
+
 from stream import ovfread
+from stream.wire.tarread import BadTar, OvfTarReader
 from tests.volume.ovfstore_util import CAPACITY, make_storage, open_stores, plant
 
 from .test_ovf import build_tar
+from .test_ovf_pax import with_base256_checksum, with_pax
+from .wire.test_tarpax import NAME, OVF
 
 MiB = 1 << 20
 
@@ -52,3 +57,30 @@ def test_info_counts_headers_and_parses_no_json(tmp_path: Path) -> None:
     # Neither info.json kept nor parsed: parsing the junk took 80 MiB, and
     # keeping it 8 MiB (its data and a copy).
     assert peak < 2 * MiB, peak
+
+
+def test_a_store_committed_under_older_rules_is_still_counted_and_read(
+        tmp_path: Path) -> None:
+    """Stores an older daemon committed with PAX records or a checksum form
+    uploads are refused now were listed with ovfs: null, so an engine took
+    them for unknown, and a single OVF of them could not be read."""
+    storage = make_storage("file", tmp_path)
+    stores = open_stores(storage)
+    try:
+        old, new = stores.stores
+        plant(old, with_pax(b"SCHILY.xattr.user.origin", b"x"), 1)
+        plant(new, with_base256_checksum(), 2)
+    finally:
+        stores.close()
+    found = {s["vol_uuid"]: s for s in ovfread.states(storage)}
+    for store in (old, new):
+        state = found[store.vol_uuid]
+        assert state["valid"] and (state["entries"], state["ovfs"]) == (2, 1), state
+    assert ovfread.read_member(storage, NAME) == OVF
+    with pytest.raises(BadTar, match="not allowed"):  # an upload of it is refused
+        index_upload(with_pax(b"SCHILY.xattr.user.origin", b"x"))
+
+
+def index_upload(data: bytes) -> None:
+    reader = OvfTarReader(max_total=len(data))
+    reader.feed(data)
