@@ -119,7 +119,7 @@ _verified: dict[tuple[str, str], tuple[CommitRecord, float, tuple[int, ...] | No
 _verified_lock = threading.Lock()
 
 
-def _signature(info: VolumeInfo) -> tuple[int, ...] | None:
+def signature(info: VolumeInfo) -> tuple[int, ...] | None:
     """A file's identity and times; None for anything else (a device node's
     times move with writes anywhere on the device, this daemon's too)."""
     try:
@@ -131,9 +131,15 @@ def _signature(info: VolumeInfo) -> tuple[int, ...] | None:
     return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
-def remember(sd_uuid: str, info: VolumeInfo, record: CommitRecord) -> None:
-    """``info``'s archive was just read back (or written) under ``record``."""
-    found = (record, time.monotonic(), _signature(info))
+def remember(sd_uuid: str, info: VolumeInfo, record: CommitRecord,
+             before: tuple[int, ...] | None = None) -> None:
+    """``info``'s archive was just read back (or written) under ``record``;
+    ``before``: its :func:`signature` taken before that read, if any."""
+    now = signature(info)
+    if before is not None and now != before:  # written while it was read
+        forget(sd_uuid, info)
+        return
+    found = (record, time.monotonic(), now)
     with _verified_lock:
         _verified[sd_uuid, store_key(info)] = found
 
@@ -150,4 +156,4 @@ def verified(sd_uuid: str, info: VolumeInfo, record: CommitRecord,
     with _verified_lock:
         found = _verified.get((sd_uuid, store_key(info)))
     return found is not None and found[0] == record \
-        and time.monotonic() - found[1] <= within and found[2] == _signature(info)
+        and time.monotonic() - found[1] <= within and found[2] == signature(info)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import ovfrecord
-from ._ovfguard import forget, remember, store_key, verified
+from ._ovfguard import forget, remember, signature, store_key, verified
 from .base import Volume
 from .ovfrecord import CommitRecord, record_offset, tar_digest
 from .sd import VolumeInfo
@@ -81,10 +81,11 @@ def verify(vol: Volume, sd_uuid: str, info: VolumeInfo, buf: memoryview,
     if trusted and verified(sd_uuid, info, record, trusted):
         return record, None
     seen = observe(info) if observe is not None else None
+    before = signature(info)  # another process writing it meanwhile is seen
     if tar_digest(vol, record.tar_length, buf, seen) != record.digest:
         forget(sd_uuid, info)
         return record, "archive checksum mismatch"
-    remember(sd_uuid, info, record)
+    remember(sd_uuid, info, record, before)
     return record, None
 
 

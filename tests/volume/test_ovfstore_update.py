@@ -335,3 +335,33 @@ def test_a_store_that_cannot_be_opened_is_passed_over(
     with pytest.raises(StoreUnavailable, match="risking the last valid one"):
         stores.begin()
     assert newest(stores)[1] == b"gen one"
+
+
+def test_a_store_written_while_it_is_hashed_is_not_trusted(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file's signature was taken after its hash: a write by another
+    process into what the hash had passed was taken into the trusted
+    signature, and the rotten copy was kept as the good one."""
+    storage = make_storage("file", tmp_path)
+    stores = open_stores(storage)
+    update(stores, b"gen one" * 100)
+    newest_state, _ = newest(stores)
+    real = ovfrecord.tar_digest
+    calls: list[int] = []
+
+    def hash_then_rot(vol: Volume, length: int, buf: memoryview,
+                      observe: Callable[[memoryview], None] | None = None) -> str:
+        found = real(vol, length, buf, observe)
+        if len(calls) == newest_state.index:  # the newest store, just hashed
+            poke(newest_state.volume, 10, b"X")
+        calls.append(length)
+        return found
+
+    monkeypatch.setattr(ovfstate, "tar_digest", hash_then_rot)
+    assert all(s.valid for s in stores.states())  # a reader, while it rots
+    monkeypatch.setattr(ovfstate, "tar_digest", real)
+    u = stores.begin()
+    assert u.target.volume == newest_state.volume  # hashed again: the rotten one goes
+    u.abort()
+    state, data = newest(stores)
+    assert data == b"gen one" * 100 and state.volume != newest_state.volume
