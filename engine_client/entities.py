@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import xxhash
 
-from .errors import EngineError, InvalidInput, NotFound
+from .errors import InvalidInput, NotFound
 from .model import SNAPSHOT_LOCKED, SNAPSHOT_OK, Disk, Entity, Snapshot, VmStatus
 from .ovf import Ovf, canonical_uuid
 from .ovfedit import set_shareable, set_storage_ids
@@ -151,19 +151,9 @@ def import_items(c: sqlite3.Connection, items: Iterable[ImportItem],
                  disk_domains: Mapping[str, str] = {}) -> list[Imported]:
     """Add or update entities from parsed OVFs; all of them or none.
 
-    ``items`` may be read as it goes (``importer``), each item dropped once
-    stored.  After the first item refused, the rest are still read, none
-    stored: an error of the reading wins, as when all were read first."""
-    done = []
-    rest = iter(items)
-    for item in rest:
-        try:
-            done.append(_import_one(c, item, default_domain, disk_domains))
-        except EngineError:
-            for _ in rest:
-                pass
-            raise
-    return done
+    ``items`` may be read as it goes (``importer`` reads each file again
+    here, having parsed them all before), each item dropped once stored."""
+    return [_import_one(c, item, default_domain, disk_domains) for item in items]
 
 
 def _import_one(c: sqlite3.Connection, item: ImportItem, default_domain: str | None,
