@@ -115,8 +115,10 @@ class Guard:
         #: Data connections open (the control socket's, aiohttp's own
         #: handlers from its own site, are never counted nor closed).
         self._live: dict[_Heard, None] = {}
-        #: TLS connections accepted whose handshake is not done.
-        self._handshakes: set[Handshake] = set()
+        #: TLS connections accepted whose handshake is not done, in accept
+        #: order: the loop's clock has millisecond steps, so handshakes
+        #: accepted together tie, and the first accepted must go first.
+        self._handshakes: dict[Handshake, None] = {}
         self.refused = 0
         self.timed_out = 0
         self.evicted = 0
@@ -135,7 +137,7 @@ class Guard:
             log.info("data connections below the limit again (%d refused)", self.refused)
         if self._tls is not None:
             handshake = Handshake(self, self._tls, self._head_timeout)
-            self._handshakes.add(handshake)
+            self._handshakes[handshake] = None
             return handshake
         handler = self.handler()
         asyncio.get_running_loop().call_later(self._head_timeout, self._check_head, handler)
@@ -148,7 +150,7 @@ class Guard:
 
     def upgraded(self, handshake: Handshake, handler: web.RequestHandler | None) -> None:
         """``handshake`` ended: with ``handler`` serving it, or closed."""
-        self._handshakes.discard(handshake)
+        self._handshakes.pop(handshake, None)
         if handler is not None:
             left = handshake.since + self._head_timeout - asyncio.get_running_loop().time()
             asyncio.get_running_loop().call_later(max(left, 0), self._check_head, handler)
