@@ -34,9 +34,7 @@ def newest(storage: StorageDomain, image: str | None = None, length: int = 0
     stores = OvfStores.open(storage)
     try:
         if image is not None:
-            if image not in {info.img_uuid for info in stores.stores}:
-                raise NotFound(f"image {image} is not an OVF_STORE of storage domain "
-                               f"{storage.uuid}")
+            check_image(storage, stores, image)
             if length > stores.capacity:
                 raise OutOfRange(f"{length} bytes asked; the OVF stores of {storage.uuid} "
                                  f"hold {stores.capacity}", stores.capacity)
@@ -46,6 +44,13 @@ def newest(storage: StorageDomain, image: str | None = None, length: int = 0
     if found is None:
         raise NotFound(f"Storage domain {storage.uuid} has no valid OVF store")
     return found
+
+
+def check_image(storage: StorageDomain, stores: OvfStores, image: str) -> None:
+    """vdsm's forms name an OVF_STORE image: it must be one of the domain's."""
+    if image not in {info.img_uuid for info in stores.stores}:
+        raise NotFound(f"image {image} is not an OVF_STORE of storage domain "
+                       f"{storage.uuid}")
 
 
 class _Census:

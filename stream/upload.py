@@ -108,10 +108,10 @@ async def receive(
     daemon's) sizes the staging buffers.  ``check`` raises if the ticket
     was cancelled meanwhile; it runs once per buffer.  ``idle_timeout`` ends
     the upload when no byte arrives for that long.  ``length``: the body's
-    bytes, when the request says (a small body gets small buffers).  ``depth``: full buffers
-    being written at once, each at its own offset (O_DIRECT writes at
-    queue depth 2 outrun one at a time); only for plain bodies without a
-    ``hasher``, which both need the bytes in order.  ``inspect`` sees each
+    bytes, when the request says (a small body gets small buffers).
+    ``depth``: full buffers being written at once, each at its own offset
+    (O_DIRECT writes at queue depth 2 outrun one at a time); only for plain
+    bodies without a ``hasher``, which both need the bytes in order.  ``inspect`` sees each
     buffer of a plain body on the event loop before it is written (see
     :func:`_inspect`); it may raise to refuse the body.  ``progress`` is
     called on the loop with the bytes written so far (decoded bytes for
@@ -125,16 +125,18 @@ async def receive(
     # The staging buffers hold what arrives: for zstd, compressed bytes.
     staging = min(size, ZSTD_INPUT_SIZE) if zstd else size
     count = depth + 1  # those being written, and the one filling
+    # A plain body starts at buffer index == offset modulo the volume's
+    # alignment: every full buffer goes to disk aligned (no bounce).
+    lead = 0 if zstd else offset % max(volume.capabilities.block_size, 1)
     if length is not None:
-        need = length + (0 if zstd else offset % max(volume.capabilities.block_size, 1))
+        need = lead + length
         # Room for one byte more than the body: a buffer it fills exactly
         # would be followed by another, taken after the body was written.
         staging = min(staging, max(SMALL_BUFFER, 1 << need.bit_length()))
         count = min(count, need // staging + 1)
-    # One buffer now; the rest (and zstd's output buffer) just before the
-    # first write, all at once: a body that never fills its first buffer
-    # holds no more, and at the bound the answer is a clean 503, nothing
-    # written (taken as the body came, they failed half way through it).
+    # One buffer now; the rest (and zstd's output buffer) at once before the
+    # first write: a body that never fills its first buffer holds no more,
+    # and at the bound the answer is a clean 503 with nothing written.
     out: mmap.mmap | None = None
     taken = False
     bufs = [io.get_buffer(staging)]  # every buffer this upload holds
@@ -188,9 +190,7 @@ async def receive(
     cur = bufs[0]
     view = memoryview(cur)
     try:
-        # A plain body starts at buffer index == offset modulo the volume's
-        # alignment, so every full buffer goes to disk aligned (no bounce).
-        head = fill = 0 if zstd else offset % max(volume.capabilities.block_size, 1)
+        head = fill = lead
         received = 0
         at = offset  # where the next full buffer goes (plain bodies)
         # Moved at most every RESCHEDULE seconds, the deadline is kept that

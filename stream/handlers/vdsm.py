@@ -17,7 +17,7 @@ from contextlib import closing
 
 from aiohttp import web
 
-from volume.errors import Conflict, InvalidRequest, NotFound
+from volume.errors import Conflict, InvalidRequest
 from volume.ovfstore import OvfStores
 from volume.sd import StorageDomain
 from volume.validate import check_uuid
@@ -66,9 +66,7 @@ def _check_store(storage: StorageDomain, image: str) -> None:
     """The image a ``PUT /`` names must be one of the domain's OVF stores,
     as for ``GET /`` (the update itself picks which store it writes)."""
     with closing(OvfStores.open(storage)) as stores:
-        if image not in {info.img_uuid for info in stores.stores}:
-            raise NotFound(f"image {image} is not an OVF_STORE of storage domain "
-                           f"{storage.uuid}")
+        ovfread.check_image(storage, stores, image)
 
 
 @routes.put("/", name=ENGINE + "vdsm-upload")

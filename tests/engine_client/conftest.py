@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -96,13 +96,29 @@ async def no_store(request: web.Request) -> web.Response:
                               "copy_errors": []})
 
 
-@pytest.fixture
-async def wrong_digest_url(aiohttp_server: Any) -> str:
-    """A host that takes a whole OVF store upload and answers a wrong digest
-    (an injected failure: real hosts are in the end-to-end tests)."""
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+async def fake_host(aiohttp_server: Any, put: Handler,
+                    features: Sequence[str] = ("ovf-store",)) -> str:
+    """The URL of a fake host (an injected failure or timing: real hosts are
+    in the end-to-end tests): ``features`` on ``GET /info/``, no store yet,
+    and ``put`` taking ``PUT /domains/{sd}/ovf-store``."""
 
     async def info(request: web.Request) -> web.Response:
-        return web.json_response({"server": "sluice", "features": ["ovf-store", "zstd"]})
+        return web.json_response({"server": "sluice", "features": list(features)})
+
+    app = web.Application()
+    app.router.add_get("/info/", info)
+    app.router.add_get("/domains/{sd}/ovf-store/info", no_store)
+    app.router.add_put("/domains/{sd}/ovf-store", put)
+    server = await aiohttp_server(app, auto_decompress=False)
+    return f"http://127.0.0.1:{server.port}"
+
+
+@pytest.fixture
+async def wrong_digest_url(aiohttp_server: Any) -> str:
+    """A host that takes a whole OVF store upload and answers a wrong digest."""
 
     async def put(request: web.Request) -> web.Response:
         if request.headers.get("X-Ovf-Manifest") != "required":  # our tars carry one
@@ -114,12 +130,7 @@ async def wrong_digest_url(aiohttp_server: Any) -> str:
         return web.json_response({"generation": 3, "tar_length": len(body),
                                   "digest": "f" * 32})
 
-    app = web.Application()
-    app.router.add_get("/info/", info)
-    app.router.add_get("/domains/{sd}/ovf-store/info", no_store)
-    app.router.add_put("/domains/{sd}/ovf-store", put)
-    server = await aiohttp_server(app, auto_decompress=False)
-    return f"http://127.0.0.1:{server.port}"
+    return await fake_host(aiohttp_server, put, ("ovf-store", "zstd"))
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ from engine_client.model import Host
 from engine_client.ovf import parse
 from engine_client.updater import Updater
 
-from .conftest import no_store
+from .conftest import fake_host
 from .ovfs import DiskSpec, vm_ovf
 
 AddDomain = Callable[..., str]
@@ -100,9 +100,6 @@ async def test_a_store_marked_during_every_push_backs_off(
     sd = add_domain()
     add_vm(cache, "vm", [DiskSpec(sd)])
 
-    async def info(request: web.Request) -> web.Response:
-        return web.json_response({"server": "sluice", "features": ["ovf-store"]})
-
     async def put(request: web.Request) -> web.Response:
         body = await request.read()
         with Cache.open(cache.state_dir) as other:  # as another process would
@@ -110,12 +107,8 @@ async def test_a_store_marked_during_every_push_backs_off(
         return web.json_response({"generation": 1, "tar_length": len(body),
                                   "digest": xxhash.xxh3_128_hexdigest(body)})
 
-    app = web.Application()
-    app.router.add_get("/info/", info)
-    app.router.add_get("/domains/{sd}/ovf-store/info", no_store)
-    app.router.add_put("/domains/{sd}/ovf-store", put)
-    server = await aiohttp_server(app)
-    cache.add_host("h", f"http://127.0.0.1:{server.port}", "t", [sd])
+    url = await fake_host(aiohttp_server, put)
+    cache.add_host("h", url, "t", [sd])
     updater = Updater(cache, cfg, rand=lambda: 0.0)
     try:
         (d,) = (await updater.run_once()).domains

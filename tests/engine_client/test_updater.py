@@ -28,7 +28,7 @@ from engine_client.phase import Outcome
 from engine_client.updater import Updater
 from tests.stream.daemon import free_port
 
-from .conftest import no_store
+from .conftest import fake_host, no_store
 from .ovfs import DiskSpec, vm_ovf
 
 AddDomain = Callable[..., str]
@@ -296,9 +296,6 @@ async def test_concurrency_bounds_pushes_in_flight(cache: Cache, cfg: Config,
     peak: list[int] = [0]
     puts: list[str] = []
 
-    async def info(request: web.Request) -> web.Response:
-        return web.json_response({"server": "sluice", "features": ["ovf-store"]})
-
     async def put(request: web.Request) -> web.Response:
         in_flight[0] += 1
         peak[0] = max(peak[0], in_flight[0])
@@ -311,13 +308,9 @@ async def test_concurrency_bounds_pushes_in_flight(cache: Cache, cfg: Config,
         return web.json_response({"generation": 1, "tar_length": len(body),
                                   "digest": xxhash.xxh3_128_hexdigest(body)})
 
-    app = web.Application()
-    app.router.add_get("/info/", info)
-    app.router.add_get("/domains/{sd}/ovf-store/info", no_store)
-    app.router.add_put("/domains/{sd}/ovf-store", put)
-    server = await aiohttp_server(app)
+    url = await fake_host(aiohttp_server, put)
     sds = [add_domain() for _ in range(4)]
-    cache.add_host("h1", f"http://127.0.0.1:{server.port}", "t", sds)
+    cache.add_host("h1", url, "t", sds)
     for sd in sds:
         add_vm(cache, f"on-{sd}", [DiskSpec(sd)])
     r = await updater.run_once()
