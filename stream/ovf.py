@@ -178,6 +178,10 @@ class Updates:
                                  "previous OVF store update; no store was touched")
             watch.check()  # the map may have changed while the previous update copied
             stores = await io.run(OvfStores.open, storage)
+            if length is not None and not zstd and length > stores.capacity:
+                # Refused before any store is touched, not after a store's
+                # worth of the body was written and then thrown away.
+                raise _too_small(storage, stores)
             update: Update = await io.run(stores.begin)
             try:
                 async with asyncio.timeout(deadline or None):
@@ -232,8 +236,10 @@ async def _stream(
                     depth=depth,  # checked in order on the loop, written in any order
                 )
         except OutOfRange:
-            raise StoreTooSmall(
-                f"the OVF tar is larger than the stores of domain {storage.uuid} "
-                f"({stores.capacity} bytes)"
-            ) from None
+            raise _too_small(storage, stores) from None
     return reader.finish()
+
+
+def _too_small(storage: StorageDomain, stores: OvfStores) -> StoreTooSmall:
+    return StoreTooSmall(f"the OVF tar is larger than the stores of domain {storage.uuid} "
+                         f"({stores.capacity} bytes)")

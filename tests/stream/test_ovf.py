@@ -241,6 +241,24 @@ async def test_oversized_stream(aiohttp_client: Any, aiohttp_server: Any, cfg: C
     assert await served(client, sd) == (1, tar)
 
 
+async def test_a_body_longer_than_the_stores_is_refused_before_it_is_sent(
+        client: Client, sd: str) -> None:
+    good, _ = build_tar(sd)
+    assert (await push(client, sd, good))[0] == 200
+    before = await (await client.get(f"/domains/{sd}/ovf-store/info")).json()
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    # A terabyte announced, a few bytes sent: the answer comes without the rest.
+    writer.write(f"PUT /domains/{sd}/ovf-store HTTP/1.1\r\nHost: x\r\n"
+                 f"Content-Length: {1 << 40}\r\n\r\n".encode() + good[:512])
+    await writer.drain()
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    writer.close()
+    assert head.startswith(b"HTTP/1.1 413 "), head
+    after = await (await client.get(f"/domains/{sd}/ovf-store/info")).json()
+    assert after["stores"] == before["stores"]  # no store was begun
+    assert await served(client, sd) == (1, good)
+
+
 async def test_client_disconnect_mid_stream(client: Client, sd: str) -> None:
     good, _ = build_tar(sd)
     assert (await push(client, sd, good))[0] == 200
