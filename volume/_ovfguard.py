@@ -8,7 +8,14 @@ guard closes that window:
 - one update at a time per domain (a second one is refused with
   Conflict, as the engine's "OVF data is currently being updated");
 - an update waits for the readers of a store to finish before it marks
-  the store updating, and a reader never starts on a store being written.
+  the store updating, and a reader never starts on a store being written;
+- but only for a while: a reader still there after the grace (a client
+  downloading slowly, or not reading at all) is cut off.  Its next read
+  fails, and the writer goes on once no read of that store is under way.
+  A store being rewritten holds an older generation than the one just
+  committed, so the slow reader loses nothing it could not read again;
+  waiting for it instead would keep the domain's updates waiting (and
+  answered 409) for as long as that client likes.
 
 Across hosts only the SPM writes, and the order of an update keeps the
 newest store untouched until another one is committed; a reader on
@@ -17,22 +24,40 @@ another host can hash what it streams and compare with the record.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import stat
 import threading
 import time
 import weakref
-from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from .errors import Conflict
 from .ovfrecord import CommitRecord
 from .sd import VolumeInfo
 
+log = logging.getLogger(__name__)
+
 
 def store_key(info: VolumeInfo) -> str:
     """How the guard names a store."""
     return f"{info.img_uuid}/{info.vol_uuid}"
+
+
+class ReadHold:
+    """One reader of one store: :meth:`DomainGuard.add_reader` gives it, and
+    every read of the store goes through :meth:`DomainGuard.reading`."""
+
+    __slots__ = ("busy", "key", "revoked")
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        #: Cut off by a writer: every further read fails.
+        self.revoked = False
+        #: Reads under way.
+        self.busy = 0
 
 
 class DomainGuard:
@@ -42,7 +67,7 @@ class DomainGuard:
         self._sd_uuid = sd_uuid
         self._cond = threading.Condition()
         self._updating = False
-        self._readers: Counter[str] = Counter()
+        self._holds: dict[str, set[ReadHold]] = {}
         self._writing: set[str] = set()
 
     def start_update(self) -> None:
@@ -56,37 +81,67 @@ class DomainGuard:
         with self._cond:
             self._updating = False
 
-    def start_write(self, key: str, timeout: float) -> None:
-        """Keep new readers off ``key``, then wait up to ``timeout`` seconds
-        for its readers to finish; Conflict if they do not.
+    def start_write(self, key: str, grace: float, busy_wait: float | None = None) -> None:
+        """Keep new readers off ``key``, give its readers up to ``grace``
+        seconds to finish, cut off those still there, and wait up to
+        ``busy_wait`` seconds (default: ``grace``) for their reads under
+        way to return; Conflict if one does not (the storage hangs).
 
         New readers are refused from the start, not once the old ones are
         gone: readers that come and go in turn would otherwise starve it.
         """
         with self._cond:
             self._writing.add(key)
-            if not self._cond.wait_for(lambda: self._readers[key] == 0, timeout):
-                self._writing.discard(key)
-                raise Conflict(f"OVF store {key} is being read")
+            holds = self._holds.get(key, set())
+            if not self._cond.wait_for(lambda: not holds, grace):
+                for hold in holds:
+                    if not hold.revoked:
+                        hold.revoked = True
+                        log.warning("OVF store %s of domain %s: a reader still there after "
+                                    "%.0f s is cut off for an update", key, self._sd_uuid,
+                                    grace)
+                wait = grace if busy_wait is None else busy_wait
+                if not self._cond.wait_for(lambda: not any(h.busy for h in holds), wait):
+                    self._writing.discard(key)
+                    raise Conflict(f"OVF store {key} is being read, and a read has not "
+                                   f"returned for {wait:.0f} s")
 
     def end_write(self, key: str) -> None:
         with self._cond:
             self._writing.discard(key)
 
-    def add_reader(self, key: str) -> bool:
-        """Count a reader of ``key``; False while the store is being written."""
+    def add_reader(self, key: str) -> ReadHold | None:
+        """Hold ``key`` as read; None while the store is being written."""
         with self._cond:
             if key in self._writing:
-                return False
-            self._readers[key] += 1
-            return True
+                return None
+            hold = ReadHold(key)
+            self._holds.setdefault(key, set()).add(hold)
+            return hold
 
-    def remove_reader(self, key: str) -> None:
+    def remove_reader(self, hold: ReadHold) -> None:
         with self._cond:
-            self._readers[key] -= 1
-            if self._readers[key] <= 0:
-                del self._readers[key]
+            holds = self._holds.get(hold.key)
+            if holds is not None:
+                holds.discard(hold)
+                if not holds:
+                    del self._holds[hold.key]
             self._cond.notify_all()
+
+    @contextmanager
+    def reading(self, hold: ReadHold) -> Iterator[None]:
+        """One read of ``hold``'s store; Conflict once a writer cut it off."""
+        with self._cond:
+            if hold.revoked:
+                raise Conflict(f"OVF store {hold.key} of domain {self._sd_uuid} is being "
+                               "replaced by a newer archive; read the stores again")
+            hold.busy += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                hold.busy -= 1
+                self._cond.notify_all()
 
 
 # One guard per domain while anything holds it (an OvfStores, an update, a

@@ -63,7 +63,7 @@ import math
 import uuid
 from contextlib import closing
 
-from ._ovfguard import DomainGuard, guard, store_key
+from ._ovfguard import DomainGuard, ReadHold, guard, store_key
 from .base import Volume
 from .errors import Conflict, Error, InvalidRequest, NotFound, StoreUnavailable
 from .ovfrecord import CHUNK, RECORD_SIZE, CommitRecord, aligned_view, record_offset
@@ -137,18 +137,26 @@ def ensure_stores(storage: StorageDomain, count: int = DEFAULT_COUNT,
 
 
 class _ReadView(RegionVolume):
-    """The archive of a store, read-only; closing it lets updates write the store."""
+    """The archive of a store, read-only; closing it lets updates write the
+    store.  A read after an update cut the reader off raises Conflict."""
 
-    def __init__(self, inner: Volume, length: int, owner: DomainGuard, name: str) -> None:
+    def __init__(self, inner: Volume, length: int, owner: DomainGuard, hold: ReadHold) -> None:
         super().__init__(inner, 0, length)
         self._owner: DomainGuard | None = owner
-        self._name = name
+        self._hold = hold
+
+    def readinto(self, offset: int, buf: memoryview) -> int:
+        owner = self._owner
+        if owner is None:  # closed: the inner volume says so
+            return super().readinto(offset, buf)
+        with owner.reading(self._hold):
+            return super().readinto(offset, buf)
 
     def close(self) -> None:
         super().close()
         owner, self._owner = self._owner, None
         if owner is not None:
-            owner.remove_reader(self._name)
+            owner.remove_reader(self._hold)
 
 
 class OvfStores:
@@ -209,29 +217,36 @@ class OvfStores:
         change them in between.  A store it is writing just now is left
         out: with two stores or more it is never the only valid one.
         """
-        held = [(i, info) for i, info in enumerate(self._stores)
-                if self._guard.add_reader(store_key(info))]
-        kept: VolumeInfo | None = None
+        held = [(i, info, hold) for i, info in enumerate(self._stores)
+                if (hold := self._guard.add_reader(store_key(info))) is not None]
+        kept: ReadHold | None = None
         try:
             with aligned_view(CHUNK) as buf:
-                valid = [s for s in (self._state(i, info, buf) for i, info in held) if s.valid]
+                checked = []
+                for i, info, hold in held:
+                    try:
+                        with self._guard.reading(hold):
+                            checked.append((self._state(i, info, buf), hold))
+                    except Conflict:  # cut off: an update is about to write it
+                        continue
+            valid = [(s, hold) for s, hold in checked if s.valid]
             if not valid:
                 return None
-            best = max(valid, key=age)
+            best, hold = max(valid, key=lambda found: age(found[0]))
             assert best.record is not None
             vol = open_data(best.volume, readonly=True)
             try:
-                view = _ReadView(vol, best.record.tar_length, self._guard,
-                                 store_key(best.volume))
+                view = _ReadView(vol, best.record.tar_length, self._guard, hold)
             except BaseException:
                 vol.close()
                 raise
-            kept = best.volume  # its reader count now belongs to the view
+            kept = hold  # it now belongs to the view
             return best, view
         finally:
-            for _, info in held:
-                if info is not kept:
-                    self._guard.remove_reader(store_key(info))
+            for _, _, hold in held:
+                if hold is not kept:
+                    self._guard.remove_reader(hold)
+
 
     def begin(self) -> Update:
         """Start an update: the target is marked updating (and synced) on return.

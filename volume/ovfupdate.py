@@ -38,8 +38,14 @@ log = logging.getLogger(__name__)
 
 #: Zeroed after each archive; see :mod:`volume.ovfstore` for why 1 MiB.
 TAIL_ZERO = 1 << 20
-#: How long writing a store waits for its readers before giving up on it
-#: (an engine GET of a 128 MiB store takes seconds, not minutes).
+#: How long writing a store lets its readers finish before cutting them
+#: off: an engine GET of a 128 MiB store takes seconds, so a reader still
+#: there is a slow or stalled client, and it reads an older generation
+#: than the one just committed (see :mod:`volume._ovfguard`).  Well under
+#: the 30 s an update waits for the domain's previous one.
+READ_GRACE = 10.0
+#: How long a read under way may take to return once its reader is cut
+#: off: one chunk; longer means the storage hangs, and the store is left.
 READ_WAIT = 30.0
 
 class Update:
@@ -68,7 +74,7 @@ class Update:
         self._area: StoreArea | None = None
         self._record: CommitRecord | None = None
         self._checked = False
-        owner.start_write(store_key(self.target.volume), READ_WAIT)
+        owner.start_write(store_key(self.target.volume), READ_GRACE, READ_WAIT)
         try:
             self._vol = open_data(self.target.volume)
             self._mark(self._vol, self.target.volume)
@@ -246,7 +252,7 @@ class Update:
         touched = False
         try:
             check()
-            self._guard.start_write(name, READ_WAIT)
+            self._guard.start_write(name, READ_GRACE, READ_WAIT)
             try:
                 check()  # the wait for readers may have been long
                 with closing(open_data(state.volume)) as vol:

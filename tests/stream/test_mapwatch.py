@@ -241,14 +241,15 @@ async def test_copies_do_not_start_after_the_map_refuses_writes(
     newest = max(info["stores"], key=lambda s: (s["record"]["committed_at"], s["index"]))
     key = f"{newest['img_uuid']}/{newest['vol_uuid']}"
     domain = guard(sd)
-    assert domain.add_reader(key)  # as a GET of that store streaming
+    hold = domain.add_reader(key)  # as a GET of that store streaming
+    assert hold is not None
     try:
         tar, _ = build_tar(sd, count=20)
         status, body = await push(client, sd, tar)
         assert (status, body["generation"], body["copies_pending"]) == (200, 2, 1), body
         await maps.put("Maintenance")
     finally:
-        domain.remove_reader(key)
+        domain.remove_reader(hold)
     info = await (await client.get(f"/domains/{sd}/ovf-store/info")).json()  # copies done
     assert info["copy_errors"] == [
         f"store {newest['index']} ({key}) keeps its previous archive: the pool map changed "

@@ -7,6 +7,7 @@ import errno
 import io
 import os
 import re
+import socket
 import subprocess
 import tarfile
 import time
@@ -26,6 +27,7 @@ from stream.config import Config
 from stream.wire.manifest import java_date
 from stream.wire.tarplan import Member, ovf_store_plan, render
 from tests.volume.ovfstore_util import make_storage, open_stores, plant
+from volume import ovfupdate
 
 from .conftest import Client
 
@@ -257,6 +259,36 @@ async def test_a_body_longer_than_the_stores_is_refused_before_it_is_sent(
     after = await (await client.get(f"/domains/{sd}/ovf-store/info")).json()
     assert after["stores"] == before["stores"]  # no store was begun
     assert await served(client, sd) == (1, good)
+
+
+async def test_a_client_that_stops_reading_a_store_does_not_hold_off_updates(
+        client: Client, sd: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A GET of the newest store whose client reads nothing holds that store
+    as read.  The next update commits the other store, and its copy into
+    this one cuts the stalled reader off after the grace instead of waiting
+    for it while holding the domain: the updates after it are not refused."""
+    monkeypatch.setattr(ovfupdate, "READ_GRACE", 0.3)
+    big, _ = build_tar(sd, count=4000)  # more than the socket buffers take
+    assert (await push(client, sd, big))[0] == 200
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect((str(client.host), int(str(client.port))))
+    reader, writer = await asyncio.open_connection(sock=sock)
+    try:
+        writer.write(f"GET /domains/{sd}/ovf-store HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        await writer.drain()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        assert head.startswith(b"HTTP/1.1 200 ") and b"X-Ovf-Generation: 1" in head
+        for generation in (2, 3):  # each one's copies go into the stalled store
+            tar, _ = build_tar(sd)
+            status, body = await asyncio.wait_for(push(client, sd, tar), 20)
+            assert (status, body.get("generation")) == (200, generation), body
+        info = await (await client.get(f"/domains/{sd}/ovf-store/info")).json()
+        assert info["copy_errors"] == []
+        assert [s["record"]["generation"] for s in info["stores"]] == [3, 3]
+    finally:
+        writer.close()
+    assert (await served(client, sd))[0] == 3
 
 
 async def test_client_disconnect_mid_stream(client: Client, sd: str) -> None:

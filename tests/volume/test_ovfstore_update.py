@@ -27,6 +27,7 @@ from tests.volume.ovfstore_util import (
 )
 from tests.volume.test_blockdomain import write as poke
 from volume import ovfrecord, ovfstate, ovfstore, ovfupdate
+from volume._ovfguard import guard, store_key
 from volume.base import Volume
 from volume.blockdomain import BlockDomain
 from volume.errors import (
@@ -164,24 +165,73 @@ def test_one_update_at_a_time(storage: StorageDomain) -> None:
     update(OvfStores.open(storage), b"fine")
 
 
-def test_reader_holds_off_the_copy(storage: StorageDomain,
-                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    """An update does not overwrite a store a reader is streaming."""
-    monkeypatch.setattr(ovfupdate, "READ_WAIT", 0.1)
+def test_a_slow_reader_is_cut_off_not_the_copy(storage: StorageDomain,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """An update gives a reader of the store it is to copy into a grace to
+    finish, then cuts it off: the copy goes on, and the reader's next read
+    fails rather than returning bytes of the new archive."""
+    monkeypatch.setattr(ovfupdate, "READ_GRACE", 0.1)
     stores = open_stores(storage)
     update(stores, b"one")
     found = stores.newest()
     assert found is not None
     state, view = found
     with closing(view):
+        buf = memoryview(bytearray(3))
+        assert view.readinto(0, buf) == 3 and bytes(buf) == b"one"
         u, _ = update(stores, b"two")
         assert u.target.index != state.index
-        assert len(u.replica_errors) == 1 and "being read" in u.replica_errors[0]
-        assert read_all(view) == b"one"
+        assert u.replica_errors == []
+        with pytest.raises(Conflict, match="being replaced by a newer archive"):
+            view.readinto(0, buf)
+    assert generations(stores) == [2, 2]
+    assert newest(stores)[1] == b"two"
+
+
+def test_a_reader_within_the_grace_is_waited_for(storage: StorageDomain) -> None:
+    """A reader that finishes within the grace reads its whole archive, and
+    the copy into its store waits for it and then succeeds."""
+    stores = open_stores(storage)
+    update(stores, b"one")
+    found = stores.newest()
+    assert found is not None
+    _, view = found
+    read: list[bytes] = []
+
+    def finish_soon() -> None:
+        time.sleep(0.5)
+        read.append(read_all(view))
+        view.close()
+    reader = threading.Thread(target=finish_soon)
+    reader.start()
+    u, _ = update(stores, b"two")
+    reader.join()
+    assert read == [b"one"]
+    assert u.replica_errors == []
+    assert generations(stores) == [2, 2]
+
+
+def test_a_read_that_never_returns_leaves_the_store(
+        storage: StorageDomain, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A read hung in the storage when the grace ends: the copy into that
+    store gives up after READ_WAIT, and the store keeps its archive."""
+    monkeypatch.setattr(ovfupdate, "READ_GRACE", 0.1)
+    monkeypatch.setattr(ovfupdate, "READ_WAIT", 0.2)
+    stores = open_stores(storage)
+    update(stores, b"one")
+    state = max(stores.states(), key=ovfstate.age)
+    domain = guard(storage.uuid)
+    hold = domain.add_reader(store_key(state.volume))
+    assert hold is not None
+    try:
+        with domain.reading(hold):  # as a read stuck in the kernel
+            u, _ = update(stores, b"two")
+            assert len(u.replica_errors) == 1, u.replica_errors
+            assert "a read has not returned for 0 s" in u.replica_errors[0]
+    finally:
+        domain.remove_reader(hold)
     assert generations(stores)[state.index] == 1
-    u, _ = update(stores, b"three")
-    assert (u.target.index, u.replica_errors) == (state.index, [])
-    assert generations(stores) == [3, 3]
+    assert newest(stores)[1] == b"two"
 
 
 def test_readers_during_updates_see_whole_archives(storage: StorageDomain) -> None:
