@@ -195,3 +195,38 @@ def foreign_store(sd: str, host: str, info: Mapping[str, Any]) -> str | None:
             f"(generation {newest.get('record', {}).get('generation')}, {n} "
             f"OVF{'s' * (n != 1)}, host {host}); run 'sluice-engine domain import {sd}' "
             "first, so that they are kept")
+
+
+def copies_missing(sd: str, generation: int, info: Mapping[str, Any]) -> str | None:
+    """Why the stores of ``sd`` need this engine's archive pushed again,
+    from a host's ``GET .../ovf-store/info``; None if every store holds it.
+
+    A push is answered once one store is committed; the copies into the
+    others come after.  A copy cut off (the daemon killed, a failed write)
+    leaves that store marked updating or holding an older generation, and
+    nothing would rewrite it until the domain's next change: one good copy
+    where the domain should have N.  Pushing the same archive again
+    restores them.  A newer generation than this engine's is another
+    writer's: not this engine's to repair.
+    """
+    stores = [s for s in info.get("stores", []) if isinstance(s, dict)]
+    if not stores:
+        return None
+
+    def generation_of(s: Mapping[str, Any]) -> int | None:
+        record = s.get("record")
+        g = record.get("generation") if isinstance(record, dict) else None
+        return g if s.get("valid") and isinstance(g, int) and not isinstance(g, bool) else None
+
+    found = [generation_of(s) for s in stores]
+    newest = max((g for g in found if g is not None), default=None)
+    if newest is not None and newest > generation:
+        return None
+    short = [f"store {s.get('index', n)} "
+             + ("is not valid" + (f" ({s['error']})" if s.get("error") else "")
+                if g is None else f"holds generation {g}")
+             for n, (s, g) in enumerate(zip(stores, found, strict=True)) if g != generation]
+    if not short:
+        return None
+    return (f"{'; '.join(short)}, not generation {generation} this engine pushed to "
+            f"domain {sd}")

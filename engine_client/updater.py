@@ -124,6 +124,10 @@ class Updater:
         reports = await self._run(self.cache.host_reports)
         now = self._clock()
         limit = asyncio.Semaphore(self.cfg.updater.concurrency)
+        repairs = await self._check_copies(stores, domains, hosts, reports, limit)
+        if repairs:
+            stores = [s for s in await self._run(self.cache.stores)
+                      if only is None or s.sd_uuid == only]
         features: dict[str, asyncio.Task[bool]] = {}
         jobs = []
         for store in stores:
@@ -138,10 +142,40 @@ class Updater:
             order = decide.host_order(store.sd_uuid, hosts, reports)
             jobs.append(self._push_domain(store, order, limit, features))
         try:
-            report.domains += await asyncio.gather(*jobs)
+            for done in await asyncio.gather(*jobs):
+                if done.sd_uuid in repairs and done.detail is None:
+                    done.detail = f"pushed again: {repairs[done.sd_uuid]}"
+                report.domains.append(done)
         finally:
             for task in features.values():
                 task.cancel()
+
+    async def _check_copies(self, stores: Sequence[Store], domains: dict[str, Domain],
+                            hosts: Sequence[Host], reports: dict[str, dict[str, Any]],
+                            limit: asyncio.Semaphore) -> dict[str, str]:
+        """Mark outdated the up-to-date stores whose copies a host shows
+        missing (decide.copies_missing); why, by domain.  A domain no host
+        can list now is left as it is: the next pass looks again."""
+        async def check(store: Store, generation: int) -> tuple[str, str | None]:
+            async with limit:
+                for host in decide.host_order(store.sd_uuid, hosts, reports):
+                    try:
+                        info = await self._clients(host).ovf_store_info(store.sd_uuid)
+                    except HostError as e:
+                        log.info("OVF stores of domain %s not checked on host %s: %s",
+                                 store.sd_uuid, host.name, e)
+                        continue
+                    return store.sd_uuid, decide.copies_missing(store.sd_uuid, generation,
+                                                                info)
+            return store.sd_uuid, None
+        due = [check(s, s.generation) for s in stores
+               if not s.outdated and s.generation is not None
+               and decide.pushable(domains.get(s.sd_uuid), s, self._clock(), True) is None]
+        repairs = {sd: why for sd, why in await asyncio.gather(*due) if why is not None}
+        for sd, why in repairs.items():
+            log.warning("OVF stores of domain %s: %s", sd, why)
+            await self._run(self.cache.mark_outdated, sd)
+        return repairs
 
     async def _zstd(self, client: HostClient, features: dict[str, asyncio.Task[bool]]) -> bool:
         if not self.cfg.http.zstd:

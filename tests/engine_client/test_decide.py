@@ -130,3 +130,29 @@ def test_host_order() -> None:
     order = [h.name for h in decide.host_order(SD1, hosts, reports)]
     assert order == ["c", "d", "a", "b"], "good, then unknown, then the rest; never e"
 
+
+
+def _store(index: int, generation: int | None, valid: bool = True,
+           error: str | None = None) -> dict[str, object]:
+    record = None if generation is None else {"generation": generation, "updating": not valid}
+    return {"index": index, "valid": valid, "error": error, "record": record}
+
+
+@pytest.mark.parametrize("stores,why", [
+    ([_store(0, 3), _store(1, 3)], None),
+    ([_store(0, 3)], None),  # one store: nothing to copy
+    ([], None),  # a host that lists none: nothing to say
+    ([_store(0, 4), _store(1, 3)], None),  # another writer's newer archive
+    ([_store(0, 3), _store(1, 3, valid=False, error="marked updating")],
+     "store 1 is not valid (marked updating), not generation 3 this engine pushed to "
+     "domain sd"),
+    ([_store(0, 2), _store(1, 3)],
+     "store 0 holds generation 2, not generation 3 this engine pushed to domain sd"),
+    ([_store(0, None, valid=False), _store(1, 1)],
+     "store 0 is not valid; store 1 holds generation 1, not generation 3 this engine "
+     "pushed to domain sd"),  # restored from an older backup
+    ([_store(0, True, valid=True), _store(1, 3)],  # a bool is no generation
+     "store 0 is not valid, not generation 3 this engine pushed to domain sd"),
+])
+def test_copies_missing(stores: list[dict[str, object]], why: str | None) -> None:
+    assert decide.copies_missing("sd", 3, {"stores": stores}) == why

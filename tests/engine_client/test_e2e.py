@@ -4,6 +4,7 @@ read back over their API and compared with the engine cache."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import shutil
@@ -24,6 +25,8 @@ from engine_client.ovf import parse
 from engine_client.poolsync import PoolSync
 from engine_client.updater import Updater
 from tests.stream.daemon import Daemon, free_port
+from volume.filedomain import open_file_domain
+from volume.ovfstore import OvfStores
 
 from .clusters import Cluster, Member, add, cached, get, stored
 from .ovfs import DiskSpec, vm_ovf, write
@@ -197,6 +200,36 @@ async def test_stores_restored_to_an_older_generation(
     finally:
         for daemon in started:
             daemon.stop()
+
+
+async def test_a_store_left_without_its_copy_is_pushed_again(
+        cache: Cache, updater: Updater, cluster: Cluster) -> None:
+    """A copy cut off after the answer (the daemon killed while copying)
+    leaves one store marked updating: the next pass sees it, though
+    nothing changed, and pushes the archive again, so the domain holds
+    two good copies again."""
+    (m,) = await cluster(1)
+    add(cache, "vm", [DiskSpec(m.sd)])
+    assert (await updater.run_once()).ok
+    assert (await updater.run_once()).domains == [], "nothing changed, nothing missing"
+    # As an update whose copy was cut off: the store it wrote marked updating.
+    domain = open_file_domain(str(m.daemon.data_dir / "domains" / m.sd))
+    OvfStores.open(domain).begin().abort()
+    status, body, _ = await get(m, f"/domains/{m.sd}/ovf-store/info")
+    states = json.loads(body)["stores"]
+    assert status == 200 and sorted(s["valid"] for s in states) == [False, True]
+    broken = next(s["index"] for s in states if not s["valid"])
+
+    (d,) = (await updater.run_once()).domains
+    assert (d.outcome, d.generation) == ("updated", 2), d
+    assert d.detail is not None and d.detail.startswith(
+        f"pushed again: store {broken} is not valid (")
+    assert d.detail.endswith(f"not generation 1 this engine pushed to domain {m.sd}")
+    _, body, _ = await get(m, f"/domains/{m.sd}/ovf-store/info")
+    assert [(s["valid"], s["record"]["generation"]) for s in json.loads(body)["stores"]] \
+        == [(True, 2), (True, 2)]
+    assert cache.store(m.sd).generation == 2
+    assert (await updater.run_once()).domains == [], "repaired once, not again"
 
 
 @pytest.mark.parametrize("zstd", [True, False], ids=["zstd", "plain"])
