@@ -88,7 +88,7 @@ def make_app(cfg: Config, *, trust_tcp: bool = False) -> web.Application:
     app[CONFIG] = cfg
     app[AUTH] = Authorizer()
     app[JOBS] = Jobs()
-    app[OVF_UPDATES] = Updates()
+    app[OVF_UPDATES] = Updates(staging=cfg.data_path)
     app.add_routes(images.routes)
     app.add_routes(imagequery.routes)
     app.add_routes(control.routes)

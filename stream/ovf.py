@@ -17,6 +17,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from volume.base import Volume
@@ -25,7 +26,7 @@ from volume.ovfstore import OvfStores, Update
 from volume.region import RegionVolume
 from volume.sd import StorageDomain
 
-from . import upload
+from . import ovfstage, upload
 from .errors import ClientGone, TooSlow
 from .io import IO as IOExecutor
 from .mapwatch import MapWatch
@@ -96,7 +97,11 @@ class Updates:
     update and ``info`` wait for them.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, staging: Path | None = None) -> None:
+        #: The data directory, where the body for a domain with a single
+        #: store is staged (:mod:`stream.ovfstage`); None writes it straight
+        #: into that store.
+        self._staging = staging
         self._locks: dict[str, asyncio.Lock] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         #: What went wrong copying the last update of each domain, if anything.
@@ -182,24 +187,43 @@ class Updates:
                 # Refused before any store is touched, not after a store's
                 # worth of the body was written and then thrown away.
                 raise _too_small(storage, stores)
-            update: Update = await io.run(stores.begin)
+            # One store: the body is staged first, so that a bad or cut-off
+            # one never costs the domain its only good archive.
+            staged: Volume | None = None
+            if self._staging is not None and len(stores.stores) == 1:
+                staged = await io.run(ovfstage.open_staging, self._staging, stores.capacity)
+            update: Update | None = None
             try:
+                if staged is None:
+                    update = await io.run(stores.begin)
+                    target = update.volume
+                else:
+                    target = staged
                 async with asyncio.timeout(deadline or None):
                     summary = await watch.interruptible(_stream(
-                        read, io, storage, stores, update, zstd=zstd,
+                        read, io, storage, stores, target, zstd=zstd,
                         idle_timeout=idle_timeout, length=length, buffer_size=buffer_size,
                         depth=depth, require_manifest=require_manifest, check=watch.check))
+                if update is None:  # staged, whole and valid: now into the store
+                    watch.check()
+                    update = await io.run(stores.begin)
+                    await io.run(ovfstage.copy_into, target, update.volume,
+                                 summary.tar_length, watch.check)
                 # Between the last chunk and here, then (in the worker) last
                 # before the commit makes the archive visible.
                 watch.check()
                 record = await io.run(update.seal, summary.tar_length, summary.digest,
-                                      read_back=False, check=watch.check)
+                                      read_back=staged is not None, check=watch.check)
             except BaseException as e:
-                await asyncio.shield(io.run(update.abort))
+                if update is not None:
+                    await asyncio.shield(io.run(update.abort))
                 if isinstance(e, TimeoutError):
                     raise TooSlow(f"the OVF tar did not arrive within {deadline:.0f} s; "
                                   "nothing was committed") from None
                 raise
+            finally:
+                if staged is not None:
+                    await io.run(staged.close)
         except BaseException:
             lock.release()
             watch.close()
@@ -213,7 +237,7 @@ class Updates:
 
 
 async def _stream(
-    read: Reader, io: IOExecutor, storage: StorageDomain, stores: OvfStores, update: Update,
+    read: Reader, io: IOExecutor, storage: StorageDomain, stores: OvfStores, target: Volume,
     *, zstd: bool, idle_timeout: float, length: int | None, buffer_size: int, depth: int,
     require_manifest: bool, check: Callable[[], None],
 ) -> Summary:
@@ -226,7 +250,8 @@ async def _stream(
     """
     reader = OvfTarReader(max_total=stores.capacity, require_manifest=require_manifest)
     with ThreadPoolExecutor(1, thread_name_prefix="ovf-check") as checker:
-        target = _CheckedVolume(update.volume, reader, checker) if zstd else update.volume
+        if zstd:
+            target = _CheckedVolume(target, reader, checker)
         try:
             with upload.client_errors(idle_timeout):
                 await upload.receive(

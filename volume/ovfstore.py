@@ -38,7 +38,9 @@ written since).  Readers always hash what they serve.
 
 A SIGKILL or power loss at any instant leaves the newest valid store
 holding the previous generation or the new one, whole and verified (with
-a single store there is no other copy: until the commit, none is valid).
+a single store there is no other copy: from :meth:`OvfStores.begin` to
+the commit none is valid, which is why the daemon stages such a domain's
+body and begins only once it is whole and valid, ``stream.ovfstage``).
 A store is read only through a record and a digest that match, and,
 within this daemon, never while an update writes it (:mod:`volume._ovfguard`).
 The write half lives in :mod:`volume.ovfupdate`, the check of one store

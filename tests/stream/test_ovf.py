@@ -21,15 +21,18 @@ import xxhash
 import zstandard
 from aiohttp import web
 
-from stream import ovfread
+from stream import ovfread, ovfstage
 from stream.app import make_app
 from stream.config import Config
+from stream.state import OVF_UPDATES
 from stream.wire.manifest import java_date
 from stream.wire.tarplan import Member, ovf_store_plan, render
+from tests.conftest import LoopDeviceFactory
 from tests.volume.ovfstore_util import make_storage, open_stores, plant
 from volume import ovfupdate
 
 from .conftest import Client
+from .test_copy import add_domain, set_pool
 
 MiB = 1 << 20
 
@@ -80,6 +83,16 @@ def build_tar(
 async def push(client: Client, sd: str, body: Any, **headers: str) -> Any:
     resp = await client.put(f"/domains/{sd}/ovf-store", data=body, headers=headers)
     return resp.status, await resp.json()
+
+
+async def cut_off_push(client: Client, sd: str, tar: bytes) -> None:
+    """A PUT whose client leaves after sending half of ``tar``."""
+    _, writer = await asyncio.open_connection(client.host, client.port)
+    writer.write(f"PUT /domains/{sd}/ovf-store HTTP/1.1\r\nHost: x\r\n"
+                 f"Content-Length: {len(tar)}\r\n\r\n".encode() + tar[: len(tar) // 2])
+    await writer.drain()
+    writer.close()
+    await writer.wait_closed()
 
 
 async def served(client: Client, sd: str) -> tuple[int, bytes]:
@@ -291,16 +304,50 @@ async def test_a_client_that_stops_reading_a_store_does_not_hold_off_updates(
     assert (await served(client, sd))[0] == 3
 
 
+@pytest.mark.parametrize("kind", ["file", "block"])
+async def test_one_store_keeps_its_archive_through_bad_streams(
+        client: Client, cfg: Config, tmp_path: Path, kind: str,
+        loop_device: LoopDeviceFactory) -> None:
+    """A domain with a single OVF store has no other copy: a body that is
+    invalid, too large or cut off never reaches it (it is staged first),
+    so the store still serves its archive after each; a good one replaces
+    it, and no staging file is left behind."""
+    where: Any = [loop_device(16 * MiB)] if kind == "block" else tmp_path / "sd"
+    if kind == "file":
+        where.mkdir()
+    sd = await add_domain(client, where, kind, ovf_stores=1, ovf_store_size=MiB)
+    await set_pool(client, {sd: (kind, where if kind == "block" else str(where))})
+    good, _ = build_tar(sd)
+    assert (await push(client, sd, good))[0] == 200
+
+    def corrupt(tar: bytes) -> bytes:  # an OVF's bytes no longer what the manifest says
+        at = tar.rindex(b"</ovf:Envelope>")
+        return tar[:at] + b"X" + tar[at + 1:]
+    tar, _ = build_tar(sd, count=40)
+    status, body = await push(client, sd, corrupt(tar))
+    assert status == 422 and body["error"] == "invalid-ovf-tar", body
+    status, body = await push(client, sd, build_tar(sd, count=2000)[0])
+    assert status == 413 and body["error"] == "ovf-store-too-small", body
+    await cut_off_push(client, sd, tar)
+    for _ in range(100):  # the daemon notices the cut and ends the update
+        if not client.app[OVF_UPDATES].lock(sd).locked():
+            break
+        await asyncio.sleep(0.05)
+    (store,) = (await (await client.get(f"/domains/{sd}/ovf-store/info")).json())["stores"]
+    assert (store["valid"], store["record"]["generation"]) == (True, 1), store
+    assert await served(client, sd) == (1, good)
+
+    status, body = await push(client, sd, tar)
+    assert (status, body["generation"], body["copies_pending"]) == (200, 2, 0), body
+    assert await served(client, sd) == (2, tar)
+    assert os.listdir(cfg.data_path / ovfstage.STAGING_DIR) == []
+
+
 async def test_client_disconnect_mid_stream(client: Client, sd: str) -> None:
     good, _ = build_tar(sd)
     assert (await push(client, sd, good))[0] == 200
     tar2, _ = build_tar(sd, count=50)
-    _reader, writer = await asyncio.open_connection(client.host, client.port)
-    writer.write(f"PUT /domains/{sd}/ovf-store HTTP/1.1\r\nHost: x\r\n"
-                 f"Content-Length: {len(tar2)}\r\n\r\n".encode() + tar2[: len(tar2) // 2])
-    await writer.drain()
-    writer.close()
-    await writer.wait_closed()
+    await cut_off_push(client, sd, tar2)
     for _ in range(100):  # the daemon notices the broken stream and aborts
         info = await (await client.get(f"/domains/{sd}/ovf-store/info")).json()
         if not any(s.get("record", {}) and s["record"].get("updating")
