@@ -26,7 +26,7 @@ import logging
 import random
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -124,14 +124,14 @@ class Updater:
         reports = await self._run(self.cache.host_reports)
         now = self._clock()
         limit = asyncio.Semaphore(self.cfg.updater.concurrency)
-        repairs = await self._check_copies(stores, domains, hosts, reports, limit)
-        if repairs:
-            stores = [s for s in await self._run(self.cache.stores)
-                      if only is None or s.sd_uuid == only]
         features: dict[str, asyncio.Task[bool]] = {}
-        jobs = []
+        jobs: list[Awaitable[DomainReport | None]] = []
         for store in stores:
             if not store.outdated:
+                if store.generation is not None and decide.pushable(
+                        domains.get(store.sd_uuid), store, now, True) is None:
+                    order = decide.host_order(store.sd_uuid, hosts, reports)
+                    jobs.append(self._repair(store, store.generation, order, limit, features))
                 continue
             why = decide.pushable(domains.get(store.sd_uuid), store, now, retry_now)
             if why is not None:
@@ -142,40 +142,38 @@ class Updater:
             order = decide.host_order(store.sd_uuid, hosts, reports)
             jobs.append(self._push_domain(store, order, limit, features))
         try:
-            for done in await asyncio.gather(*jobs):
-                if done.sd_uuid in repairs and done.detail is None:
-                    done.detail = f"pushed again: {repairs[done.sd_uuid]}"
-                report.domains.append(done)
+            report.domains += [d for d in await asyncio.gather(*jobs) if d is not None]
         finally:
             for task in features.values():
                 task.cancel()
 
-    async def _check_copies(self, stores: Sequence[Store], domains: dict[str, Domain],
-                            hosts: Sequence[Host], reports: dict[str, dict[str, Any]],
-                            limit: asyncio.Semaphore) -> dict[str, str]:
-        """Mark outdated the up-to-date stores whose copies a host shows
-        missing (decide.copies_missing); why, by domain.  A domain no host
-        can list now is left as it is: the next pass looks again."""
-        async def check(store: Store, generation: int) -> tuple[str, str | None]:
-            async with limit:
-                for host in decide.host_order(store.sd_uuid, hosts, reports):
-                    try:
-                        info = await self._clients(host).ovf_store_info(store.sd_uuid)
-                    except HostError as e:
-                        log.info("OVF stores of domain %s not checked on host %s: %s",
-                                 store.sd_uuid, host.name, e)
-                        continue
-                    return store.sd_uuid, decide.copies_missing(store.sd_uuid, generation,
-                                                                info)
-            return store.sd_uuid, None
-        due = [check(s, s.generation) for s in stores
-               if not s.outdated and s.generation is not None
-               and decide.pushable(domains.get(s.sd_uuid), s, self._clock(), True) is None]
-        repairs = {sd: why for sd, why in await asyncio.gather(*due) if why is not None}
-        for sd, why in repairs.items():
-            log.warning("OVF stores of domain %s: %s", sd, why)
-            await self._run(self.cache.mark_outdated, sd)
-        return repairs
+    async def _repair(self, store: Store, generation: int, order: list[Host],
+                      limit: asyncio.Semaphore, features: dict[str, asyncio.Task[bool]]
+                      ) -> DomainReport | None:
+        """Push an up-to-date store again if a host shows copies of it missing
+        (decide.copies_missing); None if none are, or no host can list it
+        now (the next pass looks again).  Run beside the pushes: a host slow
+        to list holds up only this domain."""
+        sd, why = store.sd_uuid, None
+        async with limit:
+            for host in order:
+                try:
+                    info = await self._clients(host).ovf_store_info(sd)
+                except HostError as e:
+                    log.info("OVF stores of domain %s not checked on host %s: %s", sd,
+                             host.name, e)
+                    continue
+                why = decide.copies_missing(sd, generation, info)
+                break
+        if why is None:
+            return None
+        log.warning("OVF stores of domain %s: %s; pushing it again", sd, why)
+        await self._run(self.cache.mark_outdated, sd)
+        done = await self._push_domain(await self._run(self.cache.store, sd), order, limit,
+                                       features)
+        if done.detail is None:
+            done.detail = f"pushed again: {why}"
+        return done
 
     async def _zstd(self, client: HostClient, features: dict[str, asyncio.Task[bool]]) -> bool:
         if not self.cfg.http.zstd:

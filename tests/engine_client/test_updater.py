@@ -24,6 +24,7 @@ from engine_client.config import Config
 from engine_client.entities import ImportItem
 from engine_client.model import DomainStatus
 from engine_client.ovf import parse
+from engine_client.passreport import PassReport
 from engine_client.phase import Outcome
 from engine_client.updater import Updater
 from tests.stream.daemon import free_port
@@ -195,26 +196,55 @@ async def test_no_host_and_unwritable_domains(cache: Cache, updater: Updater,
     assert cache.store(parked).failures == 0
 
 
-async def test_slow_host_does_not_stall_others(cache: Cache, cfg: Config, updater: Updater,
-                                               add_domain: AddDomain, silent_url: str,
-                                               wrong_digest_url: str) -> None:
-    cfg.http.request_timeout = cfg.http.upload_timeout = 3
-    slow_sd, fast_sd = add_domain(), add_domain()
+async def beside_a_silent_host(cache: Cache, updater: Updater, slow_sd: str, silent_url: str,
+                              fast_sd: str, fast_url: str) -> tuple[PassReport, float]:
+    """A pass with ``slow_sd`` on a host that never answers and ``fast_sd``
+    on one that fails its push at once: that failure is recorded within
+    2 s, while the pass still waits for the slow host, and the slow
+    domain has no failure then.  The pass's report and seconds."""
     cache.add_host("slow", silent_url, "t", [slow_sd])
-    cache.add_host("fast", wrong_digest_url, "t", [fast_sd])
+    cache.add_host("fast", fast_url, "t", [fast_sd])
     start = time.monotonic()
     task = asyncio.ensure_future(updater.run_once())
     while cache.store(fast_sd).failures == 0:
         assert time.monotonic() - start < 2, "the fast domain waited for the slow host"
         await asyncio.sleep(0.02)
     assert not task.done() and cache.store(slow_sd).failures == 0
-    r = await task
+    return await task, time.monotonic() - start
+
+
+async def test_slow_host_does_not_stall_others(cache: Cache, cfg: Config, updater: Updater,
+                                               add_domain: AddDomain, silent_url: str,
+                                               wrong_digest_url: str) -> None:
+    cfg.http.request_timeout = cfg.http.upload_timeout = 3
+    slow_sd, fast_sd = add_domain(), add_domain()
+    r, took = await beside_a_silent_host(cache, updater, slow_sd, silent_url, fast_sd,
+                                         wrong_digest_url)
     # The slow domain, never pushed, waits out its store check (GET .../info,
     # 3 s) and then its push (3 s); nothing else waits for it.
-    assert time.monotonic() - start < 9
+    assert took < 9
     by_sd = {d.sd_uuid: d for d in r.domains}
     assert "no answer within 3 s" in (by_sd[slow_sd].detail or "")
     assert all(s.outdated for s in cache.stores())
+
+
+async def test_a_host_slow_to_list_stores_stalls_no_push(
+        cache: Cache, cfg: Config, updater: Updater, add_domain: AddDomain,
+        silent_url: str, wrong_digest_url: str) -> None:
+    """Each pass lists the stores of up-to-date domains (copies missing?);
+    a host that never answers that holds up only its own domain: the
+    outdated one on another host is pushed meanwhile, and the up-to-date
+    one stays up to date, unreported."""
+    cfg.http.request_timeout = cfg.http.upload_timeout = 3
+    listed_sd, fast_sd = add_domain(), add_domain()
+    cache.store_pushed(cache.store_content(listed_sd), 4, "a" * 32, 10240, "slow",
+                       time.time(), time.time())
+    assert not cache.store(listed_sd).outdated
+    r, _ = await beside_a_silent_host(cache, updater, listed_sd, silent_url, fast_sd,
+                                      wrong_digest_url)
+    assert [d.sd_uuid for d in r.domains] == [fast_sd]
+    s = cache.store(listed_sd)
+    assert (s.outdated, s.generation, s.failures) == (False, 4, 0)
 
 
 async def test_loop_runs_on_trigger_and_wakes_for_retries(cache: Cache, cfg: Config,
