@@ -27,11 +27,14 @@ import asyncio
 import logging
 import resource
 import ssl
+from http import HTTPStatus
 from typing import Any, cast
 
 from aiohttp import web
+from aiohttp.web_request import BaseRequest
 
 from .handshake import Handshake
+from .middleware import error_response
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +101,29 @@ class _Heard(web.RequestHandler):
     def data_received(self, data: bytes) -> None:
         self.heard = self._loop.time()
         super().data_received(data)
+
+    def handle_error(self, request: BaseRequest, status: int = 500,
+                     exc: BaseException | None = None, message: str | None = None
+                     ) -> web.StreamResponse:
+        """A request aiohttp's parser refused (a malformed head or chunk
+        framing) gets the daemon's JSON error, with one log line, instead
+        of aiohttp's text and a logged traceback.  Anything else stays
+        aiohttp's (the errors middleware answers every handler error)."""
+        if not 400 <= status < 500 or request.writer.output_size > 0:
+            return super().handle_error(request, status, exc, message)
+        # aiohttp's message marks the spot with a caret on a line of its own.
+        lines = (message or str(exc or "")).splitlines()
+        detail = " ".join(" ".join(line.split()) for line in lines
+                          if line.strip(" ^")) or "malformed request"
+        log.warning("malformed HTTP request from %s: %d %s", request.remote, status, detail)
+        try:
+            code = HTTPStatus(status).phrase.lower().replace(" ", "-")
+        except ValueError:
+            code = "bad-request"
+        resp = error_response(cast(web.Request, request), status, code,
+                              f"malformed HTTP request: {detail}")
+        resp.force_close()  # the stream cannot be parsed further
+        return resp
 
 
 class Guard:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import resource
 import socket
 import ssl
@@ -235,3 +236,28 @@ def test_a_failed_handshake_frees_its_place(tmp_path: Path) -> None:
         assert "at the limit" not in d.read_log()
     finally:
         d.stop()
+
+
+@pytest.mark.parametrize("request_bytes,detail", [
+    (b"PUT /images/x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+     "malformed HTTP request: Invalid character in chunk size: b'zz'"),
+    (b"GET /info/ HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n",
+     "malformed HTTP request: Invalid header token: b'Bad Header'"),
+], ids=["chunk-size", "header"])
+def test_a_malformed_request_gets_a_json_error(quick: Daemon, request_bytes: bytes,
+                                               detail: str) -> None:
+    """What aiohttp's parser refuses, before any handler runs, is answered
+    as every other error (JSON, one log line), not with aiohttp's text and
+    a traceback in the log."""
+    with contextlib.closing(connect(quick)) as s:
+        s.sendall(request_bytes)
+        answer = b""
+        while chunk := s.recv(4096):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.0 400 ") and b"application/json" in head, answer
+    assert json.loads(body) == {"error": "bad-request", "detail": detail}
+    log = quick.read_log()
+    said = detail.removeprefix("malformed HTTP request: ")
+    assert f"malformed HTTP request from 127.0.0.1: 400 {said}" in log
+    assert "Traceback" not in log
