@@ -48,6 +48,7 @@ def _past_ticket(start: int, end: int, ticket: Ticket) -> OutOfRange:
 async def put(request: web.Request) -> web.Response:
     ticket = authorize(request, "write")
     flush = flag_param(request, "flush", default=True)
+    close = _close_param(request)
     offset = 0
     cr = None
     if "Content-Range" in request.headers:
@@ -108,7 +109,7 @@ async def put(request: web.Request) -> web.Response:
             f"xxh3_128 of the received data is {hasher.hexdigest()}, "
             f"X-Checksum says {expected}; the data was written but does not match"
         )
-    return _ok(request)
+    return _ok(close)
 
 
 # No HEAD: aiohttp would run GET and send the image as its body (imageio: 405).
@@ -135,7 +136,7 @@ async def get(request: web.Request) -> web.StreamResponse:
         if status == 206:
             resp.headers["Content-Range"] = ranges.content_range(r, size)
         resp.content_length = r.length
-        if flag_param(request, "close", default=False):
+        if _close_param(request):
             resp.force_close()
         log.info("READ offset=%d size=%d", r.start, r.length)
         if r.length:
@@ -158,6 +159,7 @@ async def get(request: web.Request) -> web.StreamResponse:
 @routes.patch("/images/{ticket_id}")
 async def patch(request: web.Request) -> web.Response:
     ticket = authorize(request, "write")
+    close = _close_param(request)
     msg = await read_json(request)
     if "op" not in msg:
         raise InvalidRequest("Missing required value for 'op'")
@@ -171,7 +173,7 @@ async def patch(request: web.Request) -> web.Response:
         volume = await ticket_volume(io, ticket)
         if op == "flush":
             await io.run(volume.flush)
-            return _ok(request)
+            return _ok(close)
         size = _int(msg, "size", None)
         offset = _int(msg, "offset", 0)
         flush = msg.get("flush", False)
@@ -184,7 +186,7 @@ async def patch(request: web.Request) -> web.Response:
         if flush:
             await io.run(volume.flush)
         ticket.transferred.add(offset, offset + size)
-    return _ok(request)
+    return _ok(close)
 
 
 async def _zero(
@@ -245,8 +247,16 @@ async def info(request: web.Request) -> web.Response:
     return web.json_response({"version": __version__, "server": "sluice", "features": features})
 
 
-def _ok(request: web.Request) -> web.Response:
+def _close_param(request: web.Request) -> bool:
+    """``?close=y``: the engine's web admin asks to close the connection
+    after the answer.  As in imageio, any other value keeps it open: it is
+    read before the request does anything, and never refuses one (a 400
+    after the data was written would report a failed upload that was not)."""
+    return request.query.get("close") == "y"
+
+
+def _ok(close: bool) -> web.Response:
     resp = web.Response(status=200)
-    if flag_param(request, "close", default=False):
+    if close:
         resp.force_close()
     return resp

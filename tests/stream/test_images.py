@@ -271,6 +271,33 @@ async def test_flush_param_must_be_y_or_n(
     assert resp.status == 200
 
 
+@pytest.mark.parametrize("value,closed", [
+    pytest.param("y", True, id="y"),
+    pytest.param("n", False, id="n"),
+    pytest.param("yes", False, id="other"),
+    pytest.param("", False, id="empty"),
+])
+async def test_close_param_as_imageio_reads_it(
+    client: Client, image: Any, add_ticket: AddTicket, value: str, closed: bool
+) -> None:
+    """Only ``close=y`` closes; any other value is ignored, as imageio
+    does, and never turns a request that did its work into a 400."""
+    path = image(data=b"a" * 8192)
+    ticket = await add_ticket(path)
+    resp = await client.put(f"/images/{ticket}?close={value}", data=b"b" * 4096)
+    assert resp.status == 200, await resp.text()
+    assert (resp.headers.get("Connection") == "close") is closed
+    assert path.read_bytes() == b"b" * 4096 + b"a" * 4096
+    resp = await client.patch(f"/images/{ticket}?close={value}",
+                              json={"op": "zero", "offset": 4096, "size": 4096})
+    assert resp.status == 200, await resp.text()
+    assert path.read_bytes() == b"b" * 4096 + bytes(4096)
+    resp = await client.get(f"/images/{ticket}?close={value}", headers={"Range": "bytes=0-1"})
+    assert resp.status == 206, await resp.text()
+    assert (resp.headers.get("Connection") == "close") is closed
+    assert await resp.read() == b"bb"
+
+
 @pytest.mark.parametrize("header,status,body_range", [
     pytest.param("bytes=0-99", 206, (0, 100), id="first-last"),
     pytest.param("bytes=5000-", 206, (5000, 8192), id="open-ended"),
