@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -12,8 +13,9 @@ from volume.base import Volume
 from volume.errors import Error, InvalidRequest
 from volume.sd import open_data
 
-from ..errors import BodyTooLarge, UnsupportedEncoding, UnsupportedTransferCoding
+from ..errors import BodyTooLarge, TooSlow, UnsupportedEncoding, UnsupportedTransferCoding
 from ..io import IO
+from ..state import CONFIG
 from ..tickets import Ticket
 
 #: Control messages and PATCH bodies are tiny; anything bigger is a mistake.
@@ -55,14 +57,26 @@ def _codings(request: web.Request, header: str) -> list[str]:
             for c in line.split(",") if c.strip()]
 
 
-async def read_json(request: web.Request) -> dict[str, Any]:
-    """Read a small JSON object body (bounded, never a data stream)."""
+async def read_json(request: web.Request, within: float | None = None) -> dict[str, Any]:
+    """Read a small JSON object body (bounded, never a data stream) within
+    ``within`` seconds (default: the daemon's ``inactivity_timeout``).
+
+    aiohttp has no timer on a body: a client that stops sending one would
+    hold its connection open forever (imageio's socket timeout ends it).
+    """
     if request.content_length is not None and request.content_length > MAX_JSON:
         raise BodyTooLarge(f"JSON body larger than {MAX_JSON} bytes")
+    if within is None:
+        within = request.app[CONFIG].transfer.inactivity_timeout
     # read(n) returns what has arrived; a body may come in several packets.
     raw = b""
-    while len(raw) <= MAX_JSON and (part := await request.content.read(MAX_JSON + 1 - len(raw))):
-        raw += part
+    try:
+        async with asyncio.timeout(within):
+            while len(raw) <= MAX_JSON and (
+                    part := await request.content.read(MAX_JSON + 1 - len(raw))):
+                raw += part
+    except TimeoutError:
+        raise TooSlow(f"The JSON body did not arrive within {within:g} seconds") from None
     if len(raw) > MAX_JSON:
         raise BodyTooLarge(f"JSON body larger than {MAX_JSON} bytes")
     try:

@@ -160,7 +160,7 @@ async def get(request: web.Request) -> web.StreamResponse:
 async def patch(request: web.Request) -> web.Response:
     ticket = authorize(request, "write")
     close = _close_param(request)
-    msg = await read_json(request)
+    msg = await read_json(request, ticket.inactivity_timeout)
     if "op" not in msg:
         raise InvalidRequest("Missing required value for 'op'")
     op = msg["op"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -356,6 +357,27 @@ async def test_patch_validation(
     assert resp.status == 400
     assert detail in await resp.text()
     assert path.read_bytes() == b"a" * 4096
+
+
+async def test_patch_body_that_stops_arriving_times_out(
+    client: Client, image: Any, add_ticket: AddTicket
+) -> None:
+    """A PATCH whose body stops midway is answered 408 (closing the
+    connection) after the ticket's inactivity timeout, as imageio's socket
+    timeout ends it; it held the connection forever."""
+    ticket = await add_ticket(image(4096), inactivity_timeout=1)
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    try:
+        writer.write(f"PATCH /images/{ticket} HTTP/1.1\r\nHost: x\r\n"
+                     "Content-Length: 100\r\n\r\n{\"op\": ".encode())
+        await writer.drain()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        body = await asyncio.wait_for(reader.readuntil(b"\n"), 10)
+    finally:
+        writer.close()
+    assert head.startswith(b"HTTP/1.1 408 "), head
+    assert b"Connection: close" in head
+    assert body == b"The JSON body did not arrive within 1 seconds\n"
 
 
 async def test_patch_zero_past_end(client: Client, image: Any, add_ticket: AddTicket) -> None:
