@@ -129,6 +129,15 @@ async def delete_tickets(request: web.Request) -> web.StreamResponse:
     return await delete_ticket(request)
 
 
+# imageio routes "/tickets/(.*)": an empty ticket id is its 400 (it lists
+# no tickets), DELETE excepted (all tickets).
+@routes.get("/tickets/", name=ENGINE + "get-no-ticket", allow_head=False)
+@routes.put("/tickets/", name=ENGINE + "put-no-ticket")
+@routes.patch("/tickets/", name=ENGINE + "patch-no-ticket")
+async def no_ticket(request: web.Request) -> web.Response:
+    raise InvalidRequest("Ticket id is required")
+
+
 async def _retire(request: web.Request, ticket: Ticket) -> None:
     """Cancel ``ticket``, out of the table, and close its volume once its
     requests have ended (now, or later if they outlast the cancel's wait)."""

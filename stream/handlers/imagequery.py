@@ -21,8 +21,10 @@ from .images import authorize
 routes = web.RouteTableDef()
 
 
-# No HEAD on either: it would run the whole query (imageio: 405).
+# No HEAD on either: it would run the whole query (imageio: 405).  imageio
+# matches its routes as prefixes, so each answers with a trailing slash too.
 @routes.get("/images/{ticket_id}/extents", allow_head=False)
+@routes.get("/images/{ticket_id}/extents/", allow_head=False)
 async def extents(request: web.Request) -> web.Response:
     ticket = authorize(request, "read")
     context = request.query.get("context", "zero")
@@ -51,11 +53,13 @@ def _extents(volume: Volume, limit: int) -> list[dict[str, Any]]:
 
 
 @routes.get("/images/{ticket_id}/checksum/algorithms")
+@routes.get("/images/{ticket_id}/checksum/algorithms/")
 async def checksum_algorithms(request: web.Request) -> web.Response:
     return web.json_response({"algorithms": blkhash.algorithms()})
 
 
 @routes.get("/images/{ticket_id}/checksum", allow_head=False)
+@routes.get("/images/{ticket_id}/checksum/", allow_head=False)
 async def checksum(request: web.Request) -> web.Response:
     ticket = authorize(request, "read")
     algorithm = request.query.get("algorithm", blkhash.DEFAULT_ALGORITHM)

@@ -239,6 +239,15 @@ async def options(request: web.Request) -> web.Response:
     return web.json_response(body, headers={"Allow": allow})
 
 
+# imageio routes "/images/(.*)": an empty ticket id is its 400, not a 404.
+@routes.get("/images/", allow_head=False)
+@routes.put("/images/")
+@routes.patch("/images/")
+@routes.options("/images/")
+async def no_ticket(request: web.Request) -> web.Response:
+    raise InvalidRequest("Ticket id is required")
+
+
 @routes.get("/info/")
 async def info(request: web.Request) -> web.Response:
     from .. import __version__

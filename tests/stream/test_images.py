@@ -380,6 +380,24 @@ async def test_patch_body_that_stops_arriving_times_out(
     assert body == b"The JSON body did not arrive within 1 seconds\n"
 
 
+@pytest.mark.parametrize("method", ["GET", "PUT", "PATCH", "OPTIONS"])
+async def test_empty_ticket_id_is_a_400_as_in_imageio(client: Client, method: str) -> None:
+    resp = await client.request(method, "/images/", data=b"{}" if method != "GET" else None)
+    assert resp.status == 400
+    assert await resp.text() == "Ticket id is required\n"
+
+
+async def test_sub_resources_answer_with_a_trailing_slash_as_in_imageio(
+    client: Client, image: Any, add_ticket: AddTicket
+) -> None:
+    ticket = await add_ticket(image(data=b"x" * 4096))
+    for sub in ("extents", "checksum", "checksum/algorithms"):
+        plain = await client.get(f"/images/{ticket}/{sub}")
+        slash = await client.get(f"/images/{ticket}/{sub}/")
+        assert (plain.status, slash.status) == (200, 200), sub
+        assert await slash.json() == await plain.json(), sub
+
+
 async def test_patch_zero_past_end(client: Client, image: Any, add_ticket: AddTicket) -> None:
     ticket = await add_ticket(image(data=b"a" * 4096))
     resp = await client.patch(f"/images/{ticket}", json={"op": "zero", "size": 8192})

@@ -53,6 +53,17 @@ async def test_delete_all(client: Client, image: Any, add_ticket: AddTicket) -> 
         assert (await client.get(f"/tickets/{i}")).status == 404
 
 
+@pytest.mark.parametrize("method", ["GET", "PUT", "PATCH"])
+async def test_empty_ticket_id_is_a_400_as_in_imageio(
+    client: Client, image: Any, add_ticket: AddTicket, method: str
+) -> None:
+    """imageio lists no tickets: ``/tickets/`` without an id is its 400."""
+    await add_ticket(image(4096))
+    resp = await client.request(method, "/tickets/", data=b"{}" if method != "GET" else None)
+    assert resp.status == 400
+    assert await resp.text() == "Ticket id is required\n"
+
+
 @pytest.mark.parametrize("body,detail", [
     pytest.param("not json", "Invalid JSON", id="not-json"),
     pytest.param([1, 2], "expecting an object", id="not-object"),
