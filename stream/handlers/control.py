@@ -116,11 +116,24 @@ async def delete_ticket(request: web.Request) -> web.StreamResponse:
     auth = request.app[AUTH]
     ticket_id = request.match_info.get("ticket_id", "")
     targets = auth.all() if ticket_id == "" else [t for t in auth.all() if t.uuid == ticket_id]
-    for ticket in targets:
-        await ticket.cancel(request.app[CONFIG].transfer.remove_timeout)
+    # All at once: each refuses new requests now, and one transfer that
+    # does not stop in time leaves the others removed (one after the
+    # other, the first busy ticket kept every later one usable).
+    results = await asyncio.gather(
+        *(t.cancel(request.app[CONFIG].transfer.remove_timeout) for t in targets),
+        return_exceptions=True)
+    busy: list[Conflict] = []
+    for ticket, result in zip(targets, results, strict=True):
+        if isinstance(result, Conflict):
+            busy.append(result)  # stays, canceled, until deleted again
+            continue
+        if isinstance(result, BaseException):
+            raise result
         auth.discard(ticket)  # not one re-added under its id meanwhile
         await _close(request, ticket)
         log.info("REMOVE ticket=%s transfer=%s", ticket.uuid[:8], ticket.log_id)
+    if busy:
+        raise Conflict("; ".join(e.detail for e in busy))
     return web.Response(status=204)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import stat
 import subprocess
@@ -18,7 +19,7 @@ from stream.state import AUTH
 from tests.conftest import LoopDeviceFactory
 from volume.errors import Error
 
-from .conftest import AddTicket, Client, MiB
+from .conftest import AddTicket, Client, MiB, open_put
 
 
 def ticket_json(path: Path | str, **fields: Any) -> dict[str, Any]:
@@ -51,6 +52,31 @@ async def test_delete_all(client: Client, image: Any, add_ticket: AddTicket) -> 
     assert (await client.delete("/tickets/")).status == 204
     for i in ids:
         assert (await client.get(f"/tickets/{i}")).status == 404
+
+
+async def test_delete_all_removes_the_idle_tickets_while_one_is_busy(
+    client: Client, image: Any, add_ticket: AddTicket
+) -> None:
+    """One transfer that does not stop in time makes DELETE /tickets/ a
+    409, but every other ticket is removed; it was stopped at the first
+    busy ticket, leaving the rest usable (and retries never got past it)."""
+    busy = await add_ticket(image(8192))
+    idle = [await add_ticket(image(4096)) for _ in range(2)]
+    _, writer = await open_put(client, f"/images/{busy}", 8192, b"x" * 100)
+    try:
+        for _ in range(100):
+            if (await (await client.get(f"/tickets/{busy}")).json())["active"]:
+                break
+            await asyncio.sleep(0.02)
+        resp = await client.delete("/tickets/")
+        assert resp.status == 409
+        assert busy[:8] in await resp.text()
+        for t in idle:
+            assert (await client.get(f"/tickets/{t}")).status == 404
+            assert (await client.get(f"/images/{t}")).status == 403
+        assert (await (await client.get(f"/tickets/{busy}")).json())["canceled"] is True
+    finally:
+        writer.close()
 
 
 @pytest.mark.parametrize("method", ["GET", "PUT", "PATCH"])
