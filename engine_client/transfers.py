@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import imageclient, imagetransfer
+from .disklist import owners
 from .disks import Ctx, DiskError, locate, serving, source_volume
 from .errors import EngineError, HostError, InvalidInput
 from .hostapi import HostClient
@@ -105,6 +106,15 @@ async def open_upload(ctx: Ctx, path: str, sd_uuid: str, disk: str | None) -> Op
     if fmt == "qcow2" and ctx.cache.domain(sd).type == "block":
         raise InvalidInput(f"{path} is qcow2 and {sd} is a block domain (raw only); "
                            "convert it first")
+    if disk:
+        # A resume finishes what an interrupted upload made, which no VM has
+        # yet (one is attached only once complete): a VM's disk of the same
+        # size would be overwritten with the file.
+        users = sorted(owners(ctx.cache).get((disk, sd), []))
+        if users:
+            raise InvalidInput(f"disk {disk} on {sd} is a disk of {', '.join(users)}; "
+                               "--disk only finishes an interrupted upload; leave it out "
+                               "to upload into a new disk")
     host = serving(ctx.cache, sd)[0]
     c = ctx.clients(host)
     img = disk or str(uuid.uuid4())

@@ -683,6 +683,7 @@ async def test_cli_upload_download_and_errors(world: World) -> None:
                    capture_output=True)
     small = w.tmp / "small.raw"
     small.write_bytes(os.urandom(4096))
+    floating = await w.upload(image(w.tmp / "floating.raw", 1 * MiB, sparse=False), w.f1)
     qcow1 = w.tmp / "x.qcow"
     qcow1.write_bytes(b"QFI\xfb\0\0\0\1" + bytes(504))
     outside = w.tmp / "x.qcow2"
@@ -702,8 +703,10 @@ async def test_cli_upload_download_and_errors(world: World) -> None:
         (["disk", "upload", str(src), "--domain", "nope"], 2, "domain 'nope' is not a UUID"),
         (["disk", "upload", str(src), "--domain", w.f1, "--disk", unknown], 2,
          f"there is no disk {unknown} on {w.f1} to resume into"),
-        (["disk", "upload", str(small), "--domain", w.f1, "--disk", up["disk"]], 2,
+        (["disk", "upload", str(small), "--domain", w.f1, "--disk", floating], 2,
          "upload into a new disk instead"),
+        (["disk", "upload", str(src), "--domain", w.f1, "--disk", up["disk"]], 2,
+         "is a disk of vm cli-vm; --disk only finishes an interrupted upload"),
         (["disk", "upload", str(vmdk), "--domain", w.f1], 2, "is a VMDK image, not raw"),
         (["disk", "upload", str(qcow1), "--domain", w.f1], 2, "of version 1, not qcow2"),
         (["disk", "upload", str(outside), "--domain", w.f1], 2, "with an external data file"),
@@ -983,3 +986,18 @@ async def test_a_canceled_completion_says_how_to_finish(
         world, monkeypatch, "complete",
         r"interrupted while marking disk (\S+) complete; run the command again with "
         r"--disk \1 to finish it")
+
+
+async def test_upload_never_resumes_into_a_disk_a_vm_has(world: World) -> None:
+    """``--disk`` is for a disk an interrupted upload made; one the cache
+    gives to a VM of the same size was overwritten with the file, the VM's
+    data gone, and the command said 'uploaded'."""
+    w = world
+    src = image(w.tmp / "vm.raw", 4 * MiB, sparse=False)
+    _, disk = await w.vm_with(src, w.f1)
+    other = image(w.tmp / "other.raw", 4 * MiB, sparse=False)
+    with pytest.raises(EngineError, match=f"disk {disk} on {w.f1} is a disk of vm vm"):
+        await transfers.open_upload(w.ctx, str(other), w.f1, disk)
+    assert [v["legal"] for v in await w.volumes(w.f1, disk)] == [True]
+    back = await w.download(disk, w.f1, w.tmp / "back.raw")
+    assert (w.tmp / "back.raw").read_bytes() == src.read_bytes(), back
