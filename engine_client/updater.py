@@ -16,6 +16,7 @@ One pass (``run_once``):
    and jitter; the loop wakes up for it instead of waiting for ``interval``.
 
 ``run_forever`` runs a pass every ``interval`` and at once on ``trigger()``.
+A pass waits for one another process runs on the same cache (``passlock``).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from typing import Any, TypeVar
 
 import aiohttp
 
-from . import decide
+from . import decide, passlock
 from .cache import Cache
 from .config import Config
 from .errors import EngineError, HostError
@@ -83,12 +84,18 @@ class Updater:
         """One pass; ``retry_now`` ignores the backoff of failed domains;
         ``only`` pushes that domain's store alone (a flow refreshing it)."""
         async with self._pass_lock:
-            report = PassReport(self._clock())
-            start = time.monotonic()
-            await self._entity_phase(report)
-            await self._domain_phase(report, retry_now, only)
-            report.seconds = round(time.monotonic() - start, 3)
-            dropped = await self._run(self.cache.gc_blobs)
+            # And one pass of any process on this cache: another one's pass
+            # would push the stores this one pushes (see passlock).
+            held = await passlock.acquire(self.cache.state_dir)
+            try:
+                report = PassReport(self._clock())
+                start = time.monotonic()
+                await self._entity_phase(report)
+                await self._domain_phase(report, retry_now, only)
+                report.seconds = round(time.monotonic() - start, 3)
+                dropped = await self._run(self.cache.gc_blobs)
+            finally:
+                passlock.release(held)
             log.info("OVF pass: %d entities processed, %d skipped, %d deletions, domains: %s; "
                      "%d unused OVFs dropped; pass took %.3f s", report.processed_count,
                      report.skipped_count, len(report.deleted),

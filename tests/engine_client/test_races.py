@@ -194,3 +194,42 @@ def test_set_disk_shareable_reaches_the_ovf(cache: Cache, add_domain: AddDomain)
     assert ovf is not None
     flags = {d.disk_uuid: d.shareable for d in parse(ovf).disks}
     assert flags == {disks[0]: True, disks[1]: False}
+
+
+async def test_two_updater_processes_push_a_store_once(
+        cache: Cache, cfg: Config, add_domain: AddDomain, aiohttp_server: Any) -> None:
+    """``ovf update --once`` twice at once (or beside ``run``, or a domain
+    flow): the second pass read the store outdated while the first pushed
+    it, and pushed the same content again, a second generation for
+    nothing.  The second pass now waits for the first, then finds the
+    store updated."""
+    sd = add_domain()
+    add_vm(cache, "vm", [DiskSpec(sd)])
+    puts: list[int] = []
+    arrived, release = asyncio.Event(), asyncio.Event()
+
+    async def put(request: web.Request) -> web.Response:
+        body = await request.read()
+        puts.append(len(body))
+        arrived.set()
+        await release.wait()
+        return web.json_response({"generation": len(puts), "tar_length": len(body),
+                                  "digest": xxhash.xxh3_128_hexdigest(body)})
+
+    url = await fake_host(aiohttp_server, put)
+    cache.add_host("h", url, "t", [sd])
+    with Cache.open(cache.state_dir) as other:  # as another process would
+        first, second = Updater(cache, cfg), Updater(other, cfg)
+        try:
+            one = asyncio.ensure_future(first.run_once())
+            await asyncio.wait_for(arrived.wait(), 5)
+            two = asyncio.ensure_future(second.run_once())
+            await asyncio.sleep(0.5)  # the second pass is under way, or waiting
+            release.set()
+            a, b = await asyncio.wait_for(asyncio.gather(one, two), 10)
+        finally:
+            await first.close()
+            await second.close()
+    assert len(puts) == 1, f"{len(puts)} pushes of one store"
+    assert [d.outcome for d in a.domains] == ["updated"] and b.domains == []
+    assert not cache.store(sd).outdated

@@ -1,0 +1,65 @@
+"""One OVF updater pass at a time per engine cache, across processes.
+
+``sluice-engine run``, an ``ovf update --once`` and a domain flow's store
+refresh may run at once on one state directory.  Each pass reads the
+stores that are outdated and pushes them: two passes at once pushed the
+same store twice (a second generation of the same content, and on a slow
+host a 409 from the daemon's own domain lock, reported as a failure).
+oVirt's pool phase takes an exclusive ``OVF_UPDATE`` lock for the same
+reason.  A pass waits for the one under way, then finds what it left.
+
+An ``flock`` on a file in the state directory: released by the kernel
+when its process dies, so a killed updater never leaves it held.  It is
+only ever tried, never waited for in a thread, so neither the event loop
+nor the updater's worker blocks on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import logging
+import os
+
+from .errors import EngineError
+
+log = logging.getLogger(__name__)
+
+NAME = "ovf-update.lock"
+#: Seconds between tries while another pass holds the lock.
+POLL = 0.1
+
+
+def _try(path: str) -> int | None:
+    """An open descriptor holding the lock, or None if another holds it."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as e:  # a state directory gone or read-only: one sentence
+        raise EngineError(f"cannot open the OVF updater's lock {path}: "
+                          f"{e.strerror or e}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+async def acquire(state_dir: str) -> int:
+    """Wait for the lock of ``state_dir``'s updater; the descriptor to
+    :func:`release`."""
+    path = os.path.join(state_dir, NAME)
+    said = False
+    while (fd := _try(path)) is None:
+        if not said:
+            log.info("another OVF update pass is running on %s; waiting for it", state_dir)
+            said = True
+        await asyncio.sleep(POLL)
+    return fd
+
+
+def release(fd: int) -> None:
+    os.close(fd)  # the lock goes with the last descriptor of its open file
