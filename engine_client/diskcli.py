@@ -2,16 +2,19 @@
 
 Exit status as the rest of the command line: 0 done, 1 the work failed on
 the way (the message says what state it left), 2 bad input.  Ctrl-C
-stops a running copy job on its host (``DELETE /jobs/{id}``) and exits 1.
+stops a running copy job on its host (``DELETE /jobs/{id}``) and exits 1;
+SIGTERM does what Ctrl-C does.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+import threading
+from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .cache import Cache
@@ -150,6 +153,26 @@ def run_disk(cache: Cache, cfg: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def _term_interrupts() -> Iterator[None]:
+    """SIGTERM as Ctrl-C while the bytes move (outside the event loop, whose
+    handlers cover the rest): killed at once, a download left its partial
+    file beside the target and the ticket open on the host.  Only in the
+    main thread, where Python runs signal handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
 def _transfer(cache: Cache, cfg: Config, args: argparse.Namespace,
               progress: Progress) -> dict[str, Any]:
     from . import transfers
@@ -168,8 +191,9 @@ def _transfer(cache: Cache, cfg: Config, args: argparse.Namespace,
     again = f" with --disk {opened.ref.img_uuid}" if upload else ""
     try:
         progress.emit({"event": "ticket", "host": opened.host, **opened.ref.to_json()})
-        summary = transfers.run(opened, args.file, upload, progress.bytes(opened.size),
-                                cfg.http.ca_file or None, total=progress.set_total)
+        with _term_interrupts():
+            summary = transfers.run(opened, args.file, upload, progress.bytes(opened.size),
+                                    cfg.http.ca_file or None, total=progress.set_total)
     except KeyboardInterrupt:
         raise EngineError(f"interrupted; run the command again{again} to finish it") from None
     except BrokenPipeError:  # stdout's reader left (``| head``): exit as SIGPIPE would

@@ -1001,3 +1001,34 @@ async def test_upload_never_resumes_into_a_disk_a_vm_has(world: World) -> None:
     assert [v["legal"] for v in await w.volumes(w.f1, disk)] == [True]
     back = await w.download(disk, w.f1, w.tmp / "back.raw")
     assert (w.tmp / "back.raw").read_bytes() == src.read_bytes(), back
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+async def test_a_stopped_download_leaves_no_partial_file(world: World,
+                                                         sig: signal.Signals) -> None:
+    """SIGTERM (a service stopped, ``timeout``, ``kill``) during a download
+    killed the command at once: its hidden ``.part`` file stayed next to
+    the target, as big as the disk, and its read ticket stayed open on the
+    host.  It now ends as Ctrl-C does: the partial file removed, the
+    ticket deleted, one sentence and exit 1; the target as it was."""
+    w = world
+    src = image(w.tmp / "stop.raw", 16 * MiB, sparse=False)
+    disk = await w.upload(src, w.f1)
+    dest = w.tmp / "dest.raw"
+    dest.write_bytes(b"the last good copy")
+    relay = Relay(w.a.port, 2 * MiB)
+    w.host_url("h0", relay.port)
+    relay.stalling.set()
+    p = cli(w, "disk", "download", disk, str(dest), "--domain", w.f1)
+    try:
+        await _stalled(relay)
+        p.send_signal(sig)
+        await asyncio.sleep(0.5)  # the ticket is deleted through the relay
+        relay.stalling.clear()
+        relay.go.set()
+        rc, _, err = await asyncio.to_thread(finish, p)
+    finally:
+        relay.kill()
+    assert rc == 1 and err.count("\n") == 1 and "interrupted" in err, (rc, err)
+    assert dest.read_bytes() == b"the last good copy"
+    assert sorted(x.name for x in w.tmp.iterdir() if x.name.startswith(".dest.raw")) == []
