@@ -10,8 +10,12 @@ one that fails is done by the next copy or move of the disk.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
+import tempfile
+from collections.abc import Callable
 from typing import Any
 
 from .cache import Cache
@@ -39,13 +43,38 @@ def _read_journal(cache: Cache) -> dict[str, dict[str, Any]]:
 
 
 def _write_journal(cache: Cache, data: dict[str, dict[str, Any]]) -> None:
+    """Replace the journal with ``data``: through a file of this writer's
+    own (two moves at once shared one name, and one renamed the other's
+    half-written file into place, or found it gone)."""
     path = _journal(cache)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=f".{JOURNAL}.",
+                               suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _update_journal(cache: Cache, change: Callable[[dict[str, dict[str, Any]]], object]
+                    ) -> None:
+    """Read, ``change`` and write the journal as one step: two moves at once
+    (two processes) each wrote what it had read, and the entry of the other
+    was lost, its old volumes never removed.  An ``flock`` held for a read
+    and a write, milliseconds."""
+    fd = os.open(_journal(cache) + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        data = _read_journal(cache)
+        change(data)
+        _write_journal(cache, data)
+    finally:
+        os.close(fd)
 
 
 async def _remove_pending(ctx: Ctx, disk: str, current_sd: str) -> dict[str, Any] | None:
@@ -74,9 +103,7 @@ async def _remove_pending(ctx: Ctx, disk: str, current_sd: str) -> dict[str, Any
                                     "command again") from None
                 continue  # gone already (a run cut short after removing it)
             ctx.report({"event": "removed", **ref.to_json()})
-    data = _read_journal(ctx.cache)
-    data.pop(disk, None)
-    _write_journal(ctx.cache, data)
+    _update_journal(ctx.cache, lambda data: data.pop(disk, None))
     return entry if entry["sd_id"] != current_sd else None
 
 
@@ -102,10 +129,9 @@ async def copy_disk(ctx: Ctx, disk_uuid: str, dst_sd: str, *, move: bool,
     else:
         done = await copy_chain(ctx, src_sd, disk, chain, dst_sd, fmt, allocation)
     if move:
-        data = _read_journal(ctx.cache)
         top = done[-1].source
-        data[disk] = {**top.to_json(), "vol_ids": [c.source.vol_uuid for c in done]}
-        _write_journal(ctx.cache, data)
+        entry = {**top.to_json(), "vol_ids": [c.source.vol_uuid for c in done]}
+        _update_journal(ctx.cache, lambda data: data.__setitem__(disk, entry))
     for row in rows:
         ctx.cache.set_disk(row.entity_uuid, disk, dst_sd)
     ctx.report({"event": "recorded", "disk": disk, "sd_id": dst_sd,

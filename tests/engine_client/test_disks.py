@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import re
@@ -1032,3 +1033,90 @@ async def test_a_stopped_download_leaves_no_partial_file(world: World,
     assert rc == 1 and err.count("\n") == 1 and "interrupted" in err, (rc, err)
     assert dest.read_bytes() == b"the last good copy"
     assert sorted(x.name for x in w.tmp.iterdir() if x.name.startswith(".dest.raw")) == []
+
+
+def _journal_writer(state_dir: str, n: int, errors: Any) -> None:
+    from engine_client import diskmove
+
+    class C:  # what the journal needs of a Cache
+        pass
+
+    C.state_dir = state_dir  # type: ignore[attr-defined]
+    data = {f"d{n}-{k}": {"sd_id": "s" * 100, "img_id": "i", "vol_id": "v"}
+            for k in range(100 * n + 2)}
+    for _ in range(200):
+        try:
+            diskmove._write_journal(C, data)  # type: ignore[arg-type]
+        except OSError as e:
+            errors.put(str(e))
+
+
+def test_moves_at_once_never_tear_the_journal(tmp_path: Path) -> None:
+    """Two ``disk move`` processes writing pending-removals.json at once
+    shared one temporary name: a reader found half a file (every later move
+    then stopped with 'cannot read pending-removals.json'), a writer found
+    its file renamed away (a traceback)."""
+    import multiprocessing
+
+    from engine_client import diskmove
+
+    class C:
+        state_dir = str(tmp_path)
+
+    ctx = multiprocessing.get_context("fork")
+    errors = ctx.Queue()
+    diskmove._write_journal(C, {})  # type: ignore[arg-type]
+    writers = [ctx.Process(target=_journal_writer, args=(str(tmp_path), n, errors))
+               for n in range(2)]
+    for p in writers:
+        p.start()
+    torn = 0
+    while any(p.is_alive() for p in writers):
+        try:
+            diskmove._read_journal(C)  # type: ignore[arg-type]
+        except DiskError:
+            torn += 1
+    for p in writers:
+        p.join()
+    failed = []
+    while not errors.empty():
+        failed.append(errors.get())
+    assert (torn, failed[:1]) == (0, [])
+    assert [x.name for x in tmp_path.iterdir() if x.name.endswith(".tmp")] == []
+
+
+def _put(key: str, entry: dict[str, Any], data: dict[str, Any]) -> None:
+    data[key] = entry
+
+
+def _journal_adder(state_dir: str, n: int) -> None:
+    from engine_client import diskmove
+
+    class C:
+        pass
+
+    C.state_dir = state_dir  # type: ignore[attr-defined]
+    for k in range(100):
+        key = f"{n}-{k}"
+        entry = {"sd_id": "s", "img_id": key, "vol_id": "v"}
+        diskmove._update_journal(C, functools.partial(_put, key, entry))  # type: ignore[arg-type]
+
+
+def test_moves_at_once_keep_each_others_journal_entries(tmp_path: Path) -> None:
+    """Each move read the journal, added its entry and wrote it back: one
+    written between another's read and write lost its entry, and its old
+    volumes were never removed."""
+    import multiprocessing
+
+    from engine_client import diskmove
+
+    class C:
+        state_dir = str(tmp_path)
+
+    ctx = multiprocessing.get_context("fork")
+    adders = [ctx.Process(target=_journal_adder, args=(str(tmp_path), n)) for n in range(2)]
+    for p in adders:
+        p.start()
+    for p in adders:
+        p.join()
+    assert len(diskmove._read_journal(C)) == 200  # type: ignore[arg-type]
