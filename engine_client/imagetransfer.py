@@ -60,6 +60,15 @@ def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
         view, offset = view[n:], offset + n
 
 
+def _report(progress: Progress, n: int) -> None:
+    """``progress(n)``; its failure is the caller's (stdout closed under
+    ``| head``, a full terminal log), not the network's: never retried."""
+    try:
+        progress(n)
+    except OSError as e:
+        raise _LocalError(e) from None
+
+
 class _RangeReader:
     """A file range as a request body, reporting progress as it is read."""
 
@@ -78,7 +87,7 @@ class _RangeReader:
             raise TransferError("the local file shrank during the upload")
         self._pos += len(data)
         self._left -= len(data)
-        self._progress(len(data))
+        _report(self._progress, len(data))
         return data
 
 
@@ -116,7 +125,7 @@ def _put(client: Client, f: Any, start: int, end: int, progress: Progress) -> No
 
     def op() -> None:
         if sent[0]:  # a retry: take back the progress of the broken attempt
-            progress(-sent[0])
+            _report(progress, -sent[0])
             sent[0] = 0
         headers = {"Content-Range": f"bytes {start}-{end - 1}/*",
                    "Content-Length": str(end - start)}
@@ -215,7 +224,7 @@ def _get(client: Client, fd: int, start: int, end: int, progress: Progress) -> N
             except OSError as e:
                 raise _LocalError(e) from None
             pos[0] += len(chunk)
-            progress(len(chunk))
+            _report(progress, len(chunk))
 
     client._retry(op)  # a retry resumes from the last byte written
 

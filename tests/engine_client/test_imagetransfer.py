@@ -167,3 +167,33 @@ def test_a_failed_download_keeps_the_old_file(daemon: Daemon, tmp_path: Path) ->
     assert old.read_bytes() == image.read_bytes()
     assert old.stat().st_mode & 0o777 == 0o600
     assert sorted(p.name for p in tmp_path.iterdir()) == ["disk.raw"]
+
+
+@pytest.mark.parametrize("direction", ["upload", "download"])
+def test_a_failing_progress_callback_is_not_a_network_error(
+    daemon: Daemon, tmp_path: Path, direction: str
+) -> None:
+    """The progress callback writes to stdout; its BrokenPipeError (``| head``)
+    was taken for a broken connection: retried with backoff, and a download
+    at the end of its range then asked for bytes past it (416, 'the
+    download failed'), an upload failed after 6 tries ('the connection
+    failed').  It is raised at once, as a failed local write is."""
+    size = 4 * MiB
+    src = tmp_path / "src.raw"
+    src.write_bytes(os.urandom(size))
+    target = daemon.images / f"progress-{direction}.raw"
+    target.write_bytes(src.read_bytes() if direction == "download" else b"")
+    url = daemon.add_ticket(target, size=size)
+    moved = [0]
+
+    def progress(n: int) -> None:
+        moved[0] += n
+        if moved[0] >= size:  # the reader left as the last chunk came
+            raise BrokenPipeError(32, "Broken pipe")
+
+    with Client(url, retries=2) as c, pytest.raises(BrokenPipeError):
+        if direction == "upload":
+            upload(str(src), c, progress)
+        else:
+            download(c, str(tmp_path / "back.raw"), progress)
+    assert c.retries == 0
