@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .disklist import owners
 from .disks import Ctx, DiskError, serving, source_volume, transfer
 from .entities import ImportItem
 from .errors import EngineError, InvalidInput
@@ -89,6 +90,11 @@ async def create_vm(ctx: Ctx, name: str, disks: Sequence[NewDisk],
             ctx.report({"event": "volume", "action": "created", **ref.to_json()})
             specs.append(OvfDiskSpec(ref.img_uuid, ref.vol_uuid, ref.sd_uuid, d.size, d.format))
         for disk, sd in attach:
+            users = sorted(owners(ctx.cache).get((disk, sd), []))
+            if users:  # not shareable (the OVF says so): one VM writes it
+                raise InvalidInput(f"disk {disk} on {sd} is a disk of {', '.join(users)}; "
+                                   "--attach takes a disk no VM or template has (an "
+                                   "upload, say)")
             v = await source_volume(ctx.clients(serving(ctx.cache, sd)[0]), sd, disk)
             specs.append(OvfDiskSpec(disk, str(v["vol_uuid"]), sd, int(v["size"]),
                                      str(v["format"]), str(v["allocation"])))

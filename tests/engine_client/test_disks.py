@@ -1120,3 +1120,15 @@ def test_moves_at_once_keep_each_others_journal_entries(tmp_path: Path) -> None:
     for p in adders:
         p.join()
     assert len(diskmove._read_journal(C)) == 200  # type: ignore[arg-type]
+
+
+async def test_a_vm_disk_is_not_attached_to_a_second_vm(world: World) -> None:
+    """``vm create --attach`` took a disk another VM has: two VMs with one
+    non-shareable disk (both may run and write it), each OVF store entry
+    naming it as that VM's own.  oVirt refuses such an attach."""
+    w = world
+    src = image(w.tmp / "owned.raw", 4 * MiB, sparse=True)
+    _, disk = await w.vm_with(src, w.f1, "owner")
+    with pytest.raises(EngineError, match=f"disk {disk} on {w.f1} is a disk of vm owner"):
+        await create_vm(w.ctx, "second", [], [(disk, w.f1)])
+    assert sorted(e.name for e in w.cache.entities()) == ["owner"]
