@@ -139,8 +139,10 @@ class Cache:
             return [pooldomains.domain(r)
                     for r in c.execute("SELECT * FROM domains ORDER BY uuid")]
 
-    def add_host(self, name: str, url: str, token: str, domains: Sequence[str] = ()) -> Host:
-        """Add a host, or change an existing one's URL, token and domains."""
+    def add_host(self, name: str, url: str, token: str,
+                 domains: Sequence[str] | None = None) -> Host:
+        """Add a host, or change an existing one's URL, token and domains
+        (None: keep those it serves)."""
         with self._tx() as c:
             return pooldomains.add_host(c, name, url, token, domains)
 

@@ -113,8 +113,12 @@ def _parser() -> argparse.ArgumentParser:
     tok = s.add_mutually_exclusive_group(required=True)
     tok.add_argument("--token", help="the host's engine token")
     tok.add_argument("--token-file", help="a file holding it (the host's engine.token)")
-    s.add_argument("--domain", action="append", default=[],
-                   help="a domain it serves (repeatable)")
+    served = s.add_mutually_exclusive_group()
+    served.add_argument("--domain", action="append",
+                        help="a domain it serves (repeatable; replaces those it served; "
+                             "without it, a host changed keeps its domains)")
+    served.add_argument("--no-domains", action="store_true",
+                        help="it serves no domain any more")
     s = host.add_parser("list", help="list hosts")
     _json_flag(s)
 
@@ -206,7 +210,7 @@ def _host(cache: Cache, args: argparse.Namespace) -> int:
             except UnicodeDecodeError:
                 raise InvalidInput(f"the token file {args.token_file} is not text; give "
                                    "the host's engine.token") from None
-        cache.add_host(args.name, args.url, token, args.domain)
+        cache.add_host(args.name, args.url, token, [] if args.no_domains else args.domain)
     else:
         hosts = cache.hosts()
         data = [{"name": h.name, "url": h.url, "domains": list(h.domains)} for h in hosts]

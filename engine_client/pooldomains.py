@@ -88,8 +88,10 @@ def _check_url(name: str, url: str) -> None:
 
 
 def add_host(c: sqlite3.Connection, name: str, url: str, token: str,
-             domains: Sequence[str]) -> Host:
-    """Add a host, or change an existing one's URL, token and domains."""
+             domains: Sequence[str] | None) -> Host:
+    """Add a host, or change an existing one's URL, token and domains;
+    ``domains`` None keeps the ones it serves (a new one: none), so that
+    changing its token or URL never takes its domains out of its map."""
     if not name or not name.isprintable() or " " in name:
         raise InvalidInput(f"a host name is one printable word, not {name!r}")
     if not url.startswith(("http://", "https://")):
@@ -97,7 +99,11 @@ def add_host(c: sqlite3.Connection, name: str, url: str, token: str,
     _check_url(name, url)
     if not token.strip():
         raise InvalidInput(f"host {name}: the engine token is empty")
-    sds = [domain_row(c, sd).uuid for sd in domains]
+    if domains is None:
+        sds = [r[0] for r in c.execute("SELECT sd_uuid FROM host_domains WHERE host = ?",
+                                       (name,))]
+    else:
+        sds = [domain_row(c, sd).uuid for sd in domains]
     c.execute("INSERT INTO hosts VALUES (?, ?, ?) ON CONFLICT (name) DO UPDATE "
               "SET url = excluded.url, token = excluded.token",
               (name, url.rstrip("/"), token.strip()))

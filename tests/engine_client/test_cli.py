@@ -108,6 +108,13 @@ def test_feeding_the_cache(cli: Cli, tmp_path: Path) -> None:
         "--domain", sd)
     assert cli.json("host", "list") == [{"name": "h1", "url": "http://127.0.0.1:54322",
                                          "domains": [sd]}]
+    # A new token or URL keeps the domains it serves; --no-domains drops them.
+    token.write_text("rotated\n")
+    cli("host", "add", "h1", "http://127.0.0.1:54323", "--token-file", str(token))
+    assert cli.json("host", "list") == [{"name": "h1", "url": "http://127.0.0.1:54323",
+                                         "domains": [sd]}]
+    cli("host", "add", "h1", "http://127.0.0.1:54323", "--token", "t", "--no-domains")
+    assert cli.json("host", "list")[0]["domains"] == []
     (domain,) = cli.json("domain", "list")
     assert domain["status"] == "Maintenance"
     assert cli("vm", "ovf", vm).stdout.startswith("<?xml")
