@@ -19,6 +19,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from volume.blockdomain import open_block_domain
+from volume.errors import Error
+from volume.filedomain import open_file_domain
+
 from .pool import DomainEntry, PoolMap
 
 log = logging.getLogger(__name__)
@@ -38,7 +42,9 @@ class Health:
 
 
 def probe(entry: DomainEntry) -> Health:
-    """Check one domain: can we see its storage, and how much room is left."""
+    """Check one domain: can we see its storage, how much room is left, and
+    does it hold this domain (an empty directory or a device of another
+    domain is reachable, and still an error the engine must see)."""
     start = time.monotonic()
     try:
         if entry.type == "file":
@@ -55,10 +61,20 @@ def probe(entry: DomainEntry) -> Health:
                     os.pread(fd, 4096, 0)
                 finally:
                     os.close(fd)
-        return Health(True, total, free, time.time(), time.monotonic() - start)
     except OSError as e:
         return Health(False, None, None, time.time(), time.monotonic() - start,
                       f"{e.strerror or e}")
+    error = None
+    try:
+        if entry.type == "file":
+            open_file_domain(entry.location[0], entry.uuid)
+        else:
+            open_block_domain(entry.location, entry.uuid)
+    except Error as e:
+        error = e.detail
+    except OSError as e:
+        error = f"{e.strerror or e}"
+    return Health(True, total, free, time.time(), time.monotonic() - start, error)
 
 
 class Monitor:

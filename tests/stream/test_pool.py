@@ -189,6 +189,36 @@ async def test_stats_report_health_and_version(client: Client, sd: tuple[str, st
     assert d["latency"] >= 0 and d["last_check"] > 0
 
 
+async def test_a_location_holding_no_such_domain_is_reported(
+    client: Client, sd: tuple[str, str], tmp_path: Path, loop_device: LoopDeviceFactory
+) -> None:
+    """Storage that answers but does not hold the domain (an empty export,
+    the wrong directory, a blank LUN) is reachable, and still an error in
+    ``/stats``: the engine then sees it in ``pool status`` before an OVF
+    push or a transfer fails on it."""
+    empty, wrong, blank = (str(uuid.uuid4()) for _ in range(3))
+    (tmp_path / "empty").mkdir()
+    body = pool_map(6, {sd[0]: (sd[1], "Active"), empty: (str(tmp_path / "empty"), "Active"),
+                        wrong: (sd[1], "Active")})
+    body["domains"][blank] = {"type": "block", "location": [loop_device(4 * MiB)],
+                              "status": "Active"}
+    status, answer = await put_pool(client, body)
+    assert status == 200, answer
+    app = client.app
+    assert app is not None
+    from stream.state import POOL
+
+    await app[POOL].monitor.check_all()
+    found = {k: (v["reachable"], v["error"]) for k, v in (await (await client.get(
+        "/stats")).json())["domains"].items()}
+    assert found[sd[0]] == (True, None)
+    assert found[empty] == (True, f"{tmp_path / 'empty'} is not a storage domain "
+                                  "(no domain.json)")
+    assert found[wrong] == (True, f"{sd[1]} holds storage domain {sd[0]}, not {wrong}")
+    assert found[blank][0] is True
+    assert "is not part of a storage domain" in str(found[blank][1])
+
+
 async def test_a_hung_location_is_reported_and_stalls_nothing(
     client: Client, sd: tuple[str, str], tmp_path: Path, loop_device: LoopDeviceFactory,
     image: Any, add_ticket: AddTicket
