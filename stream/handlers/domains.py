@@ -143,6 +143,13 @@ async def patch_volume(request: web.Request) -> web.Response:
             # qemu-img opens the header the ticket's holder may be rewriting.
             raise Conflict(f"volume {info.img_uuid}/{info.vol_uuid} is qcow2 and transfer "
                            f"ticket {writer.uuid} may write it; resize it once that ended")
+        job = request.app[JOBS].using(info.key)
+        if job is not None and str(info.format) == "qcow2":
+            # A copy writes (or reads) the file's bytes, header included:
+            # qemu-img's new header would be overwritten, or land behind
+            # the copy's read-back, and the job end "done" all the same.
+            raise Conflict(f"volume {info.img_uuid}/{info.vol_uuid} is qcow2 and job "
+                           f"{job.id} ({job.state}) uses it; resize it once that ended")
 
     def change() -> VolumeInfo:
         info = storage.lookup(m["img"], m["vol"])

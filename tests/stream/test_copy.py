@@ -431,6 +431,35 @@ async def test_cancel(client: Client, two_file_domains: tuple[str, str], faulty:
     assert not await legal(client, dst)  # the destination is marked incomplete
 
 
+async def test_qcow2_volume_of_a_running_copy_is_not_resized(
+    client: Client, two_file_domains: tuple[str, str], faulty: Any, tmp_path: Path
+) -> None:
+    """A resize of a qcow2 destination was taken in the middle of its copy:
+    qemu-img rewrote the header the copy writes too, and the job still
+    ended "done", its checksums equal, with the volume's bytes no longer
+    the source's (or its header overwritten again by the copy)."""
+    _, sb = two_file_domains
+    image = tmp_path / "src.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(image), str(SIZE)],
+                   check=True)
+    subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write -P 0x5a 0 6M", str(image)],
+                   check=True, capture_output=True)
+    data = image.read_bytes()
+    dst = await new_volume(client, sb, SIZE, "qcow2")
+    source = FaultySource(data, pause_at=4 * MiB)
+    job_id = await start_copy(client, {"url": await faulty(source), "format": "qcow2"}, dst)
+    await asyncio.wait_for(source.paused.wait(), 10)
+    resp = await client.patch(
+        f"/domains/{sb}/images/{dst['img_id']}/volumes/{dst['vol_id']}",
+        json={"size": 2 * SIZE})
+    source.resume.set()
+    assert resp.status == 409, await resp.text()
+    assert job_id in (await resp.json())["detail"]
+    job = await wait(client, job_id)
+    assert job["state"] == "done", job
+    assert await read_image(client, dst, len(data)) == data
+
+
 async def test_destination_fills_up(client: Client, tiny_fs: Path, faulty: Any) -> None:
     sd = await add_domain(client, tiny_fs, ovf_stores=1, ovf_store_size=MiB)
     await set_pool(client, {sd: ("file", str(tiny_fs))})
