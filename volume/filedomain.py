@@ -39,10 +39,11 @@ import errno
 import json
 import logging
 import os
+import stat
 
 from . import _confined, filedata
 from ._oserror import oserrors
-from .durable import atomic_write, makedirs_durable
+from .durable import TMP_PREFIX, atomic_write, makedirs_durable
 from .errors import Conflict, Forbidden, InvalidRequest, VolumeError
 from .filerecords import (
     DELETING,
@@ -72,11 +73,16 @@ def create_file_domain(path: str, sd_uuid: str) -> FileDomain:
     # lost+found aside), never over someone's files.
     with oserrors("read the directory"):
         found = sorted(set(os.listdir(root)) - {"lost+found"})
+        # What a create that failed or crashed before its marker left: its
+        # empty images directory, the marker's temporary file.
+        images = os.path.join(root, IMAGES)
+        found = [name for name in found if not (
+            (name == IMAGES and _empty_dir(images))
+            or (name.startswith(TMP_PREFIX) and name.endswith(".part")))]
     if found:
         raise Conflict(f"{path} is not empty (it holds {found[0]!r}"
                        f"{f' and {len(found) - 1} more' if len(found) > 1 else ''}); "
                        "a new file domain needs an empty directory")
-    images = os.path.join(root, IMAGES)
     with oserrors("create storage domain"):
         makedirs_durable(images)
         meta = {"uuid": sd_uuid, "type": "file", "version": VERSION}
@@ -88,6 +94,12 @@ def create_file_domain(path: str, sd_uuid: str) -> FileDomain:
             raise
     log.info("created file domain sd=%s root=%s", sd_uuid, root)
     return FileDomain(root, sd_uuid)
+
+
+def _empty_dir(path: str) -> bool:
+    """A directory (not a link to one) with nothing in it."""
+    st = os.lstat(path)
+    return stat.S_ISDIR(st.st_mode) and not os.listdir(path)
 
 
 def open_file_domain(path: str, sd_uuid: str | None = None) -> FileDomain:

@@ -101,6 +101,16 @@ def _list_stores(storage: StorageDomain) -> list[VolumeInfo]:
     return found
 
 
+def check_store_layout(count: object, size: object) -> None:
+    """Refuse an OVF store count or size :func:`ensure_stores` cannot make."""
+    if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= MAX_COUNT:
+        raise InvalidRequest(f"OVF store count must be 1 to {MAX_COUNT}, not {count!r}")
+    if not isinstance(size, int) or isinstance(size, bool) or size < MIN_SIZE \
+            or size % RECORD_SIZE:
+        raise InvalidRequest(f"OVF store size must be a multiple of {RECORD_SIZE} bytes, "
+                             f"at least {MIN_SIZE}, not {size!r}")
+
+
 def ensure_stores(storage: StorageDomain, count: int = DEFAULT_COUNT,
                   size: int = DEFAULT_SIZE) -> list[VolumeInfo]:
     """Create OVF_STORE volumes until the domain has ``count``; return them all.
@@ -110,12 +120,7 @@ def ensure_stores(storage: StorageDomain, count: int = DEFAULT_COUNT,
     four.  The description is oVirt's, which hosted-engine's scan for a
     store requires.  Idempotent; stores beyond ``count`` are kept.
     """
-    if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= MAX_COUNT:
-        raise InvalidRequest(f"OVF store count must be 1 to {MAX_COUNT}, not {count!r}")
-    if not isinstance(size, int) or isinstance(size, bool) or size < MIN_SIZE \
-            or size % RECORD_SIZE:
-        raise InvalidRequest(f"OVF store size must be a multiple of {RECORD_SIZE} bytes, "
-                             f"at least {MIN_SIZE}, not {size!r}")
+    check_store_layout(count, size)
     stores = _list_stores(storage)
     taken = {store_key(info) for info in stores}
     description = json.dumps({"Disk Description": "OVF_STORE",

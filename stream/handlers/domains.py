@@ -10,14 +10,15 @@ daemon's: deleting or resizing one is refused (403).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any, TypeGuard
 
 from aiohttp import web
 
-from volume.blockdomain import create_block_domain
-from volume.errors import Conflict, InvalidRequest
-from volume.filedomain import FileDomain, create_file_domain
-from volume.ovfstore import ensure_stores
+from volume.blockdomain import create_block_domain, open_block_domain
+from volume.errors import Conflict, InvalidRequest, VolumeError
+from volume.filedomain import FileDomain, create_file_domain, open_file_domain
+from volume.ovfstore import check_store_layout, ensure_stores
 from volume.sd import Content, StorageDomain, VolumeInfo
 from volume.storeguard import check_deletable, check_write_target
 from volume.validate import check_uuid
@@ -32,9 +33,18 @@ VOLUME = "/domains/{sd}/images/{img}/volumes/{vol}"
 
 
 def _create_domain(msg: dict[str, Any], stores: int, store_size: int) -> StorageDomain:
-    """Format the domain and give it its OVF stores (blocking)."""
+    """Format the domain and give it its OVF stores (blocking).
+
+    The stores' layout is checked before anything is formatted; and a
+    domain of this UUID already at the location (made by a request that
+    failed or crashed before its stores were all made) is finished, not
+    refused: nothing else can complete it, nor format its location again.
+    """
+    count = msg.get("ovf_stores", stores)
+    size = msg.get("ovf_store_size", store_size)
+    check_store_layout(count, size)
     storage = _format(msg)
-    ensure_stores(storage, msg.get("ovf_stores", stores), msg.get("ovf_store_size", store_size))
+    ensure_stores(storage, count, size)
     return storage
 
 
@@ -47,13 +57,29 @@ def _format(msg: dict[str, Any]) -> StorageDomain:
     if kind == "file":
         if not _is_path(location):
             raise InvalidRequest("a file domain's location is one absolute directory path")
-        return create_file_domain(location, sd)
+        try:
+            return create_file_domain(location, sd)
+        except Conflict as e:
+            return _made_before(e, lambda: open_file_domain(location, sd))
     if kind == "block":
         if not isinstance(location, list) or not all(map(_is_path, location)):
             raise InvalidRequest("a block domain's location is a list of absolute device "
                                  "paths")
-        return create_block_domain(location, sd)
+        try:
+            return create_block_domain(location, sd)
+        except Conflict as e:
+            return _made_before(e, lambda: open_block_domain(location, sd))
     raise InvalidRequest(f"domain type must be 'file' or 'block', not {kind!r}")
+
+
+def _made_before(refused: Conflict,
+                 open_domain: Callable[[], StorageDomain]) -> StorageDomain:
+    """The domain of this very UUID and location, made by an earlier
+    request; else ``refused``, the create's own answer."""
+    try:
+        return open_domain()
+    except (InvalidRequest, VolumeError):  # another domain's, or none whole
+        raise refused from None
 
 
 def _is_path(value: object) -> TypeGuard[str]:

@@ -172,3 +172,68 @@ async def test_volume_legality_set_at_creation_and_by_patch(
         f"/domains/{sd}/images/{store['img_uuid']}/volumes/{store['vol_uuid']}",
         json={"legal": False})
     assert resp.status == 403
+
+
+async def stores_of(client: Client, sd: str, location: Any, kind: str, version: int) -> int:
+    resp = await client.put("/pool", json={
+        "pool_id": POOL_ID, "map_version": version, "master_domain": sd,
+        "domains": {sd: {"type": kind, "location": location, "status": "Active"}}})
+    assert resp.status == 200, await resp.text()
+    listing = (await (await client.get(f"/domains/{sd}/volumes")).json())["volumes"]
+    return sum(v["content"] == "OVF_STORE" for v in listing)
+
+
+POOL_ID = new_id()
+
+
+async def test_a_failed_create_can_be_retried(
+    client: Client, tmp_path: Path, loop_device: Any
+) -> None:
+    """POST /domains formatted the location, then refused the OVF stores
+    (a bad count, a size the devices cannot hold): the domain stayed without
+    stores, and every retry answered 409, the location being a domain now."""
+    d = tmp_path / "dom"
+    d.mkdir()
+    sd = new_id()
+    resp = await client.post("/domains", json={"uuid": sd, "type": "file",
+                                               "location": str(d), "ovf_stores": 0})
+    assert resp.status == 400, await resp.text()
+    assert sorted(os.listdir(d)) == []  # nothing formatted
+    resp = await client.post("/domains", json={"uuid": sd, "type": "file",
+                                               "location": str(d), "ovf_stores": 1})
+    assert resp.status == 201, await resp.text()
+    assert await stores_of(client, sd, str(d), "file", 1) == 1
+
+    devices = [loop_device(8 * MiB, sector_size=4096)]
+    sd = new_id()
+    body = {"uuid": sd, "type": "block", "location": devices, "ovf_stores": 2}
+    resp = await client.post("/domains", json={**body, "ovf_store_size": 64 * MiB})
+    assert resp.status == 507, await resp.text()  # formatted, but no room for the stores
+    resp = await client.post("/domains", json={**body, "ovf_store_size": MiB})
+    assert resp.status == 201, await resp.text()  # the retry finishes it
+    assert await stores_of(client, sd, devices, "block", 2) == 2
+    # Another domain's devices are still refused.
+    resp = await client.post("/domains", json={**body, "uuid": new_id(),
+                                               "ovf_store_size": MiB})
+    assert resp.status == 409, await resp.text()
+
+
+async def test_a_create_that_crashed_before_its_marker_can_be_retried(
+    client: Client, tmp_path: Path
+) -> None:
+    """A crash between the images directory and domain.json left a
+    directory that was "not empty" to every retry."""
+    d = tmp_path / "dom"
+    (d / "images").mkdir(parents=True)
+    (d / ".tmp-0123456789abcdef.part").write_bytes(b"")
+    sd = new_id()
+    resp = await client.post("/domains", json={"uuid": sd, "type": "file",
+                                               "location": str(d), "ovf_stores": 1})
+    assert resp.status == 201, await resp.text()
+    # An images directory with something in it is someone's files.
+    d2 = tmp_path / "dom2"
+    (d2 / "images").mkdir(parents=True)
+    (d2 / "images" / "disk.raw").write_bytes(b"x")
+    resp = await client.post("/domains", json={"uuid": new_id(), "type": "file",
+                                               "location": str(d2)})
+    assert resp.status == 409, await resp.text()
