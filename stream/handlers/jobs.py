@@ -9,6 +9,7 @@ from typing import Any
 
 from aiohttp import web
 
+from volume import filedata, qcow2
 from volume.errors import Conflict, Error, InvalidRequest
 from volume.sd import VolumeInfo, open_data
 from volume.storeguard import check_write_target
@@ -76,6 +77,11 @@ async def start_copy(request: web.Request) -> web.Response:
         if src_info.size > dst.size:
             raise InvalidRequest(f"the destination ({dst.size} bytes) is smaller than the "
                                  f"source ({src_info.size} bytes)")
+        if src_info.format == dst.format and src_info.parent != dst.parent:
+            # A qcow2 goes as it is: its header, naming its parent, with it.
+            raise InvalidRequest(
+                f"the source's parent ({src_info.parent}) is not the destination's "
+                f"({dst.parent}): a qcow2 copied as it is names its source's parent")
     described = {"source": spec, "destination": msg.get("destination")}
 
     mgr = request.app[POOL]
@@ -119,6 +125,10 @@ async def start_copy(request: web.Request) -> web.Response:
             grow = str(dst.format) == "qcow2" and dst.length is None
             await copy(io, job, source, volume, punch=str(dst.allocation) == "sparse",
                        grow=grow)
+            if str(dst.format) == "qcow2":
+                # The header came from the source: it must name the
+                # destination's parent, and no other file (422 otherwise).
+                await io.run(_check_header, dst)
         finally:
             if source is not None:
                 await source.close()
@@ -142,6 +152,15 @@ async def start_copy(request: web.Request) -> web.Response:
     assert job.task is not None
     job.task.add_done_callback(lambda _: unwatch())
     return web.json_response(job.to_json(), status=201)
+
+
+def _check_header(info: VolumeInfo) -> None:
+    """UnsafeImage unless the qcow2 volume's header names only its parent."""
+    fd = filedata.open_fd(info, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        qcow2.check_fd(fd, info.vol_uuid, info.parent)
+    finally:
+        os.close(fd)
 
 
 @routes.get("/jobs/{job_id}", name=ENGINE + "get-job")

@@ -460,6 +460,38 @@ async def test_qcow2_volume_of_a_running_copy_is_not_resized(
     assert await read_image(client, dst, len(data)) == data
 
 
+async def test_qcow2_copied_as_is_keeps_the_destinations_parent(
+    client: Client, two_file_domains: tuple[str, str], faulty: Any, tmp_path: Path
+) -> None:
+    """A qcow2 copied as it is brings its header, which names the source's
+    parent: into a volume with another parent (or none) the job ended
+    "done", the destination naming a backing file that is not its parent
+    (a guest reading another volume's data, or nothing where the parent's
+    data was), and refused by every later check of its header (422)."""
+    sa, sb = two_file_domains
+    img = new_id()
+    parent = {"sd_id": sa, "img_id": img, "vol_id": new_id()}
+    child = {"sd_id": sa, "img_id": img, "vol_id": new_id()}
+    for ref, fmt, extra in ((parent, "raw", {}), (child, "qcow2", {"parent": parent["vol_id"]})):
+        resp = await client.post(f"/domains/{sa}/volumes", json={
+            "img_id": img, "vol_id": ref["vol_id"], "size": MiB, "format": fmt, **extra})
+        assert resp.status == 201, await resp.text()
+    dst = await new_volume(client, sb, MiB, "qcow2")  # no parent
+    resp = await client.post("/jobs/copy", json={"source": child, "destination": dst})
+    assert resp.status == 400, await resp.text()
+    assert "parent" in (await resp.json())["detail"]
+
+    # From another host, whose image's header names a host file.
+    image = tmp_path / "evil.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-u", "-b", "/etc/passwd",
+                    "-F", "raw", str(image), str(MiB)], check=True)
+    url = await faulty(FaultySource(image.read_bytes()))
+    job = await wait(client, await start_copy(client, {"url": url, "format": "qcow2"}, dst))
+    assert job["state"] == "failed", job
+    assert "backing file" in job["error"], job
+    assert not await legal(client, dst)
+
+
 async def test_destination_fills_up(client: Client, tiny_fs: Path, faulty: Any) -> None:
     sd = await add_domain(client, tiny_fs, ovf_stores=1, ovf_store_size=MiB)
     await set_pool(client, {sd: ("file", str(tiny_fs))})
