@@ -43,6 +43,9 @@ def translate(e: OSError, what: str) -> Error:
     if code == errno.EEXIST:
         log.warning("%s failed, exists: %s", what, e)
         return Conflict(f"{what} failed: the volume already exists")
+    if code == errno.EFBIG:
+        log.warning("%s failed, too large: %s", what, e)
+        return InvalidRequest(f"{what} failed: larger than the storage allows a file to be")
     if code == errno.EISDIR:
         log.warning("%s failed, directory: %s", what, e)
         return InvalidRequest(f"{what} failed: not a regular file or block device")

@@ -12,11 +12,14 @@ import logging
 import subprocess
 from typing import Any
 
-from .errors import NoSpace, VolumeError
+from .errors import InvalidRequest, NoSpace, VolumeError
 
 log = logging.getLogger(__name__)
 
 QEMU_IMG = "qemu-img"
+#: qemu-img's words for a size beyond what qcow2 describes (create, resize),
+#: or so near 2**63 that its rounding overflows.
+_TOO_LARGE = ("too large", "size cannot be negative", "exceeds maximum")
 
 
 def _run(argv: list[str], action: str, pass_fds: tuple[int, ...] = ()) -> str:
@@ -32,6 +35,9 @@ def _run(argv: list[str], action: str, pass_fds: tuple[int, ...] = ()) -> str:
                   p.stderr.strip())
         if "No space left" in p.stderr or "Disk quota exceeded" in p.stderr:
             raise NoSpace(f"{action}: no space left on the storage domain")
+        if any(words in p.stderr for words in _TOO_LARGE):
+            raise InvalidRequest(f"{action}: the size is larger than qcow2 or the storage "
+                                 "allows")
         raise VolumeError(f"{action}: {QEMU_IMG} failed (exit code {p.returncode})")
     return p.stdout
 

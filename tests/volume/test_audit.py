@@ -17,10 +17,10 @@ from tests.conftest import LoopDeviceFactory
 from volume import open_volume
 from volume.blockdomain import create_block_domain, open_block_domain
 from volume.durable import atomic_write, atomic_write_at
-from volume.errors import NoSpace, VolumeError
+from volume.errors import InvalidRequest, NoSpace, VolumeError
 from volume.file import create
 from volume.filedomain import create_file_domain
-from volume.sd import Allocation, VolumeInfo
+from volume.sd import Allocation, Format, VolumeInfo
 
 MiB = 1 << 20
 
@@ -172,6 +172,32 @@ def test_failed_resize_gives_the_space_back(small_ext4: Path) -> None:
     assert sd.lookup(img, vol).size == MiB
     assert os.path.getsize(info.path) == MiB
     assert sd.space().free > free - MiB  # give or take ext4's extent tree blocks
+
+
+# A volume larger than the filesystem allows a file to be (ext4: 16 TiB)
+# or qcow2 to describe answered 500 "storage error" (EFBIG, qemu-img's exit
+# code): the request is what is wrong, and nothing of it may stay.
+
+
+@pytest.mark.parametrize("fmt,allocation,size", [
+    (Format.RAW, Allocation.SPARSE, 2**62),
+    (Format.RAW, Allocation.PREALLOCATED, 2**62),
+    (Format.QCOW2, Allocation.SPARSE, 2**62),
+    (Format.QCOW2, Allocation.SPARSE, 2**63 - 1),
+])
+def test_a_volume_too_large_for_the_storage_is_a_bad_request(
+        small_ext4: Path, fmt: Format, allocation: Allocation, size: int) -> None:
+    root = small_ext4 / "sd"
+    root.mkdir()
+    sd = create_file_domain(str(root), new_id())
+    with pytest.raises(InvalidRequest, match="larger than"):
+        sd.create_volume(new_id(), new_id(), size, format=fmt, allocation=allocation)
+    assert sd.list_volumes() == []
+    img, vol = new_id(), new_id()
+    sd.create_volume(img, vol, MiB, format=fmt, allocation=allocation)
+    with pytest.raises(InvalidRequest, match="larger than"):
+        sd.resize_volume(img, vol, size)
+    assert sd.lookup(img, vol).size == MiB
 
 
 # atomic_write closed its temp file's descriptor a second time after a

@@ -30,6 +30,7 @@ SECRET = "/rhev/data-center/secret/path"
     (errno.EROFS, Forbidden),
     (errno.EEXIST, Conflict),
     (errno.EISDIR, InvalidRequest),
+    (errno.EFBIG, InvalidRequest),
     (errno.EIO, VolumeError),
     (errno.EINVAL, VolumeError),
 ], ids=lambda v: errno.errorcode[v] if isinstance(v, int) else v.__name__)
