@@ -162,6 +162,14 @@ async def patch_volume(request: web.Request) -> web.Response:
         raise InvalidRequest(f"legal must be true or false, not {legal!r}")
     m = request.match_info
     io = request.app[IO_KEY]
+    if legal is not None:
+        key = (storage.uuid, check_uuid(m["img"], "image"), check_uuid(m["vol"], "volume"))
+        job = request.app[JOBS].using(key)
+        if job is not None and job.writes == key:
+            # The job marks it: complete once verified, else incomplete.  A
+            # mark now would be undone, or outlive a copy that then fails.
+            raise Conflict(f"volume {key[1]}/{key[2]} is the destination of job {job.id} "
+                           f"({job.state}), which marks it complete once verified")
     if size is not None:
         info, real_path = await io.run(_lookup, storage, m["img"], m["vol"])
         writer = request.app[AUTH].on_volume(info, real_path, writers=True)

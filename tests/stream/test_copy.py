@@ -460,6 +460,29 @@ async def test_qcow2_volume_of_a_running_copy_is_not_resized(
     assert await read_image(client, dst, len(data)) == data
 
 
+async def test_a_running_copy_keeps_its_destination_incomplete(
+    client: Client, two_file_domains: tuple[str, str], faulty: Any
+) -> None:
+    """PATCH {"legal": true} of a copy's destination was taken while the
+    copy ran: once the copy failed (its source went away), the volume,
+    half written, stayed marked complete."""
+    data = os.urandom(8 * MiB)
+    _, sb = two_file_domains
+    dst = await new_volume(client, sb, len(data))
+    source = FaultySource(data, pause_at=4 * MiB, die_at=5 * MiB)
+    job_id = await start_copy(client, {"url": await faulty(source)}, dst)
+    await asyncio.wait_for(source.paused.wait(), 10)
+    resp = await client.patch(
+        f"/domains/{sb}/images/{dst['img_id']}/volumes/{dst['vol_id']}",
+        json={"legal": True})
+    source.resume.set()
+    assert resp.status == 409, await resp.text()
+    assert job_id in (await resp.json())["detail"]
+    job = await wait(client, job_id)
+    assert job["state"] == "failed", job
+    assert not await legal(client, dst)
+
+
 async def test_qcow2_copied_as_is_keeps_the_destinations_parent(
     client: Client, two_file_domains: tuple[str, str], faulty: Any, tmp_path: Path
 ) -> None:
