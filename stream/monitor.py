@@ -69,7 +69,10 @@ def probe(entry: DomainEntry) -> Health:
         if entry.type == "file":
             open_file_domain(entry.location[0], entry.uuid)
         else:
-            open_block_domain(entry.location, entry.uuid)
+            # The room left is what the volume table leaves (no statvfs of
+            # a device says it), and its total is without metadata areas.
+            space = open_block_domain(entry.location, entry.uuid).space()
+            total, free = space.total, space.free
     except Error as e:
         error = e.detail
     except OSError as e:

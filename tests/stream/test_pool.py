@@ -219,6 +219,35 @@ async def test_a_location_holding_no_such_domain_is_reported(
     assert "is not part of a storage domain" in str(found[blank][1])
 
 
+async def test_stats_report_a_block_domains_free_space(
+    client: Client, loop_device: LoopDeviceFactory
+) -> None:
+    """A block domain's free space was always null in /stats (and its total
+    counted the metadata area): the engine could not tell a full one."""
+    devices = [loop_device(16 * MiB, sector_size=4096), loop_device(8 * MiB)]
+    sd = str(uuid.uuid4())
+    resp = await client.post("/domains", json={"uuid": sd, "type": "block",
+                                               "location": devices, "ovf_stores": 1,
+                                               "ovf_store_size": MiB})
+    assert resp.status == 201, await resp.text()
+    body = pool_map(4, {})
+    body["master_domain"] = sd
+    body["domains"] = {sd: {"type": "block", "location": devices, "status": "Active"}}
+    assert (await put_pool(client, body))[0] == 200
+    resp = await client.post(f"/domains/{sd}/volumes", json={
+        "img_id": str(uuid.uuid4()), "vol_id": str(uuid.uuid4()), "size": 5 * MiB})
+    assert resp.status == 201, await resp.text()
+    app = client.app
+    assert app is not None
+    from stream.state import POOL
+
+    await app[POOL].monitor.check_all()
+    d = (await (await client.get("/stats")).json())["domains"][sd]
+    assert d["reachable"] is True
+    assert d["total"] == 22 * MiB  # each device less its 1 MiB metadata area
+    assert d["free"] == 16 * MiB  # less the OVF store and the volume
+
+
 async def test_a_hung_location_is_reported_and_stalls_nothing(
     client: Client, sd: tuple[str, str], tmp_path: Path, loop_device: LoopDeviceFactory,
     image: Any, add_ticket: AddTicket
