@@ -11,6 +11,7 @@ import logging
 from aiohttp import web
 
 from volume.errors import Conflict, InvalidRequest, NotFound
+from volume.sd import VolumeInfo
 from volume.storeguard import check_write_target
 from volume.validate import check_uuid
 
@@ -64,7 +65,8 @@ async def put_ticket(request: web.Request) -> web.Response:
     )
     auth = request.app[AUTH]
     old = auth.peek(ticket.uuid)
-    if old is not None and old.path == ticket.path and not old.canceled:
+    if old is not None and old.path == ticket.path and not old.canceled \
+            and _key(old.volume_info) == _key(ticket.volume_info):
         # Re-adding the same ticket (vdsm does on retries): the one in use
         # stays, renewed, with its transfers and open volume.  It never
         # leaves the table: a request may not start on an object that then
@@ -93,6 +95,13 @@ async def put_ticket(request: web.Request) -> web.Response:
     log.info("ADD ticket=%s transfer=%s size=%d ops=%s domain=%s", ticket.uuid[:8],
              ticket.log_id, ticket.size, ",".join(ticket.ops), domain_uuid)
     return web.Response(status=200)
+
+
+def _key(info: VolumeInfo | None) -> tuple[str, str, str] | None:
+    """The volume a ticket names by UUIDs: the volumes of a block domain
+    share their device's path, so the path alone does not tell them apart
+    (a renewed ticket keeps serving the volume it opened)."""
+    return None if info is None else info.key
 
 
 @routes.get("/tickets/{ticket_id}", name=ENGINE + "get-ticket")

@@ -47,3 +47,27 @@ async def test_readd_while_kept(client: Client, loop_device: LoopDeviceFactory,
         f"ticket now {present})")
     if put_status == 200:
         assert present == 200, "a re-added ticket (200) vanished when the old one went"
+
+
+async def test_readd_for_another_volume_of_the_same_device(
+        client: Client, loop_device: LoopDeviceFactory) -> None:
+    """A ticket re-added under its id for another volume of the same block
+    domain was taken as a retry of the same ticket (both volumes' path is
+    the device's): it named the new volume, but kept serving the region of
+    the old one it had opened.  Writes meant for one volume landed in the
+    other, and the old one could be deleted under the ticket."""
+    dev = loop_device(16 * MiB, sector_size=4096)
+    sd = await add_domain(client, [dev], "block", ovf_stores=1, ovf_store_size=MiB)
+    await set_pool(client, {sd: ("block", [dev])}, version=1)
+    a, b = await new_volume(client, sd, MiB), await new_volume(client, sd, MiB)
+    t = await _ticket(client, b, ["read", "write"])
+    assert (await client.put(f"/images/{t}", data=b"B" * MiB)).status == 200
+    body = {"uuid": t, "size": MiB, "ops": ["read", "write"], "timeout": 60, **a}
+    assert (await client.put(f"/tickets/{t}", json=body)).status == 200
+    assert (await (await client.get(f"/tickets/{t}")).json())["vol_id"] == a["vol_id"]
+    assert (await client.put(f"/images/{t}", data=b"A" * MiB)).status == 200
+    assert (await client.delete(f"/tickets/{t}")).status == 204
+    for ref, byte in ((a, b"A"), (b, b"B")):
+        r = await _ticket(client, ref, ["read"])
+        assert await (await client.get(f"/images/{r}")).read() == byte * MiB, ref
+        assert (await client.delete(f"/tickets/{r}")).status == 204
