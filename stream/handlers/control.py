@@ -42,8 +42,6 @@ async def put_ticket(request: web.Request) -> web.Response:
         info = await io.run(mgr.registry.volume, sd, fields["img_id"], fields["vol_id"])
         if access is Access.WRITE:
             check_write_target(info)
-        request.app[AUTH].check_not_deleting(info)
-        job = request.app[JOBS].using(info.key)
         domain_uuid, real = sd, info.path
     else:
         domain, real = await io.run(mgr.registry.resolve, fields["path"],
@@ -52,10 +50,7 @@ async def put_ticket(request: web.Request) -> web.Response:
         domain_uuid = domain.uuid
         if domain.type == "file":
             within = domain.path
-        job = request.app[JOBS].using(path=real)
-    if access is Access.WRITE and job is not None:  # one writer per volume
-        what = f"volume {info.img_uuid}/{info.vol_uuid}" if info else fields["url"]
-        raise Conflict(f"{what} is in use by job {job.id} ({job.state})")
+    _check_free(request, info, real, fields.get("url", ""), access is Access.WRITE)
     ticket = Ticket(
         uuid=fields["uuid"], size=fields["size"], ops=fields["ops"],
         timeout=fields["timeout"], url=fields.get("url", ""), path=real, volume_info=info,
@@ -79,6 +74,12 @@ async def put_ticket(request: web.Request) -> web.Response:
             # they do not end in time, the add fails (409) and changes nothing
             # but that: the old ticket stays, canceled, until deleted.
             await old.cancel(cfg.transfer.remove_timeout)
+            # Again, with no await from here to the add: while the old one
+            # was waited for, a DELETE or a copy job may have begun on the
+            # volume, or a new map made the ticket illegal (and canceled
+            # the tickets it found, this one not among them yet).
+            mgr.check(domain_uuid, access)
+            _check_free(request, info, real, fields.get("url", ""), access is Access.WRITE)
         auth.add(ticket)
         if old is not None:
             await _close(request, old)
@@ -102,6 +103,20 @@ def _key(info: VolumeInfo | None) -> tuple[str, str, str] | None:
     share their device's path, so the path alone does not tell them apart
     (a renewed ticket keeps serving the volume it opened)."""
     return None if info is None else info.key
+
+
+def _check_free(request: web.Request, info: VolumeInfo | None, real: str, url: str,
+                write: bool) -> None:
+    """Conflict if the ticket's volume is being deleted, or, for a write
+    ticket, written by a copy job (one writer per volume)."""
+    if info is not None:
+        request.app[AUTH].check_not_deleting(info)
+        job = request.app[JOBS].using(info.key)
+    else:
+        job = request.app[JOBS].using(path=real)
+    if write and job is not None:
+        what = f"volume {info.img_uuid}/{info.vol_uuid}" if info else url
+        raise Conflict(f"{what} is in use by job {job.id} ({job.state})")
 
 
 @routes.get("/tickets/{ticket_id}", name=ENGINE + "get-ticket")

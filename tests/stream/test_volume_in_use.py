@@ -280,3 +280,46 @@ async def test_a_ticket_canceled_by_the_map_keeps_its_volume_while_it_writes(
             break
         await asyncio.sleep(0.05)
     assert (await client.delete(volume_path(a))).status == 204
+
+
+async def test_a_ticket_readded_for_a_volume_being_deleted(
+        client: Client, loop_device: LoopDeviceFactory, monkeypatch: Any) -> None:
+    """PUT /tickets of an id in use for another volume checked that volume,
+    then waited for the old ticket's requests to end, then added the new
+    one: a DELETE that began meanwhile saw no ticket on the volume, and the
+    look-up after the add, made while the delete was still running, found
+    it still there.  The ticket then named freed space: its writes landed
+    in the next volume created there."""
+    sd = await _block_domain(client, loop_device)
+    a, b = await new_volume(client, sd, MiB), await new_volume(client, sd, MiB)
+    t = await _ticket(client, b, ["write"])
+    entered_write, release_write = stick_pattern_writes(monkeypatch)
+    upload = asyncio.ensure_future(client.put(f"/images/{t}", data=PATTERN))
+
+    entered_delete, release_delete = threading.Event(), threading.Event()
+    original = BlockDomain.delete_volume
+
+    def slow_delete(self: BlockDomain, img_uuid: str, vol_uuid: str) -> None:
+        entered_delete.set()
+        release_delete.wait(20)
+        original(self, img_uuid, vol_uuid)
+
+    monkeypatch.setattr(BlockDomain, "delete_volume", slow_delete)
+    try:
+        assert await asyncio.to_thread(entered_write.wait, 10)
+        readd = asyncio.ensure_future(client.put(f"/tickets/{t}", json={
+            "uuid": t, "size": MiB, "ops": ["write"], "timeout": 60, **a}))
+        await asyncio.sleep(0.2)  # waiting for the old ticket's write
+        deleting = asyncio.ensure_future(client.delete(volume_path(a)))
+        assert await asyncio.to_thread(entered_delete.wait, 10)
+        release_write.set()
+        await upload
+        added = await readd
+    finally:
+        release_write.set()
+        release_delete.set()
+        deleted = await deleting
+    monkeypatch.setattr(BlockDomain, "delete_volume", original)
+    assert not (added.status == 200 and deleted.status == 204), (
+        f"ticket re-added ({added.status}) for a volume deleted ({deleted.status})")
+    assert added.status == 409, await added.text()
