@@ -76,7 +76,7 @@ async def read_json(request: web.Request, within: float | None = None) -> dict[s
                     part := await request.content.read(MAX_JSON + 1 - len(raw))):
                 raw += part
     except TimeoutError:
-        raise TooSlow(f"The JSON body did not arrive within {within:g} seconds") from None
+        raise TooSlow(f"The JSON body did not arrive within {within:g} s") from None
     if len(raw) > MAX_JSON:
         raise BodyTooLarge(f"JSON body larger than {MAX_JSON} bytes")
     try:

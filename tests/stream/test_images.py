@@ -377,7 +377,7 @@ async def test_patch_body_that_stops_arriving_times_out(
         writer.close()
     assert head.startswith(b"HTTP/1.1 408 "), head
     assert b"Connection: close" in head
-    assert body == b"The JSON body did not arrive within 1 seconds\n"
+    assert body == b"The JSON body did not arrive within 1 s\n"
 
 
 @pytest.mark.parametrize("method", ["GET", "PUT", "PATCH", "OPTIONS"])
