@@ -58,9 +58,11 @@ class Update:
         #: One more than the newest committed generation: the newest valid
         #: one, or a newer one whose archive has since gone bad (so that
         #: number is not given to a second archive).  A cut-off update's
-        #: number is given again: nothing was committed under it.
-        self.generation = 1 + max((s.record.generation for s in order
-                                   if s.record and not s.record.updating), default=0)
+        #: number is given again: nothing was committed under it; and it
+        #: is the least given, for its record replaced the one committed
+        #: before it (a domain's only store: its number would come again).
+        self.generation = max(1, max((s.record.generation + (not s.record.updating)
+                                      for s in order if s.record), default=1))
         #: The store written first, as it was before the update.
         self.target = order[0]
         #: What went wrong copying into the other stores (see :meth:`commit`).

@@ -156,6 +156,21 @@ def test_abort(storage: StorageDomain) -> None:
     assert update(stores, b"after")[1].generation == 2
 
 
+def test_a_single_stores_generation_goes_on_after_a_cut_off_update(
+        storage: StorageDomain) -> None:
+    """A domain's only store, marked updating by an update that was cut
+    off, no longer holds its committed record: the next update was given
+    generation 1 again, a number an archive had already had."""
+    stores = open_stores(storage, count=1)
+    update(stores, b"one")
+    update(stores, b"two")
+    u = stores.begin()
+    assert u.generation == 3
+    u.abort()
+    assert generations(stores) == [None]
+    assert update(stores, b"three")[1].generation == 3
+
+
 def test_one_update_at_a_time(storage: StorageDomain) -> None:
     stores = open_stores(storage)
     u = stores.begin()
