@@ -102,6 +102,9 @@ class Updates:
         #: store is staged (:mod:`stream.ovfstage`); None writes it straight
         #: into that store.
         self._staging = staging
+        #: Domains whose pending archive (:mod:`stream.ovfstage`) a crash
+        #: or an error left uncommitted; restored on the next touch.
+        self._pending = ovfstage.pending(staging) if staging is not None else set()
         self._locks: dict[str, asyncio.Lock] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         #: What went wrong copying the last update of each domain, if anything.
@@ -121,6 +124,51 @@ class Updates:
         except TimeoutError:
             return
         lock.release()
+
+    async def restore(self, io: IOExecutor, storage: StorageDomain,
+                      check: Callable[[], None]) -> None:
+        """Commit the domain's pending archive if a crash or an error left
+        one and none of its stores is valid (:func:`ovfstage.restore`):
+        before the stores are read or updated.  ``check`` says whether the
+        pool map allows OVF writes to the domain; while it does not (or the
+        domain's update runs for over LOCK_WAIT), the archive waits.
+        """
+        if storage.uuid not in self._pending:
+            return
+        lock = self.lock(storage.uuid)
+        try:
+            async with asyncio.timeout(LOCK_WAIT):
+                await lock.acquire()
+        except TimeoutError:
+            return
+        try:
+            await self._restore(io, storage, check)
+        finally:
+            lock.release()
+
+    async def _restore(self, io: IOExecutor, storage: StorageDomain,
+                       check: Callable[[], None]) -> None:
+        """:meth:`restore` with the domain's lock held; errors are logged."""
+        if storage.uuid not in self._pending or self._staging is None:
+            return
+        try:
+            check()
+            await io.run(ovfstage.restore, self._staging, storage, check)
+        except Exception as e:
+            log.warning("pending OVF archive of %s not restored yet: %s", storage.uuid, e)
+            return
+        self._pending.discard(storage.uuid)
+
+    async def _drop(self, io: IOExecutor, sd_uuid: str) -> None:
+        """Remove a committed update's pending archive; if that fails, the
+        next touch finds the store valid and removes it then."""
+        assert self._staging is not None
+        try:
+            await io.run(ovfstage.drop, self._staging, sd_uuid)
+        except OSError as e:
+            log.warning("pending OVF archive of %s not removed: %s", sd_uuid, e)
+            return
+        self._pending.discard(sd_uuid)
 
     def _spawn(self, lock: asyncio.Lock, io: IOExecutor, update: Update,
                watch: MapWatch) -> None:
@@ -182,6 +230,9 @@ class Updates:
                 raise ClientGone("the client left while waiting for the domain's "
                                  "previous OVF store update; no store was touched")
             watch.check()  # the map may have changed while the previous update copied
+            # A pending archive is restored first: if this body turns out
+            # bad, the domain still has a good store.
+            await self._restore(io, storage, watch.check)
             stores = await io.run(OvfStores.open, storage)
             if length is not None and not zstd and length > stores.capacity:
                 # Refused before any store is touched, not after a store's
@@ -189,23 +240,27 @@ class Updates:
                 raise _too_small(storage, stores)
             # One store: the body is staged first, so that a bad or cut-off
             # one never costs the domain its only good archive.
-            staged: Volume | None = None
+            staged: ovfstage.Staging | None = None
             if self._staging is not None and len(stores.stores) == 1:
-                staged = await io.run(ovfstage.open_staging, self._staging, stores.capacity)
+                staged = await io.run(ovfstage.Staging, self._staging, stores.capacity)
             update: Update | None = None
             try:
                 if staged is None:
                     update = await io.run(stores.begin)
                     target = update.volume
                 else:
-                    target = staged
+                    target = staged.volume
                 async with asyncio.timeout(deadline or None):
                     summary = await watch.interruptible(_stream(
                         read, io, storage, stores, target, zstd=zstd,
                         idle_timeout=idle_timeout, length=length, buffer_size=buffer_size,
                         depth=depth, require_manifest=require_manifest, check=watch.check))
-                if update is None:  # staged, whole and valid: now into the store
+                if update is None:  # staged, whole and valid: kept, then into the store
+                    assert staged is not None
                     watch.check()
+                    await io.run(staged.keep, storage.uuid, summary.tar_length,
+                                 summary.digest)
+                    self._pending.add(storage.uuid)
                     update = await io.run(stores.begin)
                     await io.run(ovfstage.copy_into, target, update.volume,
                                  summary.tar_length, watch.check)
@@ -224,6 +279,8 @@ class Updates:
             finally:
                 if staged is not None:
                     await io.run(staged.close)
+            if staged is not None:  # committed: the pending archive is done with
+                await self._drop(io, storage.uuid)
         except BaseException:
             lock.release()
             watch.close()

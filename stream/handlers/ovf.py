@@ -25,6 +25,18 @@ async def storage_for(request: web.Request, sd: str, access: Access) -> StorageD
     return await request.app[IO_KEY].run(mgr.registry.storage, sd)
 
 
+async def stored(request: web.Request, sd: str) -> StorageDomain:
+    """The domain whose OVF stores a request reads, its pending archive
+    (left by a crash or an error in a one-store update) restored first."""
+    storage = await storage_for(request, sd, Access.READ)
+    mgr = request.app[POOL]
+
+    def writable() -> None:
+        mgr.check(storage.uuid, Access.OVF_WRITE)
+    await request.app[OVF_UPDATES].restore(request.app[IO_KEY], storage, writable)
+    return storage
+
+
 #: A Sluice engine sends ``X-Ovf-Manifest: required``: its tars always carry
 #: a manifest, and one damaged byte in its key must not turn the checks off.
 MANIFEST_HEADER = "X-Ovf-Manifest"
@@ -62,7 +74,7 @@ async def put_store(request: web.Request) -> web.Response:
 
 @routes.get("/domains/{sd}/ovf-store", name=ENGINE + "get-ovf-store")
 async def get_store(request: web.Request) -> web.StreamResponse:
-    storage = await storage_for(request, request.match_info["sd"], Access.READ)
+    storage = await stored(request, request.match_info["sd"])
     io = request.app[IO_KEY]
     state, volume = await io.run(ovfread.newest, storage)
     try:
@@ -86,7 +98,7 @@ async def get_store(request: web.Request) -> web.StreamResponse:
 
 @routes.get("/domains/{sd}/ovf-store/info", name=ENGINE + "ovf-store-info")
 async def store_info(request: web.Request) -> web.Response:
-    storage = await storage_for(request, request.match_info["sd"], Access.READ)
+    storage = await stored(request, request.match_info["sd"])
     # After the copies of a running update, so that all stores show it.
     updates = request.app[OVF_UPDATES]
     await updates.settled(storage.uuid)
@@ -97,6 +109,6 @@ async def store_info(request: web.Request) -> web.Response:
 
 @routes.get("/domains/{sd}/ovf-store/{name}", name=ENGINE + "get-ovf")
 async def get_ovf(request: web.Request) -> web.Response:
-    storage = await storage_for(request, request.match_info["sd"], Access.READ)
+    storage = await stored(request, request.match_info["sd"])
     data = await request.app[IO_KEY].run(ovfread.read_member, storage, request.match_info["name"])
     return web.Response(body=data, content_type="application/xml")

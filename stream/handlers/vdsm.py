@@ -27,7 +27,7 @@ from ..auth import ENGINE
 from ..middleware import RESPONSE
 from ..pool import Access
 from ..state import CONFIG, IO_KEY, POOL
-from .ovf import receive_store, storage_for
+from .ovf import receive_store, storage_for, stored
 
 routes = web.RouteTableDef()
 
@@ -94,7 +94,7 @@ async def vdsm_download(request: web.Request) -> web.StreamResponse:
     if found is None:
         raise InvalidRequest("Range must be bytes=0-N, the only form vdsm takes")
     length = int(found.group(1)) + 1
-    storage = await storage_for(request, sd, Access.READ)
+    storage = await stored(request, sd)
     io = request.app[IO_KEY]
     state, volume = await io.run(ovfread.newest, storage, image, length)
     try:

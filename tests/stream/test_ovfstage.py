@@ -1,0 +1,127 @@
+"""A domain with one OVF store: the staged archive kept until committed.
+
+An update of the only store marks it updating before the new archive is
+copied in; an I/O error there (a crash leaves the same) used to leave the
+domain with no valid store until the engine pushed again.  The staged
+archive is kept in the data directory until the store is committed, and
+the next touch of the domain (by this daemon or one started afresh)
+commits it.
+"""
+
+from __future__ import annotations
+
+import errno
+import glob
+import os
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+from stream import ovfstage
+from stream.app import RUNNER_KWARGS, make_app
+from stream.config import Config
+from volume.ovfstore import OvfStores
+
+from .conftest import Client
+from .test_ovf import build_tar, push, served
+
+Start = Callable[[], Awaitable[tuple[Client, str]]]
+
+
+def _starter(aiohttp_client: Any, aiohttp_server: Any, cfg: Config) -> Start:
+    """Starts a daemon on ``cfg`` (one OVF store); the client and the
+    embedded domain's UUID."""
+    cfg.ovf.stores = 1
+
+    async def start() -> tuple[Client, str]:
+        server = await aiohttp_server(make_app(cfg, trust_tcp=True), **RUNNER_KWARGS)
+        client: Client = await aiohttp_client(server)
+        (found,) = glob.glob(os.path.join(cfg.daemon.data_dir, "domains", "*", ""))
+        return client, Path(found).name
+    return start
+
+
+async def store_info(client: Client, sd: str) -> dict[str, Any]:
+    resp = await client.get(f"/domains/{sd}/ovf-store/info")
+    assert resp.status == 200, await resp.text()
+    (store,) = (await resp.json())["stores"]
+    info: dict[str, Any] = store
+    return info
+
+
+async def test_a_store_torn_by_an_error_is_restored_by_a_new_daemon(
+        aiohttp_client: Any, aiohttp_server: Any, cfg: Config) -> None:
+    start = _starter(aiohttp_client, aiohttp_server, cfg)
+    client, sd = await start()
+    old, _ = build_tar(sd)
+    assert (await push(client, sd, old))[0] == 200
+    new, _ = build_tar(sd, count=40)
+    copy_into = ovfstage.copy_into
+
+    def torn(source: Any, target: Any, length: int, check: Any) -> None:
+        copy_into(source, target, length // 2, check)  # half of it, then the storage fails
+        raise OSError(errno.EIO, "Input/output error")
+
+    with mock.patch.object(ovfstage, "copy_into", torn):
+        status, body = await push(client, sd, new)
+        assert status >= 500, body
+        store = await store_info(client, sd)  # tries to restore it, and fails the same
+        assert store["valid"] is False and store["record"]["updating"] is True, store
+    assert os.path.exists(ovfstage.pending_path(cfg.data_path, sd))
+    await client.close()
+
+    client, _ = await start()  # as after a crash: only what is on disk
+    generation, served_tar = await served(client, sd)
+    assert served_tar == new and generation > 1
+    store = await store_info(client, sd)
+    assert store["valid"] is True and store["record"]["generation"] == generation
+    assert os.listdir(cfg.data_path / ovfstage.STAGING_DIR) == []
+
+
+async def test_a_pending_archive_never_replaces_a_valid_store(
+        aiohttp_client: Any, aiohttp_server: Any, cfg: Config) -> None:
+    """An update that failed before it marked the store (here: beginning
+    it fails) leaves the store valid: the archive it kept, never answered
+    for, is dropped, not committed over it."""
+    client, sd = await _starter(aiohttp_client, aiohttp_server, cfg)()
+    old, _ = build_tar(sd)
+    assert (await push(client, sd, old))[0] == 200
+    new, _ = build_tar(sd, count=40)
+    with mock.patch.object(OvfStores, "begin", side_effect=OSError(errno.EIO, "I/O error")):
+        status, body = await push(client, sd, new)
+    assert status >= 500, body
+    assert os.path.exists(ovfstage.pending_path(cfg.data_path, sd))
+    assert await served(client, sd) == (1, old)
+    assert os.listdir(cfg.data_path / ovfstage.STAGING_DIR) == []
+
+
+async def test_a_new_push_restores_the_pending_archive_first(
+        aiohttp_client: Any, aiohttp_server: Any, cfg: Config) -> None:
+    """A push that comes after a torn update, and turns out bad, still
+    leaves the domain a valid store: the pending one, committed first."""
+    client, sd = await _starter(aiohttp_client, aiohttp_server, cfg)()
+    old, _ = build_tar(sd)
+    assert (await push(client, sd, old))[0] == 200
+    new, _ = build_tar(sd, count=40)
+
+    def fails(*args: Any) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    with mock.patch.object(ovfstage, "copy_into", fails):
+        assert (await push(client, sd, new))[0] >= 500
+    status, body = await push(client, sd, new[:-2048])  # cut short: refused
+    assert status == 422, body
+    assert (await served(client, sd))[1] == new
+
+
+def test_staging_leftovers_are_removed(tmp_path: Path) -> None:
+    """What a crash leaves before an archive is kept (a named temporary
+    file where O_TMPFILE is missing) is removed; a pending archive stays."""
+    directory = tmp_path / ovfstage.STAGING_DIR
+    directory.mkdir()
+    (directory / ".sd.123.tmp").write_bytes(b"x")
+    (directory / "tmpabc.tmp").write_bytes(b"x")
+    (directory / "a-domain.pending").write_bytes(b"x")
+    assert ovfstage.pending(tmp_path) == {"a-domain"}
+    assert os.listdir(directory) == ["a-domain.pending"]
