@@ -315,6 +315,7 @@ async def _stream(
                     read, io, target, offset=0, limit=stores.capacity, zstd=zstd,
                     hasher=None, check=check, idle_timeout=idle_timeout, length=length,
                     buffer_size=buffer_size, inspect=None if zstd else reader.feed,
+                    offload=lambda: reader.parsing,
                     depth=depth,  # checked in order on the loop, written in any order
                 )
         except OutOfRange:

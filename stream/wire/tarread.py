@@ -132,6 +132,15 @@ class OvfTarReader(TarStream):
         self._expected: dict[str, ManifestEntry] | None = None
         self._vm_status: dict[str, int] = {}
 
+    @property
+    def parsing(self) -> bool:
+        """Whether what is fed next may end in a JSON parse of up to the
+        ``max_meta`` bytes: until ``info.json`` is parsed, and while a JSON
+        entry is collected (a caller may feed that part off its event loop)."""
+        if self._entries_only:
+            return False
+        return not self.entries or (self._body is not None and self._body.buf is not None)
+
     def finish(self) -> Summary:
         """The summary of a valid, complete store; raises BadTar otherwise."""
         tar_length, digest = self.check_complete()

@@ -129,6 +129,26 @@ def test_planner_output_in_random_chunks() -> None:
     assert reader.finish().digest == xxh(blob)
 
 
+def test_parsing_says_when_a_json_parse_may_come() -> None:
+    """``parsing`` is true until info.json is parsed and while a JSON
+    entry is being collected: the daemon feeds those bytes off its loop."""
+    data, _ = planned_store()
+    entries = {e.name: e for e in index(data)}
+    info, metadata = entries[INFO_NAME], entries[METADATA_NAME]
+    reader = OvfTarReader(max_total=128 * MiB)
+    seen = []
+    for i in range(0, len(data), 512):
+        seen.append((i, reader.parsing))
+        reader.feed(data[i:i + 512])
+    assert all(parsing for at, parsing in seen if at < info.offset + info.size)
+    assert not any(parsing for at, parsing in seen
+                   if info.offset + info.size <= at <= metadata.offset - 512)
+    assert all(parsing for at, parsing in seen
+               if metadata.offset <= at < metadata.offset + metadata.size)
+    assert not reader.parsing and len(reader.finish().entries) == len(entries)
+    assert not OvfTarReader(max_total=MiB, entries_only=True).parsing
+
+
 def test_trailing_zeros_are_not_part_of_the_tar() -> None:
     blob, _ = planned_store()
     s = read(blob + bytes(10 * MiB), 1 << 20)
