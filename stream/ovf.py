@@ -130,17 +130,15 @@ class Updates:
         """Commit the domain's pending archive if a crash or an error left
         one and none of its stores is valid (:func:`ovfstage.restore`):
         before the stores are read or updated.  ``check`` says whether the
-        pool map allows OVF writes to the domain; while it does not (or the
-        domain's update runs for over LOCK_WAIT), the archive waits.
+        pool map allows OVF writes to the domain; while it does not, the
+        archive waits.  So it does while an update of the domain runs: a
+        reader never waits for one (that update restored it first, or is
+        committing it now).
         """
-        if storage.uuid not in self._pending:
-            return
         lock = self.lock(storage.uuid)
-        try:
-            async with asyncio.timeout(LOCK_WAIT):
-                await lock.acquire()
-        except TimeoutError:
+        if storage.uuid not in self._pending or lock.locked():
             return
+        await lock.acquire()  # free: nothing ran since the test above
         try:
             await self._restore(io, storage, check)
         finally:

@@ -10,6 +10,7 @@ commits it.
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import glob
 import os
@@ -21,9 +22,10 @@ from unittest import mock
 from stream import ovfstage
 from stream.app import RUNNER_KWARGS, make_app
 from stream.config import Config
+from stream.state import OVF_UPDATES
 from volume.ovfstore import OvfStores
 
-from .conftest import Client
+from .conftest import Client, open_put
 from .test_ovf import build_tar, push, served
 
 Start = Callable[[], Awaitable[tuple[Client, str]]]
@@ -48,6 +50,21 @@ async def store_info(client: Client, sd: str) -> dict[str, Any]:
     (store,) = (await resp.json())["stores"]
     info: dict[str, Any] = store
     return info
+
+
+def _fails(*args: Any) -> None:
+    raise OSError(errno.EIO, "Input/output error")
+
+
+async def torn_push(client: Client, sd: str) -> bytes:
+    """A good push, then one whose copy into the store fails: its archive
+    (returned) is left pending, the store marked updating."""
+    old, _ = build_tar(sd)
+    assert (await push(client, sd, old))[0] == 200
+    new, _ = build_tar(sd, count=40)
+    with mock.patch.object(ovfstage, "copy_into", _fails):
+        assert (await push(client, sd, new))[0] >= 500
+    return new
 
 
 async def test_a_store_torn_by_an_error_is_restored_by_a_new_daemon(
@@ -101,15 +118,7 @@ async def test_a_new_push_restores_the_pending_archive_first(
     """A push that comes after a torn update, and turns out bad, still
     leaves the domain a valid store: the pending one, committed first."""
     client, sd = await _starter(aiohttp_client, aiohttp_server, cfg)()
-    old, _ = build_tar(sd)
-    assert (await push(client, sd, old))[0] == 200
-    new, _ = build_tar(sd, count=40)
-
-    def fails(*args: Any) -> None:
-        raise OSError(errno.EIO, "Input/output error")
-
-    with mock.patch.object(ovfstage, "copy_into", fails):
-        assert (await push(client, sd, new))[0] >= 500
+    new = await torn_push(client, sd)
     status, body = await push(client, sd, new[:-2048])  # cut short: refused
     assert status == 422, body
     assert (await served(client, sd))[1] == new
@@ -125,3 +134,31 @@ def test_staging_leftovers_are_removed(tmp_path: Path) -> None:
     (directory / "a-domain.pending").write_bytes(b"x")
     assert ovfstage.pending(tmp_path) == {"a-domain"}
     assert os.listdir(directory) == ["a-domain.pending"]
+
+
+async def test_a_reader_does_not_wait_for_a_running_update(
+        aiohttp_client: Any, aiohttp_server: Any, cfg: Config) -> None:
+    """With an archive pending and an update of the domain receiving its
+    body (slowly), a GET of the store answers at once from what the store
+    holds: a restore is never waited for behind an update."""
+    client, sd = await _starter(aiohttp_client, aiohttp_server, cfg)()
+    new = await torn_push(client, sd)
+    with mock.patch.object(ovfstage, "copy_into", _fails):
+        _, writer = await open_put(client, f"/domains/{sd}/ovf-store", len(new),
+                                   new[:len(new) // 2])
+        try:
+            app = client.app
+            assert app is not None
+            for _ in range(200):  # the update holds the domain, receiving
+                if app[OVF_UPDATES].lock(sd).locked():
+                    break
+                await asyncio.sleep(0.01)
+            resp = await asyncio.wait_for(client.get(f"/domains/{sd}/ovf-store"), 10)
+            assert resp.status == 404, await resp.text()  # torn, not restored yet
+        finally:
+            writer.close()
+    for _ in range(200):  # the daemon notices the cut and ends the update
+        if not app[OVF_UPDATES].lock(sd).locked():
+            break
+        await asyncio.sleep(0.01)
+    assert await served(client, sd) == (2, new)  # the torn update's number, again
