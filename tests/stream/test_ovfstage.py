@@ -23,9 +23,11 @@ from stream import ovfstage
 from stream.app import RUNNER_KWARGS, make_app
 from stream.config import Config
 from stream.state import OVF_UPDATES
+from tests.conftest import LoopDeviceFactory
 from volume.ovfstore import OvfStores
 
-from .conftest import Client, open_put
+from .conftest import Client, MiB, open_put
+from .test_copy import add_domain, set_pool
 from .test_ovf import build_tar, push, served
 
 Start = Callable[[], Awaitable[tuple[Client, str]]]
@@ -162,3 +164,14 @@ async def test_a_reader_does_not_wait_for_a_running_update(
             break
         await asyncio.sleep(0.01)
     assert await served(client, sd) == (2, new)  # the torn update's number, again
+
+
+async def test_a_torn_block_store_is_restored(
+        client: Client, loop_device: LoopDeviceFactory) -> None:
+    """The same on a block domain's only store (a region of a LUN)."""
+    device = loop_device(16 * MiB, sector_size=4096)
+    sd = await add_domain(client, [device], "block", ovf_stores=1, ovf_store_size=MiB)
+    await set_pool(client, {sd: ("block", [device])})
+    new = await torn_push(client, sd)
+    assert (await served(client, sd))[1] == new
+    assert (await store_info(client, sd))["valid"] is True
