@@ -45,19 +45,24 @@ def create_block_domain(devices: Sequence[str], sd_uuid: str) -> BlockDomain:
 
     Refuses devices that already carry a domain's label: formatting
     destroys the volume table, so wipe the label first to reuse a device.
+    The one exception is a format of this same domain on these same
+    devices that was cut off before it was whole: that one is redone.
     """
     sd_uuid = check_uuid(sd_uuid, "storage domain")
     devices = check_block_devices(devices)
     with oserrors("create storage domain"):
+        labels = []
         for dev in devices:
             with blockmeta.device(dev) as fd:
-                label = blockmeta.read_label(fd)
+                labels.append(blockmeta.read_label(fd))
                 size = _linux.device_size(fd)
-            if label is not None:
-                raise Conflict(f"device {dev} already belongs to storage domain "
-                               f"{label.get('sd_uuid')}")
             if size < AREA + MiB:
                 raise InvalidRequest(f"device {dev} is too small: {size} bytes")
+        if not _unfinished(devices, labels, sd_uuid):
+            for dev, label in zip(devices, labels, strict=True):
+                if label is not None:
+                    raise Conflict(f"device {dev} already belongs to storage domain "
+                                   f"{label.get('sd_uuid')}")
         ids = [str(uuidlib.uuid4()) for _ in devices]
         with blockmeta.device(devices[0], write=True) as fd:
             blockmeta.clear_slots(fd)
@@ -69,6 +74,31 @@ def create_block_domain(devices: Sequence[str], sd_uuid: str) -> BlockDomain:
                                            "dev_uuid": ids[index]})
     log.info("created block domain sd=%s devices=%s", sd_uuid, ",".join(devices))
     return BlockDomain(sd_uuid, devices)
+
+
+def _unfinished(devices: Sequence[str], labels: list[dict[str, Any] | None],
+                sd_uuid: str) -> bool:
+    """Whether ``devices`` hold a format of ``sd_uuid`` cut off before the
+    first device's label, the last write of a format: then this domain
+    never was, and formatting the same devices again finishes the work.
+
+    Only the very devices of that format qualify: the first one's table
+    names this domain and lists, at each labelled device's index, that
+    device's own identity, so no device of a finished domain is taken.
+    """
+    if labels[0] is not None or all(label is None for label in labels):
+        return False
+    with blockmeta.device(devices[0]) as fd:
+        found = blockmeta.read_table(fd, sd_uuid)
+    if found is None:
+        return False
+    ids = found[1].get("devices")
+    if not isinstance(ids, list) or len(ids) != len(devices):
+        return False
+    return all(label is None or (label.get("sd_uuid") == sd_uuid
+                                 and label.get("index") == index
+                                 and label.get("dev_uuid") == ids[index])
+               for index, label in enumerate(labels))
 
 
 def open_block_domain(devices: Sequence[str], sd_uuid: str | None = None) -> BlockDomain:

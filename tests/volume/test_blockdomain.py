@@ -342,6 +342,28 @@ def test_device_too_small(loop_device: LoopDeviceFactory) -> None:
         create_block_domain([loop_device(MiB)], new_id())
 
 
+def test_a_format_cut_off_before_the_first_label_can_be_redone(
+        loop_device: LoopDeviceFactory) -> None:
+    """Labels are written last to first: a crash before the first device's
+    label left the others labelled, and every retry refused them."""
+    devices = [loop_device(8 * MiB), loop_device(4 * MiB)]
+    sd_uuid = new_id()
+    create_block_domain(devices, sd_uuid)
+    smash(devices[0], 0, bytes(4096))  # the first label, never written
+    with pytest.raises(Conflict, match="already belongs"):
+        create_block_domain(devices, new_id())  # another domain: still refused
+    with pytest.raises(Conflict, match="already belongs"):
+        create_block_domain([loop_device(8 * MiB), devices[1]], sd_uuid)  # other devices
+    again = create_block_domain(devices, sd_uuid)
+    again.create_volume(new_id(), new_id(), MiB)
+    assert len(open_block_domain(devices[::-1], sd_uuid).list_volumes()) == 1
+
+
+def test_a_finished_domain_is_never_formatted_again(sd: BlockDomain) -> None:
+    with pytest.raises(Conflict, match="already belongs"):
+        create_block_domain(list(sd.location), sd.uuid)
+
+
 def test_format_clears_old_tables(loop_device: LoopDeviceFactory) -> None:
     dev = loop_device(8 * MiB)
     first = create_block_domain([dev], new_id())
