@@ -81,7 +81,7 @@ class Staging:
         self._fd = fd
         try:
             os.ftruncate(fd, capacity + RECORD_SIZE)
-            self.volume: Volume = FileVolume(os.dup(fd))
+            self.volume: Volume = _file_volume(os.dup(fd))
         except BaseException:
             self._discard()
             raise
@@ -117,6 +117,15 @@ class Staging:
         os.close(self._fd)
         if self._named is not None:
             self._named.unlink(missing_ok=True)
+
+
+def _file_volume(fd: int) -> Volume:
+    """``fd`` as a volume; closed if that fails."""
+    try:
+        return FileVolume(fd)
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def pending_path(data_dir: Path, sd_uuid: str) -> Path:
@@ -169,7 +178,7 @@ def restore(data_dir: Path, storage: StorageDomain, check: Check) -> CommitRecor
         fd = os.open(pending_path(data_dir, storage.uuid), os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
         return None
-    with closing(FileVolume(fd)) as source, closing(OvfStores.open(storage)) as stores:
+    with closing(_file_volume(fd)) as source, closing(OvfStores.open(storage)) as stores:
         size = source.size()
         record, error = read_record(source, size)
         if record is None or record.tar_length > record_offset(size):

@@ -19,11 +19,14 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
+import pytest
+
 from stream import ovfstage
 from stream.app import RUNNER_KWARGS, make_app
 from stream.config import Config
 from stream.state import OVF_UPDATES
 from tests.conftest import LoopDeviceFactory
+from volume.errors import VolumeError
 from volume.ovfstore import OvfStores
 
 from .conftest import Client, MiB, open_put
@@ -175,3 +178,23 @@ async def test_a_torn_block_store_is_restored(
     new = await torn_push(client, sd)
     assert (await served(client, sd))[1] == new
     assert (await store_info(client, sd))["valid"] is True
+
+
+def _open_fds() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+def test_no_descriptor_is_left_open_when_a_volume_cannot_be_made(tmp_path: Path) -> None:
+    staged = ovfstage.Staging(tmp_path, MiB)
+    try:
+        staged.keep("11111111-2222-3333-4444-555555555555", 0, "0" * 32)
+    finally:
+        staged.close()
+    before = _open_fds()
+    with mock.patch("volume.file.fcntl.fcntl", _fails):
+        with pytest.raises(VolumeError, match="Input/output error"):
+            ovfstage.Staging(tmp_path, MiB)
+        storage = mock.Mock(uuid="11111111-2222-3333-4444-555555555555")
+        with pytest.raises(VolumeError, match="Input/output error"):
+            ovfstage.restore(tmp_path, storage, lambda: None)
+    assert _open_fds() == before
