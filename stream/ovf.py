@@ -23,6 +23,7 @@ from typing import Any
 from volume.base import Volume
 from volume.errors import Conflict, Error, OutOfRange
 from volume.ovfstore import OvfStores, Update
+from volume.ovfupdate import next_generation
 from volume.region import RegionVolume
 from volume.sd import StorageDomain
 
@@ -256,10 +257,15 @@ class Updates:
                 if update is None:  # staged, whole and valid: kept, then into the store
                     assert staged is not None
                     watch.check()
+                    states = await io.run(stores.states, True)
+                    generation = next_generation(states)
                     await io.run(staged.keep, storage.uuid, summary.tar_length,
-                                 summary.digest)
+                                 summary.digest, generation)
                     self._pending.add(storage.uuid)
                     update = await io.run(stores.begin)
+                    if update.generation != generation:  # another host updated meanwhile
+                        await io.run(staged.stamp, update.generation, summary.tar_length,
+                                     summary.digest)
                     await io.run(ovfstage.copy_into, target, update.volume,
                                  summary.tar_length, watch.check)
                 # Between the last chunk and here, then (in the worker) last

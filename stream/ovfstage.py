@@ -53,6 +53,7 @@ from volume.ovfrecord import read as read_record
 from volume.ovfrecord import write as write_record
 from volume.ovfstop import Check
 from volume.ovfstore import OvfStores
+from volume.ovfupdate import next_generation
 from volume.sd import StorageDomain
 
 log = logging.getLogger(__name__)
@@ -86,12 +87,13 @@ class Staging:
             self._discard()
             raise
 
-    def keep(self, sd_uuid: str, tar_length: int, digest: str) -> None:
+    def keep(self, sd_uuid: str, tar_length: int, digest: str, generation: int) -> None:
         """Make ``[0, tar_length)`` durable as the domain's pending archive,
-        replacing any older one: record, sync, link, directory sync."""
-        size = self.volume.size()
-        write_record(self.volume, size, CommitRecord(0, tar_length, digest, time.time(),
-                                                     updating=False))
+        replacing any older one: record, sync, link, directory sync.
+        ``generation`` is the one the update of the store is to mark it
+        with: :func:`restore` commits the archive only into a store marked
+        so, not into one another update (another host's) has cut off."""
+        self.stamp(generation, tar_length, digest)
         final = pending_path(self._dir.parent, sd_uuid)
         if self._named is None:
             temp = self._dir / f".{sd_uuid}.{os.getpid()}.tmp"
@@ -108,6 +110,11 @@ class Staging:
             temp, self._named = self._named, None
         os.replace(temp, final)
         fsync_dir(str(self._dir))
+
+    def stamp(self, generation: int, tar_length: int, digest: str) -> None:
+        """(Re)write the staged archive's record with ``generation``, synced."""
+        write_record(self.volume, self.volume.size(), CommitRecord(
+            generation, tar_length, digest, time.time(), updating=False))
 
     def close(self) -> None:
         self.volume.close()
@@ -187,10 +194,16 @@ def restore(data_dir: Path, storage: StorageDomain, check: Check) -> CommitRecor
             with aligned_view(CHUNK) as buf:
                 if tar_digest(source, record.tar_length, buf) != record.digest:
                     error = "archive checksum mismatch"
+        states = stores.states(trusted=True) if error is None else []
         if record is None or error is not None:
             log.error("pending OVF archive of %s discarded: %s", storage.uuid, error)
-        elif any(state.valid for state in stores.states(trusted=True)):
+        elif any(state.valid for state in states):
             log.info("pending OVF archive of %s not needed: a store is valid", storage.uuid)
+        elif record.generation and next_generation(states) != record.generation:
+            # The stores moved on since it was kept (another host's update
+            # committed or was cut off there): it is older than what they had.
+            log.info("pending OVF archive of %s discarded: kept for generation %d, the "
+                     "stores are past it", storage.uuid, record.generation)
         elif record.tar_length > stores.capacity:
             log.error("pending OVF archive of %s discarded: %d bytes, the stores hold %d",
                       storage.uuid, record.tar_length, stores.capacity)

@@ -48,6 +48,13 @@ READ_GRACE = 10.0
 #: off: one chunk; longer means the storage hangs, and the store is left.
 READ_WAIT = 30.0
 
+def next_generation(states: list[StoreState]) -> int:
+    """The generation an update of stores in ``states`` is given (see
+    :attr:`Update.generation`)."""
+    return max(1, max((s.record.generation + (not s.record.updating)
+                       for s in states if s.record), default=1))
+
+
 class Update:
     """One incoming archive.  Made by :meth:`OvfStores.begin`, which passes
     the stores oldest first; end it with :meth:`commit` or :meth:`abort`
@@ -61,8 +68,7 @@ class Update:
         #: number is given again: nothing was committed under it; and it
         #: is the least given, for its record replaced the one committed
         #: before it (a domain's only store: its number would come again).
-        self.generation = max(1, max((s.record.generation + (not s.record.updating)
-                                      for s in order if s.record), default=1))
+        self.generation = next_generation(order)
         #: The store written first, as it was before the update.
         self.target = order[0]
         #: What went wrong copying into the other stores (see :meth:`commit`).

@@ -187,7 +187,7 @@ def _open_fds() -> set[str]:
 def test_no_descriptor_is_left_open_when_a_volume_cannot_be_made(tmp_path: Path) -> None:
     staged = ovfstage.Staging(tmp_path, MiB)
     try:
-        staged.keep("11111111-2222-3333-4444-555555555555", 0, "0" * 32)
+        staged.keep("11111111-2222-3333-4444-555555555555", 0, "0" * 32, 1)
     finally:
         staged.close()
     before = _open_fds()
@@ -198,3 +198,45 @@ def test_no_descriptor_is_left_open_when_a_volume_cannot_be_made(tmp_path: Path)
         with pytest.raises(VolumeError, match="Input/output error"):
             ovfstage.restore(tmp_path, storage, lambda: None)
     assert _open_fds() == before
+
+
+async def test_a_stale_pending_archive_never_replaces_a_newer_generation(
+        aiohttp_client: Any, aiohttp_server: Any, cfg: Config, tmp_path: Path) -> None:
+    """Two hosts on one domain with a single store.  Host 1 commits A and
+    dies before it drops A's pending archive; host 2 commits B (answered
+    200), then an update of host 2 is cut off in the store.  Host 1's next
+    read must not commit A over the domain: A is older than B."""
+    cfg.ovf.stores = 1
+    cfg2 = Config()
+    cfg2.daemon.data_dir = str(tmp_path / "data2")
+    cfg2.ovf.store_size = cfg.ovf.store_size
+    cfg2.ovf.stores = 1
+
+    async def start(c: Config) -> Client:
+        server = await aiohttp_server(make_app(c, trust_tcp=True), **RUNNER_KWARGS)
+        client: Client = await aiohttp_client(server)
+        return client
+
+    host1, host2 = await start(cfg), await start(cfg2)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    sd = await add_domain(host1, shared, ovf_stores=1, ovf_store_size=cfg.ovf.store_size)
+    for host in (host1, host2):
+        await set_pool(host, {sd: ("file", str(shared))})
+
+    a, _ = build_tar(sd, count=3)
+    with mock.patch.object(ovfstage, "drop", _fails):  # as if killed just before
+        assert (await push(host1, sd, a))[0] == 200
+    assert os.path.exists(ovfstage.pending_path(cfg.data_path, sd))
+
+    b, _ = build_tar(sd, count=7)
+    status, body = await push(host2, sd, b)
+    assert status == 200, body
+    c, _ = build_tar(sd, count=11)
+    with mock.patch.object(ovfstage, "copy_into", _fails):  # host 2's next update torn
+        assert (await push(host2, sd, c))[0] >= 500
+
+    resp = await host1.get(f"/domains/{sd}/ovf-store")  # host 1 reads the domain
+    await resp.read()
+    generation, tar = await served(host2, sd)
+    assert tar in (b, c) and generation > body["generation"], (generation, tar == a)
