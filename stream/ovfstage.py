@@ -20,7 +20,11 @@ time the daemon touches the domain's stores, so the domain is never
 without a good archive for longer than that.  A pending file is restored
 only into a domain none of whose stores is valid: if the store survived
 (the crash came before it was marked), the answer for that archive was
-never sent, and the store keeps what it had.
+never sent, and the store keeps what it had.  And only while the store's
+record would give the generation the archive was kept for: a daemon
+killed after its commit, before it removed the file, must not bring that
+archive back over newer ones another host committed since (unless no
+record is left to tell, when the archive is the best there is).
 
 Staging files are anonymous (``O_TMPFILE``) until kept; where the
 filesystem lacks it, a named temporary file that :func:`pending` removes
@@ -199,9 +203,12 @@ def restore(data_dir: Path, storage: StorageDomain, check: Check) -> CommitRecor
             log.error("pending OVF archive of %s discarded: %s", storage.uuid, error)
         elif any(state.valid for state in states):
             log.info("pending OVF archive of %s not needed: a store is valid", storage.uuid)
-        elif record.generation and next_generation(states) != record.generation:
+        elif record.generation and any(state.record for state in states) \
+                and next_generation(states) != record.generation:
             # The stores moved on since it was kept (another host's update
             # committed or was cut off there): it is older than what they had.
+            # With no record left to tell (one torn as it was written), the
+            # archive is the best there is.
             log.info("pending OVF archive of %s discarded: kept for generation %d, the "
                      "stores are past it", storage.uuid, record.generation)
         elif record.tar_length > stores.capacity:
@@ -209,7 +216,7 @@ def restore(data_dir: Path, storage: StorageDomain, check: Check) -> CommitRecor
                       storage.uuid, record.tar_length, stores.capacity)
         else:
             check()
-            update = stores.begin()
+            update = stores.begin(at_least=record.generation)
             try:
                 copy_into(source, update.volume, record.tar_length, check)
                 committed = update.seal(record.tar_length, record.digest, read_back=True,

@@ -255,8 +255,10 @@ class OvfStores:
                     self._guard.remove_reader(hold)
 
 
-    def begin(self) -> Update:
+    def begin(self, at_least: int = 1) -> Update:
         """Start an update: the target is marked updating (and synced) on return.
+        Its generation is ``at_least`` if the stores' records would give less
+        (an archive kept for that number, whose store lost its record).
 
         NotFound without stores; Conflict while another update of the
         domain runs in this daemon.
@@ -274,12 +276,12 @@ class OvfStores:
             with aligned_view(CHUNK) as buf:
                 order = confirm_kept(order, lambda s: self._state(s.index, s.volume, buf,
                                                                   CONFIRM_TRUST))
-            return self._start(order)
+            return self._start(order, at_least)
         except BaseException:
             self._guard.end_update()
             raise
 
-    def _start(self, order: list[StoreState]) -> Update:
+    def _start(self, order: list[StoreState], at_least: int) -> Update:
         """The update of the first store in ``order`` that opens.  An
         invalid store that cannot be opened (its file gone) is passed
         over; a valid one is the target only while another valid store
@@ -290,7 +292,8 @@ class OvfStores:
             if i and target.valid and not any(s.valid for s in rest):
                 break
             try:
-                return Update(self._sd_uuid, self._guard, [target, *rest], self.capacity)
+                return Update(self._sd_uuid, self._guard, [target, *rest], self.capacity,
+                              at_least)
             except Conflict:
                 raise
             except Error as e:

@@ -61,14 +61,15 @@ class Update:
     (as a context manager it aborts unless committed)."""
 
     def __init__(self, sd_uuid: str, owner: DomainGuard, order: list[StoreState],
-                 capacity: int) -> None:
+                 capacity: int, at_least: int = 1) -> None:
         #: One more than the newest committed generation: the newest valid
         #: one, or a newer one whose archive has since gone bad (so that
         #: number is not given to a second archive).  A cut-off update's
         #: number is given again: nothing was committed under it; and it
         #: is the least given, for its record replaced the one committed
         #: before it (a domain's only store: its number would come again).
-        self.generation = next_generation(order)
+        #: ``at_least`` raises it (see :meth:`OvfStores.begin`).
+        self.generation = max(at_least, next_generation(order))
         #: The store written first, as it was before the update.
         self.target = order[0]
         #: What went wrong copying into the other stores (see :meth:`commit`).

@@ -27,6 +27,7 @@ from stream.config import Config
 from stream.state import OVF_UPDATES
 from tests.conftest import LoopDeviceFactory
 from volume.errors import VolumeError
+from volume.ovfrecord import RECORD_SIZE, record_offset
 from volume.ovfstore import OvfStores
 
 from .conftest import Client, MiB, open_put
@@ -72,8 +73,11 @@ async def torn_push(client: Client, sd: str) -> bytes:
     return new
 
 
+@pytest.mark.parametrize("record_lost", [False, True], ids=["marked", "record-lost"])
 async def test_a_store_torn_by_an_error_is_restored_by_a_new_daemon(
-        aiohttp_client: Any, aiohttp_server: Any, cfg: Config) -> None:
+        aiohttp_client: Any, aiohttp_server: Any, cfg: Config, record_lost: bool) -> None:
+    """``record-lost``: the store's record itself torn as it was marked
+    (it cannot be read back): the kept archive is still committed."""
     start = _starter(aiohttp_client, aiohttp_server, cfg)
     client, sd = await start()
     old, _ = build_tar(sd)
@@ -92,10 +96,16 @@ async def test_a_store_torn_by_an_error_is_restored_by_a_new_daemon(
         assert store["valid"] is False and store["record"]["updating"] is True, store
     assert os.path.exists(ovfstage.pending_path(cfg.data_path, sd))
     await client.close()
+    if record_lost:
+        path = cfg.data_path / "domains" / sd / "images" / store["img_uuid"] / store["vol_uuid"]
+        with open(path, "r+b") as f:
+            f.seek(record_offset(store["size"]))
+            f.write(b"\xff" * RECORD_SIZE)
 
     client, _ = await start()  # as after a crash: only what is on disk
     generation, served_tar = await served(client, sd)
-    assert served_tar == new and generation > 1
+    assert served_tar == new, (served_tar == old, generation)
+    assert generation > 1
     store = await store_info(client, sd)
     assert store["valid"] is True and store["record"]["generation"] == generation
     assert os.listdir(cfg.data_path / ovfstage.STAGING_DIR) == []
