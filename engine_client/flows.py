@@ -17,6 +17,10 @@ oVirt refreshes a leaving domain's OVF stores before it lets it go
   was away.  A failed refresh leaves it Active with its store outdated,
   for the updater to retry like any other.
 
+A refresh counts once every store of the domain holds it: a host answers
+the push once one store is committed and copies it into the others after,
+and the map that moves the domain on stops those copies.
+
 A master domain going to maintenance hands the role to an Active domain
 once its refresh is done (a detached one, as it leaves the pool).  A
 flow cut short (the engine stopped) is resumed by running it again: each
@@ -33,9 +37,11 @@ from typing import Any
 
 import aiohttp
 
+from . import decide
 from .cache import Cache
 from .config import Config
 from .errors import EngineError, InvalidInput
+from .hostapi import Clients
 from .model import DomainStatus
 from .passreport import DomainReport
 from .poolsync import HostReport, PoolSync
@@ -87,10 +93,12 @@ class Flows:
         self.cache = cache
         self._sync = PoolSync(cache, cfg, session)
         self._updater = Updater(cache, cfg, session)
+        self._clients = Clients(cfg.http, session)
 
     async def close(self) -> None:
         await self._sync.close()
         await self._updater.close()
+        await self._clients.close()
 
     async def maintenance(self, sd_uuid: str, force: bool = False) -> FlowReport:
         report, start = await self._begin("maintenance", sd_uuid)
@@ -165,11 +173,34 @@ class Flows:
         refresh = report.refresh
         assert refresh is not None
         if refresh.outcome == "updated":
+            missing = await self._copies_missing(refresh)
+            if missing is not None:
+                refresh.outcome = "failed"
+                refresh.detail = (f"generation {refresh.generation} went to host "
+                                  f"{refresh.host}, but not into every store: {missing}")
+        if refresh.outcome == "updated":
             report.steps.append(f"OVF store refreshed on host {refresh.host}: generation "
                                 f"{refresh.generation}, {count(refresh.entities or 0, 'OVF')}")
             return True
         report.steps.append(f"OVF store refresh {refresh.outcome}: {refresh.detail}")
         return False
+
+    async def _copies_missing(self, refresh: DomainReport) -> str | None:
+        """Why not every OVF store of the domain holds the refreshed archive,
+        or None.  A host answers a push once one store is committed and
+        copies it into the others after; the next map (Maintenance, out of
+        the pool) stops those copies, which would leave the domain with one
+        good store where oVirt has them all rewritten before it lets the
+        domain go.  ``GET .../ovf-store/info`` waits for the copies."""
+        sd = refresh.sd_uuid
+        if refresh.host is None or refresh.generation is None:
+            return "the host that took it is not known"
+        try:
+            host = await asyncio.to_thread(self.cache.host, refresh.host)
+            info = await self._clients(host).ovf_store_info(sd)
+        except EngineError as e:  # the host gone, or removed meanwhile
+            return f"its stores could not be checked: {e}"
+        return decide.copies_missing(sd, refresh.generation, info)
 
     async def _pushed_meanwhile(self, sd: str) -> DomainReport:
         """No report of the domain in the flow's pass: another updater (the

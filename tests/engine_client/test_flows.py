@@ -9,8 +9,11 @@ import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import closing
 from pathlib import Path
+from typing import Any
 
 import pytest
+import xxhash
+from aiohttp import web
 
 from engine_client import cli
 from engine_client.cache import Cache
@@ -118,6 +121,62 @@ async def test_a_pass_of_the_running_updater_counts_as_the_refresh(
     assert report.refresh is not None and report.refresh.detail == "by another pass"
     assert report.refresh.outcome == "updated" and report.refresh.host == "h0"
     assert set((await stored(a)).ovfs) == {vm}
+
+
+async def test_the_domain_leaves_only_once_every_store_holds_the_refresh(
+        cache: Cache, flows: Flows, add_domain: Callable[..., str],
+        aiohttp_server: Any) -> None:
+    """A host answers a push once one store is committed, and copies it into
+    the others after; the Maintenance map that follows at once stops those
+    copies.  The flow waits for them (``info`` does) and checks that every
+    store holds the refreshed generation, as oVirt rewrites every store
+    before it lets the domain go."""
+    sd = add_domain()
+    pushed: list[int] = []
+    pool: dict[str, Any] = {"pool_id": cache.pool().pool_id, "map_version": 0, "domains": {}}
+
+    async def info(request: web.Request) -> web.Response:
+        return web.json_response({"server": "sluice", "features": ["ovf-store"]})
+
+    async def stats(request: web.Request) -> web.Response:
+        return web.json_response(pool)
+
+    async def put_pool(request: web.Request) -> web.Response:
+        pool.update(await request.json())
+        return web.json_response({**pool, "changed": True})
+
+    async def store_info(request: web.Request) -> web.Response:
+        if not pushed:
+            return web.json_response({"sd_uuid": sd, "stores": [], "copy_errors": []})
+        stores = [{"index": i, "valid": True, "ovfs": 1,
+                   "record": {"generation": g, "updating": False}}
+                  for i, g in enumerate((pushed[-1], pushed[-1] - 1))]
+        return web.json_response({"sd_uuid": sd, "stores": stores,
+                                  "copy_errors": ["store 1 keeps its previous archive"]})
+
+    async def put_store(request: web.Request) -> web.Response:
+        body = await request.read()
+        pushed.append(len(pushed) + 2)
+        return web.json_response({"generation": pushed[-1], "tar_length": len(body),
+                                  "digest": xxhash.xxh3_128_hexdigest(body)})
+
+    app = web.Application()
+    app.router.add_get("/info/", info)
+    app.router.add_get("/stats", stats)
+    app.router.add_put("/pool", put_pool)
+    app.router.add_get("/domains/{sd}/ovf-store/info", store_info)
+    app.router.add_put("/domains/{sd}/ovf-store", put_store)
+    server = await aiohttp_server(app)
+    cache.add_host("h0", f"http://127.0.0.1:{server.port}", "token", [sd])
+    add(cache, "vm1", [DiskSpec(sd)])
+    with pytest.raises(FlowFailed) as e:
+        await flows.maintenance(sd)
+    assert f"storage domain {sd} stays Active" in str(e.value)
+    assert "not into every store: store 1 holds generation 1" in str(e.value)
+    assert cache.domain(sd).status == DomainStatus.ACTIVE
+    assert pool["domains"][sd]["status"] == "Active"
+    report = await flows.maintenance(sd, force=True)
+    assert report.ok and report.forced and report.status == "Maintenance"
 
 
 async def test_activation_brings_the_store_up_to_date(cache: Cache, flows: Flows,
