@@ -262,10 +262,15 @@ class Updates:
                     await io.run(staged.keep, storage.uuid, summary.tar_length,
                                  summary.digest, generation)
                     self._pending.add(storage.uuid)
-                    update = await io.run(stores.begin)
-                    if update.generation != generation:  # another host updated meanwhile
-                        await io.run(staged.stamp, update.generation, summary.tar_length,
-                                     summary.digest)
+
+                    def restamp(given: int, staged: ovfstage.Staging = staged,
+                                summary: Summary = summary) -> None:
+                        # Another host updated meanwhile: the kept archive
+                        # takes the number the store is about to be marked
+                        # with, before it is (restore matches the two).
+                        if given != generation:
+                            staged.stamp(given, summary.tar_length, summary.digest)
+                    update = await io.run(stores.begin, 1, restamp)
                     await io.run(ovfstage.copy_into, target, update.volume,
                                  summary.tar_length, watch.check)
                 # Between the last chunk and here, then (in the worker) last

@@ -63,6 +63,7 @@ import json
 import logging
 import math
 import uuid
+from collections.abc import Callable
 from contextlib import closing
 
 from ._ovfguard import DomainGuard, ReadHold, guard, store_key
@@ -70,7 +71,7 @@ from .base import Volume
 from .errors import Conflict, Error, InvalidRequest, NotFound, StoreUnavailable
 from .ovfrecord import CHUNK, RECORD_SIZE, CommitRecord, aligned_view, record_offset
 from .ovfstate import CONFIRM_TRUST, Observe, StoreState, age, confirm_kept, verify
-from .ovfupdate import Update
+from .ovfupdate import Update, next_generation
 from .region import RegionVolume
 from .sd import Allocation, Content, Format, MiB, StorageDomain, VolumeInfo, open_data
 
@@ -255,10 +256,13 @@ class OvfStores:
                     self._guard.remove_reader(hold)
 
 
-    def begin(self, at_least: int = 1) -> Update:
+    def begin(self, at_least: int = 1,
+              before_mark: Callable[[int], None] | None = None) -> Update:
         """Start an update: the target is marked updating (and synced) on return.
         Its generation is ``at_least`` if the stores' records would give less
         (an archive kept for that number, whose store lost its record).
+        ``before_mark(generation)``, if given, is called with it before any
+        store is touched (if it raises, none is).
 
         NotFound without stores; Conflict while another update of the
         domain runs in this daemon.
@@ -276,6 +280,8 @@ class OvfStores:
             with aligned_view(CHUNK) as buf:
                 order = confirm_kept(order, lambda s: self._state(s.index, s.volume, buf,
                                                                   CONFIRM_TRUST))
+            if before_mark is not None:
+                before_mark(max(at_least, next_generation(order)))
             return self._start(order, at_least)
         except BaseException:
             self._guard.end_update()

@@ -20,6 +20,7 @@ from typing import Any
 from unittest import mock
 
 import pytest
+import xxhash
 
 from stream import ovfstage
 from stream.app import RUNNER_KWARGS, make_app
@@ -29,6 +30,7 @@ from tests.conftest import LoopDeviceFactory
 from volume.errors import VolumeError
 from volume.ovfrecord import RECORD_SIZE, record_offset
 from volume.ovfstore import OvfStores
+from volume.ovfupdate import Update
 
 from .conftest import Client, MiB, open_put
 from .test_copy import add_domain, set_pool
@@ -250,3 +252,53 @@ async def test_a_stale_pending_archive_never_replaces_a_newer_generation(
     await resp.read()
     generation, tar = await served(host2, sd)
     assert tar in (b, c) and generation > body["generation"], (generation, tar == a)
+
+
+async def test_an_archive_kept_before_another_hosts_commit_is_still_restored(
+        aiohttp_client: Any, aiohttp_server: Any, cfg: Config) -> None:
+    """Another host commits B between this update's keep (generation 2)
+    and its begin, which marks the store 3.  Cut off before the kept
+    archive's record says 3 (here: its re-stamp fails; a kill leaves the
+    same), the store is marked updating 3 and the kept archive says 2:
+    it must still be restored, or the domain is left with no store."""
+    client, sd = await _starter(aiohttp_client, aiohttp_server, cfg)()
+    old, _ = build_tar(sd)
+    assert (await push(client, sd, old))[0] == 200
+    b, _ = build_tar(sd, count=7)
+    new, _ = build_tar(sd, count=40)
+    begin = OvfStores.begin
+    other_host = [True]
+    marked: list[bool] = []
+
+    def begin_after_another_host(self: OvfStores, *args: Any, **kwargs: Any) -> Any:
+        if other_host:
+            other_host.clear()
+            with begin(self) as update:  # the other host's whole update of B
+                update.volume.write(0, memoryview(b))
+                update.commit(len(b), xxhash.xxh3_128_hexdigest(b))
+            marked.clear()
+        return begin(self, *args, **kwargs)
+
+    stamp, mark = ovfstage.Staging.stamp, Update._mark
+    stamps: list[int] = []
+
+    def marking(self: Update, *args: Any) -> None:
+        mark(self, *args)
+        marked.append(True)
+
+    def stamp_unless_marked(self: ovfstage.Staging, *args: Any) -> None:
+        stamps.append(args[0])
+        if marked:  # this update marked the store: killed here
+            raise OSError(errno.EIO, "Input/output error")
+        stamp(self, *args)
+
+    with mock.patch.object(OvfStores, "begin", begin_after_another_host), \
+            mock.patch.object(Update, "_mark", marking), \
+            mock.patch.object(ovfstage.Staging, "stamp", stamp_unless_marked), \
+            mock.patch.object(ovfstage, "copy_into", _fails):  # or killed here
+        status, body = await push(client, sd, new)
+    assert status >= 500, body
+    assert stamps == [2, 3]
+    resp = await client.get(f"/domains/{sd}/ovf-store")
+    assert resp.status == 200, await resp.text()
+    assert await resp.read() == new
