@@ -9,7 +9,7 @@ from typing import Any
 
 from volume.errors import Error
 
-from . import __version__, config, configload, logctx
+from . import __version__, config, configload, logctx, malloctune
 
 log = logging.getLogger("stream")
 
@@ -47,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         print(cfg.to_json())
         return 0
     logctx.setup(cfg.daemon.log_level)
+    malloctune.tune()
     from .server import run
 
     try:
