@@ -206,7 +206,8 @@ class OvfTarReader(TarStream):
         if not self.names or self._pax is not None or self._longname is not None:
             return pos  # info.json comes first, and through the steps
         names, entries = self.names, self.entries
-        match, digest_of = _OVF_HEADER.match, xxhash.xxh3_128_hexdigest
+        match, digest_of, adler32 = _OVF_HEADER.match, xxhash.xxh3_128_hexdigest, zlib.adler32
+        new_entry = tuple.__new__  # Entry(...) without its Python-level __new__
         end_of_view = len(view)
         offset, room = self._offset, self._max_total - EOF_SIZE
         max_entries, max_size = self._max_entries, self._max_entry_size
@@ -220,8 +221,12 @@ class OvfTarReader(TarStream):
             if (listed is None and expected is not None) or name in names \
                     or len(names) >= max_entries:
                 break
-            # The checksum field counts as 8 spaces; it holds the digits, NUL, space.
-            if int(raw_sum, 8) != _block_sum(view, pos) - sum(raw_sum) + 7 * 0x20:
+            # The checksum field counts as 8 spaces; it holds the digits, NUL,
+            # space.  The block's byte sum from Adler-32, whose low half is 1 +
+            # the byte sum modulo 65521: a 256-byte half sums to at most
+            # 65280, so each half's is exact, at a sixth of the cost of sum().
+            if int(raw_sum, 8) + sum(raw_sum) != (adler32(view[pos:pos + 256]) & 0xFFFF) \
+                    + (adler32(view[pos + 256:pos + BLOCK]) & 0xFFFF) - 2 + 7 * 0x20:
                 break  # or the signed sum of old writers: the steps tell
             size = int(raw_size, 8)
             data = pos + BLOCK
@@ -236,22 +241,13 @@ class OvfTarReader(TarStream):
             if listed is not None and digest != listed.digest:
                 break
             names.add(name)
-            entries.append(Entry(name, offset + BLOCK, size, digest))
+            entries.append(new_entry(Entry, (name, offset + BLOCK, size, digest)))
             offset += BLOCK + size + pad
             pos = end + pad
         if offset != self._offset:
             self._offset, self._last = offset, repr(entries[-1].name)
         return pos
 
-
-def _block_sum(view: memoryview, pos: int) -> int:
-    """The sum of the 512 bytes at ``pos``, as a tar checksum counts them.
-
-    Adler-32's low half is 1 + the byte sum modulo 65521; a 256-byte half
-    sums to at most 65280, so each half's is exact, at a sixth of the cost
-    of ``sum()`` over the block (this runs once per OVF of a store)."""
-    return (zlib.adler32(view[pos:pos + 256]) & 0xFFFF) \
-        + (zlib.adler32(view[pos + 256:pos + BLOCK]) & 0xFFFF) - 2
 
 
 def index(data: bytes | bytearray | memoryview) -> list[Entry]:

@@ -2,7 +2,9 @@ from __future__ import annotations
 
 import datetime
 import json
+import uuid
 from typing import Any
+from unittest import mock
 
 import pytest
 
@@ -11,6 +13,7 @@ from stream.wire.manifest import (
     BadManifest,
     Manifest,
     ManifestEntry,
+    _exact_keys,
     build_info,
     build_metadata,
     is_ovf_name,
@@ -114,11 +117,42 @@ GOOD_ENTRY = {"name": f"{VM}.ovf", "size": 1, "digest": DIGEST}
     pytest.param({"algorithm": "xxh3_128",
                   "entries": [{**GOOD_ENTRY, "name": f"{VM}.ovf\n{VM}.ovf"}]},
                  id="name-two-lines"),
+    pytest.param({"algorithm": "xxh3_128",
+                  "entries": [GOOD_ENTRY, {**GOOD_ENTRY, "name": f"{VM.upper()}.ovf"}]},
+                 id="name-upper-case"),
+    pytest.param({"algorithm": "xxh3_128",
+                  "entries": [GOOD_ENTRY, {**GOOD_ENTRY, "name": f"{VM[:-1]}\u0661.ovf"}]},
+                 id="name-arabic-digit"),
+    pytest.param({"algorithm": "xxh3_128",
+                  "entries": [GOOD_ENTRY, {**GOOD_ENTRY, "name": f"{VM}.OVF"}]},
+                 id="name-upper-suffix"),
+    pytest.param({"algorithm": "xxh3_128",
+                  "entries": [GOOD_ENTRY, {**GOOD_ENTRY, "name": "metadata.json"},
+                              {**GOOD_ENTRY, "name": "metadata.json"}]},
+                 id="metadata-twice"),
+    pytest.param({"algorithm": "xxh3_128",
+                  "entries": [GOOD_ENTRY, {**GOOD_ENTRY, "digest": DIGEST[:-1] + "\u0661"}]},
+                 id="digest-arabic-digit"),
 ])
 def test_manifest_malformed(manifest: Any) -> None:
     """The same refusals whether the entries are checked in bulk or one by one."""
     with pytest.raises(BadManifest):
         parse_info(info_with(manifest))
+
+
+def test_manifest_checked_in_bulk_as_one_by_one() -> None:
+    """10,000 entries (the bulk check, in C) give what ManifestEntry gives
+    each, metadata.json listed among them."""
+    entries: list[dict[str, Any]] = [
+        {"name": f"{uuid.UUID(int=i + 1)}.ovf", "size": i + 1,
+         "digest": f"{i:032x}"} for i in range(10_000)]
+    entries.insert(5_000, {"name": "metadata.json", "size": 7, "digest": DIGEST})
+    with mock.patch("stream.wire.manifest._exact_keys", wraps=_exact_keys) as one_by_one:
+        _, manifest = parse_info(info_with({"algorithm": "xxh3_128", "entries": entries}))
+    assert one_by_one.call_count == 1  # the Manifest object's keys, no entry's
+    assert manifest is not None
+    assert manifest.entries == tuple(ManifestEntry(e["name"], e["size"], e["digest"])
+                                     for e in entries)
 
 
 def test_manifest_built_invalid() -> None:
@@ -135,12 +169,25 @@ def test_metadata_round_trip() -> None:
     assert parse_metadata(build_metadata({})) == {}
 
 
+def test_metadata_checked_in_bulk() -> None:
+    status = {str(uuid.UUID(int=i + 1)): i % 7 for i in range(10_000)}
+    with mock.patch("stream.wire.manifest._UUID_RE") as one_by_one:
+        assert parse_metadata(build_metadata(status)) == status
+    one_by_one.fullmatch.assert_not_called()
+
+
 @pytest.mark.parametrize("data", [
     pytest.param(b"{}", id="no-vm-status"),
     pytest.param(b'{"VM Status": []}', id="not-an-object"),
     pytest.param(b'{"VM Status": {"vm": 1}}', id="key-not-uuid"),
     pytest.param(json.dumps({"VM Status": {VM: "Up"}}).encode(), id="value-not-int"),
     pytest.param(json.dumps({"VM Status": {VM: True}}).encode(), id="value-bool"),
+    pytest.param(json.dumps({"VM Status": {VM: 1, VM.upper(): 1}}).encode(),
+                 id="key-upper-case"),
+    pytest.param(json.dumps({"VM Status": {VM: 1, VM[:-1] + "\u0661": 1}}).encode(),
+                 id="key-arabic-digit"),
+    pytest.param(json.dumps({"VM Status": {VM: 1, f"{VM}\n{VM}": 1}}).encode(),
+                 id="key-two-lines"),
 ])
 def test_metadata_malformed(data: bytes) -> None:
     with pytest.raises(BadManifest):
