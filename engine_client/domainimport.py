@@ -38,6 +38,7 @@ from dataclasses import asdict, dataclass, field
 from typing import IO, Any
 
 from stream.wire.manifest import is_ovf_name
+from stream.wire.poolmap import NOT_IN_POOL
 from stream.wire.tarread import BadTar, Entry, OvfTarReader, Summary
 
 from . import decide, report
@@ -117,6 +118,7 @@ async def import_domain(cache: Cache, cfg: Config, sd_uuid: str,
                            f"{sd}; add one with 'sluice-engine host add ... --domain {sd}'")
     clients = Clients(cfg.http)
     failures: list[str] = []
+    unmapped = False  # a host has no map with the domain: added, never pushed
     try:
         for host in order:
             with tempfile.TemporaryFile(dir=cfg.state_dir) as spool:
@@ -125,6 +127,7 @@ async def import_domain(cache: Cache, cfg: Config, sd_uuid: str,
                 except (HostError, BadTar) as e:
                     failures.append(f"{host.name}: {e}" if isinstance(e, BadTar) else
                                     str(e).removeprefix("host "))
+                    unmapped |= isinstance(e, HostError) and e.code == NOT_IN_POOL
                     continue
                 except OSError as e:  # the spool in the state directory: a full disk, say
                     raise EngineError(f"cannot keep the OVF store of domain {sd} in "
@@ -139,8 +142,10 @@ async def import_domain(cache: Cache, cfg: Config, sd_uuid: str,
                 return result
     finally:
         await clients.close()
+    hint = ("; the domain is not in a host's pool map yet: push it with "
+            "'sluice-engine pool push' and import again" if unmapped else "")
     raise EngineError(f"no host gave a valid OVF store of domain {sd}: "
-                      + "; ".join(failures))
+                      + "; ".join(failures) + hint)
 
 
 async def _download(client: HostClient, sd: str, spool: IO[bytes]

@@ -27,7 +27,14 @@ from typing import Any
 from volume.errors import Conflict, InvalidRequest, NotFound
 from volume.validate import check_uuid
 
-from .wire.poolmap import DOMAIN_TYPES, MAX_MAP_VERSION, OVF_WRITABLE, Status, domain_json
+from .wire.poolmap import (
+    DOMAIN_TYPES,
+    MAX_MAP_VERSION,
+    NOT_IN_POOL,
+    OVF_WRITABLE,
+    Status,
+    domain_json,
+)
 
 __all__ = ["ALLOWED", "DOMAIN_TYPES", "Access", "DomainEntry", "PoolMap", "Status"]
 
@@ -56,6 +63,12 @@ class StaleMap(Conflict):
 
 class DomainNotAvailable(Conflict):
     code = "domain-not-available"
+
+
+class NotInPool(NotFound):
+    """The engine has not pushed a map with the domain yet (or took it out)."""
+
+    code = NOT_IN_POOL
 
 
 @dataclass(frozen=True)
@@ -89,7 +102,7 @@ class PoolMap:
         """Raise unless ``access`` is allowed on the domain by this map."""
         entry = self.domains.get(sd_uuid)
         if entry is None:
-            raise NotFound(f"Storage domain {sd_uuid} is not in the pool map")
+            raise NotInPool(f"Storage domain {sd_uuid} is not in the pool map")
         if entry.status not in ALLOWED[access]:
             raise DomainNotAvailable(
                 f"Storage domain {sd_uuid} is {entry.status}: {access.value} are not allowed"

@@ -39,6 +39,10 @@ OVF_WRITABLE = frozenset({Status.ACTIVE, Status.PREPARING_FOR_MAINTENANCE, Statu
 
 DOMAIN_TYPES = ("file", "block")
 
+#: The host's error code for a domain its map does not list: the engine
+#: added the domain but has not pushed a map with it yet (or removed it).
+NOT_IN_POOL = "not-in-pool"
+
 #: The largest map version: the engine keeps it in a signed 64-bit integer
 #: (SQLite's, Java's long), so a host must never hold a bigger one.
 MAX_MAP_VERSION = 2**63 - 1

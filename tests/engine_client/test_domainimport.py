@@ -28,9 +28,10 @@ from engine_client.entities import ImportItem
 from engine_client.errors import EngineError
 from engine_client.model import VmStatus
 from engine_client.ovf import parse
+from engine_client.poolsync import PoolSync
 from engine_client.updater import Updater
 from stream.wire.tarread import OvfTarReader
-from tests.stream.daemon import free_port
+from tests.stream.daemon import Daemon, free_port
 
 from .clusters import Cluster, Member, add, cached, stored
 from .ovfs import DiskSpec, vm_ovf
@@ -530,3 +531,34 @@ async def test_skipped_ovfs_stay_in_the_store_until_imported(cluster: Cluster,
         await updater2.close()
     assert set((await stored(a)).ovfs) == {both, broken}
     assert cache2.ovf(both) == both_ovf
+
+
+async def test_a_domain_not_in_the_hosts_map_says_to_push_it(
+        daemons: Callable[[], Daemon], cache2: Cache, cfg2: Config, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A domain made on the host, then ``domain add``, ``host add`` and
+    ``domain import`` before any map with it reached the host: the host
+    answers 404 not-in-pool, and the one line the CLI prints says what to
+    run; the 404 of a mapped domain with no store gives no such hint."""
+    d = await asyncio.to_thread(daemons)
+    sd = str(uuid.uuid4())
+    (tmp_path / "sd2").mkdir()
+    status, body = d.request("POST", "/domains", {"uuid": sd, "type": "file",
+                                                  "location": str(tmp_path / "sd2")})
+    assert status == 201, body
+    cache2.add_domain(sd, "file", [str(tmp_path / "sd2")])
+    cache2.add_host("h0", f"http://127.0.0.1:{d.port}", d.token, [sd])
+    argv = ["--state-dir", cfg2.state_dir, "domain", "import", sd]
+    assert await asyncio.to_thread(cli.main, argv) == 1
+    err = capsys.readouterr().err
+    assert "404 not-in-pool" in err and err.count("\n") == 1
+    assert err.rstrip().endswith("push it with 'sluice-engine pool push' and import again")
+
+    sync = PoolSync(cache2, cfg2)
+    try:
+        assert {r.state for r in await sync.sync_once()} == {"pushed"}
+    finally:
+        await sync.close()
+    with pytest.raises(EngineError) as e:
+        await import_domain(cache2, cfg2, sd)
+    assert "has no valid OVF store" in str(e.value) and "pool push" not in str(e.value)

@@ -116,7 +116,7 @@ async def valid_generations(client: Client, sd: str) -> list[int]:
 
 
 REFUSED = {
-    "removed": (None, 404, "not-found", "Storage domain {sd} is not in the pool map"),
+    "removed": (None, 404, "not-in-pool", "Storage domain {sd} is not in the pool map"),
     "maintenance": ("Maintenance", 409, "domain-not-available",
                     "Storage domain {sd} is Maintenance: OVF store writes are not allowed"),
 }
