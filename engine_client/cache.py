@@ -17,10 +17,8 @@ import contextlib
 import json
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from typing import Any
-
-from stream.wire.poolmap import OVF_WRITABLE
 
 from . import entities, phase, pooldomains, stores
 from .entities import Imported, ImportItem
@@ -96,25 +94,21 @@ class Cache:
 
     def set_domain_status(self, sd_uuid: str, status: DomainStatus) -> Domain:
         with self._tx() as c:
-            old = self._domain_row(c, sd_uuid)
-            if old.status != status:
-                c.execute("UPDATE domains SET status = ? WHERE uuid = ?", (str(status), old.uuid))
-                pooldomains.bump_map(c)
-                if status in OVF_WRITABLE:
-                    # Diskless entities belong to every Active domain, and a
-                    # domain about to leave gets its stores refreshed first.
-                    entities.mark(c, [old.uuid])
-        return Domain(old.uuid, old.type, old.location, status)
+            return pooldomains.set_status(c, sd_uuid, status)
+
+    def enter_flow(self, sd_uuid: str, status: DomainStatus,
+                   starts: Collection[DomainStatus], flow: str,
+                   detach: bool = False) -> DomainStatus | None:
+        """See ``pooldomains.enter_flow``; ``detach``: refused as
+        ``detach_refusal`` says."""
+        with self._tx() as c:
+            return pooldomains.enter_flow(c, sd_uuid, status, starts, flow,
+                                          pooldomains.detach_refusal if detach else None)
 
     def mark_outdated(self, sd_uuid: str) -> None:
         """Have the next pass rewrite the domain's store (a flow's refresh)."""
         with self._tx() as c:
             entities.mark(c, [self._domain_row(c, sd_uuid).uuid])
-
-    def detach_refusal(self, sd_uuid: str) -> str | None:
-        """Why the domain cannot leave the pool with its VMs, or None."""
-        with self._tx(write=False) as c:
-            return pooldomains.detach_refusal(c, self._domain_row(c, sd_uuid).uuid)
 
     def detach_domain(self, sd_uuid: str) -> list[str]:
         """Take a domain out of the pool with its VMs; see ``pooldomains.detach``."""

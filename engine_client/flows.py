@@ -24,20 +24,27 @@ and the map that moves the domain on stops those copies.
 A master domain going to maintenance hands the role to an Active domain
 once its refresh is done (a detached one, as it leaves the pool).  A
 flow cut short (the engine stopped) is resumed by running it again: each
-accepts the transitional status it leaves behind.
+accepts the transitional status it leaves behind, and the cache keeps
+the status the first run found, to put the domain back there.  One flow
+at a time per domain, across processes: a second one is refused while
+the first holds the domain's flow lock (an ``flock`` in the state
+directory, released when its process dies); the move into the
+transitional status is one compare-and-set in the cache.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Sequence
+import os
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import aiohttp
 
-from . import decide
+from . import decide, passlock
 from .cache import Cache
 from .config import Config
 from .errors import EngineError, InvalidInput
@@ -51,6 +58,12 @@ from .updater import Updater
 log = logging.getLogger(__name__)
 
 S = DomainStatus
+#: The transitional status each flow moves the domain to first.
+STEPS = {
+    "maintenance": S.PREPARING_FOR_MAINTENANCE,
+    "detach": S.DETACHING,
+    "activate": S.ACTIVATING,
+}
 #: Where each flow may start (the last of each: a cut-short run, resumed).
 STARTS = {
     "maintenance": (S.ACTIVE, S.INACTIVE, S.UNKNOWN, S.PREPARING_FOR_MAINTENANCE),
@@ -101,49 +114,62 @@ class Flows:
         await self._clients.close()
 
     async def maintenance(self, sd_uuid: str, force: bool = False) -> FlowReport:
-        report, start = await self._begin("maintenance", sd_uuid)
-        await self._set(report, S.PREPARING_FOR_MAINTENANCE)
-        back = S.ACTIVE if start == S.PREPARING_FOR_MAINTENANCE else start
-        await self._refreshed_or_back(report, back, force)
-        await self._hand_over_master(report)  # as oVirt: once it is really leaving
-        await self._set(report, S.MAINTENANCE)
-        return self._done(report)
+        async with self._flow("maintenance", sd_uuid) as (report, origin):
+            # Back where the first run found it (resumed from an older
+            # cache, that is not known: Active, where maintenance starts).
+            await self._refreshed_or_back(report, origin or S.ACTIVE, force)
+            await self._hand_over_master(report)  # as oVirt: once it is really leaving
+            await self._set(report, S.MAINTENANCE)
+            return self._done(report)
 
     async def detach(self, sd_uuid: str, force: bool = False) -> FlowReport:
-        report, _ = await self._begin("detach", sd_uuid)
-        refusal = await asyncio.to_thread(self.cache.detach_refusal, report.sd_uuid)
-        if refusal is not None:
-            raise InvalidInput(refusal)
-        await self._set(report, S.DETACHING)
-        await self._refreshed_or_back(report, S.MAINTENANCE, force)
-        try:  # the master role, if it had it, goes with the detach itself
-            report.dropped = await asyncio.to_thread(self.cache.detach_domain, report.sd_uuid)
-        except InvalidInput as e:  # a VM got a disk elsewhere meanwhile
-            await self._set(report, S.MAINTENANCE)
-            raise FlowFailed(f"{e}; it stays Maintenance", report) from None
-        report.status = None
-        report.steps.append(f"left the pool with {len(report.dropped)} VMs and templates; "
-                            + await self._push())
-        return self._done(report)
+        async with self._flow("detach", sd_uuid) as (report, _):
+            await self._refreshed_or_back(report, S.MAINTENANCE, force)
+            try:  # the master role, if it had it, goes with the detach itself
+                report.dropped = await asyncio.to_thread(self.cache.detach_domain,
+                                                         report.sd_uuid)
+            except InvalidInput as e:  # a VM got a disk elsewhere meanwhile
+                await self._set(report, S.MAINTENANCE)
+                raise FlowFailed(f"{e}; it stays Maintenance", report) from None
+            report.status = None
+            report.steps.append(f"left the pool with {len(report.dropped)} VMs and "
+                                f"templates; {await self._push()}")
+            return self._done(report)
 
     async def activate(self, sd_uuid: str) -> FlowReport:
-        report, _ = await self._begin("activate", sd_uuid)
-        await self._set(report, S.ACTIVATING)
-        await self._set(report, S.ACTIVE)
-        if not await self._refresh(report):
-            report.steps.append("its OVF store stays outdated; the updater retries it")
-        return self._done(report)
+        async with self._flow("activate", sd_uuid) as (report, _):
+            await self._set(report, S.ACTIVE)
+            if not await self._refresh(report):
+                report.steps.append("its OVF store stays outdated; the updater retries it")
+            return self._done(report)
 
     # -- steps
 
-    async def _begin(self, flow: str, sd_uuid: str) -> tuple[FlowReport, DomainStatus]:
+    @contextlib.asynccontextmanager
+    async def _flow(self, flow: str, sd_uuid: str
+                    ) -> AsyncIterator[tuple[FlowReport, DomainStatus | None]]:
+        """The domain's flow lock held, the domain moved into the flow's
+        transitional status (map pushed; a detach only if the domain can
+        leave with its VMs): the report and the status the flow found the
+        domain in (None: not known)."""
         domain = await asyncio.to_thread(self.cache.domain, sd_uuid)
-        if domain.status not in STARTS[flow]:
-            allowed = ", ".join(str(s) for s in STARTS[flow][:-1])
-            raise InvalidInput(f"storage domain {domain.uuid} is {domain.status}; {flow} "
-                               f"starts from {allowed}")
-        log.info("domain %s: %s flow from %s", domain.uuid, flow, domain.status)
-        return FlowReport(flow, domain.uuid, str(domain.status)), domain.status
+        sd = domain.uuid
+        lock = os.path.join(self.cache.state_dir, f"flow-{sd}.lock")
+        held = await asyncio.to_thread(passlock.try_lock, lock, "the domain's flow lock")
+        if held is None:
+            raise InvalidInput(f"another maintenance, activate or detach of storage domain "
+                               f"{sd} is running; wait for it to end")
+        try:
+            origin = await asyncio.to_thread(self.cache.enter_flow, sd, STEPS[flow],
+                                             STARTS[flow], flow, flow == "detach")
+            resumed = domain.status == STEPS[flow]
+            log.info("domain %s: %s flow from %s%s", sd, flow, domain.status,
+                     f" (first run from {origin or 'unknown'})" if resumed else "")
+            report = FlowReport(flow, sd, str(STEPS[flow]))
+            report.steps.append(f"{STEPS[flow]}; {await self._push()}")
+            yield report, origin
+        finally:
+            passlock.release(held)
 
     async def _hand_over_master(self, report: FlowReport) -> None:
         master = await asyncio.to_thread(self.cache.hand_over_master, report.sd_uuid)

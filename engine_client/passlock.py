@@ -30,13 +30,13 @@ NAME = "ovf-update.lock"
 POLL = 0.1
 
 
-def _try(path: str) -> int | None:
-    """An open descriptor holding the lock, or None if another holds it."""
+def try_lock(path: str, what: str = "the OVF updater's lock") -> int | None:
+    """An open descriptor holding the lock of ``path`` (created if need
+    be), or None if another holds it.  Domain flows lock this way too."""
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     except OSError as e:  # a state directory gone or read-only: one sentence
-        raise EngineError(f"cannot open the OVF updater's lock {path}: "
-                          f"{e.strerror or e}") from None
+        raise EngineError(f"cannot open {what} {path}: {e.strerror or e}") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -53,7 +53,7 @@ async def acquire(state_dir: str) -> int:
     :func:`release`."""
     path = os.path.join(state_dir, NAME)
     said = False
-    while (fd := _try(path)) is None:
+    while (fd := try_lock(path)) is None:
         if not said:
             log.info("another OVF update pass is running on %s; waiting for it", state_dir)
             said = True

@@ -15,10 +15,10 @@ from __future__ import annotations
 import json
 import sqlite3
 import urllib.parse
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
-from stream.wire.poolmap import DOMAIN_TYPES
+from stream.wire.poolmap import DOMAIN_TYPES, OVF_WRITABLE
 
 from . import entities
 from .errors import InvalidInput, NotFound
@@ -46,6 +46,52 @@ def domain_row(c: sqlite3.Connection, sd_uuid: str) -> Domain:
     return domain(row)
 
 
+def set_status(c: sqlite3.Connection, sd_uuid: str, status: DomainStatus,
+               origin: DomainStatus | None = None) -> Domain:
+    """Give the domain ``status``; ``origin``: where the flow moving it to
+    a transitional status found it (kept until the next status)."""
+    old = domain_row(c, sd_uuid)
+    c.execute("UPDATE domains SET status = ?, flow_from = ? WHERE uuid = ?",
+              (str(status), None if origin is None else str(origin), old.uuid))
+    if old.status != status:
+        bump_map(c)
+        if status in OVF_WRITABLE:
+            # Diskless entities belong to every Active domain, and a domain
+            # about to leave gets its stores refreshed first.
+            entities.mark(c, [old.uuid])
+    return Domain(old.uuid, old.type, old.location, status)
+
+
+#: Why a domain may not go on with a flow, or None (``detach_refusal``).
+Refusal = Callable[[sqlite3.Connection, str], "str | None"]
+
+
+def enter_flow(c: sqlite3.Connection, sd_uuid: str, status: DomainStatus,
+               starts: Collection[DomainStatus], flow: str,
+               refusal: Refusal | None = None) -> DomainStatus | None:
+    """Move the domain into a flow's transitional ``status`` if it is in one
+    of ``starts`` and ``refusal`` has no objection (InvalidInput otherwise),
+    in one transaction with the checks.  ``status`` itself is a flow cut
+    short and run again: the status its first run found is kept, and
+    returned (None if not known)."""
+    old = domain_row(c, sd_uuid)
+    if old.status not in starts:
+        allowed = ", ".join(str(s) for s in starts if s != status)
+        raise InvalidInput(f"storage domain {old.uuid} is {old.status}; {flow} starts "
+                           f"from {allowed}")
+    why = None if refusal is None else refusal(c, old.uuid)
+    if why is not None:
+        raise InvalidInput(why)
+    if old.status == status:
+        (kept,) = c.execute("SELECT flow_from FROM domains WHERE uuid = ?",
+                            (old.uuid,)).fetchone()
+        origin = None if kept is None else DomainStatus(kept)
+    else:
+        origin = old.status
+    set_status(c, old.uuid, status, origin)
+    return origin
+
+
 def _require_host(c: sqlite3.Connection, name: str) -> None:
     if not c.execute("SELECT 1 FROM hosts WHERE name = ?", (name,)).fetchone():
         raise NotFound(f"host {name!r} is not known; add it with 'sluice-engine host add'")
@@ -62,7 +108,7 @@ def add_domain(c: sqlite3.Connection, sd_uuid: str, type: str, location: Sequenc
         raise InvalidInput(f"domain {sd}: a file domain has exactly one directory")
     if c.execute("SELECT 1 FROM domains WHERE uuid = ?", (sd,)).fetchone():
         raise InvalidInput(f"storage domain {sd} already exists")
-    c.execute("INSERT INTO domains VALUES (?, ?, ?, ?)",
+    c.execute("INSERT INTO domains (uuid, type, location, status) VALUES (?, ?, ?, ?)",
               (sd, type, json.dumps(list(location)), str(status)))
     c.execute("INSERT INTO ovf_stores (sd_uuid) VALUES (?)", (sd,))
     for h in hosts:

@@ -136,8 +136,15 @@ _V3 = """
 ALTER TABLE ovf_stores ADD COLUMN claimed INTEGER NOT NULL DEFAULT 0;
 """
 
+# The status a domain had when a flow moved it into a transitional one
+# (PreparingForMaintenance, Detaching, Activating), so that a flow cut
+# short and run again can still put it back where it was; NULL otherwise.
+_V4 = """
+ALTER TABLE domains ADD COLUMN flow_from TEXT;
+"""
+
 #: MIGRATIONS[i] brings a database from version i to i + 1.
-MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3)
+MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4)
 VERSION = len(MIGRATIONS)
 
 

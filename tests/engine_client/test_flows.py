@@ -5,6 +5,7 @@ unless forced."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import closing
@@ -19,7 +20,7 @@ from engine_client import cli
 from engine_client.cache import Cache
 from engine_client.config import Config
 from engine_client.errors import InvalidInput, NotFound
-from engine_client.flows import FlowFailed, Flows
+from engine_client.flows import FlowFailed, FlowReport, Flows
 from engine_client.model import DomainStatus
 from engine_client.passreport import PassReport
 from engine_client.updater import Updater
@@ -177,6 +178,80 @@ async def test_the_domain_leaves_only_once_every_store_holds_the_refresh(
     assert pool["domains"][sd]["status"] == "Active"
     report = await flows.maintenance(sd, force=True)
     assert report.ok and report.forced and report.status == "Maintenance"
+
+
+def stuck_in_refresh(flows: Flows, monkeypatch: pytest.MonkeyPatch) -> asyncio.Event:
+    """Make ``flows``' refreshes wait until the returned event is set."""
+    go = asyncio.Event()
+    refresh = flows._refresh
+
+    async def waiting(report: FlowReport) -> bool:
+        await go.wait()
+        return await refresh(report)
+    monkeypatch.setattr(flows, "_refresh", waiting)
+    return go
+
+
+async def until_status(cache: Cache, sd: str, status: DomainStatus) -> None:
+    for _ in range(200):
+        if cache.domain(sd).status == status:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"the domain never became {status}")
+
+
+async def test_a_resumed_maintenance_goes_back_where_the_first_run_found_it(
+        cache: Cache, cfg: Config, flows: Flows, cluster: Cluster,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Inactive -> maintenance, cut short (the engine stopped) while
+    PreparingForMaintenance; the run that resumes it fails its refresh:
+    the domain goes back to Inactive, not Active."""
+    (a,) = await cluster(1)
+    add(cache, "vm1", [DiskSpec(a.sd)])
+    cache.set_domain_status(a.sd, DomainStatus.INACTIVE)
+    stuck_in_refresh(flows, monkeypatch)
+    first = asyncio.ensure_future(flows.maintenance(a.sd))
+    await until_status(cache, a.sd, DomainStatus.PREPARING_FOR_MAINTENANCE)
+    first.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+
+    cache.add_host("h0", f"http://127.0.0.1:{free_port()}", a.daemon.token, [a.sd])  # down
+    again = Flows(cache, cfg)
+    try:
+        with pytest.raises(FlowFailed, match=f"storage domain {a.sd} stays Inactive: "):
+            await again.maintenance(a.sd)
+    finally:
+        await again.close()
+    assert cache.domain(a.sd).status == DomainStatus.INACTIVE
+
+
+async def test_one_flow_at_a_time_on_a_domain(cache: Cache, cfg: Config, flows: Flows,
+                                              cluster: Cluster,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A second flow on a domain whose flow is running is refused before
+    it changes anything, even one that would look like a resumed run;
+    another domain's flow runs meanwhile, and once the first flow ends
+    the domain is free again."""
+    a, b = await cluster(2)
+    add(cache, "vm1", [DiskSpec(a.sd)])
+    go = stuck_in_refresh(flows, monkeypatch)
+    first = asyncio.ensure_future(flows.maintenance(a.sd))
+    await until_status(cache, a.sd, DomainStatus.PREPARING_FOR_MAINTENANCE)
+    other = Flows(cache, cfg)  # another engine process, as far as the lock can tell
+    try:
+        for second in (other.maintenance(a.sd), other.activate(a.sd)):
+            with pytest.raises(InvalidInput, match=f"another maintenance, activate or "
+                                                   f"detach of storage domain {a.sd} is "
+                                                   "running; wait for it to end"):
+                await second
+        assert cache.domain(a.sd).status == DomainStatus.PREPARING_FOR_MAINTENANCE
+        assert (await other.maintenance(b.sd)).status == "Maintenance"
+        go.set()
+        assert (await first).status == "Maintenance"
+        assert (await other.activate(a.sd)).status == "Active"
+    finally:
+        await other.close()
 
 
 async def test_activation_brings_the_store_up_to_date(cache: Cache, flows: Flows,
