@@ -38,6 +38,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -73,6 +74,13 @@ STARTS = {
 #: A refresh that lost to a change made meanwhile ("superseded") runs again
 #: this many times in all.
 REFRESH_TRIES = 3
+#: How long a flow waits for a host still copying the refreshed archive into
+#: the domain's other stores (its ``info`` answers "updating" after 10 s of
+#: waiting itself): a copy of a 128 MiB store is seconds on working storage;
+#: ten minutes is 15 of them at 3 MB/s, slower than any domain should be.
+COPY_WAIT = 600.0
+#: Seconds between two ``info`` calls while the host says it is updating.
+COPY_POLL = 1.0
 
 
 class FlowFailed(EngineError):
@@ -217,13 +225,21 @@ class Flows:
         copies it into the others after; the next map (Maintenance, out of
         the pool) stops those copies, which would leave the domain with one
         good store where oVirt has them all rewritten before it lets the
-        domain go.  ``GET .../ovf-store/info`` waits for the copies."""
+        domain go.  ``GET .../ovf-store/info`` waits for the copies, up to
+        10 s, then says "updating"; it is asked again up to COPY_WAIT."""
         sd = refresh.sd_uuid
         if refresh.host is None or refresh.generation is None:
             return "the host that took it is not known"
+        deadline = time.monotonic() + COPY_WAIT
         try:
             host = await asyncio.to_thread(self.cache.host, refresh.host)
-            info = await self._clients(host).ovf_store_info(sd)
+            while (info := await self._clients(host).ovf_store_info(sd)).get("updating") is True:
+                if time.monotonic() >= deadline:
+                    return (f"the host was still copying it into the other stores after "
+                            f"{COPY_WAIT:.0f} s")
+                log.info("domain %s: host %s is still copying its OVF store; waiting", sd,
+                         host.name)
+                await asyncio.sleep(COPY_POLL)
         except EngineError as e:  # the host gone, or removed meanwhile
             return f"its stores could not be checked: {e}"
         return decide.copies_missing(sd, refresh.generation, info)

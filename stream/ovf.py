@@ -38,10 +38,14 @@ log = logging.getLogger(__name__)
 Reader = Callable[[], Awaitable[bytes]]
 
 
-#: How long an update waits for the domain's previous one (and ``info``
-#: for the running one): a store of 128 MiB is written in seconds, so
-#: longer means a slow or stuck client, and the engine retries later.
+#: How long an update waits for the domain's previous one: a store of 128
+#: MiB is written in seconds, so longer means a slow or stuck client, and
+#: the engine retries later.
 LOCK_WAIT = 30.0
+#: How long ``ovf-store/info`` waits for a running update (its copies
+#: included) before it answers with ``"updating": true``: well inside the
+#: engine's 30 s request timeout, which polls again while it says so.
+INFO_WAIT = 10.0
 
 
 class StoreTooSmall(Error):
@@ -114,17 +118,19 @@ class Updates:
     def lock(self, sd_uuid: str) -> asyncio.Lock:
         return self._locks.setdefault(sd_uuid, asyncio.Lock())
 
-    async def settled(self, sd_uuid: str, wait: float = LOCK_WAIT) -> None:
-        """Return once no update of the domain is running, or after ``wait``
-        seconds anyway (an update whose client trickles its body may run
-        until its deadline)."""
+    async def settled(self, sd_uuid: str, wait: float | None = None) -> bool:
+        """Whether no update of the domain runs (its copies included),
+        waiting up to ``wait`` seconds for it to end (an update whose
+        client trickles its body may run until its deadline; copies on
+        slow storage for minutes).  ``wait``: INFO_WAIT if None."""
         lock = self.lock(sd_uuid)
         try:
-            async with asyncio.timeout(wait):
+            async with asyncio.timeout(INFO_WAIT if wait is None else wait):
                 await lock.acquire()
         except TimeoutError:
-            return
+            return False
         lock.release()
+        return True
 
     async def restore(self, io: IOExecutor, storage: StorageDomain,
                       check: Callable[[], None]) -> None:

@@ -99,11 +99,13 @@ async def get_store(request: web.Request) -> web.StreamResponse:
 @routes.get("/domains/{sd}/ovf-store/info", name=ENGINE + "ovf-store-info")
 async def store_info(request: web.Request) -> web.Response:
     storage = await stored(request, request.match_info["sd"])
-    # After the copies of a running update, so that all stores show it.
+    # After the copies of a running update, so that all stores show it;
+    # "updating" if it still runs (the caller may ask again).
     updates = request.app[OVF_UPDATES]
-    await updates.settled(storage.uuid)
+    updating = not await updates.settled(storage.uuid)
     stores = await request.app[IO_KEY].run(ovfread.states, storage)
     return web.json_response({"sd_uuid": storage.uuid, "stores": stores,
+                              "updating": updating,
                               "copy_errors": updates.copy_errors.get(storage.uuid, [])})
 
 

@@ -9,6 +9,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import closing
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ import xxhash
 from aiohttp import web
 
 from engine_client import cli
+from engine_client import flows as flows_module
 from engine_client.cache import Cache
 from engine_client.config import Config
 from engine_client.errors import InvalidInput, NotFound
@@ -124,41 +126,48 @@ async def test_a_pass_of_the_running_updater_counts_as_the_refresh(
     assert set((await stored(a)).ovfs) == {vm}
 
 
-async def test_the_domain_leaves_only_once_every_store_holds_the_refresh(
-        cache: Cache, flows: Flows, add_domain: Callable[..., str],
-        aiohttp_server: Any) -> None:
-    """A host answers a push once one store is committed, and copies it into
-    the others after; the Maintenance map that follows at once stops those
-    copies.  The flow waits for them (``info`` does) and checks that every
-    store holds the refreshed generation, as oVirt rewrites every store
-    before it lets the domain go."""
-    sd = add_domain()
-    pushed: list[int] = []
-    pool: dict[str, Any] = {"pool_id": cache.pool().pool_id, "map_version": 0, "domains": {}}
+@dataclass
+class FakeHost:
+    """One host as a tiny server: it takes maps and pushes, and answers
+    ``ovf-store/info`` with ``copied(pushed generations, calls)``: each
+    store's generation (None: no store yet) and whether it is updating."""
+
+    sd: str
+    pool: dict[str, Any]
+    pushed: list[int] = field(default_factory=list)
+    info_calls: int = 0
+
+
+Copied = Callable[[list[int], int], tuple[list[int], bool]]
+
+
+async def fake_host(cache: Cache, sd: str, aiohttp_server: Any, copied: Copied) -> FakeHost:
+    host = FakeHost(sd, {"pool_id": cache.pool().pool_id, "map_version": 0, "domains": {}})
 
     async def info(request: web.Request) -> web.Response:
         return web.json_response({"server": "sluice", "features": ["ovf-store"]})
 
     async def stats(request: web.Request) -> web.Response:
-        return web.json_response(pool)
+        return web.json_response(host.pool)
 
     async def put_pool(request: web.Request) -> web.Response:
-        pool.update(await request.json())
-        return web.json_response({**pool, "changed": True})
+        host.pool.update(await request.json())
+        return web.json_response({**host.pool, "changed": True})
 
     async def store_info(request: web.Request) -> web.Response:
-        if not pushed:
-            return web.json_response({"sd_uuid": sd, "stores": [], "copy_errors": []})
+        host.info_calls += 1
+        generations, updating = copied(host.pushed, host.info_calls)
         stores = [{"index": i, "valid": True, "ovfs": 1,
                    "record": {"generation": g, "updating": False}}
-                  for i, g in enumerate((pushed[-1], pushed[-1] - 1))]
-        return web.json_response({"sd_uuid": sd, "stores": stores,
-                                  "copy_errors": ["store 1 keeps its previous archive"]})
+                  for i, g in enumerate(generations)]
+        return web.json_response({"sd_uuid": sd, "stores": stores, "updating": updating,
+                                  "copy_errors": [] if len(set(generations)) < 2 else
+                                  ["store 1 keeps its previous archive"]})
 
     async def put_store(request: web.Request) -> web.Response:
         body = await request.read()
-        pushed.append(len(pushed) + 2)
-        return web.json_response({"generation": pushed[-1], "tar_length": len(body),
+        host.pushed.append(len(host.pushed) + 2)
+        return web.json_response({"generation": host.pushed[-1], "tar_length": len(body),
                                   "digest": xxhash.xxh3_128_hexdigest(body)})
 
     app = web.Application()
@@ -170,14 +179,61 @@ async def test_the_domain_leaves_only_once_every_store_holds_the_refresh(
     server = await aiohttp_server(app)
     cache.add_host("h0", f"http://127.0.0.1:{server.port}", "token", [sd])
     add(cache, "vm1", [DiskSpec(sd)])
+    return host
+
+
+async def test_the_domain_leaves_only_once_every_store_holds_the_refresh(
+        cache: Cache, flows: Flows, add_domain: Callable[..., str],
+        aiohttp_server: Any) -> None:
+    """A host answers a push once one store is committed, and copies it into
+    the others after; the Maintenance map that follows at once stops those
+    copies.  The flow waits for them (``info`` does) and checks that every
+    store holds the refreshed generation, as oVirt rewrites every store
+    before it lets the domain go."""
+    sd = add_domain()
+
+    def one_store_only(pushed: list[int], calls: int) -> tuple[list[int], bool]:
+        return ([pushed[-1], pushed[-1] - 1] if pushed else []), False
+    host = await fake_host(cache, sd, aiohttp_server, one_store_only)
     with pytest.raises(FlowFailed) as e:
         await flows.maintenance(sd)
     assert f"storage domain {sd} stays Active" in str(e.value)
     assert "not into every store: store 1 holds generation 1" in str(e.value)
     assert cache.domain(sd).status == DomainStatus.ACTIVE
-    assert pool["domains"][sd]["status"] == "Active"
+    assert host.pool["domains"][sd]["status"] == "Active"
     report = await flows.maintenance(sd, force=True)
     assert report.ok and report.forced and report.status == "Maintenance"
+
+
+async def test_a_flow_waits_for_copies_still_running(
+        cache: Cache, flows: Flows, add_domain: Callable[..., str], aiohttp_server: Any,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A host whose copies outlast ``info``'s own wait answers "updating":
+    the flow asks again (up to COPY_WAIT) rather than fail a refresh that
+    is only slow; copies that never end fail it, saying so."""
+    monkeypatch.setattr(flows_module, "COPY_POLL", 0.01)
+    sd = add_domain()
+
+    def slow(pushed: list[int], calls: int) -> tuple[list[int], bool]:
+        if not pushed:
+            return [], False
+        done = calls > 4  # the check before the push, then 3 answers "updating"
+        return [pushed[-1], pushed[-1] if done else pushed[-1] - 1], not done
+    host = await fake_host(cache, sd, aiohttp_server, slow)
+    report = await flows.maintenance(sd)
+    assert report.ok and report.status == "Maintenance" and not report.forced
+    assert host.info_calls == 5
+
+    sd = add_domain()
+    monkeypatch.setattr(flows_module, "COPY_WAIT", 0.1)
+
+    def stuck(pushed: list[int], calls: int) -> tuple[list[int], bool]:
+        return ([pushed[-1], pushed[-1] - 1] if pushed else []), bool(pushed)
+    await fake_host(cache, sd, aiohttp_server, stuck)
+    with pytest.raises(FlowFailed, match="the host was still copying it into the other "
+                                         "stores after 0 s"):
+        await flows.maintenance(sd)
+    assert cache.domain(sd).status == DomainStatus.ACTIVE
 
 
 def stuck_in_refresh(flows: Flows, monkeypatch: pytest.MonkeyPatch) -> asyncio.Event:

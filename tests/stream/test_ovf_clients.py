@@ -99,8 +99,10 @@ def test_client_gone_while_waiting_touches_no_store(tmp_path: Path) -> None:
 async def test_waiting_for_a_stuck_update_ends(client: Client, sd: str,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """A second PUT waited for the domain's lock as long as the first
-    client trickled its body; so did info."""
+    client trickled its body; so did info, which now says "updating"
+    (the engine asks again), and stops saying it once the update ends."""
     monkeypatch.setattr(ovf, "LOCK_WAIT", 0.5)
+    monkeypatch.setattr(ovf, "INFO_WAIT", 0.5)
     good, _ = build_tar(sd)
     assert (await push(client, sd, good))[0] == 200
     tar2, _ = build_tar(sd, count=20)
@@ -111,8 +113,15 @@ async def test_waiting_for_a_stuck_update_ends(client: Client, sd: str,
     assert code == 409 and "try again later" in body["detail"], body
     assert time.monotonic() - start < 5
     resp = await client.get(f"/domains/{sd}/ovf-store/info")
-    assert resp.status == 200
+    assert resp.status == 200 and (await resp.json())["updating"] is True
     first.close()
+    for _ in range(100):
+        resp = await client.get(f"/domains/{sd}/ovf-store/info")
+        if (await resp.json())["updating"] is False:
+            break
+    else:
+        raise AssertionError("info says updating after the update ended")
+    assert await served(client, sd) == (1, good)
 
 
 async def test_trickling_client_meets_the_deadline(
