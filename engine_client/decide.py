@@ -207,8 +207,12 @@ def copies_missing(sd: str, generation: int, info: Mapping[str, Any]) -> str | N
     nothing would rewrite it until the domain's next change: one good copy
     where the domain should have N.  Pushing the same archive again
     restores them.  A newer generation than this engine's is another
-    writer's: not this engine's to repair.
+    writer's: not this engine's to repair.  Neither are stores the host
+    says it is still updating (``"updating": true``: copies slower than its
+    wait): the next look tells.
     """
+    if info.get("updating") is True:
+        return None
     stores = [s for s in info.get("stores", []) if isinstance(s, dict)]
     if not stores:
         return None

@@ -156,3 +156,6 @@ def _store(index: int, generation: int | None, valid: bool = True,
 ])
 def test_copies_missing(stores: list[dict[str, object]], why: str | None) -> None:
     assert decide.copies_missing("sd", 3, {"stores": stores}) == why
+    assert decide.copies_missing("sd", 3, {"stores": stores, "updating": False}) == why
+    # Copies still running on the host: not missing, whatever they show now.
+    assert decide.copies_missing("sd", 3, {"stores": stores, "updating": True}) is None
