@@ -177,7 +177,12 @@ def foreign_store(sd: str, host: str, info: Mapping[str, Any]) -> str | None:
     """Why a store this engine never pushed nor imported must not be pushed,
     from a host's ``GET .../ovf-store/info`` answer; None if it holds no OVF.
     A valid store whose OVFs the host could not count is as unknown, not
-    as empty (its reader may refuse what an older daemon committed)."""
+    as empty (its reader may refuse what an older daemon committed); so
+    are stores the host is still writing (``"updating": true``): another
+    writer's first archive lists no valid store until it is committed."""
+    if info.get("updating") is True:
+        return (f"host {host} is still writing an OVF store of domain {sd} (another "
+                "update); this engine looks again on its next pass")
     valid = [s for s in info.get("stores", []) if isinstance(s, dict) and s.get("valid")]
     uncounted = [s for s in valid
                  if not isinstance(s.get("ovfs"), int) or isinstance(s["ovfs"], bool)]

@@ -163,7 +163,9 @@ class Flows:
         domain = await asyncio.to_thread(self.cache.domain, sd_uuid)
         sd = domain.uuid
         lock = os.path.join(self.cache.state_dir, f"flow-{sd}.lock")
-        held = await asyncio.to_thread(passlock.try_lock, lock, "the domain's flow lock")
+        # On the loop, as passlock.acquire does: a non-blocking flock on a
+        # local file, and a cancel cannot strand the descriptor in a thread.
+        held = passlock.try_lock(lock, "the domain's flow lock")
         if held is None:
             raise InvalidInput(f"another maintenance, activate or detach of storage domain "
                                f"{sd} is running; wait for it to end")

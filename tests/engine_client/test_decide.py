@@ -159,3 +159,14 @@ def test_copies_missing(stores: list[dict[str, object]], why: str | None) -> Non
     assert decide.copies_missing("sd", 3, {"stores": stores, "updating": False}) == why
     # Copies still running on the host: not missing, whatever they show now.
     assert decide.copies_missing("sd", 3, {"stores": stores, "updating": True}) is None
+
+
+def test_a_store_being_written_is_not_taken_for_an_empty_one() -> None:
+    """Another writer's first archive, still being received or copied,
+    lists no valid store: the host says "updating", and this engine must
+    not take the domain for one holding no OVF (and push over it)."""
+    stores = [_store(0, 1, valid=False), _store(1, None, valid=False)]
+    assert decide.foreign_store("sd", "h0", {"stores": stores, "updating": False}) is None
+    why = decide.foreign_store("sd", "h0", {"stores": stores, "updating": True})
+    assert why == ("host h0 is still writing an OVF store of domain sd (another update); "
+                   "this engine looks again on its next pass")

@@ -17,7 +17,7 @@ import pytest
 import xxhash
 from aiohttp import web
 
-from engine_client import cli
+from engine_client import cli, passlock
 from engine_client import flows as flows_module
 from engine_client.cache import Cache
 from engine_client.config import Config
@@ -272,6 +272,10 @@ async def test_a_resumed_maintenance_goes_back_where_the_first_run_found_it(
     with pytest.raises(asyncio.CancelledError):
         await first
 
+    # The cancelled flow let go of the domain's flow lock.
+    lock = passlock.try_lock(str(Path(cfg.state_dir) / f"flow-{a.sd}.lock"))
+    assert lock is not None
+    passlock.release(lock)
     cache.add_host("h0", f"http://127.0.0.1:{free_port()}", a.daemon.token, [a.sd])  # down
     again = Flows(cache, cfg)
     try:
