@@ -182,7 +182,7 @@ def foreign_store(sd: str, host: str, info: Mapping[str, Any]) -> str | None:
     writer's first archive lists no valid store until it is committed."""
     if info.get("updating") is True:
         return (f"host {host} is still writing an OVF store of domain {sd} (another "
-                "update); this engine looks again on its next pass")
+                "update); this engine tries again later")
     valid = [s for s in info.get("stores", []) if isinstance(s, dict) and s.get("valid")]
     uncounted = [s for s in valid
                  if not isinstance(s.get("ovfs"), int) or isinstance(s["ovfs"], bool)]

@@ -29,6 +29,11 @@ log = logging.getLogger(__name__)
 MAX_ANSWER = 4 << 20
 #: A store download is handed on in pieces of at most this size.
 DOWNLOAD_CHUNK = 1 << 20
+#: Least timeout of ``GET .../ovf-store/info``: the host waits up to 10 s
+#: for a running update's copies before it answers ("updating"), and a
+#: shorter ``http.request_timeout`` or ``read_timeout`` would never see
+#: that answer.
+INFO_TIMEOUT = 20.0
 
 
 @dataclass(frozen=True)
@@ -99,9 +104,16 @@ class HostClient:
         self._http = http
         self._headers = {"Authorization": f"Bearer {host.token}"}
 
-    def _timeout(self, total: float) -> aiohttp.ClientTimeout:
-        return aiohttp.ClientTimeout(total=total, sock_connect=self._http.connect_timeout,
-                                     sock_read=self._http.read_timeout)
+    def _timeout(self, total: float, wait: float = 0.0) -> aiohttp.ClientTimeout:
+        """``total`` for the exchange, but at least ``wait``, the seconds the
+        host may take on purpose before it answers (so does each read)."""
+        return aiohttp.ClientTimeout(total=max(total, wait),
+                                     sock_connect=self._http.connect_timeout,
+                                     sock_read=max(self._http.read_timeout, wait))
+
+    def _bound(self, timeout: aiohttp.ClientTimeout) -> float:
+        """The seconds after which ``timeout`` gives up on a silent host."""
+        return min(t for t in (timeout.total, timeout.sock_read) if t is not None)
 
     @contextlib.contextmanager
     def _failures(self, what: str, timeout: float) -> Iterator[None]:
@@ -131,14 +143,16 @@ class HostClient:
                          body=answer if isinstance(answer, dict) else None)
 
     async def _request(self, method: str, path: str, *, total: float | None = None,
-                       empty_ok: bool = False, **kwargs: Any) -> dict[str, Any]:
+                       wait: float = 0.0, empty_ok: bool = False,
+                       **kwargs: Any) -> dict[str, Any]:
         what = f"{method} {path}"
         url = self.host.url + path
         headers = {**self._headers, **kwargs.pop("headers", {})}
-        timeout = total if total is not None else self._http.request_timeout
-        with self._failures(what, timeout):
+        timeout = self._timeout(total if total is not None else self._http.request_timeout,
+                                wait)
+        with self._failures(what, self._bound(timeout)):
             async with self._session.request(method, url, headers=headers,
-                                             timeout=self._timeout(timeout), **kwargs) as resp:
+                                             timeout=timeout, **kwargs) as resp:
                 body = await _read_answer(resp.content)
                 status = resp.status
         answer = _decode(body)
@@ -166,7 +180,8 @@ class HostClient:
         return await self._request("GET", "/stats")
 
     async def ovf_store_info(self, sd_uuid: str) -> dict[str, Any]:
-        return await self._request("GET", f"/domains/{sd_uuid}/ovf-store/info")
+        return await self._request("GET", f"/domains/{sd_uuid}/ovf-store/info",
+                                   wait=INFO_TIMEOUT)
 
     async def read_ovf_store(self, sd_uuid: str, sink: Callable[[bytes], Awaitable[None]],
                              max_length: int) -> StoreDownload:

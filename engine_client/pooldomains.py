@@ -49,10 +49,11 @@ def domain_row(c: sqlite3.Connection, sd_uuid: str) -> Domain:
 def set_status(c: sqlite3.Connection, sd_uuid: str, status: DomainStatus,
                origin: DomainStatus | None = None) -> Domain:
     """Give the domain ``status``; ``origin``: where the flow moving it to
-    a transitional status found it (kept until the next status)."""
+    a transitional status found it (kept until the status changes)."""
     old = domain_row(c, sd_uuid)
-    c.execute("UPDATE domains SET status = ?, flow_from = ? WHERE uuid = ?",
-              (str(status), None if origin is None else str(origin), old.uuid))
+    if origin is not None or old.status != status:
+        c.execute("UPDATE domains SET status = ?, flow_from = ? WHERE uuid = ?",
+                  (str(status), None if origin is None else str(origin), old.uuid))
     if old.status != status:
         bump_map(c)
         if status in OVF_WRITABLE:

@@ -169,4 +169,4 @@ def test_a_store_being_written_is_not_taken_for_an_empty_one() -> None:
     assert decide.foreign_store("sd", "h0", {"stores": stores, "updating": False}) is None
     why = decide.foreign_store("sd", "h0", {"stores": stores, "updating": True})
     assert why == ("host h0 is still writing an OVF store of domain sd (another update); "
-                   "this engine looks again on its next pass")
+                   "this engine tries again later")

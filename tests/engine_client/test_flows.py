@@ -141,7 +141,10 @@ class FakeHost:
 Copied = Callable[[list[int], int], tuple[list[int], bool]]
 
 
-async def fake_host(cache: Cache, sd: str, aiohttp_server: Any, copied: Copied) -> FakeHost:
+async def fake_host(cache: Cache, sd: str, aiohttp_server: Any, copied: Copied,
+                    info_delay: float = 0.0) -> FakeHost:
+    """``info_delay``: seconds ``info`` waits before it answers, as a host
+    waits for copies that are running."""
     host = FakeHost(sd, {"pool_id": cache.pool().pool_id, "map_version": 0, "domains": {}})
 
     async def info(request: web.Request) -> web.Response:
@@ -156,6 +159,7 @@ async def fake_host(cache: Cache, sd: str, aiohttp_server: Any, copied: Copied) 
 
     async def store_info(request: web.Request) -> web.Response:
         host.info_calls += 1
+        await asyncio.sleep(info_delay)
         generations, updating = copied(host.pushed, host.info_calls)
         stores = [{"index": i, "valid": True, "ovfs": 1,
                    "record": {"generation": g, "updating": False}}
@@ -236,6 +240,22 @@ async def test_a_flow_waits_for_copies_still_running(
     assert cache.domain(sd).status == DomainStatus.ACTIVE
 
 
+async def test_info_may_take_longer_than_the_request_timeout(
+        cache: Cache, cfg: Config, flows: Flows, add_domain: Callable[..., str],
+        aiohttp_server: Any) -> None:
+    """The host's info waits for running copies before it answers: a short
+    ``http.request_timeout`` must not cut that wait off and fail the flow."""
+    cfg.http.request_timeout = 0.5
+    sd = add_domain()
+
+    def copied(pushed: list[int], calls: int) -> tuple[list[int], bool]:
+        return ([pushed[-1]] * 2 if pushed else []), False
+    host = await fake_host(cache, sd, aiohttp_server, copied, info_delay=1.0)
+    report = await flows.maintenance(sd)
+    assert report.ok and report.status == "Maintenance" and not report.forced
+    assert host.info_calls == 2  # before the push, and after it
+
+
 def stuck_in_refresh(flows: Flows, monkeypatch: pytest.MonkeyPatch) -> asyncio.Event:
     """Make ``flows``' refreshes wait until the returned event is set."""
     go = asyncio.Event()
@@ -272,6 +292,8 @@ async def test_a_resumed_maintenance_goes_back_where_the_first_run_found_it(
     with pytest.raises(asyncio.CancelledError):
         await first
 
+    # Setting the status it has keeps where the flow found it.
+    cache.set_domain_status(a.sd, DomainStatus.PREPARING_FOR_MAINTENANCE)
     # The cancelled flow let go of the domain's flow lock.
     lock = passlock.try_lock(str(Path(cfg.state_dir) / f"flow-{a.sd}.lock"))
     assert lock is not None

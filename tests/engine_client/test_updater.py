@@ -19,6 +19,7 @@ import pytest
 import xxhash
 from aiohttp import web
 
+from engine_client import hostapi
 from engine_client.cache import Cache
 from engine_client.config import Config
 from engine_client.entities import ImportItem
@@ -215,8 +216,10 @@ async def beside_a_silent_host(cache: Cache, updater: Updater, slow_sd: str, sil
 
 async def test_slow_host_does_not_stall_others(cache: Cache, cfg: Config, updater: Updater,
                                                add_domain: AddDomain, silent_url: str,
-                                               wrong_digest_url: str) -> None:
+                                               wrong_digest_url: str,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
     cfg.http.request_timeout = cfg.http.upload_timeout = 3
+    monkeypatch.setattr(hostapi, "INFO_TIMEOUT", 3)  # not its 20 s: a quicker test
     slow_sd, fast_sd = add_domain(), add_domain()
     r, took = await beside_a_silent_host(cache, updater, slow_sd, silent_url, fast_sd,
                                          wrong_digest_url)
@@ -230,12 +233,13 @@ async def test_slow_host_does_not_stall_others(cache: Cache, cfg: Config, update
 
 async def test_a_host_slow_to_list_stores_stalls_no_push(
         cache: Cache, cfg: Config, updater: Updater, add_domain: AddDomain,
-        silent_url: str, wrong_digest_url: str) -> None:
+        silent_url: str, wrong_digest_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Each pass lists the stores of up-to-date domains (copies missing?);
     a host that never answers that holds up only its own domain: the
     outdated one on another host is pushed meanwhile, and the up-to-date
     one stays up to date, unreported."""
     cfg.http.request_timeout = cfg.http.upload_timeout = 3
+    monkeypatch.setattr(hostapi, "INFO_TIMEOUT", 3)
     listed_sd, fast_sd = add_domain(), add_domain()
     cache.store_pushed(cache.store_content(listed_sd), 4, "a" * 32, 10240, "slow",
                        time.time(), time.time())
