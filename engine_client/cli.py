@@ -20,7 +20,7 @@ from dataclasses import asdict
 from stream.wire.blkhash import validate_block_size
 from stream.wire.errors import WireError
 
-from . import __version__, config, diskcli, flowcli, importer, localhash, loopcli, report
+from . import __version__, config, diskcli, flowcli, importer, localhash, loopcli, passlock, report
 from .cache import Cache
 from .errors import EngineError, InvalidInput, NotFound
 from .model import VmStatus, parse_domain_status
@@ -190,7 +190,12 @@ def _domain(cache: Cache, args: argparse.Namespace) -> int:
         cache.add_domain(args.uuid, args.type, args.location, parse_domain_status(args.status),
                          args.host)
     elif args.action == "set-status":
-        cache.set_domain_status(args.uuid, parse_domain_status(args.status))
+        status = parse_domain_status(args.status)
+        held = passlock.hold_flow(cache.state_dir, cache.domain(args.uuid).uuid)
+        try:
+            cache.set_domain_status(args.uuid, status)
+        finally:
+            passlock.release(held)
     else:
         found, stores = cache.domains(), cache.stores()
         report.out(args, [asdict(d) for d in found], lambda: report.domains(found, stores))

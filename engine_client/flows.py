@@ -37,7 +37,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -162,16 +161,15 @@ class Flows:
         domain in (None: not known)."""
         domain = await asyncio.to_thread(self.cache.domain, sd_uuid)
         sd = domain.uuid
-        lock = os.path.join(self.cache.state_dir, f"flow-{sd}.lock")
-        # On the loop, as passlock.acquire does: a non-blocking flock on a
-        # local file, and a cancel cannot strand the descriptor in a thread.
-        held = passlock.try_lock(lock, "the domain's flow lock")
-        if held is None:
-            raise InvalidInput(f"another maintenance, activate or detach of storage domain "
-                               f"{sd} is running; wait for it to end")
+        held = passlock.hold_flow(self.cache.state_dir, sd)
         try:
-            origin = await asyncio.to_thread(self.cache.enter_flow, sd, STEPS[flow],
-                                             STARTS[flow], flow, flow == "detach")
+            entered = asyncio.ensure_future(asyncio.to_thread(
+                self.cache.enter_flow, sd, STEPS[flow], STARTS[flow], flow, flow == "detach"))
+            try:
+                origin = await asyncio.shield(entered)
+            except asyncio.CancelledError:
+                await asyncio.wait([entered])  # its transaction ends under the lock
+                raise
             resumed = domain.status == STEPS[flow]
             log.info("domain %s: %s flow from %s%s", sd, flow, domain.status,
                      f" (first run from {origin or 'unknown'})" if resumed else "")

@@ -21,7 +21,7 @@ import fcntl
 import logging
 import os
 
-from .errors import EngineError
+from .errors import EngineError, InvalidInput
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,20 @@ async def acquire(state_dir: str) -> int:
             log.info("another OVF update pass is running on %s; waiting for it", state_dir)
             said = True
         await asyncio.sleep(POLL)
+    return fd
+
+
+def hold_flow(state_dir: str, sd_uuid: str) -> int:
+    """The flow lock of domain ``sd_uuid``, held (:func:`release` it): one
+    maintenance, activate or detach at a time per domain, and no status
+    set by hand under one.  Taken on the caller's thread, event loop
+    included (a non-blocking flock on a local file), so that a cancel
+    cannot strand the descriptor in a worker.  InvalidInput while another
+    process (or flow) holds it."""
+    fd = try_lock(os.path.join(state_dir, f"flow-{sd_uuid}.lock"), "the domain's flow lock")
+    if fd is None:
+        raise InvalidInput(f"a maintenance, activate or detach of storage domain {sd_uuid} "
+                           "is running; wait for it to end")
     return fd
 
 

@@ -310,9 +310,11 @@ async def test_a_resumed_maintenance_goes_back_where_the_first_run_found_it(
 
 async def test_one_flow_at_a_time_on_a_domain(cache: Cache, cfg: Config, flows: Flows,
                                               cluster: Cluster,
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
+                                              monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
     """A second flow on a domain whose flow is running is refused before
-    it changes anything, even one that would look like a resumed run;
+    it changes anything, even one that would look like a resumed run, and
+    so is ``domain set-status``;
     another domain's flow runs meanwhile, and once the first flow ends
     the domain is free again."""
     a, b = await cluster(2)
@@ -322,11 +324,15 @@ async def test_one_flow_at_a_time_on_a_domain(cache: Cache, cfg: Config, flows: 
     await until_status(cache, a.sd, DomainStatus.PREPARING_FOR_MAINTENANCE)
     other = Flows(cache, cfg)  # another engine process, as far as the lock can tell
     try:
+        busy = (f"a maintenance, activate or detach of storage domain {a.sd} is running; "
+                "wait for it to end")
         for second in (other.maintenance(a.sd), other.activate(a.sd)):
-            with pytest.raises(InvalidInput, match=f"another maintenance, activate or "
-                                                   f"detach of storage domain {a.sd} is "
-                                                   "running; wait for it to end"):
+            with pytest.raises(InvalidInput, match=busy):
                 await second
+        # Nor is a status set by hand under it (the CLI runs its own loop).
+        argv = ["--state-dir", cfg.state_dir, "domain", "set-status", a.sd, "Active"]
+        assert await asyncio.to_thread(cli.main, argv) == 2
+        assert busy in capsys.readouterr().err
         assert cache.domain(a.sd).status == DomainStatus.PREPARING_FOR_MAINTENANCE
         assert (await other.maintenance(b.sd)).status == "Maintenance"
         go.set()
