@@ -102,6 +102,10 @@ class FlowReport:
     refresh: DomainReport | None = None
     #: VMs and templates that left the pool with a detached domain.
     dropped: list[str] = field(default_factory=list)
+    #: Hosts that answered nothing to one of the flow's map pushes: its
+    #: next pushes skip them rather than wait out their timeouts again
+    #: (the pool sync gives them the map later).
+    silent_hosts: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -140,7 +144,7 @@ class Flows:
                 raise FlowFailed(f"{e}; it stays Maintenance", report) from None
             report.status = None
             report.steps.append(f"left the pool with {len(report.dropped)} VMs and "
-                                f"templates; {await self._push()}")
+                                f"templates; {await self._push(report)}")
             return self._done(report)
 
     async def activate(self, sd_uuid: str) -> FlowReport:
@@ -174,7 +178,7 @@ class Flows:
             log.info("domain %s: %s flow from %s%s", sd, flow, domain.status,
                      f" (first run from {origin or 'unknown'})" if resumed else "")
             report = FlowReport(flow, sd, str(STEPS[flow]))
-            report.steps.append(f"{STEPS[flow]}; {await self._push()}")
+            report.steps.append(f"{STEPS[flow]}; {await self._push(report)}")
             yield report, origin
         finally:
             passlock.release(held)
@@ -187,12 +191,15 @@ class Flows:
     async def _set(self, report: FlowReport, status: DomainStatus) -> None:
         await asyncio.to_thread(self.cache.set_domain_status, report.sd_uuid, status)
         report.status = str(status)
-        report.steps.append(f"{status}; {await self._push()}")
+        report.steps.append(f"{status}; {await self._push(report)}")
 
-    async def _push(self) -> str:
-        """Push the map to every host; what happened, in words (a host that
-        missed it gets it from the pool sync later)."""
-        hosts = await self._sync.sync_once(force=True)
+    async def _push(self, report: FlowReport) -> str:
+        """Push the map to every host the flow has not found silent; what
+        happened, in words (a host that missed it gets it from the pool
+        sync later)."""
+        hosts = await self._sync.sync_once(force=True, skip=report.silent_hosts)
+        report.silent_hosts += [h.host for h in hosts
+                                if h.silent and h.host not in report.silent_hosts]
         return _pushes(hosts)
 
     async def _refresh(self, report: FlowReport) -> bool:

@@ -24,7 +24,7 @@ import asyncio
 import logging
 import sqlite3
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,6 +59,9 @@ class HostReport:
     state: str = "in-sync"
     detail: str | None = None
     domains: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: The host took a connection and answered nothing in time (frozen, or
+    #: swamped): a flow skips it for its next steps.
+    silent: bool = False
 
 
 def check_stats(host: str, stats: dict[str, Any]) -> dict[str, Any]:
@@ -138,10 +141,19 @@ class PoolSync:
             report.detail = reason or "; ".join(f"domain {sd}: {e}" for sd, e in errors.items())
         return report
 
-    async def sync_once(self, force: bool = False, only: str | None = None) -> list[HostReport]:
-        """Read every host's stats and push the map where needed (all with ``force``)."""
+    async def sync_once(self, force: bool = False, only: str | None = None,
+                        skip: Collection[str] = ()) -> list[HostReport]:
+        """Read every host's stats and push the map where needed (all with
+        ``force``); hosts named in ``skip`` are reported unreachable, untried."""
         hosts = await self._hosts(only)
-        return list(await asyncio.gather(*(self._sync(h, force) for h in hosts)))
+        return list(await asyncio.gather(*(self._sync(h, force) if h.name not in skip
+                                           else self._skipped(h) for h in hosts)))
+
+    async def _skipped(self, host: Host) -> HostReport:
+        expected = await asyncio.to_thread(self.cache.host_map, host.name)
+        return HostReport(host.name, host.url, expected["map_version"], state="unreachable",
+                          detail="skipped: it answered nothing earlier in this flow",
+                          silent=True)
 
     async def _sync(self, host: Host, force: bool) -> HostReport:
         client = self._client(host)
@@ -153,9 +165,12 @@ class PoolSync:
             stats = check_stats(host.name, await client.stats())
         except HostError as e:
             # Not recorded as last_error, which is about pushes: a host back
-            # from a restart must get its map at once.
-            if not force:
+            # from a restart must get its map at once.  Forced, the map goes
+            # to a host that could not be read, unless it answered nothing
+            # at all: the PUT would wait out its timeout too.
+            if not force or e.code == "timeout":
                 report.state, report.detail = _unread(e), e.detail
+                report.silent = e.code == "timeout"
                 return report
             stats = {}
         else:
@@ -212,6 +227,7 @@ class PoolSync:
             await asyncio.to_thread(self.cache.record_sync, name, last_push=now,
                                     last_error=str(e))
             report.state, report.detail = "failed", f"{reason}; {e.detail}"
+            report.silent = e.code == "timeout"
             log.warning("pool map not pushed to host %s: %s", name, e)
             return report
         await asyncio.to_thread(self.cache.record_sync, name, last_push=now, last_error=None,

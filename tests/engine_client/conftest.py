@@ -89,6 +89,38 @@ def daemons(tmp_path: Path) -> Iterator[Callable[[], Daemon]]:
         d.stop()
 
 
+class SilentHost:
+    """A host that takes connections and bytes but never answers; what it
+    was sent is in ``received``."""
+
+    def __init__(self, port: int) -> None:
+        self.url = f"http://127.0.0.1:{port}"
+        self.received = bytearray()
+
+    def requests(self) -> list[str]:
+        """The request lines it was sent ("GET /stats", ...)."""
+        return [" ".join(line.split()[:2]) for line in bytes(self.received).decode(
+            "latin-1").split("\r\n") if line.endswith(" HTTP/1.1")]
+
+
+@pytest.fixture
+async def silent_host() -> AsyncIterator[SilentHost]:
+    host: SilentHost | None = None
+
+    async def swallow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                assert host is not None
+                host.received += data
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(swallow, "127.0.0.1", 0)
+    host = SilentHost(server.sockets[0].getsockname()[1])
+    yield host
+    server.close()
+
+
 async def no_store(request: web.Request) -> web.Response:
     """``GET .../ovf-store/info`` of a fake host: the domain holds no store
     yet, so the updater may push its first one."""

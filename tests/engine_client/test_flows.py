@@ -33,6 +33,7 @@ from volume.base import read_exactly
 from volume.filedomain import open_file_domain
 
 from .clusters import Cluster, Member, add, stored
+from .conftest import SilentHost
 from .ovfs import DiskSpec
 
 
@@ -254,6 +255,25 @@ async def test_info_may_take_longer_than_the_request_timeout(
     report = await flows.maintenance(sd)
     assert report.ok and report.status == "Maintenance" and not report.forced
     assert host.info_calls == 2  # before the push, and after it
+
+
+async def test_a_host_that_answers_nothing_is_waited_for_once(
+        cache: Cache, cfg: Config, flows: Flows, cluster: Cluster,
+        silent_host: SilentHost) -> None:
+    """A frozen host (it takes the connection, answers nothing) costs the
+    flow one timeout: it is not sent the map once its stats went
+    unanswered, and the later steps skip it, saying so."""
+    cfg.http.request_timeout = 0.5
+    (a,) = await cluster(1)
+    cache.add_host("frozen", silent_host.url, "t", [])
+    report = await flows.maintenance(a.sd)
+    assert report.ok and report.status == "Maintenance"
+    assert report.silent_hosts == ["frozen"]
+    assert silent_host.requests() == ["GET /stats"]
+    assert "not to frozen (unreachable: GET /stats: no answer within 0.5 s)" in report.steps[0]
+    assert report.steps[-1].endswith("not to frozen (unreachable: skipped: it answered "
+                                     "nothing earlier in this flow)")
+    assert host_status(a) == "Maintenance"
 
 
 def stuck_in_refresh(flows: Flows, monkeypatch: pytest.MonkeyPatch) -> asyncio.Event:

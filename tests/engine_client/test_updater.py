@@ -30,7 +30,7 @@ from engine_client.phase import Outcome
 from engine_client.updater import Updater
 from tests.stream.daemon import free_port
 
-from .conftest import fake_host, no_store
+from .conftest import SilentHost, fake_host, no_store
 from .ovfs import DiskSpec, vm_ovf
 
 AddDomain = Callable[..., str]
@@ -56,20 +56,8 @@ def down_host(cache: Cache, name: str, *sds: str) -> None:
 
 
 @pytest.fixture
-async def silent_url() -> AsyncIterator[str]:
-    """A host that takes connections and bytes but never answers."""
-
-    async def swallow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while await reader.read(65536):
-                pass
-        finally:
-            writer.close()
-
-    server = await asyncio.start_server(swallow, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    yield f"http://127.0.0.1:{port}"
-    server.close()
+def silent_url(silent_host: SilentHost) -> str:
+    return silent_host.url
 
 
 async def test_chunks_and_locked_entities(cache: Cache, cfg: Config, updater: Updater,
