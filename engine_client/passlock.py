@@ -8,10 +8,14 @@ host a 409 from the daemon's own domain lock, reported as a failure).
 oVirt's pool phase takes an exclusive ``OVF_UPDATE`` lock for the same
 reason.  A pass waits for the one under way, then finds what it left.
 
-An ``flock`` on a file in the state directory: released by the kernel
-when its process dies, so a killed updater never leaves it held.  It is
-only ever tried, never waited for in a thread, so neither the event loop
-nor the updater's worker blocks on it.
+Each domain has a flow lock too (:func:`hold_flow`): one maintenance,
+activate or detach at a time, and no status set by hand under one; a
+second is refused rather than waited for.
+
+Each is an ``flock`` on a file in the state directory: released by the
+kernel when its process dies, so a killed updater or flow never leaves it
+held.  It is only ever tried, never waited for in a thread, so neither
+the event loop nor the updater's worker blocks on it.
 """
 
 from __future__ import annotations
