@@ -51,9 +51,11 @@ def set_status(c: sqlite3.Connection, sd_uuid: str, status: DomainStatus,
     """Give the domain ``status``; ``origin``: where the flow moving it to
     a transitional status found it (kept until the status changes)."""
     old = domain_row(c, sd_uuid)
-    if origin is not None or old.status != status:
-        c.execute("UPDATE domains SET status = ?, flow_from = ? WHERE uuid = ?",
-                  (str(status), None if origin is None else str(origin), old.uuid))
+    c.execute("UPDATE domains SET status = ? WHERE uuid = ?", (str(status), old.uuid))
+    if origin is not None:
+        c.execute("INSERT OR REPLACE INTO domain_flows VALUES (?, ?)", (old.uuid, str(origin)))
+    elif old.status != status:
+        c.execute("DELETE FROM domain_flows WHERE sd_uuid = ?", (old.uuid,))
     if old.status != status:
         bump_map(c)
         if status in OVF_WRITABLE:
@@ -84,9 +86,9 @@ def enter_flow(c: sqlite3.Connection, sd_uuid: str, status: DomainStatus,
     if why is not None:
         raise InvalidInput(why)
     if old.status == status:
-        (kept,) = c.execute("SELECT flow_from FROM domains WHERE uuid = ?",
-                            (old.uuid,)).fetchone()
-        origin = None if kept is None else DomainStatus(kept)
+        kept = c.execute("SELECT flow_from FROM domain_flows WHERE sd_uuid = ?",
+                         (old.uuid,)).fetchone()
+        origin = None if kept is None else DomainStatus(kept[0])
     else:
         origin = old.status
     set_status(c, old.uuid, status, origin)

@@ -138,9 +138,14 @@ ALTER TABLE ovf_stores ADD COLUMN claimed INTEGER NOT NULL DEFAULT 0;
 
 # The status a domain had when a flow moved it into a transitional one
 # (PreparingForMaintenance, Detaching, Activating), so that a flow cut
-# short and run again can still put it back where it was; NULL otherwise.
+# short and run again can still put it back where it was; no row
+# otherwise.  A table of its own, not a column of ``domains``: an older
+# sluice-engine still running beside a migrated cache keeps adding domains.
 _V4 = """
-ALTER TABLE domains ADD COLUMN flow_from TEXT;
+CREATE TABLE domain_flows (
+    sd_uuid TEXT PRIMARY KEY REFERENCES domains(uuid) ON DELETE CASCADE,
+    flow_from TEXT NOT NULL
+);
 """
 
 #: MIGRATIONS[i] brings a database from version i to i + 1.
