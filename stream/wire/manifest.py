@@ -39,11 +39,14 @@ _OVF_NAME = re.compile(_UUID + r"\.ovf")
 _UUID_RE = re.compile(_UUID)
 _HEX128 = re.compile(r"[0-9a-f]{32}")
 #: Many names or digests checked at once in C (stores list 10,000): the
-#: bytes with every lower-case hex digit made an "x" must be the shape.
+#: bytes with every lower-case hex digit made an "x" must be the shape.  A
+#: literal "x" becomes a NUL, so that it never passes for a digit.
 _HEX_DIGITS = b"0123456789abcdef"
-_TO_SHAPE = bytes.maketrans(_HEX_DIGITS, b"x" * len(_HEX_DIGITS))
+_TO_SHAPE = bytes.maketrans(_HEX_DIGITS + b"x", b"x" * len(_HEX_DIGITS) + b"\0")
 _UUID_SHAPE = b"xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx"
-_OVF_SHAPE = _UUID_SHAPE + b".ovx"  # the "f" of ".ovf" is a hex digit
+#: The "f" of ".ovf" is a hex digit: any digit there passes the shape, so
+#: the suffix is checked on its own too.
+_OVF_SHAPE = _UUID_SHAPE + b".ovx"
 _ENTRY_KEYS = {"name", "size", "digest"}
 _MANIFEST_KEYS = {"algorithm", "entries"}
 
@@ -177,7 +180,7 @@ def _valid_entries(entries: list[Any]) -> list[ManifestEntry] | None:
     if METADATA_NAME in names:  # listed once, or Manifest refuses it
         ovfs = list(names)
         ovfs.remove(METADATA_NAME)
-    if not _all_shaped(ovfs, _OVF_SHAPE):
+    if not _all_shaped(ovfs, _OVF_SHAPE) or not all(map(str.endswith, ovfs, repeat(".ovf"))):
         return None
     # tuple.__new__ straight from map: no Python frame per entry.
     return list(map(tuple.__new__, repeat(ManifestEntry),

@@ -133,6 +133,15 @@ GOOD_ENTRY = {"name": f"{VM}.ovf", "size": 1, "digest": DIGEST}
     pytest.param({"algorithm": "xxh3_128",
                   "entries": [GOOD_ENTRY, {**GOOD_ENTRY, "digest": DIGEST[:-1] + "\u0661"}]},
                  id="digest-arabic-digit"),
+    # A literal "x" is what the bulk check turns each hex digit into, and
+    # the "f" of ".ovf" is a hex digit itself (found by a fuzzing review).
+    *(pytest.param({"algorithm": "xxh3_128", "entries": [
+        GOOD_ENTRY, {**GOOD_ENTRY, "name": f"{uuid.UUID(int=7)}.ovf", **bad}]},
+                   id=f"x-{i}") for i, bad in enumerate([
+                       {"name": f"{VM}.ova"}, {"name": f"{VM}.ov0"}, {"name": f"{VM}.ovx"},
+                       {"name": "xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx.ovf"},
+                       {"name": f"{VM[:-1]}x.ovf"}, {"digest": "x" * 32},
+                       {"digest": DIGEST[:-1] + "x"}])),
 ])
 def test_manifest_malformed(manifest: Any) -> None:
     """The same refusals whether the entries are checked in bulk or one by one."""
@@ -188,6 +197,8 @@ def test_metadata_checked_in_bulk() -> None:
                  id="key-arabic-digit"),
     pytest.param(json.dumps({"VM Status": {VM: 1, f"{VM}\n{VM}": 1}}).encode(),
                  id="key-two-lines"),
+    pytest.param(json.dumps({"VM Status": {VM: 1, VM[:-1] + "x": 1}}).encode(),
+                 id="key-with-an-x"),
 ])
 def test_metadata_malformed(data: bytes) -> None:
     with pytest.raises(BadManifest):
